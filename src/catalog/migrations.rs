@@ -1,0 +1,176 @@
+//! The `lakets` schema, as one ordered list of migrations.
+//!
+//! Each migration runs in its own transaction under an advisory lock, and is recorded in
+//! `lakets._schema_migrations`, so `lakets init` is idempotent, safe to run concurrently,
+//! and upgrades a database created by an older lakets. Never edit a released migration:
+//! append a new one.
+
+use tokio_postgres::Client;
+use tracing::info;
+
+use crate::error::{Error, PgResultExt, Result};
+
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "chronotables",
+    sql: r#"
+CREATE TABLE lakets._chronotable_registry (
+    schema_name      text        NOT NULL,
+    table_name       text        NOT NULL,
+    time_column      text        NOT NULL,
+    time_type        text        NOT NULL CHECK (time_type IN ('timestamptz', 'timestamp', 'date')),
+    chunk_interval   interval    NOT NULL CHECK (chunk_interval > interval '0'),
+    premake          integer     NOT NULL CHECK (premake >= 0),
+    tiering_enabled  boolean     NOT NULL DEFAULT false,
+    sync_enabled     boolean     NOT NULL DEFAULT false,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema_name, table_name)
+);
+
+CREATE TABLE lakets._chunk_metadata (
+    schema_name      text        NOT NULL,
+    table_name       text        NOT NULL,
+    chunk_name       text        NOT NULL,
+    range_start      timestamptz NOT NULL,
+    range_end        timestamptz NOT NULL,
+    status           text        NOT NULL DEFAULT 'active'
+                                 CHECK (status IN ('active', 'tiered', 'dropped')),
+    row_count        bigint,
+    size_bytes       bigint,
+    last_write_lsn   pg_lsn,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    tiered_at        timestamptz,
+    dropped_at       timestamptz,
+    stats_updated_at timestamptz,
+    PRIMARY KEY (schema_name, chunk_name),
+    FOREIGN KEY (schema_name, table_name)
+        REFERENCES lakets._chronotable_registry (schema_name, table_name) ON DELETE CASCADE,
+    CHECK (range_start < range_end)
+);
+CREATE INDEX _chunk_metadata_table_range ON lakets._chunk_metadata (schema_name, table_name, range_start);
+
+COMMENT ON TABLE lakets._chronotable_registry IS 'ChronoTables: time-partitioned tables managed by lakets';
+COMMENT ON TABLE lakets._chunk_metadata IS 'One row per chunk (partition) ever created; status active, tiered or dropped';
+COMMENT ON COLUMN lakets._chunk_metadata.last_write_lsn IS 'End LSN of the last transaction that wrote to the chunk, stamped by the WAL consumer';
+"#,
+}];
+
+/// The schema version this build of lakets expects.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
+}
+
+/// Advisory lock key space of lakets ("LKTS"); the second key says what is locked.
+pub const ADVISORY_NAMESPACE: i32 = 0x4c4b_5453;
+/// Per-table locks use their own first key, with `hashtext` of the table's name second.
+pub const TABLE_LOCK_NAMESPACE: i32 = 0x4c4b_5454;
+const MIGRATION_LOCK: i32 = 1;
+
+/// Installs or upgrades the `lakets` schema. Returns the versions it applied.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS {
+        let tx = client
+            .transaction()
+            .await
+            .pg_context(|| "starting a migration transaction".into())?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&ADVISORY_NAMESPACE, &MIGRATION_LOCK],
+        )
+        .await
+        .pg_context(|| "taking the migration lock".into())?;
+        tx.batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS lakets;
+             CREATE TABLE IF NOT EXISTS lakets._schema_migrations (
+                 version    integer     PRIMARY KEY,
+                 name       text        NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );",
+        )
+        .await
+        .pg_context(|| "creating the lakets schema".into())?;
+        let current: i32 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM lakets._schema_migrations",
+                &[],
+            )
+            .await
+            .pg_context(|| "reading the schema version".into())?
+            .get(0);
+        if current > latest_version() {
+            return Err(Error::NotReady(format!(
+                "the lakets schema in this database is at version {current}, newer than this \
+                 lakets build knows ({}); upgrade lakets",
+                latest_version()
+            )));
+        }
+        if migration.version <= current {
+            continue;
+        }
+        tx.batch_execute(migration.sql).await.pg_context(|| {
+            format!(
+                "applying migration {} ({})",
+                migration.version, migration.name
+            )
+        })?;
+        tx.execute(
+            "INSERT INTO lakets._schema_migrations (version, name) VALUES ($1, $2)",
+            &[&migration.version, &migration.name],
+        )
+        .await
+        .pg_context(|| "recording the migration".into())?;
+        tx.commit()
+            .await
+            .pg_context(|| format!("committing migration {}", migration.version))?;
+        info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        applied.push(migration.version);
+    }
+    Ok(applied)
+}
+
+/// Refuses to work on a database whose `lakets` schema is missing or at another version.
+pub async fn check_installed(client: &impl tokio_postgres::GenericClient) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('lakets._schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .pg_context(|| "checking for the lakets schema".into())?;
+    if !row.get::<_, bool>(0) {
+        return Err(Error::NotReady(
+            "the lakets schema is not installed in this database; run `lakets init` first".into(),
+        ));
+    }
+    let current: i32 = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM lakets._schema_migrations",
+            &[],
+        )
+        .await
+        .pg_context(|| "reading the schema version".into())?
+        .get(0);
+    let latest = latest_version();
+    if current < latest {
+        return Err(Error::NotReady(format!(
+            "the lakets schema is at version {current}, this lakets needs {latest}; run `lakets init` to upgrade"
+        )));
+    }
+    if current > latest {
+        return Err(Error::NotReady(format!(
+            "the lakets schema is at version {current}, newer than this lakets build knows ({latest}); upgrade lakets"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The `lakets` schema in PostgreSQL: migrations and the registries kept there.
+
+pub mod migrations;
+pub mod registry;
+
+pub use migrations::{check_installed, latest_version, migrate};

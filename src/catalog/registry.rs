@@ -1,0 +1,325 @@
+//! Rows of `lakets._chronotable_registry` and `lakets._chunk_metadata`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::{GenericClient, Row};
+
+use crate::error::{Error, PgResultExt, Result};
+use crate::ident::{QualifiedName, TableName};
+use crate::interval::Interval;
+
+/// The SQL types a ChronoTable's time column may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeType {
+    Timestamptz,
+    Timestamp,
+    Date,
+}
+
+impl TimeType {
+    pub fn from_type_oid(oid: u32) -> Option<Self> {
+        match oid {
+            1184 => Some(TimeType::Timestamptz),
+            1114 => Some(TimeType::Timestamp),
+            1082 => Some(TimeType::Date),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeType::Timestamptz => "timestamptz",
+            TimeType::Timestamp => "timestamp",
+            TimeType::Date => "date",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "timestamptz" => Ok(TimeType::Timestamptz),
+            "timestamp" => Ok(TimeType::Timestamp),
+            "date" => Ok(TimeType::Date),
+            other => Err(Error::NotReady(format!(
+                "the registry holds an unknown time type {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A registered ChronoTable.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChronoTable {
+    pub table: TableName,
+    pub time_column: String,
+    pub time_type: TimeType,
+    pub chunk_interval: Interval,
+    /// Future chunks kept pre-created ahead of the current one.
+    pub premake: i32,
+    pub tiering_enabled: bool,
+    pub sync_enabled: bool,
+}
+
+const CHRONOTABLE_COLUMNS: &str = "schema_name, table_name, time_column, time_type, \
+     (extract(epoch FROM chunk_interval) * 1000000)::bigint AS chunk_interval_us, \
+     premake, tiering_enabled, sync_enabled";
+
+fn chronotable_from_row(row: &Row) -> Result<ChronoTable> {
+    Ok(ChronoTable {
+        table: TableName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+        time_column: row.get(2),
+        time_type: TimeType::parse(row.get(3))?,
+        chunk_interval: Interval::from_micros(row.get(4)),
+        premake: row.get(5),
+        tiering_enabled: row.get(6),
+        sync_enabled: row.get(7),
+    })
+}
+
+pub async fn get_chronotable(
+    client: &impl GenericClient,
+    table: &TableName,
+) -> Result<Option<ChronoTable>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {CHRONOTABLE_COLUMNS} FROM lakets._chronotable_registry \
+                 WHERE schema_name = $1 AND table_name = $2"
+            ),
+            &[&table.schema, &table.name],
+        )
+        .await
+        .pg_context(|| format!("reading the registry entry of {table}"))?;
+    row.as_ref().map(chronotable_from_row).transpose()
+}
+
+/// Looks a ChronoTable up by the name a user typed: `schema.table`, or `table` resolved
+/// along the search path like PostgreSQL would.
+pub async fn find_chronotable(client: &impl GenericClient, input: &str) -> Result<ChronoTable> {
+    let name = QualifiedName::parse(input)?;
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {CHRONOTABLE_COLUMNS} FROM lakets._chronotable_registry r
+                  WHERE r.table_name = $2
+                    AND (r.schema_name = $1
+                         OR ($1::text IS NULL AND r.schema_name = ANY (current_schemas(false))))
+                  ORDER BY array_position(current_schemas(false), r.schema_name::name)
+                  LIMIT 1"
+            ),
+            &[&name.schema, &name.name],
+        )
+        .await
+        .pg_context(|| format!("looking up ChronoTable {input}"))?;
+    match row {
+        Some(row) => chronotable_from_row(&row),
+        None => Err(Error::NotFound {
+            kind: "ChronoTable",
+            name: match &name.schema {
+                Some(schema) => format!("{schema}.{}", name.name),
+                None => name.name.clone(),
+            },
+        }),
+    }
+}
+
+pub async fn list_chronotables(client: &impl GenericClient) -> Result<Vec<ChronoTable>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {CHRONOTABLE_COLUMNS} FROM lakets._chronotable_registry \
+                 ORDER BY schema_name, table_name"
+            ),
+            &[],
+        )
+        .await
+        .pg_context(|| "listing ChronoTables".into())?;
+    rows.iter().map(chronotable_from_row).collect()
+}
+
+pub async fn insert_chronotable(client: &impl GenericClient, ct: &ChronoTable) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO lakets._chronotable_registry
+                 (schema_name, table_name, time_column, time_type, chunk_interval, premake,
+                  tiering_enabled, sync_enabled)
+             VALUES ($1, $2, $3, $4, ($5::text)::interval, $6, $7, $8)",
+            &[
+                &ct.table.schema,
+                &ct.table.name,
+                &ct.time_column,
+                &ct.time_type.as_str(),
+                &ct.chunk_interval.to_postgres(),
+                &ct.premake,
+                &ct.tiering_enabled,
+                &ct.sync_enabled,
+            ],
+        )
+        .await
+        .pg_context(|| format!("registering ChronoTable {}", ct.table))?;
+    Ok(())
+}
+
+/// Lifecycle status of a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkStatus {
+    Active,
+    Tiered,
+    Dropped,
+}
+
+impl ChunkStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkStatus::Active => "active",
+            ChunkStatus::Tiered => "tiered",
+            ChunkStatus::Dropped => "dropped",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "active" => Ok(ChunkStatus::Active),
+            "tiered" => Ok(ChunkStatus::Tiered),
+            "dropped" => Ok(ChunkStatus::Dropped),
+            other => Err(Error::NotReady(format!(
+                "the chunk registry holds an unknown status {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A row of `lakets._chunk_metadata`; serialized with the table's column names.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chunk {
+    pub schema_name: String,
+    pub table_name: String,
+    pub chunk_name: String,
+    pub range_start: DateTime<Utc>,
+    pub range_end: DateTime<Utc>,
+    pub status: ChunkStatus,
+    pub row_count: Option<i64>,
+    pub size_bytes: Option<i64>,
+    pub last_write_lsn: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub tiered_at: Option<DateTime<Utc>>,
+    pub dropped_at: Option<DateTime<Utc>>,
+}
+
+impl Chunk {
+    pub fn chunk_table(&self) -> TableName {
+        TableName::new(self.schema_name.clone(), self.chunk_name.clone())
+    }
+
+    pub fn range_start_micros(&self) -> i64 {
+        self.range_start.timestamp_micros()
+    }
+
+    pub fn range_end_micros(&self) -> i64 {
+        self.range_end.timestamp_micros()
+    }
+}
+
+const CHUNK_COLUMNS: &str = "schema_name, table_name, chunk_name, range_start, range_end, status, \
+     row_count, size_bytes, last_write_lsn::text, created_at, tiered_at, dropped_at";
+
+fn chunk_from_row(row: &Row) -> Result<Chunk> {
+    Ok(Chunk {
+        schema_name: row.get(0),
+        table_name: row.get(1),
+        chunk_name: row.get(2),
+        range_start: row.get(3),
+        range_end: row.get(4),
+        status: ChunkStatus::parse(row.get(5))?,
+        row_count: row.get(6),
+        size_bytes: row.get(7),
+        last_write_lsn: row.get(8),
+        created_at: row.get(9),
+        tiered_at: row.get(10),
+        dropped_at: row.get(11),
+    })
+}
+
+/// The chunks of a table in time order; dropped ones only when asked.
+pub async fn list_chunks(
+    client: &impl GenericClient,
+    table: &TableName,
+    include_dropped: bool,
+) -> Result<Vec<Chunk>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {CHUNK_COLUMNS} FROM lakets._chunk_metadata
+                  WHERE schema_name = $1 AND table_name = $2 AND ($3 OR status <> 'dropped')
+                  ORDER BY range_start"
+            ),
+            &[&table.schema, &table.name, &include_dropped],
+        )
+        .await
+        .pg_context(|| format!("listing the chunks of {table}"))?;
+    rows.iter().map(chunk_from_row).collect()
+}
+
+pub async fn insert_chunk(
+    client: &impl GenericClient,
+    table: &TableName,
+    chunk_name: &str,
+    range_start: DateTime<Utc>,
+    range_end: DateTime<Utc>,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO lakets._chunk_metadata
+                 (schema_name, table_name, chunk_name, range_start, range_end, status)
+             VALUES ($1, $2, $3, $4, $5, 'active')",
+            &[
+                &table.schema,
+                &table.name,
+                &chunk_name,
+                &range_start,
+                &range_end,
+            ],
+        )
+        .await
+        .pg_context(|| format!("registering chunk {chunk_name}"))?;
+    Ok(())
+}
+
+pub async fn update_chunk_stats(
+    client: &impl GenericClient,
+    chunk: &TableName,
+    row_count: i64,
+    size_bytes: i64,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._chunk_metadata
+                SET row_count = $3, size_bytes = $4, stats_updated_at = now()
+              WHERE schema_name = $1 AND chunk_name = $2",
+            &[&chunk.schema, &chunk.name, &row_count, &size_bytes],
+        )
+        .await
+        .pg_context(|| format!("recording statistics of chunk {chunk}"))?;
+    Ok(())
+}
+
+pub async fn mark_chunk_dropped(
+    client: &impl GenericClient,
+    chunk: &TableName,
+    row_count: Option<i64>,
+    size_bytes: Option<i64>,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._chunk_metadata
+                SET status = 'dropped', dropped_at = now(),
+                    row_count = coalesce($3, row_count), size_bytes = coalesce($4, size_bytes),
+                    stats_updated_at = CASE WHEN $3 IS NULL THEN stats_updated_at ELSE now() END
+              WHERE schema_name = $1 AND chunk_name = $2",
+            &[&chunk.schema, &chunk.name, &row_count, &size_bytes],
+        )
+        .await
+        .pg_context(|| format!("marking chunk {chunk} dropped"))?;
+    Ok(())
+}

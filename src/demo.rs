@@ -1,0 +1,161 @@
+//! `lakets demo`: the spec's stock-tick demo with no setup.
+//!
+//! Today it covers what exists: an embedded PostgreSQL (unless `--database-url` is given),
+//! the `lakets` schema, `stock_ticks` as a ChronoTable with one-hour chunks and a few hours
+//! of synthetic history, a live trickle of ticks and the partition manager keeping chunks
+//! ahead of the clock. The WAL operators, rollups, cold tier and tiering join it as they land.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::catalog::{self, registry};
+use crate::chronotable::{self, CreateOptions};
+use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::error::{Error, PgResultExt, Result};
+use crate::interval::Interval;
+
+pub const DEMO_TABLE: &str = "stock_ticks";
+const SYMBOLS: &[&str] = &[
+    "AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "JPM", "V", "XOM",
+];
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub duration: Option<Duration>,
+    /// Hours of synthetic history written before the table is converted.
+    pub history_hours: i32,
+}
+
+/// Runs the demo until `shutdown` resolves or the duration elapses.
+pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&options.data_dir).map_err(|e| {
+        Error::io(
+            format!("creating the demo directory {}", options.data_dir.display()),
+            e,
+        )
+    })?;
+    let (embedded, url) = match &options.database_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            println!("Starting an embedded PostgreSQL (throwaway, removed on exit)...");
+            let pg =
+                tokio::task::spawn_blocking(|| EmbeddedPostgres::start(EmbeddedOptions::default()))
+                    .await
+                    .map_err(|e| Error::Embedded(format!("start-up task failed: {e}")))??;
+            let url = pg.create_database("lakets_demo").await?;
+            (Some(pg), url)
+        }
+    };
+
+    let mut client = crate::db::connect(&url).await?;
+    catalog::migrate(&mut client).await?;
+    prepare_stock_ticks(&mut client, options.history_hours).await?;
+
+    let chunks = chronotable::show_chunks(&mut client, DEMO_TABLE, false).await?;
+    println!(
+        "\n{DEMO_TABLE} is a ChronoTable with {} chunks:",
+        chunks.len()
+    );
+    print!("{}", crate::report::chunks_table(&chunks));
+    println!("\nConnect with:   psql '{url}'");
+    println!("Data directory: {}", options.data_dir.display());
+    println!(
+        "Streaming ticks for {} symbols; Ctrl-C to stop.\n",
+        SYMBOLS.len()
+    );
+
+    let sleep = async {
+        match options.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = live_ticks(&mut client) => result?,
+        _ = shutdown => println!("\nStopping."),
+        _ = sleep => println!("\nDuration reached; stopping."),
+    }
+    drop(client);
+    drop(embedded);
+    Ok(())
+}
+
+async fn prepare_stock_ticks(client: &mut Client, history_hours: i32) -> Result<()> {
+    let table = crate::ident::TableName::new("public", DEMO_TABLE);
+    if registry::get_chronotable(&*client, &table).await?.is_some() {
+        println!("{DEMO_TABLE} already exists as a ChronoTable; reusing it.");
+        return Ok(());
+    }
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS stock_ticks (
+                 time   timestamptz      NOT NULL,
+                 symbol text             NOT NULL,
+                 price  double precision NOT NULL,
+                 volume bigint           NOT NULL
+             )",
+        )
+        .await
+        .pg_context(|| "creating stock_ticks".into())?;
+    // A sinusoidal intraday path per symbol plus noise, one tick per symbol per second.
+    let rows = client
+        .execute(
+            "INSERT INTO stock_ticks (time, symbol, price, volume)
+             SELECT t, s.symbol,
+                    round((s.base * (1 + 0.02 * sin(extract(epoch FROM t) / 3600.0 + s.phase))
+                           + random() - 0.5)::numeric, 2)::float8,
+                    (100 + random() * 900)::bigint
+               FROM generate_series(now() - make_interval(hours => $1), now(), interval '1 second') t,
+                    (SELECT sym AS symbol, 50 + 20 * ord AS base, ord AS phase
+                       FROM unnest($2::text[]) WITH ORDINALITY u(sym, ord)) s",
+            &[&history_hours, &SYMBOLS],
+        )
+        .await
+        .pg_context(|| "writing synthetic history".into())?;
+    println!("Wrote {rows} ticks of synthetic history ({history_hours} h).");
+    let mut options = CreateOptions::new("time");
+    options.chunk_interval = Interval::hours(1);
+    let report = chronotable::create_chronotable(client, DEMO_TABLE, &options).await?;
+    println!(
+        "Converted {DEMO_TABLE} into a ChronoTable: {} rows in {} chunks of {}.",
+        report.rows_copied,
+        report.chunks.len(),
+        report.chunk_interval
+    );
+    Ok(())
+}
+
+/// One tick per symbol per second, and the partition manager every 30 seconds.
+async fn live_ticks(client: &mut Client) -> Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut total: u64 = 0;
+    for second in 0u64.. {
+        tick.tick().await;
+        total += client
+            .execute(
+                "INSERT INTO stock_ticks (time, symbol, price, volume)
+                 SELECT now(), sym, round((60 + 20 * ord + random())::numeric, 2)::float8,
+                        (100 + random() * 900)::bigint
+                   FROM unnest($1::text[]) WITH ORDINALITY u(sym, ord)",
+                &[&SYMBOLS],
+            )
+            .await
+            .pg_context(|| "inserting live ticks".into())?;
+        if second % 30 == 0 {
+            for report in chronotable::ensure_partitions(client, Some(DEMO_TABLE), None).await? {
+                if !report.created.is_empty() {
+                    println!("partition manager: created {}", report.created.join(", "));
+                }
+            }
+        }
+        if second % 10 == 0 {
+            println!("{total} live ticks inserted");
+        }
+    }
+    Ok(())
+}

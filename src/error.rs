@@ -1,0 +1,121 @@
+//! The library's error type.
+//!
+//! Every error says what went wrong and why, in words a user can act on. Errors that come
+//! from PostgreSQL keep the server's message, detail and hint (tokio-postgres' own
+//! `Display` says only "db error"), plus the step we were performing.
+
+use std::fmt::Write as _;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller asked for something malformed or impossible (bad name, bad interval, ...).
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// A named object does not exist.
+    #[error("{kind} {name} does not exist")]
+    NotFound { kind: &'static str, name: String },
+
+    /// The request conflicts with the current state (for example: already a ChronoTable).
+    #[error("{0}")]
+    Conflict(String),
+
+    /// The database is not prepared for this operation (schema missing, wal_level, ...).
+    #[error("{0}")]
+    NotReady(String),
+
+    /// PostgreSQL refused or failed a statement.
+    #[error("{context}: {message}")]
+    Postgres {
+        context: String,
+        message: String,
+        /// The SQLSTATE code, when the server sent one.
+        code: Option<String>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// Starting, stopping or talking to the embedded PostgreSQL cluster failed.
+    #[error("embedded PostgreSQL: {0}")]
+    Embedded(String),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(msg.into())
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The SQLSTATE of a PostgreSQL error, if this is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Postgres { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// True when the error is the caller's fault rather than the system's.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidInput(_) | Error::NotFound { .. } | Error::Conflict(_)
+        )
+    }
+}
+
+/// Renders a tokio-postgres error with the server's message, detail and hint.
+pub fn describe_pg_error(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut out = format!("{} {}", db.severity(), db.message());
+            if let Some(detail) = db.detail() {
+                let _ = write!(out, " (detail: {detail})");
+            }
+            if let Some(hint) = db.hint() {
+                let _ = write!(out, " (hint: {hint})");
+            }
+            out
+        }
+        None => {
+            // Connection-level errors carry their cause in the source chain.
+            let mut out = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                let _ = write!(out, ": {cause}");
+                source = cause.source();
+            }
+            out
+        }
+    }
+}
+
+/// Adds the step being performed to PostgreSQL errors.
+pub trait PgResultExt<T> {
+    fn pg_context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> PgResultExt<T> for std::result::Result<T, tokio_postgres::Error> {
+    fn pg_context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Postgres {
+            context: context(),
+            message: describe_pg_error(&source),
+            code: source.code().map(|c| c.code().to_owned()),
+            source,
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! LakeTS: time-series on PostgreSQL with a Delta Lake cold tier, driven by the WAL.
+//!
+//! The library holds all the logic; the `lakets` binary is a thin command line over it.
+//! See `DESIGN.md` in the shared folder for the architecture and its invariants.
+
+pub mod catalog;
+pub mod chronotable;
+pub mod db;
+pub mod demo;
+pub mod embedded;
+pub mod error;
+pub mod ident;
+pub mod interval;
+pub mod report;
+
+pub use error::{Error, Result};

@@ -1,0 +1,321 @@
+//! The `lakets` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use lakets::chronotable::{self, CreateOptions, DEFAULT_PREMAKE};
+use lakets::interval::Interval;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lakets",
+    version,
+    about = "Time-series on PostgreSQL with a Delta Lake cold tier"
+)]
+struct Cli {
+    /// PostgreSQL URL (postgres://user@host:port/db). Falls back to DATABASE_URL. Put
+    /// passwords in PGPASSWORD or LAKETS_DATABASE_PASSWORD_FILE, not on the command line.
+    #[arg(
+        long,
+        global = true,
+        env = "LAKETS_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "pretty",
+        env = "LAKETS_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install or upgrade the lakets schema in the database (idempotent).
+    Init,
+    /// Time-partitioned tables.
+    #[command(subcommand)]
+    Chronotable(ChronotableCommand),
+    /// The stock-tick demo on an embedded PostgreSQL (or --database-url).
+    Demo {
+        /// Stop after this long (for example '5 minutes'); default: until Ctrl-C.
+        #[arg(long, value_parser = parse_interval)]
+        duration: Option<Interval>,
+        /// Where the demo keeps its files.
+        #[arg(long, default_value = "lakets-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ChronotableCommand {
+    /// Convert an existing table into a ChronoTable, in place (create_chronotable).
+    Create {
+        /// The table, as [schema.]name.
+        table: String,
+        /// The timestamptz, timestamp or date column to partition by.
+        #[arg(long)]
+        time_column: String,
+        /// Length of each chunk: a fixed interval such as '1 hour' or '7 days'.
+        #[arg(long, value_parser = parse_interval, default_value = "7 days")]
+        chunk_interval: Interval,
+        /// Future chunks to keep pre-created.
+        #[arg(long, default_value_t = DEFAULT_PREMAKE)]
+        premake: i32,
+    },
+    /// Pre-create the rolling window of chunks (_ensure_partitions); all tables by default.
+    EnsurePartitions {
+        table: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List chunks with range, status, row count and size (show_chunks).
+    ShowChunks {
+        table: String,
+        /// Print a JSON array of objects named like lakets._chunk_metadata's columns.
+        #[arg(long)]
+        json: bool,
+        /// Include dropped chunks.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Change the interval of future chunks (set_chunk_interval).
+    SetInterval {
+        table: String,
+        #[arg(value_parser = parse_interval)]
+        interval: Interval,
+    },
+    /// Drop chunks entirely older than an age (drop_chunks).
+    DropChunks {
+        table: String,
+        #[arg(long, value_parser = parse_interval)]
+        older_than: Interval,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the ChronoTable, its chunks and everything lakets registered for it.
+    Drop { table: String },
+}
+
+fn parse_interval(text: &str) -> Result<Interval, String> {
+    Interval::parse(text).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let from_argv = matches.value_source("database_url") == Some(ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, from_argv)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let user_error = err
+                .downcast_ref::<lakets::Error>()
+                .is_some_and(lakets::Error::is_user_error);
+            ExitCode::from(if user_error { 2 } else { 1 })
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKETS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lakets=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.compact().init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn database_url(cli: &Cli, from_argv: bool) -> anyhow::Result<Option<String>> {
+    let url = cli
+        .database_url
+        .clone()
+        .or_else(|| std::env::var("DATABASE_URL").ok());
+    if let Some(url) = &url
+        && from_argv
+        && lakets::db::url_has_password(url)
+    {
+        bail!(
+            "--database-url contains a password, which would be visible to every user of \
+                 this machine (ps, shell history); pass it in PGPASSWORD or \
+                 LAKETS_DATABASE_PASSWORD_FILE, or put the whole URL in LAKETS_DATABASE_URL"
+        );
+    }
+    Ok(url)
+}
+
+async fn connect(cli: &Cli, from_argv: bool) -> anyhow::Result<tokio_postgres::Client> {
+    let url = database_url(cli, from_argv)?.context(
+        "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
+    )?;
+    Ok(lakets::db::connect(&url).await?)
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Init => {
+            let mut client = connect(&cli, from_argv).await?;
+            let applied = lakets::catalog::migrate(&mut client).await?;
+            if applied.is_empty() {
+                println!(
+                    "lakets schema is up to date (version {})",
+                    lakets::catalog::latest_version()
+                );
+            } else {
+                println!(
+                    "lakets schema installed at version {} (applied {:?})",
+                    lakets::catalog::latest_version(),
+                    applied
+                );
+            }
+        }
+        Command::Chronotable(cmd) => {
+            let mut client = connect(&cli, from_argv).await?;
+            run_chronotable(&mut client, cmd).await?;
+        }
+        Command::Demo { duration, data_dir } => {
+            let options = lakets::demo::DemoOptions {
+                database_url: database_url(&cli, from_argv)?,
+                data_dir: data_dir.clone(),
+                duration: duration.map(Interval::as_std),
+                history_hours: 3,
+            };
+            lakets::demo::run(options, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_chronotable(
+    client: &mut tokio_postgres::Client,
+    cmd: &ChronotableCommand,
+) -> anyhow::Result<()> {
+    match cmd {
+        ChronotableCommand::Create {
+            table,
+            time_column,
+            chunk_interval,
+            premake,
+        } => {
+            let mut options = CreateOptions::new(time_column.clone());
+            options.chunk_interval = *chunk_interval;
+            options.premake = *premake;
+            let report = chronotable::create_chronotable(client, table, &options).await?;
+            println!(
+                "{} is now a ChronoTable on {:?}: {} rows copied into {} chunks of {}",
+                report.table,
+                report.time_column,
+                report.rows_copied,
+                report.chunks.len(),
+                report.chunk_interval
+            );
+        }
+        ChronotableCommand::EnsurePartitions { table, json } => {
+            let reports = chronotable::ensure_partitions(client, table.as_deref(), None).await?;
+            if *json {
+                print_json(&reports)?;
+            } else {
+                for r in &reports {
+                    if r.created.is_empty() {
+                        println!("{}: window already provisioned", r.table);
+                    } else {
+                        println!("{}: created {}", r.table, r.created.join(", "));
+                    }
+                }
+            }
+        }
+        ChronotableCommand::ShowChunks { table, json, all } => {
+            let chunks = chronotable::show_chunks(client, table, *all).await?;
+            if *json {
+                print_json(&chunks)?;
+            } else {
+                print!("{}", lakets::report::chunks_table(&chunks));
+            }
+        }
+        ChronotableCommand::SetInterval { table, interval } => {
+            chronotable::set_chunk_interval(client, table, *interval).await?;
+            println!("chunk interval of {table} set to {interval} for future chunks");
+        }
+        ChronotableCommand::DropChunks {
+            table,
+            older_than,
+            json,
+        } => {
+            let report = chronotable::drop_chunks(client, table, *older_than, None).await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "dropped {} chunks: {}",
+                    report.dropped.len(),
+                    report.dropped.join(", ")
+                );
+                for (chunk, why) in &report.deferred {
+                    println!("not dropped: {chunk}: {why}");
+                }
+            }
+            if !report.deferred.is_empty() {
+                bail!("{} chunks could not be dropped", report.deferred.len());
+            }
+        }
+        ChronotableCommand::Drop { table } => {
+            let dropped = chronotable::drop_chronotable(client, table).await?;
+            println!("dropped ChronoTable {dropped}");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,74 @@
+//! Test harness: one embedded PostgreSQL cluster per test binary, one database per test.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lakets::embedded::{EmbeddedOptions, EmbeddedPostgres};
+
+pub fn cluster() -> &'static EmbeddedPostgres {
+    static PG: OnceLock<EmbeddedPostgres> = OnceLock::new();
+    PG.get_or_init(|| {
+        EmbeddedPostgres::start(EmbeddedOptions::default()).expect("starting embedded PostgreSQL")
+    })
+}
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub client: tokio_postgres::Client,
+}
+
+impl TestDb {
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        lakets::db::connect(&self.url).await.expect("connecting")
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        self.client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", lakets::error::describe_pg_error(&e)));
+    }
+
+    pub async fn scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(&self, sql: &str) -> T {
+        self.client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", lakets::error::describe_pg_error(&e)))
+            .get(0)
+    }
+}
+
+/// A fresh database with the lakets schema installed.
+pub async fn fresh_db(label: &str) -> TestDb {
+    let db = fresh_empty_db(label).await;
+    let mut client = db.connect().await;
+    lakets::catalog::migrate(&mut client)
+        .await
+        .expect("migrating");
+    db
+}
+
+/// A fresh database without the lakets schema.
+pub async fn fresh_empty_db(label: &str) -> TestDb {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "t_{}_{}",
+        label
+            .to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    let url = pg.create_database(&name).await.expect("creating database");
+    let client = lakets::db::connect(&url).await.expect("connecting");
+    TestDb { name, url, client }
+}
+
+/// Parses an RFC 3339 time.
+pub fn ts(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .with_timezone(&chrono::Utc)
+}
