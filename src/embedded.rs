@@ -423,26 +423,48 @@ fn spawn_as(mut cmd: Command, run_as: Option<OsUser>) -> std::io::Result<Child> 
 /// Finds a directory holding `initdb` and `postgres`: `LAKETS_PG_BINDIR`, then
 /// `pg_config --bindir`, then PATH, then the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_server_bindir() -> Result<PathBuf> {
+    search_bindir(&BindirSearch {
+        explicit: std::env::var_os("LAKETS_PG_BINDIR").map(PathBuf::from),
+        pg_config: Some(PathBuf::from("pg_config")),
+        path: std::env::var_os("PATH"),
+        versioned_root: PathBuf::from("/usr/lib/postgresql"),
+    })
+}
+
+const INSTALL_HINT: &str = "install them with `apt-get install postgresql-15` (Debian/Ubuntu), \
+     or pass --database-url to use an existing server";
+
+/// Where to look for the server binaries (injectable for tests).
+pub struct BindirSearch {
+    pub explicit: Option<PathBuf>,
+    pub pg_config: Option<PathBuf>,
+    pub path: Option<std::ffi::OsString>,
+    pub versioned_root: PathBuf,
+}
+
+pub fn search_bindir(search: &BindirSearch) -> Result<PathBuf> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Some(dir) = std::env::var_os("LAKETS_PG_BINDIR") {
-        let dir = PathBuf::from(dir);
-        return if has_server(&dir) {
-            Ok(dir)
+    if let Some(dir) = &search.explicit {
+        return if has_server(dir) {
+            Ok(dir.clone())
         } else {
             Err(Error::Embedded(format!(
-                "LAKETS_PG_BINDIR={} does not contain initdb and postgres",
+                "LAKETS_PG_BINDIR={} does not contain initdb and postgres; point it at the \
+                 PostgreSQL server binaries or unset it ({INSTALL_HINT})",
                 dir.display()
             )))
         };
     }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+    if let Some(pg_config) = &search.pg_config
+        && let Ok(out) = Command::new(pg_config).arg("--bindir").output()
+    {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_server(&dir) {
             return Ok(dir);
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
+    if let Some(path) = &search.path {
+        for dir in std::env::split_paths(path) {
             // Debian links initdb into PATH but not postgres: follow the link.
             if let Ok(real) = fs::canonicalize(dir.join("initdb"))
                 && let Some(real_dir) = real.parent()
@@ -452,7 +474,7 @@ pub fn find_server_bindir() -> Result<PathBuf> {
             }
         }
     }
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir(&search.versioned_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -466,13 +488,11 @@ pub fn find_server_bindir() -> Result<PathBuf> {
     if let Some((_, bin)) = versions.pop() {
         return Ok(bin);
     }
-    Err(Error::Embedded(
+    Err(Error::Embedded(format!(
         "PostgreSQL server binaries (initdb, postgres) were not found in LAKETS_PG_BINDIR, \
-         `pg_config --bindir`, PATH or /usr/lib/postgresql/*/bin. Install them with \
-         `apt-get install postgresql-15` (Debian/Ubuntu), or pass --database-url to use an \
-         existing server"
-            .into(),
-    ))
+         `pg_config --bindir`, PATH or {}/*/bin; {INSTALL_HINT}",
+        search.versioned_root.display()
+    )))
 }
 
 fn os_user_for_server() -> Result<Option<OsUser>> {
@@ -599,4 +619,43 @@ fn percent_encode_path(segment: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_name_the_package_to_install() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = search_bindir(&BindirSearch {
+            explicit: None,
+            pg_config: None,
+            path: Some(empty.path().as_os_str().to_owned()),
+            versioned_root: empty.path().to_path_buf(),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("apt-get install postgresql-15"), "{err}");
+        assert!(err.contains("were not found"), "{err}");
+    }
+
+    #[test]
+    fn picks_the_newest_versioned_directory() {
+        let root = tempfile::tempdir().unwrap();
+        for v in ["9", "15", "13"] {
+            let bin = root.path().join(v).join("bin");
+            fs::create_dir_all(&bin).unwrap();
+            fs::write(bin.join("initdb"), "").unwrap();
+            fs::write(bin.join("postgres"), "").unwrap();
+        }
+        let found = search_bindir(&BindirSearch {
+            explicit: None,
+            pg_config: None,
+            path: None,
+            versioned_root: root.path().to_path_buf(),
+        })
+        .unwrap();
+        assert_eq!(found, root.path().join("15").join("bin"));
+    }
 }
