@@ -188,6 +188,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     match &cli.command {
         Command::Init => {
             let mut client = connect(&cli, from_argv).await?;
@@ -206,8 +207,15 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
             }
         }
         Command::Chronotable(cmd) => {
-            let mut client = connect(&cli, from_argv).await?;
-            run_chronotable(&mut client, cmd).await?;
+            // On Ctrl-C the command is dropped mid-flight: the connection closes and
+            // PostgreSQL rolls back whatever transaction was open.
+            tokio::select! {
+                result = async {
+                    let mut client = connect(&cli, from_argv).await?;
+                    run_chronotable(&mut client, cmd).await
+                } => result?,
+                _ = shutdown => bail!("interrupted; the open transaction was rolled back"),
+            }
         }
         Command::Demo { duration, data_dir } => {
             let options = lakets::demo::DemoOptions {
@@ -216,7 +224,7 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 duration: duration.map(Interval::as_std),
                 history_hours: 3,
             };
-            lakets::demo::run(options, shutdown_signal()).await?;
+            lakets::demo::run(options, shutdown).await?;
         }
     }
     Ok(())
@@ -302,20 +310,17 @@ async fn run_chronotable(
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending().await,
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal during start-up is not lost (nor fatal).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
+    })
 }
