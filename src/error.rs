@@ -41,6 +41,19 @@ pub enum Error {
     #[error("embedded PostgreSQL: {0}")]
     Embedded(String),
 
+    /// The replication stream carried something we cannot decode.
+    #[error("{0}")]
+    Protocol(String),
+
+    /// The replication connection failed (connect, slot, stream); `transient` errors are
+    /// retried with backoff, the others stop the consumer.
+    #[error("replication: {message}")]
+    Replication { message: String, transient: bool },
+
+    /// A column type or schema change an operator cannot carry.
+    #[error("{0}")]
+    Unsupported(String),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -11,6 +11,8 @@ pub mod embedded;
 pub mod error;
 pub mod ident;
 pub mod interval;
+pub mod operators;
 pub mod report;
+pub mod wal;
 
 pub use error::{Error, Result};

@@ -53,6 +53,14 @@ enum Command {
     /// Time-partitioned tables.
     #[command(subcommand)]
     Chronotable(ChronotableCommand),
+    /// Stream the WAL of the ChronoTables through the operators until Ctrl-C or SIGTERM.
+    Run {
+        #[command(flatten)]
+        replication: ReplicationArgs,
+    },
+    /// The replication slot: show its state, or drop it.
+    #[command(subcommand)]
+    Slot(SlotCommand),
     /// The stock-tick demo on an embedded PostgreSQL (or --database-url).
     Demo {
         /// Stop after this long (for example '5 minutes'); default: until Ctrl-C.
@@ -61,6 +69,39 @@ enum Command {
         /// Where the demo keeps its files.
         #[arg(long, default_value = "lakets-data")]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ReplicationArgs {
+    /// Replication slot name.
+    #[arg(long, default_value = lakets::wal::setup::DEFAULT_SLOT, env = "LAKETS_SLOT")]
+    slot: String,
+    /// Publication name (lakets keeps it covering the ChronoTables).
+    #[arg(long, default_value = lakets::wal::setup::DEFAULT_PUBLICATION, env = "LAKETS_PUBLICATION")]
+    publication: String,
+    /// Receive values in text format instead of binary.
+    #[arg(long)]
+    text_protocol: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum SlotCommand {
+    /// Position, retained WAL and state of the slot.
+    Show {
+        #[arg(long, default_value = lakets::wal::setup::DEFAULT_SLOT)]
+        slot: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the slot (refused while it holds unconfirmed changes, unless --force).
+    Drop {
+        slot: String,
+        #[arg(long, default_value = lakets::wal::setup::DEFAULT_PUBLICATION)]
+        publication: String,
+        /// Drop even if changes not yet stored by every operator would be lost.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -215,6 +256,85 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                     run_chronotable(&mut client, cmd).await
                 } => result?,
                 _ = shutdown => bail!("interrupted; the open transaction was rolled back"),
+            }
+        }
+        Command::Run { replication } => {
+            let url = database_url(&cli, from_argv)?.context(
+                "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
+            )?;
+            let db = lakets::db::parse_config(&url)?;
+            let mut client = lakets::db::connect_with(&db).await?;
+            lakets::catalog::migrate(&mut client).await?;
+            drop(client);
+            let mut source =
+                lakets::wal::SourceSettings::new(&replication.slot, &replication.publication);
+            source.binary = !replication.text_protocol;
+            let config = lakets::wal::PipelineConfig::new(source);
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                on_signal.cancel();
+            });
+            let slot = replication.slot.clone();
+            lakets::wal::run_with_restarts(
+                || {
+                    let db = db.clone();
+                    let config = config.clone();
+                    let slot = slot.clone();
+                    async move {
+                        let client = lakets::db::connect_with(&db).await?;
+                        let tracker =
+                            lakets::operators::chunk_tracker::ChunkTracker::new(client, slot)
+                                .await?;
+                        Ok(lakets::wal::Pipeline::new(db, config).operator(tracker))
+                    }
+                },
+                cancel,
+            )
+            .await?;
+        }
+        Command::Slot(cmd) => {
+            let client = connect(&cli, from_argv).await?;
+            match cmd {
+                SlotCommand::Show { slot, json } => {
+                    let state = lakets::wal::setup::slot_state(&client, slot)
+                        .await?
+                        .ok_or_else(|| lakets::Error::NotFound {
+                            kind: "replication slot",
+                            name: slot.clone(),
+                        })?;
+                    if *json {
+                        print_json(&state)?;
+                    } else {
+                        println!(
+                            "slot {}: {} confirmed_flush_lsn={} restart_lsn={} wal_status={} retained={}",
+                            state.slot_name,
+                            if state.active { "active" } else { "inactive" },
+                            state
+                                .confirmed_flush_lsn
+                                .map(|l| l.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            state
+                                .restart_lsn
+                                .map(|l| l.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            state.wal_status.as_deref().unwrap_or("-"),
+                            state
+                                .retained_bytes
+                                .map(lakets::report::human_bytes)
+                                .unwrap_or_else(|| "-".into()),
+                        );
+                    }
+                }
+                SlotCommand::Drop {
+                    slot,
+                    publication,
+                    force,
+                } => {
+                    lakets::wal::setup::drop_slot(&client, slot, publication, *force).await?;
+                    println!("dropped replication slot {slot}");
+                }
             }
         }
         Command::Demo { duration, data_dir } => {

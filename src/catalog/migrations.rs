@@ -16,10 +16,11 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "chronotables",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "chronotables",
+        sql: r#"
 CREATE TABLE lakets._chronotable_registry (
     schema_name      text        NOT NULL,
     table_name       text        NOT NULL,
@@ -59,7 +60,22 @@ COMMENT ON TABLE lakets._chronotable_registry IS 'ChronoTables: time-partitioned
 COMMENT ON TABLE lakets._chunk_metadata IS 'One row per chunk (partition) ever created; status active, tiered or dropped';
 COMMENT ON COLUMN lakets._chunk_metadata.last_write_lsn IS 'End LSN of the last transaction that wrote to the chunk, stamped by the WAL consumer';
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "sink_progress",
+        sql: r#"
+CREATE TABLE lakets._sink_progress (
+    slot_name   text        NOT NULL,
+    operator    text        NOT NULL,
+    durable_lsn pg_lsn      NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot_name, operator)
+);
+COMMENT ON TABLE lakets._sink_progress IS 'Per WAL operator: end LSN of the last transaction whose effects it committed, written in the same transaction as those effects';
+"#,
+    },
+];
 
 /// The schema version this build of lakets expects.
 pub fn latest_version() -> i32 {

@@ -1,0 +1,524 @@
+//! The WAL pipeline: one replication connection, decoded in commit order and fanned out to
+//! operators, each in its own task behind a bounded channel.
+//!
+//! ```text
+//!  slot --frames--> reader: decode, assemble slices --Arc<Event>--> [operator task] x N
+//!    ^                                                                   |
+//!    +---- acknowledge min(durable LSN over operators) <--- watch -------+
+//! ```
+//!
+//! - Backpressure: the reader waits for room in every operator's channel before handing a
+//!   slice on, so memory is bounded by channel size x slice size, never by the backlog.
+//!   While it waits it keeps sending status updates, so the walsender does not time out.
+//! - Acknowledgement: never past the smallest durable LSN, so after any crash the slot
+//!   still holds everything some operator has not stored.
+//! - Idle slots: a heartbeat (`pg_logical_emit_message`, non-transactional) moves the
+//!   acknowledged position forward when no published table is written.
+//! - Any error ends the run; [`run_with_restarts`] starts a fresh one after a backoff, and
+//!   each operator resumes from its own durable LSN (exactly once per operator).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::lsn::Lsn;
+use super::setup;
+use super::source::{SourceSettings, WalSource};
+use super::transaction::{Assembled, Assembler, HEARTBEAT_PREFIX, TxnSlice};
+use crate::error::{Error, PgResultExt, Result};
+use crate::operators::Operator;
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub source: SourceSettings,
+    /// Operators flush at least this often (and at transaction boundaries only).
+    pub flush_interval: Duration,
+    /// How often the durable position is sent to the server.
+    pub ack_interval: Duration,
+    /// Emit a heartbeat message this often (None: never).
+    pub heartbeat_interval: Option<Duration>,
+    /// Changes per slice handed to operators.
+    pub max_slice_changes: usize,
+    /// Slices queued per operator before the reader waits.
+    pub channel_slices: usize,
+}
+
+impl PipelineConfig {
+    pub fn new(source: SourceSettings) -> Self {
+        PipelineConfig {
+            source,
+            flush_interval: Duration::from_secs(1),
+            ack_interval: Duration::from_millis(500),
+            heartbeat_interval: Some(Duration::from_secs(10)),
+            max_slice_changes: 1024,
+            channel_slices: 16,
+        }
+    }
+}
+
+/// What flows from the reader to the operators.
+#[derive(Debug)]
+pub enum Event {
+    Slice(TxnSlice),
+    /// No change for any operator before this position.
+    Position(Lsn),
+}
+
+/// Live figures of a running pipeline (also exported as metrics).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PipelineStatus {
+    pub slot: String,
+    pub received_lsn: Lsn,
+    pub acknowledged_lsn: Lsn,
+    pub operators: Vec<(String, Lsn)>,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub transactions: u64,
+    pub changes: u64,
+}
+
+struct OperatorHandle {
+    name: String,
+    tx: mpsc::Sender<Arc<Event>>,
+    durable: watch::Receiver<Lsn>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// A set of operators ready to run against one slot.
+pub struct Pipeline {
+    config: PipelineConfig,
+    db: tokio_postgres::Config,
+    operators: Vec<OperatorHandle>,
+    status: Arc<Mutex<PipelineStatus>>,
+}
+
+impl Pipeline {
+    pub fn new(db: tokio_postgres::Config, config: PipelineConfig) -> Self {
+        let status = PipelineStatus {
+            slot: config.source.slot.clone(),
+            ..Default::default()
+        };
+        Pipeline {
+            config,
+            db,
+            operators: Vec::new(),
+            status: Arc::new(Mutex::new(status)),
+        }
+    }
+
+    /// Shares the status of this run with an existing handle (kept across restarts).
+    pub fn with_status(mut self, status: Arc<Mutex<PipelineStatus>>) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn status(&self) -> Arc<Mutex<PipelineStatus>> {
+        self.status.clone()
+    }
+
+    /// Adds an operator; it starts (reads its durable LSN) right away.
+    pub fn operator<O: Operator>(mut self, op: O) -> Self {
+        let name = op.name().to_owned();
+        let (tx, rx) = mpsc::channel(self.config.channel_slices.max(1));
+        let (durable_tx, durable) = watch::channel(Lsn::ZERO);
+        let flush_interval = self.config.flush_interval;
+        let task = tokio::spawn(run_operator(op, rx, durable_tx, flush_interval));
+        self.operators.push(OperatorHandle {
+            name,
+            tx,
+            durable,
+            task,
+        });
+        self
+    }
+
+    /// Streams until `shutdown` is cancelled (then flushes, acknowledges and returns Ok) or
+    /// something fails.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Pipeline {
+            config,
+            db,
+            mut operators,
+            status,
+        } = self;
+        if operators.is_empty() {
+            return Err(Error::invalid("a pipeline needs at least one operator"));
+        }
+        let slot = config.source.slot.clone();
+        let client = crate::db::connect_with(&db).await?;
+        crate::catalog::check_installed(&client).await?;
+        setup::preflight(&client, &slot).await?;
+        setup::ensure_publication(&client, &config.source.publication).await?;
+        setup::ensure_slot(&client, &slot).await?;
+
+        let mut source = WalSource::start(&db, &config.source).await?;
+        let mut assembler = Assembler::new(config.source.binary, config.max_slice_changes);
+        info!(slot = %slot, binary = config.source.binary, operators = operators.len(), "streaming the WAL");
+
+        let heartbeat = config.heartbeat_interval.map(|every| {
+            let client_db = db.clone();
+            tokio::spawn(async move { heartbeat_loop(client_db, every).await })
+        });
+
+        let mut acked = Lsn::ZERO;
+        let mut last_ack = Instant::now();
+        let mut lag = LagTracker::default();
+        let result: Result<()> = async {
+            loop {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                if let Some(frame) = source.next_frame().await? {
+                    metrics::gauge!("lakets_wal_received_lsn").set(frame.wal_end.0 as f64);
+                    if let Some(out) = assembler.push(&frame.data)? {
+                        let event = match out {
+                            Assembled::Slice(slice) => {
+                                count_changes(&slice, &status);
+                                if let Some(end) = slice.end_lsn {
+                                    lag.committed(end, slice.commit_time);
+                                }
+                                Event::Slice(slice)
+                            }
+                            Assembled::Position(lsn) => Event::Position(lsn),
+                        };
+                        fan_out(&mut operators, Arc::new(event), &mut source).await?;
+                    }
+                }
+                if last_ack.elapsed() >= config.ack_interval {
+                    check_operators(&mut operators).await?;
+                    acked = acknowledge(&operators, &mut source, acked, &status, &mut lag).await?;
+                    last_ack = Instant::now();
+                }
+            }
+        }
+        .await;
+
+        if let Some(h) = heartbeat {
+            h.abort();
+        }
+        // Let the operators store what they have, then acknowledge it.
+        let handles: Vec<_> = operators
+            .into_iter()
+            .map(|op| {
+                drop(op.tx);
+                (op.name, op.durable, op.task)
+            })
+            .collect();
+        let mut final_error = result.err();
+        let mut durables = Vec::new();
+        for (name, durable, task) in handles {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(operator = %name, error = %e, "operator failed");
+                    final_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    final_error
+                        .get_or_insert(Error::Embedded(format!("operator {name} panicked: {e}")));
+                }
+            }
+            durables.push(*durable.borrow());
+        }
+        if let Some(min) = durables.into_iter().min()
+            && min > acked
+            && final_error.is_none()
+        {
+            let _ = source.acknowledge(min).await;
+        }
+        match final_error {
+            Some(e) => Err(e),
+            None => {
+                info!(slot = %slot, "pipeline stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn count_changes(slice: &TxnSlice, status: &Arc<Mutex<PipelineStatus>>) {
+    let mut st = status.lock().unwrap();
+    for change in &slice.changes {
+        metrics::counter!("lakets_wal_changes_total", "kind" => change.kind()).increment(1);
+    }
+    st.changes += slice.changes.len() as u64;
+    if slice.end_lsn.is_some() {
+        st.transactions += 1;
+        metrics::counter!("lakets_wal_transactions_total").increment(1);
+    }
+}
+
+/// Hands an event to every operator, waiting for room; keeps the connection alive while
+/// waiting.
+async fn fan_out(
+    operators: &mut [OperatorHandle],
+    event: Arc<Event>,
+    source: &mut WalSource,
+) -> Result<()> {
+    for op in operators.iter_mut() {
+        loop {
+            // Cancel-safe: `reserve` either yields a slot or, when dropped, takes nothing.
+            let outcome = tokio::select! {
+                permit = op.tx.reserve() => Some(permit.map(|p| p.send(event.clone())).is_ok()),
+                _ = tokio::time::sleep(Duration::from_secs(5)) => None,
+            };
+            match outcome {
+                Some(true) => break,
+                Some(false) => return Err(operator_gone(op).await),
+                None => {
+                    // Backpressure: an operator is slow. Status updates keep the walsender
+                    // from timing us out while we do not read.
+                    metrics::counter!("lakets_wal_backpressure_waits_total", "operator" => op.name.clone())
+                        .increment(1);
+                    if op.task.is_finished() {
+                        return Err(operator_gone(op).await);
+                    }
+                    source.acknowledge(Lsn::ZERO).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn operator_gone(op: &mut OperatorHandle) -> Error {
+    match (&mut op.task).await {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => Error::Embedded(format!("operator {} stopped unexpectedly", op.name)),
+        Err(e) => Error::Embedded(format!("operator {} panicked: {e}", op.name)),
+    }
+}
+
+async fn check_operators(operators: &mut [OperatorHandle]) -> Result<()> {
+    for op in operators.iter_mut() {
+        if op.task.is_finished() {
+            return Err(operator_gone(op).await);
+        }
+    }
+    Ok(())
+}
+
+async fn acknowledge(
+    operators: &[OperatorHandle],
+    source: &mut WalSource,
+    acked: Lsn,
+    status: &Arc<Mutex<PipelineStatus>>,
+    lag: &mut LagTracker,
+) -> Result<Lsn> {
+    let durables: Vec<(String, Lsn)> = operators
+        .iter()
+        .map(|op| (op.name.clone(), *op.durable.borrow()))
+        .collect();
+    let min = durables.iter().map(|(_, l)| *l).min().unwrap_or(Lsn::ZERO);
+    let new_ack = acked.max(min);
+    source.acknowledge(new_ack).await?;
+    let received = source.received_lsn();
+    let lag_bytes = received.0.saturating_sub(new_ack.0);
+    let lag_seconds = lag.seconds_behind(new_ack);
+    metrics::gauge!("lakets_wal_acknowledged_lsn").set(new_ack.0 as f64);
+    metrics::gauge!("lakets_replication_lag_bytes").set(lag_bytes as f64);
+    metrics::gauge!("lakets_replication_lag_seconds").set(lag_seconds);
+    for (name, lsn) in &durables {
+        metrics::gauge!("lakets_operator_durable_lsn", "operator" => name.clone())
+            .set(lsn.0 as f64);
+        metrics::gauge!("lakets_operator_lag_bytes", "operator" => name.clone())
+            .set(received.0.saturating_sub(lsn.0) as f64);
+    }
+    let mut st = status.lock().unwrap();
+    st.received_lsn = received;
+    st.acknowledged_lsn = new_ack;
+    st.operators = durables;
+    st.lag_bytes = lag_bytes;
+    st.lag_seconds = lag_seconds;
+    Ok(new_ack)
+}
+
+/// Commit times of transactions handed on but not yet durable everywhere, sampled so that
+/// the queue stays small at any rate.
+#[derive(Default)]
+struct LagTracker {
+    pending: VecDeque<(Lsn, i64)>,
+}
+
+impl LagTracker {
+    fn committed(&mut self, end: Lsn, commit_time: i64) {
+        let sampled = self
+            .pending
+            .back()
+            .is_none_or(|(_, t)| commit_time - t >= 10_000);
+        if sampled && self.pending.len() < 100_000 {
+            self.pending.push_back((end, commit_time));
+        }
+    }
+
+    /// Seconds between now and the commit of the oldest transaction not yet durable.
+    fn seconds_behind(&mut self, durable: Lsn) -> f64 {
+        while self.pending.front().is_some_and(|(end, _)| *end <= durable) {
+            self.pending.pop_front();
+        }
+        match self.pending.front() {
+            Some((_, t)) => {
+                let now = chrono::Utc::now().timestamp_micros();
+                ((now - t).max(0) as f64) / 1e6
+            }
+            None => 0.0,
+        }
+    }
+}
+
+async fn heartbeat_loop(db: tokio_postgres::Config, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client = None;
+    loop {
+        interval.tick().await;
+        if client.is_none() {
+            client = crate::db::connect_with(&db).await.ok();
+        }
+        if let Some(c) = &client
+            && let Err(e) = c
+                .execute(
+                    "SELECT pg_logical_emit_message(false, $1, '')",
+                    &[&HEARTBEAT_PREFIX],
+                )
+                .await
+                .pg_context(|| "emitting a heartbeat".into())
+        {
+            warn!(error = %e, "heartbeat failed");
+            client = None;
+        }
+    }
+}
+
+/// Runs one operator: skips what it already has, applies, flushes on its timer at
+/// transaction boundaries, and publishes its durable LSN.
+async fn run_operator<O: Operator>(
+    mut op: O,
+    mut rx: mpsc::Receiver<Arc<Event>>,
+    durable_tx: watch::Sender<Lsn>,
+    flush_interval: Duration,
+) -> Result<()> {
+    let name = op.name().to_owned();
+    let mut durable = op.durable_lsn().await?;
+    let _ = durable_tx.send(durable);
+    info!(operator = %name, durable = %durable, "operator resumes");
+    // End LSN of the last transaction applied (stored or not).
+    let mut applied = durable;
+    let mut in_txn = false;
+    let mut skipping = false;
+    let mut idle_position = Lsn::ZERO;
+    let mut ticker = tokio::time::interval(flush_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    macro_rules! flush {
+        () => {
+            if applied > durable {
+                op.flush(applied).await?;
+                durable = applied;
+            }
+            // Everything handed to us is stored: heartbeats past it may be confirmed too.
+            let _ = durable_tx.send(durable.max(idle_position));
+        };
+    }
+
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else {
+                    if !in_txn {
+                        flush!();
+                    }
+                    return Ok(());
+                };
+                match &*event {
+                    Event::Slice(slice) => {
+                        if slice.first {
+                            in_txn = true;
+                            // Committed at or before something already applied: skip it.
+                            skipping = slice.commit_lsn < applied;
+                        }
+                        if !skipping {
+                            op.apply(slice).await?;
+                        }
+                        if let Some(end) = slice.end_lsn {
+                            in_txn = false;
+                            if !skipping {
+                                applied = end;
+                            }
+                            if op.wants_flush() {
+                                flush!();
+                            }
+                        }
+                    }
+                    Event::Position(lsn) => {
+                        if !in_txn && *lsn > idle_position {
+                            idle_position = *lsn;
+                            if applied == durable {
+                                let _ = durable_tx.send(durable.max(idle_position));
+                            }
+                        }
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                if !in_txn {
+                    flush!();
+                }
+            }
+        }
+    }
+}
+
+/// Runs pipelines built by `make` until `shutdown`, restarting after failures with
+/// exponential backoff (100 ms to 30 s). Errors that a restart cannot fix are returned.
+pub async fn run_with_restarts<F, Fut>(mut make: F, shutdown: CancellationToken) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Pipeline>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let outcome = match make().await {
+            Ok(pipeline) => pipeline.run(shutdown.clone()).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) if !is_retryable(&e) => return Err(e),
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(100);
+                }
+                warn!(error = %e, retry_in = ?backoff, "WAL pipeline failed; restarting");
+                metrics::counter!("lakets_wal_restarts_total").increment(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Connection trouble and server restarts are retried; bad data and bad setup are not.
+pub fn is_retryable(e: &Error) -> bool {
+    match e {
+        Error::Replication { transient, .. } => *transient,
+        Error::Postgres { source, code, .. } => {
+            source.is_closed()
+                || source.as_db_error().is_none()
+                || code.as_deref().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "55006"
+                })
+        }
+        Error::Io { .. } => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,222 @@
+//! The replication connection: raw pgoutput frames in, flush acknowledgements out.
+//!
+//! Transport is `pg_walstream` 0.9 (see the module docs of [`crate::wal`] for why), used at
+//! its lowest level: `next_raw_event` gives the undecoded XLogData payloads (we decode them
+//! ourselves) and answers keepalives; we alone decide what is acknowledged, through
+//! `SharedLsnFeedback` and `send_feedback`. Its hidden-reconnect and auto-ack helpers are
+//! never used: a lost connection surfaces as an error, and the pipeline restarts from the
+//! slot, which has not been acknowledged past what every operator made durable.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pg_walstream::{
+    CancellationToken, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions,
+    ReplicationStreamConfig, StreamingMode,
+};
+use tokio_postgres::Config;
+use tokio_postgres::config::{Host, SslMode};
+
+use super::lsn::Lsn;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub slot: String,
+    pub publication: String,
+    /// Values in binary send/recv format instead of text.
+    pub binary: bool,
+    /// How often an idle read returns, so acknowledgements go out without traffic.
+    pub idle_tick: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl SourceSettings {
+    pub fn new(slot: impl Into<String>, publication: impl Into<String>) -> Self {
+        SourceSettings {
+            slot: slot.into(),
+            publication: publication.into(),
+            binary: true,
+            idle_tick: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// One XLogData message.
+#[derive(Debug, Clone)]
+pub struct WalFrame {
+    pub wal_start: Lsn,
+    pub wal_end: Lsn,
+    pub data: Bytes,
+}
+
+pub struct WalSource {
+    stream: LogicalReplicationStream,
+    wake: Arc<Mutex<CancellationToken>>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WalSource {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+fn replication_error(context: &str, e: ReplicationError) -> Error {
+    Error::Replication {
+        transient: !e.is_permanent(),
+        message: format!("{context}: {e}"),
+    }
+}
+
+impl WalSource {
+    /// Connects and starts streaming from the slot's confirmed position. The slot and the
+    /// publication must exist (see [`super::setup`]). Needs a multi-threaded runtime.
+    pub async fn start(config: &Config, settings: &SourceSettings) -> Result<Self> {
+        let conninfo = replication_conninfo(config)?;
+        let stream_config = ReplicationStreamConfig::builder(&settings.slot, &settings.publication)
+            // Version 1 is enough: no streaming of in-progress transactions (see transaction.rs).
+            .with_protocol_version(1)
+            .with_streaming_mode(StreamingMode::Off)
+            .with_binary(settings.binary)
+            .with_messages(true)
+            .with_connection_timeout(settings.connect_timeout)
+            .with_feedback_interval(Duration::from_secs(1))
+            .with_slot_options(ReplicationSlotOptions {
+                snapshot: Some("nothing".into()),
+                ..Default::default()
+            });
+        let mut stream = LogicalReplicationStream::new(&conninfo, stream_config)
+            .await
+            .map_err(|e| replication_error("opening the replication connection", e))?;
+        // None: the server resumes at the slot's confirmed_flush_lsn, and nothing is
+        // acknowledged until the operators report durable positions.
+        stream
+            .start(None)
+            .await
+            .map_err(|e| replication_error("starting replication", e))?;
+        let wake = Arc::new(Mutex::new(CancellationToken::new()));
+        let ticker_wake = wake.clone();
+        let tick = settings.idle_tick;
+        let ticker = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                ticker_wake.lock().unwrap().cancel();
+            }
+        });
+        Ok(WalSource {
+            stream,
+            wake,
+            ticker,
+        })
+    }
+
+    /// The next XLogData frame, or `None` when the idle tick fired first.
+    pub async fn next_frame(&mut self) -> Result<Option<WalFrame>> {
+        let token = self.wake.lock().unwrap().clone();
+        match self.stream.next_raw_event(&token).await {
+            Ok(raw) => Ok(Some(WalFrame {
+                wal_start: Lsn(raw.wal_start.0),
+                wal_end: Lsn(raw.wal_end.0),
+                data: raw.data,
+            })),
+            Err(ReplicationError::Cancelled(_)) => {
+                *self.wake.lock().unwrap() = CancellationToken::new();
+                Ok(None)
+            }
+            Err(e) => Err(replication_error("reading the replication stream", e)),
+        }
+    }
+
+    /// The highest WAL position the server has told us about (data or keepalive).
+    pub fn received_lsn(&self) -> Lsn {
+        Lsn(self.stream.current_lsn())
+    }
+
+    /// Confirms `flushed` to the server: the slot may release WAL before it.
+    pub async fn acknowledge(&mut self, flushed: Lsn) -> Result<()> {
+        if !flushed.is_zero() {
+            self.stream
+                .shared_lsn_feedback
+                .update_applied_lsn(flushed.0);
+        }
+        self.stream
+            .send_feedback()
+            .await
+            .map_err(|e| replication_error("sending the standby status update", e))
+    }
+}
+
+/// A libpq key=value string for the replication connection (`replication=database`).
+fn replication_conninfo(config: &Config) -> Result<String> {
+    fn quote(v: &str) -> String {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => {
+            return Err(Error::invalid(format!(
+                "the replication connection needs a TCP host, not the unix socket {}; use \
+                 host=127.0.0.1 (or the server's name) in the database URL",
+                p.display()
+            )));
+        }
+        None => "localhost".into(),
+    };
+    let mut parts = vec![
+        format!("host={}", quote(&host)),
+        format!(
+            "port={}",
+            config.get_ports().first().copied().unwrap_or(5432)
+        ),
+        "replication=database".to_owned(),
+    ];
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={}", quote(user)));
+    }
+    if let Some(db) = config.get_dbname() {
+        parts.push(format!("dbname={}", quote(db)));
+    }
+    if let Some(pw) = config.get_password() {
+        parts.push(format!("password={}", quote(&String::from_utf8_lossy(pw))));
+    }
+    parts.push(
+        match config.get_ssl_mode() {
+            SslMode::Disable => "sslmode=disable",
+            SslMode::Require => "sslmode=require",
+            _ => "sslmode=prefer",
+        }
+        .to_owned(),
+    );
+    Ok(parts.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn conninfo_quotes_values_and_refuses_sockets() {
+        let c = Config::from_str("postgres://o'neil:p%20w'@db.example:6543/my db").unwrap();
+        let s = replication_conninfo(&c).unwrap();
+        assert!(
+            s.contains("host='db.example' port=6543 replication=database"),
+            "{s}"
+        );
+        assert!(s.contains("user='o\\'neil'"), "{s}");
+        assert!(s.contains("password='p w\\''"), "{s}");
+        assert!(s.contains("dbname='my db'"), "{s}");
+        let sock = Config::from_str("host=/tmp dbname=x").unwrap();
+        assert!(
+            replication_conninfo(&sock)
+                .unwrap_err()
+                .to_string()
+                .contains("TCP")
+        );
+    }
+}
