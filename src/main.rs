@@ -74,9 +74,9 @@ enum Command {
 
 #[derive(clap::Args, Debug, Clone)]
 struct ReplicationArgs {
-    /// Replication slot name.
-    #[arg(long, default_value = lakets::wal::setup::DEFAULT_SLOT, env = "LAKETS_SLOT")]
-    slot: String,
+    /// Replication slot name (default: lakets_<database>).
+    #[arg(long, env = "LAKETS_SLOT")]
+    slot: Option<String>,
     /// Publication name (lakets keeps it covering the ChronoTables).
     #[arg(long, default_value = lakets::wal::setup::DEFAULT_PUBLICATION, env = "LAKETS_PUBLICATION")]
     publication: String,
@@ -89,8 +89,9 @@ struct ReplicationArgs {
 enum SlotCommand {
     /// Position, retained WAL and state of the slot.
     Show {
-        #[arg(long, default_value = lakets::wal::setup::DEFAULT_SLOT)]
-        slot: String,
+        /// Default: lakets_<database>.
+        #[arg(long)]
+        slot: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -266,8 +267,10 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
             let mut client = lakets::db::connect_with(&db).await?;
             lakets::catalog::migrate(&mut client).await?;
             drop(client);
-            let mut source =
-                lakets::wal::SourceSettings::new(&replication.slot, &replication.publication);
+            let slot = replication.slot.clone().unwrap_or_else(|| {
+                lakets::wal::setup::default_slot_name(db.get_dbname().unwrap_or("postgres"))
+            });
+            let mut source = lakets::wal::SourceSettings::new(&slot, &replication.publication);
             source.binary = !replication.text_protocol;
             let config = lakets::wal::PipelineConfig::new(source);
             let cancel = tokio_util::sync::CancellationToken::new();
@@ -276,7 +279,6 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 shutdown.await;
                 on_signal.cancel();
             });
-            let slot = replication.slot.clone();
             lakets::wal::run_with_restarts(
                 || {
                     let db = db.clone();
@@ -298,7 +300,17 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
             let client = connect(&cli, from_argv).await?;
             match cmd {
                 SlotCommand::Show { slot, json } => {
-                    let state = lakets::wal::setup::slot_state(&client, slot)
+                    let slot = match slot {
+                        Some(s) => s.clone(),
+                        None => {
+                            let db: String = client
+                                .query_one("SELECT current_database()::text", &[])
+                                .await?
+                                .get(0);
+                            lakets::wal::setup::default_slot_name(&db)
+                        }
+                    };
+                    let state = lakets::wal::setup::slot_state(&client, &slot)
                         .await?
                         .ok_or_else(|| lakets::Error::NotFound {
                             kind: "replication slot",

@@ -13,7 +13,10 @@
 //! - Acknowledgement: never past the smallest durable LSN, so after any crash the slot
 //!   still holds everything some operator has not stored.
 //! - Idle slots: a heartbeat (`pg_logical_emit_message`, non-transactional) moves the
-//!   acknowledged position forward when no published table is written.
+//!   acknowledged position forward when no published table is written. An operator with
+//!   nothing applied-but-unstored reports the latest heartbeat it has seen as durable
+//!   without writing anything: no transaction lies between its stored LSN and that position
+//!   (the walsender sends in commit order), and on restart it skips by its stored LSN.
 //! - Any error ends the run; [`run_with_restarts`] starts a fresh one after a backoff, and
 //!   each operator resumes from its own durable LSN (exactly once per operator).
 

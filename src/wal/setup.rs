@@ -13,8 +13,24 @@ use crate::catalog::registry;
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::quote_ident;
 
-pub const DEFAULT_SLOT: &str = "lakets";
 pub const DEFAULT_PUBLICATION: &str = "lakets";
+
+/// The default slot of a database: `lakets_<database>`. Slot names are global to the
+/// cluster, so a fixed name would collide between two databases served by lakets.
+pub fn default_slot_name(database: &str) -> String {
+    let mut name: String = format!("lakets_{database}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    name.truncate(crate::ident::MAX_IDENT_BYTES);
+    name
+}
 
 /// What `pg_replication_slots` says about our slot.
 #[derive(Debug, Clone, serde::Serialize)]

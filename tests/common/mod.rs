@@ -4,6 +4,8 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub mod recording;
+
 use lakets::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 pub fn cluster() -> &'static EmbeddedPostgres {

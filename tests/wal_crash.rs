@@ -1,0 +1,321 @@
+//! Exactly once per operator across kill -9: a mixed workload (inserts, late rows, updates,
+//! deletes, multi-slice transactions) runs while the consumer process is killed at random
+//! points (while decoding, applying, flushing, committing). After a final clean run, the
+//! recording operator holds every change exactly once, and the chunk tracker stamped each
+//! chunk with its last writing transaction.
+//!
+//! The consumer is this test binary itself, re-executed to run `consumer_child`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::recording::{RECORDED_DDL, Recording};
+use common::{TestDb, fresh_db};
+use lakets::operators::chunk_tracker::ChunkTracker;
+use lakets::wal::lsn::Lsn;
+use lakets::wal::{Pipeline, PipelineConfig, SourceSettings, run_with_restarts};
+use tokio_util::sync::CancellationToken;
+
+const CHILD_URL: &str = "LAKETS_TEST_CONSUMER_URL";
+const CHILD_SLOT: &str = "LAKETS_TEST_CONSUMER_SLOT";
+
+/// The consumer process. Does nothing unless the parent test started it.
+#[test]
+fn consumer_child() {
+    let (Ok(url), Ok(slot)) = (std::env::var(CHILD_URL), std::env::var(CHILD_SLOT)) else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("LAKETS_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let db = lakets::db::parse_config(&url).unwrap();
+        let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
+        config.flush_interval = Duration::from_millis(40);
+        config.ack_interval = Duration::from_millis(40);
+        config.heartbeat_interval = Some(Duration::from_millis(200));
+        config.max_slice_changes = 7; // many transactions span several slices
+        let cancel = CancellationToken::new();
+        let on_term = cancel.clone();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        tokio::spawn(async move {
+            term.recv().await;
+            on_term.cancel();
+        });
+        run_with_restarts(
+            || {
+                let (db, config, slot) = (db.clone(), config.clone(), slot.clone());
+                async move {
+                    let tracker =
+                        ChunkTracker::new(lakets::db::connect_with(&db).await?, slot.clone())
+                            .await?;
+                    let recording = Recording::new(lakets::db::connect_with(&db).await?, &slot);
+                    Ok(Pipeline::new(db, config)
+                        .operator(tracker)
+                        .operator(recording))
+                }
+            },
+            cancel,
+        )
+        .await
+        .expect("consumer failed");
+    });
+}
+
+/// Kills the consumer when dropped, so a failing test leaves no process behind.
+struct Consumer(Child);
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_consumer(db: &TestDb) -> Consumer {
+    Consumer(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "consumer_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_URL, &db.url)
+            .env(CHILD_SLOT, &db.name)
+            .env(
+                "LAKETS_LOG",
+                std::env::var("LAKETS_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// xorshift64*: deterministic per seed, printed so that a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+async fn lsn_now(db: &TestDb) -> Lsn {
+    db.scalar::<String>("SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .parse()
+        .unwrap()
+}
+
+/// Runs the workload; returns the expected changes as (kind, id) -> count.
+async fn workload(db: &TestDb, seed: u64, transactions: usize) -> BTreeMap<(String, i64), i64> {
+    let client = db.connect().await;
+    let mut rng = Rng(seed | 1);
+    let mut expected: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    let mut live: Vec<i64> = Vec::new();
+    let mut next_id = 1i64;
+    for _ in 0..transactions {
+        let mut sql = String::from("BEGIN;");
+        let statements = 1 + rng.below(4);
+        for _ in 0..statements {
+            match rng.below(10) {
+                0..=5 => {
+                    let rows = 1 + rng.below(25);
+                    for _ in 0..rows {
+                        // Mostly now; sometimes a late row an hour back, or ahead.
+                        let offset = match rng.below(10) {
+                            0 => -3000 - rng.below(600) as i64,
+                            1 => 1800,
+                            _ => 0,
+                        };
+                        sql.push_str(&format!(
+                            "INSERT INTO events VALUES (now() + {offset} * interval '1 second', {next_id}, 'v');"
+                        ));
+                        *expected.entry(("insert".into(), next_id)).or_default() += 1;
+                        live.push(next_id);
+                        next_id += 1;
+                    }
+                }
+                6..=7 if !live.is_empty() => {
+                    let id = live[rng.below(live.len() as u64) as usize];
+                    sql.push_str(&format!("UPDATE events SET v = v || 'u' WHERE id = {id};"));
+                    *expected.entry(("update".into(), id)).or_default() += 1;
+                }
+                8 if !live.is_empty() => {
+                    let id = live.swap_remove(rng.below(live.len() as u64) as usize);
+                    sql.push_str(&format!("DELETE FROM events WHERE id = {id};"));
+                    *expected.entry(("delete".into(), id)).or_default() += 1;
+                }
+                _ => {
+                    sql.push_str("SELECT 1;");
+                }
+            }
+        }
+        sql.push_str("COMMIT;");
+        client.batch_execute(&sql).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.below(8))).await;
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_per_operator_across_kill_9_at_random_points() {
+    let kills: usize = std::env::var("LAKETS_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let seed: u64 = std::env::var("LAKETS_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("crash test seed {seed} (LAKETS_CRASH_SEED to replay), {kills} kills");
+
+    let mut db = fresh_db("crash").await;
+    db.exec(&format!(
+        "CREATE TABLE events (time timestamptz NOT NULL, id bigint NOT NULL, v text, PRIMARY KEY (id, time));
+         {RECORDED_DDL};"
+    ))
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(1);
+    opts.premake = 2;
+    lakets::chronotable::create_chronotable(&mut db.client, "events", &opts)
+        .await
+        .unwrap();
+    // The stream starts at the slot's creation: create it before the first change.
+    lakets::wal::setup::ensure_publication(&db.client, "lakets")
+        .await
+        .unwrap();
+    lakets::wal::setup::ensure_slot(&db.client, &db.name)
+        .await
+        .unwrap();
+
+    let work = {
+        let db = fresh_handle(&db).await;
+        tokio::spawn(async move { workload(&db, seed, 400).await })
+    };
+    let mut rng = Rng(seed.rotate_left(17) | 1);
+    for i in 0..kills {
+        let mut child = spawn_consumer(&db);
+        let wait = Duration::from_millis(150 + rng.below(700));
+        tokio::time::sleep(wait).await;
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("consumer exited by itself before kill {i}: {status}");
+        }
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+    }
+    let expected = work.await.unwrap();
+    let end = lsn_now(&db).await;
+
+    let mut child = spawn_consumer(&db);
+    // Caught up when the slot is confirmed past the end of the workload: it is confirmed
+    // only up to what every operator has stored (or has nothing pending before).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let confirmed: Option<String> = db
+            .client
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let confirmed: Lsn = confirmed.map(|c| c.parse().unwrap()).unwrap_or(Lsn::ZERO);
+        if confirmed >= end {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer did not catch up: slot at {confirmed} < {end}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(
+        child.0.wait().unwrap().success(),
+        "clean shutdown on SIGTERM"
+    );
+
+    // Exactly once: the recorded changes are the expected multiset, no more, no less.
+    let mut recorded: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for row in db
+        .client
+        .query("SELECT kind, id FROM recorded", &[])
+        .await
+        .unwrap()
+    {
+        *recorded.entry((row.get(0), row.get(1))).or_default() += 1;
+    }
+    let total: i64 = expected.values().sum();
+    if recorded != expected {
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(k, v)| recorded.get(*k) != Some(v))
+            .take(10)
+            .collect();
+        let extra: Vec<_> = recorded
+            .iter()
+            .filter(|(k, v)| expected.get(*k) != Some(v))
+            .take(10)
+            .collect();
+        panic!(
+            "recorded != expected ({total} changes): differing expected {missing:?}, recorded {extra:?}"
+        );
+    }
+
+    // The chunk tracker: each chunk's stamp is the end of the last transaction touching it.
+    let violations: i64 = db
+        .scalar(
+            "WITH touched AS (
+                 SELECT m.chunk_name, max(r.commit_lsn) AS last_commit, m.last_write_lsn
+                   FROM lakets._chunk_metadata m
+                   LEFT JOIN recorded r ON r.time >= m.range_start AND r.time < m.range_end
+                  GROUP BY m.chunk_name, m.last_write_lsn)
+             SELECT count(*) FROM touched
+              WHERE (last_commit IS NULL) <> (last_write_lsn IS NULL)
+                 OR last_write_lsn <= last_commit
+                 OR EXISTS (SELECT 1 FROM recorded r2 WHERE r2.commit_lsn > touched.last_commit
+                              AND r2.commit_lsn < touched.last_write_lsn)",
+        )
+        .await;
+    assert_eq!(
+        violations, 0,
+        "last_write_lsn is not the end of each chunk's last writer"
+    );
+}
+
+async fn fresh_handle(db: &TestDb) -> TestDb {
+    TestDb {
+        name: db.name.clone(),
+        url: db.url.clone(),
+        client: db.connect().await,
+    }
+}
