@@ -89,7 +89,28 @@ struct OperatorHandle {
     name: String,
     tx: mpsc::Sender<Arc<Event>>,
     durable: watch::Receiver<Lsn>,
-    task: tokio::task::JoinHandle<Result<()>>,
+    /// Taken when joined, so that it is awaited exactly once.
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl OperatorHandle {
+    fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Waits for the operator task and returns how it ended (once; later calls say Ok).
+    async fn join(&mut self) -> Result<()> {
+        match self.task.take() {
+            None => Ok(()),
+            Some(task) => match task.await {
+                Ok(result) => result,
+                Err(e) => Err(Error::Embedded(format!(
+                    "operator {} panicked: {e}",
+                    self.name
+                ))),
+            },
+        }
+    }
 }
 
 /// A set of operators ready to run against one slot.
@@ -135,7 +156,7 @@ impl Pipeline {
             name,
             tx,
             durable,
-            task,
+            task: Some(task),
         });
         self
     }
@@ -205,28 +226,16 @@ impl Pipeline {
             h.abort();
         }
         // Let the operators store what they have, then acknowledge it.
-        let handles: Vec<_> = operators
-            .into_iter()
-            .map(|op| {
-                drop(op.tx);
-                (op.name, op.durable, op.task)
-            })
-            .collect();
         let mut final_error = result.err();
         let mut durables = Vec::new();
-        for (name, durable, task) in handles {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    warn!(operator = %name, error = %e, "operator failed");
-                    final_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    final_error
-                        .get_or_insert(Error::Embedded(format!("operator {name} panicked: {e}")));
-                }
+        for mut op in operators {
+            let (closed, _) = mpsc::channel(1);
+            drop(std::mem::replace(&mut op.tx, closed));
+            if let Err(e) = op.join().await {
+                warn!(operator = %op.name, error = %e, "operator failed");
+                final_error.get_or_insert(e);
             }
-            durables.push(*durable.borrow());
+            durables.push(*op.durable.borrow());
         }
         if let Some(min) = durables.into_iter().min()
             && min > acked
@@ -278,7 +287,7 @@ async fn fan_out(
                     // from timing us out while we do not read.
                     metrics::counter!("lakets_wal_backpressure_waits_total", "operator" => op.name.clone())
                         .increment(1);
-                    if op.task.is_finished() {
+                    if op.is_finished() {
                         return Err(operator_gone(op).await);
                     }
                     source.acknowledge(Lsn::ZERO).await?;
@@ -290,16 +299,15 @@ async fn fan_out(
 }
 
 async fn operator_gone(op: &mut OperatorHandle) -> Error {
-    match (&mut op.task).await {
-        Ok(Err(e)) => e,
-        Ok(Ok(())) => Error::Embedded(format!("operator {} stopped unexpectedly", op.name)),
-        Err(e) => Error::Embedded(format!("operator {} panicked: {e}", op.name)),
+    match op.join().await {
+        Err(e) => e,
+        Ok(()) => Error::Embedded(format!("operator {} stopped unexpectedly", op.name)),
     }
 }
 
 async fn check_operators(operators: &mut [OperatorHandle]) -> Result<()> {
     for op in operators.iter_mut() {
-        if op.task.is_finished() {
+        if op.is_finished() {
             return Err(operator_gone(op).await);
         }
     }
