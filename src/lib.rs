@@ -3,6 +3,7 @@
 //! The library holds all the logic; the `lakets` binary is a thin command line over it.
 //! See `DESIGN.md` in the shared folder for the architecture and its invariants.
 
+pub mod bench;
 pub mod catalog;
 pub mod chronotable;
 pub mod db;

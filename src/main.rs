@@ -61,6 +61,9 @@ enum Command {
     /// The replication slot: show its state, or drop it.
     #[command(subcommand)]
     Slot(SlotCommand),
+    /// End-to-end benchmarks on an embedded PostgreSQL (ratios measured in one run).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// The stock-tick demo on an embedded PostgreSQL (or --database-url).
     Demo {
         /// Stop after this long (for example '5 minutes'); default: until Ctrl-C.
@@ -83,6 +86,20 @@ struct ReplicationArgs {
     /// Receive values in text format instead of binary.
     #[arg(long)]
     text_protocol: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Catch-up rows/s of lakets vs pg_recvlogical over the same backlog, text and binary.
+    Catchup {
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 1)]
+        repetitions: usize,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,8 +205,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKETS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lakets=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKETS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,lakets=info,pg_walstream=error")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -295,6 +313,22 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 cancel,
             )
             .await?;
+        }
+        Command::Bench(BenchCommand::Catchup {
+            rows,
+            repetitions,
+            json,
+        }) => {
+            let report = lakets::bench::catchup(&lakets::bench::CatchupOptions {
+                rows: *rows,
+                repetitions: (*repetitions).max(1),
+            })
+            .await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{}", lakets::bench::catchup_table(&report));
+            }
         }
         Command::Slot(cmd) => {
             let client = connect(&cli, from_argv).await?;

@@ -440,3 +440,77 @@ fn demo_stops_its_cluster_on_ctrl_c_and_even_when_killed() {
     });
     let _ = std::fs::remove_dir_all(&demo.pg_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_streams_until_sigterm_and_slot_commands_report_and_protect() {
+    let db = fresh_db("cli_run").await;
+    db.exec("CREATE TABLE ticks (time timestamptz NOT NULL, symbol text, price float8)")
+        .await;
+    assert_ok(&run(
+        &db.url,
+        &[
+            "chronotable",
+            "create",
+            "ticks",
+            "--time-column",
+            "time",
+            "--chunk-interval",
+            "1 hour",
+        ],
+    ));
+    let mut child = lakets()
+        .env("LAKETS_DATABASE_URL", &db.url)
+        .env("LAKETS_LOG", "info")
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let slot = format!("lakets_{}", db.name);
+    wait_until("the slot is streaming", Duration::from_secs(30), || {
+        let out = run(&db.url, &["slot", "show", "--json"]);
+        out.status.success()
+            && serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()["active"] == true
+    });
+    db.exec("INSERT INTO ticks VALUES (now(), 'A', 1.5)").await;
+    let mut stamped = false;
+    for _ in 0..100 {
+        stamped = db
+            .scalar::<bool>(
+                "SELECT bool_or(last_write_lsn IS NOT NULL) FROM lakets._chunk_metadata",
+            )
+            .await;
+        if stamped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stamped, "the chunk tracker stamped the written chunk");
+
+    // The slot is in use: dropping it is refused.
+    let out = run(&db.url, &["slot", "drop", &slot]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM is a clean exit: {status:?}\n{err}"
+    );
+    assert!(err.contains("pipeline stopped"), "{err}");
+
+    let shown = run(&db.url, &["slot", "show"]);
+    assert_ok(&shown);
+    assert!(
+        stdout(&shown).contains(&format!("slot {slot}: inactive")),
+        "{}",
+        stdout(&shown)
+    );
+    // Everything was confirmed at shutdown, so a plain drop is allowed now.
+    let out = run(&db.url, &["slot", "drop", &slot]);
+    assert_ok(&out);
+}

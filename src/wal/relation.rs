@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::pgoutput::RelationMessage;
 use super::value::ColumnType;
+use crate::error::{Error, Result};
 use crate::ident::TableName;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +54,27 @@ impl Relation {
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
     }
+
+    /// Refuses a table with a column whose type the cold tier cannot carry, naming it.
+    pub fn check_supported_types(&self) -> Result<()> {
+        let bad: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !c.column_type.is_supported())
+            .map(|c| format!("{:?} ({})", c.name, c.column_type.name()))
+            .collect();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Unsupported(format!(
+            "{} has columns of types the cold tier cannot carry: {}; supported are timestamptz, \
+             timestamp, date, text/varchar, smallint/integer/bigint, real/double precision, \
+             numeric, boolean, bytea, uuid and json/jsonb (cast the column, or leave the table \
+             out of sync)",
+            self.table,
+            bad.join(", ")
+        )))
+    }
 }
 
 /// What a Relation message meant for the cache.
@@ -95,5 +117,59 @@ impl RelationCache {
 
     pub fn get(&self, id: u32) -> Option<&Arc<Relation>> {
         self.relations.get(&id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::pgoutput::RelationColumn as WireColumn;
+
+    fn message(columns: &[(&'static str, u32)]) -> RelationMessage<'static> {
+        RelationMessage {
+            xid: None,
+            relation_id: 7,
+            namespace: "public",
+            name: "t",
+            replica_identity: b'd',
+            columns: columns
+                .iter()
+                .map(|(name, type_oid)| WireColumn {
+                    is_key: false,
+                    name,
+                    type_oid: *type_oid,
+                    type_modifier: -1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn cache_reports_new_changed_and_unchanged_shapes() {
+        let mut cache = RelationCache::default();
+        let v1 = message(&[("time", 1184), ("v", 701)]);
+        assert!(matches!(cache.update(&v1), RelationUpdate::New(_)));
+        assert!(matches!(cache.update(&v1), RelationUpdate::Unchanged(_)));
+        let v2 = message(&[("time", 1184), ("v", 701), ("extra", 23)]);
+        match cache.update(&v2) {
+            RelationUpdate::Changed { previous, current } => {
+                assert_eq!(previous.columns.len(), 2);
+                assert_eq!(current.columns.len(), 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cache.get(7).unwrap().columns.len(), 3);
+    }
+
+    #[test]
+    fn unsupported_types_are_named() {
+        let ok = Relation::from_message(&message(&[("time", 1184), ("n", 1700), ("j", 3802)]));
+        assert!(ok.check_supported_types().is_ok());
+        let bad = Relation::from_message(&message(&[("time", 1184), ("addr", 869), ("pt", 600)]));
+        let err = bad.check_supported_types().unwrap_err().to_string();
+        assert!(
+            err.contains("\"addr\" (type oid 869)") && err.contains("\"pt\""),
+            "{err}"
+        );
     }
 }

@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn text_times_honour_offsets_and_infinity() {
         let utc = parse_timestamp("2026-03-20 10:00:00+00", true).unwrap();
-        assert_eq!(utc, 1_773_999_200_000_000);
+        assert_eq!(utc, 1_774_000_800_000_000);
         assert_eq!(parse_timestamp("2026-03-20 11:00:00+01", true), Some(utc));
         assert_eq!(
             parse_timestamp("2026-03-20 04:30:00-05:30", true),
@@ -453,8 +453,12 @@ mod tests {
         );
         assert_eq!(numeric_to_string(&enc(-1, 0, 4, &[5])).unwrap(), "0.0005");
         assert_eq!(
-            numeric_to_string(&enc(-2, 0, 6, &[12])).unwrap(),
+            numeric_to_string(&enc(-2, 0, 6, &[1200])).unwrap(),
             "0.000012"
+        );
+        assert_eq!(
+            numeric_to_string(&enc(-2, 0, 8, &[12])).unwrap(),
+            "0.00000012"
         );
         assert_eq!(numeric_to_string(&enc(0, 0, 0, &[])).unwrap(), "0");
         assert_eq!(numeric_to_string(&enc(0, 0xC000, 0, &[])).unwrap(), "NaN");
