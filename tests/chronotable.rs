@@ -823,3 +823,28 @@ async fn commands_refuse_a_database_without_the_lakets_schema() {
     assert_eq!(first, vec![1, 2]);
     assert!(second.is_empty());
 }
+
+#[tokio::test]
+async fn a_new_chronotable_joins_an_existing_lakets_publication_at_once() {
+    let mut db = fresh_db("publication").await;
+    lakets::wal::setup::ensure_publication(&db.client, "lakets")
+        .await
+        .unwrap();
+    db.exec("CREATE TABLE ev (time timestamptz NOT NULL, v int)")
+        .await;
+    chronotable::create_chronotable(&mut db.client, "ev", &options("time", Interval::days(1), 1))
+        .await
+        .unwrap();
+    let members: Vec<String> = db
+        .client
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'lakets'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(members, vec!["ev".to_string()]);
+}

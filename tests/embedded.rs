@@ -80,3 +80,23 @@ async fn a_second_cluster_gets_its_own_port() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_logical_wal_is_refused_with_what_to_change() {
+    let pg = tokio::task::spawn_blocking(|| {
+        EmbeddedPostgres::start(EmbeddedOptions::default().setting("wal_level", "replica"))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let url = pg.create_database("app").await.unwrap();
+    let client = lakets::db::connect(&url).await.unwrap();
+    let err = lakets::wal::setup::preflight(&client, "lakets_app")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wal_level is 'replica'"), "{err}");
+    assert!(err.contains("wal_level = logical"), "{err}");
+    drop(client);
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+}

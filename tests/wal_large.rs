@@ -1,5 +1,6 @@
 //! A transaction of 1,000,000 rows streams through in bounded memory: the consumer's peak
 //! RSS grows by far less than the transaction's size, and operators receive it in slices.
+//! An operator stalling longer than `wal_sender_timeout` does not cost the connection.
 //! Its own test binary, so that no other test moves the process's peak RSS.
 
 mod common;
@@ -43,7 +44,11 @@ impl Operator for Counting {
         self.0
             .largest_slice
             .fetch_max(slice.changes.len(), Ordering::SeqCst);
-        // A slow operator: the reader must wait, not buffer.
+        // A slow operator: the reader must wait, not buffer. Once, it stalls for longer than
+        // wal_sender_timeout: the connection must survive on status updates.
+        if self.0.slices.load(Ordering::SeqCst) == 100 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
         tokio::time::sleep(Duration::from_micros(50)).await;
         Ok(())
     }
@@ -66,6 +71,8 @@ fn peak_rss_bytes() -> u64 {
 async fn a_million_row_transaction_streams_in_bounded_memory() {
     const ROWS: usize = 1_000_000;
     let mut db = fresh_db("large").await;
+    db.exec("ALTER SYSTEM SET wal_sender_timeout = '2s'").await;
+    db.exec("SELECT pg_reload_conf()").await;
     db.exec("CREATE TABLE big (time timestamptz NOT NULL, id bigint, payload text)")
         .await;
     let mut opts = lakets::chronotable::CreateOptions::new("time");

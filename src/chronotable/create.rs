@@ -113,6 +113,26 @@ pub async fn create_chronotable(
     // Registered first: the chunk rows written by `rebuild` reference this entry.
     registry::insert_chronotable(&tx, &ct).await?;
     let report = rebuild(&tx, &def, &ct, &old, &ranges).await?;
+    // A running consumer streams the new ChronoTable from this commit on (a custom
+    // publication is reconciled when the consumer starts).
+    let publication = crate::wal::setup::DEFAULT_PUBLICATION;
+    let published: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&publication],
+        )
+        .await
+        .pg_context(|| "looking up the lakets publication".into())?
+        .get(0);
+    if published {
+        tx.batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(publication),
+            name.quoted()
+        ))
+        .await
+        .pg_context(|| format!("adding {name} to publication {publication}"))?;
+    }
     tx.commit()
         .await
         .pg_context(|| format!("committing the conversion of {name}"))?;

@@ -636,6 +636,62 @@ mod tests {
     }
 
     #[test]
+    fn decodes_type_origin_truncate_and_message() {
+        let mut d = Decoder::new();
+        let mut ty = vec![b'Y'];
+        ty.extend(16_500u32.to_be_bytes());
+        ty.extend(b"public\0mood\0");
+        assert_eq!(
+            d.decode(&ty).unwrap(),
+            Message::Type {
+                xid: None,
+                type_oid: 16_500,
+                namespace: "public",
+                name: "mood"
+            }
+        );
+        let mut origin = vec![b'O'];
+        origin.extend(0x42u64.to_be_bytes());
+        origin.extend(b"upstream\0");
+        assert_eq!(
+            d.decode(&origin).unwrap(),
+            Message::Origin {
+                origin_lsn: Lsn(0x42),
+                name: "upstream"
+            }
+        );
+        let mut trunc = vec![b'T'];
+        trunc.extend(2u32.to_be_bytes());
+        trunc.push(3);
+        trunc.extend(7u32.to_be_bytes());
+        trunc.extend(8u32.to_be_bytes());
+        assert_eq!(
+            d.decode(&trunc).unwrap(),
+            Message::Truncate {
+                xid: None,
+                cascade: true,
+                restart_identity: true,
+                relation_ids: vec![7, 8]
+            }
+        );
+        let mut msg = vec![b'M', 1];
+        msg.extend(0x99u64.to_be_bytes());
+        msg.extend(b"pfx\0");
+        msg.extend(3u32.to_be_bytes());
+        msg.extend(b"abc");
+        assert_eq!(
+            d.decode(&msg).unwrap(),
+            Message::Message {
+                xid: None,
+                transactional: true,
+                lsn: Lsn(0x99),
+                prefix: "pfx",
+                content: b"abc"
+            }
+        );
+    }
+
+    #[test]
     fn streamed_blocks_carry_the_subtransaction_id() {
         let mut d = Decoder::new();
         let mut start = vec![b'S'];

@@ -64,6 +64,11 @@ impl PipelineConfig {
     }
 }
 
+/// While waiting on a slow operator the reader does not read, so it cannot see the
+/// walsender's keepalive requests: it sends a status update this often instead, well
+/// within any sensible `wal_sender_timeout`.
+const STATUS_WHILE_BLOCKED: Duration = Duration::from_secs(1);
+
 /// What flows from the reader to the operators.
 #[derive(Debug)]
 pub enum Event {
@@ -277,7 +282,7 @@ async fn fan_out(
             // Cancel-safe: `reserve` either yields a slot or, when dropped, takes nothing.
             let outcome = tokio::select! {
                 permit = op.tx.reserve() => Some(permit.map(|p| p.send(event.clone())).is_ok()),
-                _ = tokio::time::sleep(Duration::from_secs(5)) => None,
+                _ = tokio::time::sleep(STATUS_WHILE_BLOCKED) => None,
             };
             match outcome {
                 Some(true) => break,
