@@ -254,7 +254,7 @@ impl Cluster {
                     if in_use { ", port already in use" } else { "" }
                 )));
             }
-            if server_is_ready(&pid_file) {
+            if server_is_ready(&pid_file, child.id()) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -327,10 +327,15 @@ fn signal(child: &Child, sig: i32) -> std::io::Result<()> {
     }
 }
 
-/// `postmaster.pid` line 8 reads "ready" once the server accepts connections.
-fn server_is_ready(pid_file: &Path) -> bool {
+/// `postmaster.pid` line 8 reads "ready" once the server accepts connections; line 1 must
+/// be our child's pid (a file left by a killed server says "ready" too).
+fn server_is_ready(pid_file: &Path, pid: u32) -> bool {
     fs::read_to_string(pid_file)
-        .map(|text| text.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
+        .map(|text| {
+            let mut lines = text.lines();
+            lines.next().is_some_and(|l| l.trim() == pid.to_string())
+                && lines.nth(6).is_some_and(|l| l.trim() == "ready")
+        })
         .unwrap_or(false)
 }
 

@@ -50,6 +50,10 @@ pub enum Error {
     #[error("replication: {message}")]
     Replication { message: String, transient: bool },
 
+    /// A WAL operator panicked, stopped, or could not finish.
+    #[error("{0}")]
+    Operator(String),
+
     /// A column type or schema change an operator cannot carry.
     #[error("{0}")]
     Unsupported(String),

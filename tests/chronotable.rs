@@ -295,8 +295,9 @@ async fn ensure_partitions_is_idempotent_and_safe_when_run_concurrently() {
             .expect("concurrent ensure_partitions must not fail");
         created += reports.iter().map(|r| r.created.len()).sum::<usize>();
     }
-    // From the last chunk (Mar 23 14:00) the window jumps to Mar 24 09:00 .. 14:00.
-    assert_eq!(created, 5);
+    // Contiguous from the last chunk (Mar 23 14:00) to the window's end (Mar 24 14:00), so
+    // late rows of the hours in between still have a home.
+    assert_eq!(created, 24);
     let again = chronotable::ensure_partitions(&mut db.client, None, later)
         .await
         .unwrap();
@@ -307,7 +308,7 @@ async fn ensure_partitions_is_idempotent_and_safe_when_run_concurrently() {
     let attached: i64 = db
         .scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'ev'::regclass")
         .await;
-    assert_eq!((registered, attached), (10, 10));
+    assert_eq!((registered, attached), (29, 29));
     // New chunks inherit the replica identity (FULL: the table has no primary key).
     let not_full: i64 = db
         .scalar(
@@ -707,6 +708,20 @@ async fn bad_inputs_are_refused_with_clear_errors_and_no_change() {
             "unique index \"plain_v\" does not include",
         ),
         case(
+            "CREATE UNIQUE INDEX plain_vi ON plain (v) INCLUDE (time)",
+            "plain",
+            "time",
+            day,
+            "unique index \"plain_vi\" does not include",
+        ),
+        case(
+            "ALTER TABLE plain REPLICA IDENTITY NOTHING",
+            "plain",
+            "time",
+            day,
+            "REPLICA IDENTITY is NOTHING",
+        ),
+        case(
             "CREATE VIEW plain_view AS SELECT * FROM plain",
             "plain",
             "time",
@@ -820,16 +835,23 @@ async fn commands_refuse_a_database_without_the_lakets_schema() {
     // And init is idempotent.
     let first = lakets::catalog::migrate(&mut db.client).await.unwrap();
     let second = lakets::catalog::migrate(&mut db.client).await.unwrap();
-    assert_eq!(first, vec![1, 2]);
+    assert_eq!(first, vec![1, 2, 3]);
     assert!(second.is_empty());
 }
 
 #[tokio::test]
-async fn a_new_chronotable_joins_an_existing_lakets_publication_at_once() {
+async fn a_new_chronotable_joins_every_consumer_publication_at_once() {
     let mut db = fresh_db("publication").await;
     lakets::wal::setup::ensure_publication(&db.client, "lakets")
         .await
         .unwrap();
+    lakets::wal::setup::ensure_publication(&db.client, "custom")
+        .await
+        .unwrap();
+    lakets::wal::setup::register_consumer(&db.client, "some_slot", "custom")
+        .await
+        .unwrap();
+    db.exec("CREATE PUBLICATION unrelated").await;
     db.exec("CREATE TABLE ev (time timestamptz NOT NULL, v int)")
         .await;
     chronotable::create_chronotable(&mut db.client, "ev", &options("time", Interval::days(1), 1))
@@ -838,7 +860,7 @@ async fn a_new_chronotable_joins_an_existing_lakets_publication_at_once() {
     let members: Vec<String> = db
         .client
         .query(
-            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'lakets'",
+            "SELECT pubname::text FROM pg_publication_tables WHERE tablename = 'ev' ORDER BY 1",
             &[],
         )
         .await
@@ -846,5 +868,40 @@ async fn a_new_chronotable_joins_an_existing_lakets_publication_at_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(members, vec!["ev".to_string()]);
+    assert_eq!(members, vec!["custom".to_string(), "lakets".to_string()]);
+}
+
+#[tokio::test]
+async fn replica_identity_using_a_unique_constraint_index_is_kept_on_every_chunk() {
+    let mut db = fresh_db("replident_index").await;
+    db.exec(
+        "CREATE TABLE ev (id int NOT NULL, time timestamptz NOT NULL, v text,
+                          CONSTRAINT ev_id_time UNIQUE (id, time));
+         ALTER TABLE ev REPLICA IDENTITY USING INDEX ev_id_time;
+         INSERT INTO ev VALUES (1, '2026-03-22 12:00+00', 'a');",
+    )
+    .await;
+    chronotable::create_chronotable(&mut db.client, "ev", &options("time", Interval::days(1), 1))
+        .await
+        .unwrap();
+    let identities: Vec<String> = db
+        .client
+        .query(
+            "SELECT DISTINCT c.relreplident::text FROM pg_class c
+              WHERE c.oid = 'ev'::regclass
+                 OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'ev'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(identities, vec!["i".to_string()]);
+    // Updates and deletes work (they would fail without a replica identity once published).
+    lakets::wal::setup::ensure_publication(&db.client, "lakets")
+        .await
+        .unwrap();
+    db.exec("UPDATE ev SET v = 'b' WHERE id = 1; DELETE FROM ev WHERE id = 1")
+        .await;
 }

@@ -75,6 +75,18 @@ CREATE TABLE lakets._sink_progress (
 COMMENT ON TABLE lakets._sink_progress IS 'Per WAL operator: end LSN of the last transaction whose effects it committed, written in the same transaction as those effects';
 "#,
     },
+    Migration {
+        version: 3,
+        name: "replication_registry",
+        sql: r#"
+CREATE TABLE lakets._replication (
+    slot_name     text        PRIMARY KEY,
+    publication   text        NOT NULL,
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE lakets._replication IS 'Slots consumed by lakets and their publications: a new ChronoTable joins each of them in the transaction that creates it';
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

@@ -59,6 +59,16 @@ pub fn validate_chunk_interval(interval: Interval, time_type: TimeType) -> Resul
     Ok(())
 }
 
+/// How many chunks [`chunks_covering`] would return, computed without building them.
+pub fn count_covering(from: i64, to: i64, interval: Interval) -> u64 {
+    if from >= to {
+        return 0;
+    }
+    let step = interval.as_micros() as i128;
+    let first = align_down(from, interval) as i128;
+    ((to as i128 - first + step - 1) / step) as u64
+}
+
 /// Contiguous chunks covering `[from, to)`: the first may start off-boundary (a bridge),
 /// every later one runs from boundary to boundary.
 pub fn chunks_covering(from: i64, to: i64, interval: Interval) -> Vec<ChunkRange> {
@@ -91,8 +101,11 @@ pub fn plan_window_chunks(
     premake: i32,
 ) -> Vec<ChunkRange> {
     let w = window(now, interval, premake);
+    // Continue from the newest chunk so that late rows always have a home; after a very
+    // long outage (more chunks than the cap), restart at the window instead.
     let from = match newest_end {
         Some(end) if end >= w.start => end,
+        Some(end) if count_covering(end, w.end, interval) <= MAX_CHUNKS_PER_OPERATION as u64 => end,
         _ => w.start,
     };
     chunks_covering(from, w.end, interval)
@@ -191,6 +204,18 @@ mod tests {
         assert_eq!(plan[0].end, micros("2026-03-26T00:00:00Z"));
         assert_eq!(plan[1].start, micros("2026-03-26T00:00:00Z"));
         assert_eq!(plan[1].end, micros("2026-04-02T00:00:00Z"));
+    }
+
+    #[test]
+    fn gaps_after_downtime_are_filled_up_to_the_cap() {
+        let now = micros("2026-03-23T10:00:00Z");
+        let plan = plan_window_chunks(Some(micros("2026-03-20T00:00:00Z")), now, DAY, 1);
+        assert_eq!(plan[0].start, micros("2026-03-20T00:00:00Z"));
+        let long_ago = plan_window_chunks(Some(micros("1990-01-01T00:00:00Z")), now, HOUR, 1);
+        assert_eq!(long_ago[0].start, micros("2026-03-23T09:00:00Z"));
+        assert_eq!(count_covering(0, 10 * 3_600_000_000, HOUR), 10);
+        assert_eq!(count_covering(1, 3_600_000_000, HOUR), 1);
+        assert_eq!(count_covering(5, 5, HOUR), 0);
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub async fn create_chronotable(
     ))
     .await
     .pg_context(|| {
-        format!("locking {name} for the conversion (other sessions are using it; try again)")
+        format!("locking {name} for the conversion (a lock timeout means other sessions are using it: try again)")
     })?;
 
     let def = introspect::read_table(&tx, &name).await?;
@@ -113,26 +113,8 @@ pub async fn create_chronotable(
     // Registered first: the chunk rows written by `rebuild` reference this entry.
     registry::insert_chronotable(&tx, &ct).await?;
     let report = rebuild(&tx, &def, &ct, &old, &ranges).await?;
-    // A running consumer streams the new ChronoTable from this commit on (a custom
-    // publication is reconciled when the consumer starts).
-    let publication = crate::wal::setup::DEFAULT_PUBLICATION;
-    let published: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&publication],
-        )
-        .await
-        .pg_context(|| "looking up the lakets publication".into())?
-        .get(0);
-    if published {
-        tx.batch_execute(&format!(
-            "ALTER PUBLICATION {} ADD TABLE {}",
-            quote_ident(publication),
-            name.quoted()
-        ))
-        .await
-        .pg_context(|| format!("adding {name} to publication {publication}"))?;
-    }
+    // Every consumer streams the new ChronoTable from this very commit on.
+    crate::wal::setup::publish_new_table(&tx, &name).await?;
     tx.commit()
         .await
         .pg_context(|| format!("committing the conversion of {name}"))?;
@@ -167,6 +149,13 @@ async fn check_convertible(
     }
     if def.row_security {
         return refuse("row-level security is enabled on it".into());
+    }
+    if def.replica_identity == "n" {
+        return refuse(
+            "its REPLICA IDENTITY is NOTHING, so its updates and deletes could not be streamed; \
+             set REPLICA IDENTITY DEFAULT (with a primary key) or FULL first"
+                .into(),
+        );
     }
 
     let Some(column) = def.columns.iter().find(|c| c.name == time_column) else {
@@ -311,20 +300,22 @@ async fn plan_chunks(
         from = from.min(bounds::align_down(min, ct.chunk_interval));
         to = to.max(max + 1);
     }
-    let ranges = bounds::chunks_covering(from, to, ct.chunk_interval);
-    if ranges.len() > bounds::MAX_CHUNKS_PER_OPERATION {
+    // Counted before anything is allocated: one outlier row from 1990 with 1-second chunks
+    // must be a clear error, not a memory exhaustion.
+    let count = bounds::count_covering(from, to, ct.chunk_interval);
+    if count > bounds::MAX_CHUNKS_PER_OPERATION as u64 {
         return Err(Error::invalid(format!(
             "cannot convert {}: its data from {} to {} would need {} chunks of {} (at most {}); \
              choose a larger --chunk-interval",
             def.table,
             bounds::to_datetime(from)?,
             bounds::to_datetime(to)?,
-            ranges.len(),
+            count,
             ct.chunk_interval,
             bounds::MAX_CHUNKS_PER_OPERATION
         )));
     }
-    Ok(ranges)
+    Ok(bounds::chunks_covering(from, to, ct.chunk_interval))
 }
 
 fn column_sql(c: &ColumnDef, time_column: &str) -> String {
@@ -503,7 +494,9 @@ async fn rebuild(
                 "ALTER TABLE {} ADD CONSTRAINT {} {}",
                 name.quoted(),
                 quote_ident(&k.name),
-                k.definition
+                // Partitioned tables take no NOT VALID foreign keys: validate (a violating
+                // row fails the conversion, which then changes nothing).
+                k.definition.trim_end_matches(" NOT VALID")
             ),
             format!("recreating constraint {}", k.name),
         )
@@ -525,12 +518,10 @@ async fn rebuild(
     let has_pk = def.constraints.iter().any(|k| k.kind == "p");
     let identity = match def.replica_identity.as_str() {
         "f" => Some("FULL".to_owned()),
-        "n" => Some("NOTHING".to_owned()),
         "i" => def
-            .indexes
-            .iter()
-            .find(|ix| ix.replica_identity)
-            .map(|ix| format!("USING INDEX {}", quote_ident(&ix.name))),
+            .replica_identity_index
+            .as_ref()
+            .map(|ix| format!("USING INDEX {}", quote_ident(ix))),
         _ if !has_pk => {
             warn!(table = %name, "table has no primary key: setting REPLICA IDENTITY FULL so updates and deletes can be streamed");
             Some("FULL".to_owned())
@@ -563,6 +554,17 @@ async fn rebuild(
             format!("restoring the owner of {name}"),
         )
         .await?;
+        for chunk in &chunks {
+            exec(
+                format!(
+                    "ALTER TABLE {} OWNER TO {}",
+                    chunk.quoted(),
+                    quote_ident(&def.owner)
+                ),
+                format!("giving chunk {chunk} to {}", def.owner),
+            )
+            .await?;
+        }
     }
     for g in &def.grants {
         let target = match &g.column {

@@ -20,6 +20,8 @@ pub struct TableDef {
     pub row_security: bool,
     /// `d` default, `f` full, `i` index, `n` nothing.
     pub replica_identity: String,
+    /// The index named by REPLICA IDENTITY USING INDEX (constraint-backed or not).
+    pub replica_identity_index: Option<String>,
     pub owner: String,
     pub comment: Option<String>,
     pub columns: Vec<ColumnDef>,
@@ -228,7 +230,7 @@ pub async fn read_table(client: &impl GenericClient, table: &TableName) -> Resul
     let indexes = client
         .query(
             "SELECT ic.relname::text, pg_get_indexdef(i.indexrelid), i.indisunique,
-                    i.indkey::int2[], i.indisreplident
+                    (i.indkey::int2[])[0:i.indnkeyatts - 1], i.indisreplident
                FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
               WHERE i.indrelid = $1
                 AND NOT EXISTS (SELECT 1 FROM pg_constraint k
@@ -248,6 +250,16 @@ pub async fn read_table(client: &impl GenericClient, table: &TableName) -> Resul
             replica_identity: r.get(4),
         })
         .collect();
+
+    let replica_identity_index: Option<String> = client
+        .query_opt(
+            "SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+              WHERE i.indrelid = $1 AND i.indisreplident",
+            &[&oid],
+        )
+        .await
+        .pg_context(ctx)?
+        .map(|r| r.get(0));
 
     let statistics = client
         .query(
@@ -296,6 +308,7 @@ pub async fn read_table(client: &impl GenericClient, table: &TableName) -> Resul
         in_inheritance: row.get(5),
         row_security: row.get(6),
         replica_identity: row.get(7),
+        replica_identity_index,
         owner: row.get(8),
         comment: row.get(9),
         columns,

@@ -10,14 +10,14 @@
 use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Client;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::Operator;
 use super::progress;
 use crate::catalog::registry::{self, ChronoTable};
 use crate::chronotable::bounds::ChunkRange;
 use crate::chronotable::chunk_map::ChunkMap;
-use crate::error::{PgResultExt, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::ident::TableName;
 use crate::wal::lsn::Lsn;
 use crate::wal::relation::Relation;
@@ -46,6 +46,11 @@ pub struct ChunkTracker {
 
 impl ChunkTracker {
     pub async fn new(client: Client, slot: impl Into<String>) -> Result<Self> {
+        // A stuck lock fails the flush (and restarts the pipeline) instead of hanging it.
+        client
+            .batch_execute("SET lock_timeout = '10s'")
+            .await
+            .pg_context(|| "preparing the chunk tracker's session".into())?;
         let mut tracker = ChunkTracker {
             client,
             slot: slot.into(),
@@ -108,12 +113,22 @@ impl ChunkTracker {
             }
             return Box::pin(self.touch_row(relation, row)).await;
         };
+        // A write whose chunk cannot be told would leave last_write_lsn too low, and the
+        // durability gate trusts it: stop the stream instead (nothing is acknowledged).
         let Some(index) = relation.column_index(&tracked.info.time_column) else {
-            warn!(table = %relation.table, column = %tracked.info.time_column, "time column missing from the replicated row");
-            return Ok(());
+            return Err(Error::Unsupported(format!(
+                "the time column {:?} of ChronoTable {} is not in its replicated rows (renamed \
+                 or dropped?); the chunk tracker cannot place writes, so streaming stops",
+                tracked.info.time_column, relation.table
+            )));
         };
         let Some(t) = row.get(index).and_then(|v| v.as_time_micros()) else {
-            return Ok(()); // key-only old row without the time column cannot happen; be lenient
+            return Err(Error::Unsupported(format!(
+                "a replicated row of {} has no usable value in its time column {:?}: {:?}",
+                relation.table,
+                tracked.info.time_column,
+                row.get(index)
+            )));
         };
         let found = match tracked.chunks.locate(t) {
             Some(i) => Some(tracked.names[i].clone()),
@@ -128,7 +143,11 @@ impl ChunkTracker {
             Some(chunk) => {
                 self.in_txn.insert((relation.table.schema.clone(), chunk));
             }
-            None => debug!(table = %relation.table, time = t, "row outside every registered chunk"),
+            None => {
+                // Only a chunk removed from the registry by hand can cause this.
+                warn!(table = %relation.table, time = t, "write to a time outside every registered chunk");
+                metrics::counter!("lakets_chunk_tracker_unplaced_writes_total").increment(1);
+            }
         }
         Ok(())
     }
@@ -186,16 +205,12 @@ impl Operator for ChunkTracker {
     }
 
     async fn flush(&mut self, through: Lsn) -> Result<()> {
-        let (schemas, names, lsns): (Vec<String>, Vec<String>, Vec<String>) = self
-            .pending
-            .iter()
-            .map(|((s, c), l)| (s.clone(), c.clone(), l.to_string()))
-            .fold((vec![], vec![], vec![]), |mut acc, (s, c, l)| {
-                acc.0.push(s);
-                acc.1.push(c);
-                acc.2.push(l);
-                acc
-            });
+        // Sorted, so that row locks are always taken in the same order.
+        let mut stamps: Vec<(&(String, String), &Lsn)> = self.pending.iter().collect();
+        stamps.sort();
+        let schemas: Vec<&str> = stamps.iter().map(|((s, _), _)| s.as_str()).collect();
+        let names: Vec<&str> = stamps.iter().map(|((_, c), _)| c.as_str()).collect();
+        let lsns: Vec<String> = stamps.iter().map(|(_, l)| l.to_string()).collect();
         let tx = self
             .client
             .transaction()

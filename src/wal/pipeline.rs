@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::lsn::Lsn;
 use super::setup;
 use super::source::{SourceSettings, WalSource};
-use super::transaction::{Assembled, Assembler, HEARTBEAT_PREFIX, TxnSlice};
+use super::transaction::{Assembled, Assembler, Change, HEARTBEAT_PREFIX, TxnSlice};
 use crate::error::{Error, PgResultExt, Result};
 use crate::operators::Operator;
 
@@ -68,6 +68,9 @@ impl PipelineConfig {
 /// walsender's keepalive requests: it sends a status update this often instead, well
 /// within any sensible `wal_sender_timeout`.
 const STATUS_WHILE_BLOCKED: Duration = Duration::from_secs(1);
+
+/// How long operators get to store what they have after shutdown was requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// What flows from the reader to the operators.
 #[derive(Debug)]
@@ -109,7 +112,7 @@ impl OperatorHandle {
             None => Ok(()),
             Some(task) => match task.await {
                 Ok(result) => result,
-                Err(e) => Err(Error::Embedded(format!(
+                Err(e) => Err(Error::Operator(format!(
                     "operator {} panicked: {e}",
                     self.name
                 ))),
@@ -183,6 +186,7 @@ impl Pipeline {
         crate::catalog::check_installed(&client).await?;
         setup::preflight(&client, &slot).await?;
         setup::ensure_publication(&client, &config.source.publication).await?;
+        setup::register_consumer(&client, &slot, &config.source.publication).await?;
         setup::ensure_slot(&client, &slot).await?;
 
         let mut source = WalSource::start(&db, &config.source).await?;
@@ -215,7 +219,10 @@ impl Pipeline {
                             }
                             Assembled::Position(lsn) => Event::Position(lsn),
                         };
-                        fan_out(&mut operators, Arc::new(event), &mut source).await?;
+                        if !fan_out(&mut operators, Arc::new(event), &mut source, &shutdown).await?
+                        {
+                            return Ok(()); // shutdown while waiting for a slow operator
+                        }
                     }
                 }
                 if last_ack.elapsed() >= config.ack_interval {
@@ -236,17 +243,36 @@ impl Pipeline {
         for mut op in operators {
             let (closed, _) = mpsc::channel(1);
             drop(std::mem::replace(&mut op.tx, closed));
-            if let Err(e) = op.join().await {
-                warn!(operator = %op.name, error = %e, "operator failed");
-                final_error.get_or_insert(e);
+            // An operator stuck (on a lock, say) must not hold shutdown forever.
+            if let Some(mut task) = op.task.take() {
+                let outcome = match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(e)) => Err(Error::Operator(format!(
+                        "operator {} panicked: {e}",
+                        op.name
+                    ))),
+                    Err(_) => {
+                        task.abort();
+                        Err(Error::Operator(format!(
+                            "operator {} did not finish within {SHUTDOWN_GRACE:?} of shutdown; \
+                             what it had not stored will be streamed again",
+                            op.name
+                        )))
+                    }
+                };
+                if let Err(e) = outcome {
+                    warn!(operator = %op.name, error = %e, "operator failed");
+                    final_error.get_or_insert(e);
+                }
             }
             durables.push(*op.durable.borrow());
         }
         if let Some(min) = durables.into_iter().min()
             && min > acked
             && final_error.is_none()
+            && let Err(e) = source.acknowledge(min).await
         {
-            let _ = source.acknowledge(min).await;
+            warn!(error = %e, "final acknowledgement failed; the slot resumes a little earlier");
         }
         match final_error {
             Some(e) => Err(e),
@@ -272,17 +298,21 @@ fn count_changes(slice: &TxnSlice, status: &Arc<Mutex<PipelineStatus>>) {
 
 /// Hands an event to every operator, waiting for room; keeps the connection alive while
 /// waiting.
+/// Returns false when shutdown was requested while waiting.
 async fn fan_out(
     operators: &mut [OperatorHandle],
     event: Arc<Event>,
     source: &mut WalSource,
-) -> Result<()> {
+    shutdown: &CancellationToken,
+) -> Result<bool> {
     for op in operators.iter_mut() {
+        let mut blocked_since: Option<Instant> = None;
         loop {
             // Cancel-safe: `reserve` either yields a slot or, when dropped, takes nothing.
             let outcome = tokio::select! {
                 permit = op.tx.reserve() => Some(permit.map(|p| p.send(event.clone())).is_ok()),
                 _ = tokio::time::sleep(STATUS_WHILE_BLOCKED) => None,
+                _ = shutdown.cancelled() => return Ok(false),
             };
             match outcome {
                 Some(true) => break,
@@ -295,18 +325,23 @@ async fn fan_out(
                     if op.is_finished() {
                         return Err(operator_gone(op).await);
                     }
+                    let since = *blocked_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_secs(60) {
+                        warn!(operator = %op.name, blocked_for = ?since.elapsed(), "operator is not keeping up; the stream waits for it");
+                        blocked_since = Some(Instant::now());
+                    }
                     source.acknowledge(Lsn::ZERO).await?;
                 }
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn operator_gone(op: &mut OperatorHandle) -> Error {
     match op.join().await {
         Err(e) => e,
-        Ok(()) => Error::Embedded(format!("operator {} stopped unexpectedly", op.name)),
+        Ok(()) => Error::Operator(format!("operator {} stopped unexpectedly", op.name)),
     }
 }
 
@@ -394,7 +429,12 @@ async fn heartbeat_loop(db: tokio_postgres::Config, every: Duration) {
     loop {
         interval.tick().await;
         if client.is_none() {
-            client = crate::db::connect_with(&db).await.ok();
+            match crate::db::connect_with(&db).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    warn!(error = %e, "heartbeat connection failed; an idle slot will not advance")
+                }
+            }
         }
         if let Some(c) = &client
             && let Err(e) = c
@@ -430,9 +470,13 @@ async fn run_operator<O: Operator>(
     let mut idle_position = Lsn::ZERO;
     let mut ticker = tokio::time::interval(flush_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A tick that came in the middle of a transaction is owed at its end: long
+    // transactions must not postpone durability (and the slot) indefinitely.
+    let mut flush_due = false;
 
     macro_rules! flush {
         () => {
+            flush_due = false;
             if applied > durable {
                 op.flush(applied).await?;
                 durable = applied;
@@ -446,8 +490,10 @@ async fn run_operator<O: Operator>(
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else {
-                    if !in_txn {
-                        flush!();
+                    // Shutdown: store what is complete, then stop.
+                    if !in_txn && applied > durable {
+                        op.flush(applied).await?;
+                        let _ = durable_tx.send(applied);
                     }
                     return Ok(());
                 };
@@ -460,13 +506,17 @@ async fn run_operator<O: Operator>(
                         }
                         if !skipping {
                             op.apply(slice).await?;
+                        } else if slice.changes.iter().any(|c| matches!(c, Change::Schema { .. })) {
+                            // Table shapes travel inside transactions; an operator skipping
+                            // one must still learn the shape for the rows that follow.
+                            op.apply(&schema_only(slice)).await?;
                         }
                         if let Some(end) = slice.end_lsn {
                             in_txn = false;
                             if !skipping {
                                 applied = end;
                             }
-                            if op.wants_flush() {
+                            if flush_due || op.wants_flush() {
                                 flush!();
                             }
                         }
@@ -482,11 +532,30 @@ async fn run_operator<O: Operator>(
                 }
             }
             _ = ticker.tick() => {
-                if !in_txn {
+                if in_txn {
+                    flush_due = true;
+                } else {
                     flush!();
                 }
             }
         }
+    }
+}
+
+/// The schema changes of a slice, as a slice of their own.
+fn schema_only(slice: &TxnSlice) -> TxnSlice {
+    TxnSlice {
+        xid: slice.xid,
+        commit_lsn: slice.commit_lsn,
+        commit_time: slice.commit_time,
+        first: slice.first,
+        end_lsn: None,
+        changes: slice
+            .changes
+            .iter()
+            .filter(|c| matches!(c, Change::Schema { .. }))
+            .cloned()
+            .collect(),
     }
 }
 
@@ -531,10 +600,12 @@ pub fn is_retryable(e: &Error) -> bool {
             source.is_closed()
                 || source.as_db_error().is_none()
                 || code.as_deref().is_some_and(|c| {
-                    c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "55006"
+                    c.starts_with("08")
+                        || c.starts_with("57P")
+                        || matches!(c, "53300" | "55006" | "40P01" | "40001" | "55P03" | "57014")
                 })
         }
-        Error::Io { .. } => true,
+        Error::Io { .. } | Error::Operator(_) => true,
         _ => false,
     }
 }

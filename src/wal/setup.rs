@@ -11,7 +11,7 @@ use tracing::info;
 use super::lsn::Lsn;
 use crate::catalog::registry;
 use crate::error::{Error, PgResultExt, Result};
-use crate::ident::quote_ident;
+use crate::ident::{TableName, quote_ident};
 
 pub const DEFAULT_PUBLICATION: &str = "lakets";
 
@@ -248,6 +248,53 @@ pub async fn ensure_publication(client: &impl GenericClient, publication: &str) 
     Ok(())
 }
 
+/// Records which publication a slot streams, so that new ChronoTables join it at once.
+pub async fn register_consumer(
+    client: &impl GenericClient,
+    slot: &str,
+    publication: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO lakets._replication (slot_name, publication) VALUES ($1, $2)
+             ON CONFLICT (slot_name) DO UPDATE SET publication = excluded.publication",
+            &[&slot, &publication],
+        )
+        .await
+        .pg_context(|| format!("registering slot {slot}"))?;
+    Ok(())
+}
+
+/// Adds a new ChronoTable to every publication a lakets consumer streams (and to the
+/// default one), so that no change to it is ever outside the stream. Runs inside the
+/// caller's transaction.
+pub async fn publish_new_table(client: &impl GenericClient, table: &TableName) -> Result<()> {
+    let publications: Vec<String> = client
+        .query(
+            "SELECT p.pubname::text FROM pg_publication p
+              WHERE p.pubname = $1
+                 OR p.pubname IN (SELECT publication FROM lakets._replication)
+              ORDER BY 1",
+            &[&DEFAULT_PUBLICATION],
+        )
+        .await
+        .pg_context(|| "listing the lakets publications".into())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for publication in publications {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                quote_ident(&publication),
+                table.quoted()
+            ))
+            .await
+            .pg_context(|| format!("adding {table} to publication {publication}"))?;
+    }
+    Ok(())
+}
+
 /// Drops the slot. Refuses while it is in use, and, without `force`, while it still holds
 /// changes no consumer has confirmed (they would be lost to every operator).
 pub async fn drop_slot(
@@ -290,6 +337,13 @@ pub async fn drop_slot(
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
         .pg_context(|| format!("dropping replication slot {slot}"))?;
+    client
+        .execute(
+            "DELETE FROM lakets._replication WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .pg_context(|| format!("unregistering slot {slot}"))?;
     info!(slot, "dropped replication slot");
     Ok(())
 }

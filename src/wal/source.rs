@@ -75,6 +75,15 @@ impl WalSource {
     /// Connects and starts streaming from the slot's confirmed position. The slot and the
     /// publication must exist (see [`super::setup`]). Needs a multi-threaded runtime.
     pub async fn start(config: &Config, settings: &SourceSettings) -> Result<Self> {
+        // On a current-thread runtime pg_walstream reads through a worker thread whose
+        // buffered frames are dropped when a read is cancelled, which our idle tick does.
+        if tokio::runtime::Handle::current().runtime_flavor()
+            != tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return Err(Error::invalid(
+                "the WAL consumer needs a multi-threaded tokio runtime",
+            ));
+        }
         let conninfo = replication_conninfo(config)?;
         let stream_config = ReplicationStreamConfig::builder(&settings.slot, &settings.publication)
             // Version 1 is enough: no streaming of in-progress transactions (see transaction.rs).

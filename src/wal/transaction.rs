@@ -97,10 +97,17 @@ pub struct Assembler {
     relations: RelationCache,
     binary: bool,
     max_slice_changes: usize,
+    max_slice_bytes: usize,
+    /// Wire bytes of the changes in the current slice (a proxy for their memory).
+    current_bytes: usize,
     current: Option<TxnSlice>,
     /// Schema changes seen outside a transaction, delivered with the next one.
     pending_schema: Vec<Change>,
 }
+
+/// A slice is also cut when its changes reach this many bytes on the wire, so that wide
+/// rows (large jsonb, bytea) keep memory bounded too.
+pub const DEFAULT_MAX_SLICE_BYTES: usize = 4 << 20;
 
 /// Prefix of the heartbeat messages the pipeline emits to move an idle slot forward.
 pub const HEARTBEAT_PREFIX: &str = "lakets_heartbeat";
@@ -112,6 +119,8 @@ impl Assembler {
             relations: RelationCache::default(),
             binary,
             max_slice_changes: max_slice_changes.max(1),
+            max_slice_bytes: DEFAULT_MAX_SLICE_BYTES,
+            current_bytes: 0,
             current: None,
             pending_schema: Vec::new(),
         }
@@ -131,6 +140,7 @@ impl Assembler {
     /// Feeds one XLogData payload; returns what is ready to hand on.
     pub fn push(&mut self, payload: &[u8]) -> Result<Option<Assembled>> {
         let message = self.decoder.decode(payload)?;
+        self.current_bytes += payload.len();
         match message {
             Message::Begin {
                 final_lsn,
@@ -150,6 +160,7 @@ impl Assembler {
                     end_lsn: None,
                     changes: std::mem::take(&mut self.pending_schema),
                 });
+                self.current_bytes = 0;
                 Ok(None)
             }
             Message::Commit { end_lsn, .. } => {
@@ -256,9 +267,10 @@ impl Assembler {
             .as_mut()
             .ok_or_else(|| Error::Protocol(format!("{} outside a transaction", change.kind())))?;
         txn.changes.push(change);
-        if txn.changes.len() < self.max_slice_changes {
+        if txn.changes.len() < self.max_slice_changes && self.current_bytes < self.max_slice_bytes {
             return Ok(None);
         }
+        self.current_bytes = 0;
         let next = TxnSlice {
             xid: txn.xid,
             commit_lsn: txn.commit_lsn,
@@ -282,7 +294,7 @@ impl Assembler {
     fn row(&self, relation: &Relation, tuple: &Tuple<'_>) -> Result<Row> {
         if tuple.len() != relation.columns.len() {
             return Err(Error::Protocol(format!(
-                "row of {} has {} columns, its relation {}",
+                "a row of {} has {} columns, but its relation has {}",
                 relation.table,
                 tuple.len(),
                 relation.columns.len()
