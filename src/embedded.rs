@@ -33,8 +33,8 @@ pub const SUPERUSER: &str = "postgres";
 /// How the embedded cluster is configured.
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
-    /// Keep fsync on. Tests and the demo turn it off: the cluster is thrown away anyway,
-    /// and server crashes are simulated with fast or immediate shutdowns, not power loss.
+    /// Keep fsync on. Tests and the demo turn it off (commits stay synchronous): the cluster
+    /// is thrown away anyway, and crashes are simulated with shutdowns, not power loss.
     pub durable: bool,
     /// Extra `postgresql.conf` settings, written after ours (so they win).
     pub settings: Vec<(String, String)>,
@@ -575,7 +575,10 @@ fn write_settings(data: &Path, root: &Path, port: u16, options: &EmbeddedOptions
         root.display()
     );
     if !options.durable {
-        conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+        // No fsync, but commits stay synchronous: with asynchronous commit the walsender
+        // only sees a commit once the WAL writer flushes it (up to wal_writer_delay, longer
+        // when it hibernates), and WAL written without a commit is not flushed on request.
+        conf.push_str("fsync = off\nfull_page_writes = off\n");
     }
     for (name, value) in &options.settings {
         conf.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));

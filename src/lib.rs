@@ -12,6 +12,7 @@ pub mod embedded;
 pub mod error;
 pub mod ident;
 pub mod interval;
+pub mod lvc;
 pub mod operators;
 pub mod report;
 pub mod wal;

@@ -58,6 +58,9 @@ enum Command {
         #[command(flatten)]
         replication: ReplicationArgs,
     },
+    /// Last Value Cache: the latest row per key of a ChronoTable.
+    #[command(subcommand)]
+    Lvc(LvcCommand),
     /// The replication slot: show its state, or drop it.
     #[command(subcommand)]
     Slot(SlotCommand),
@@ -86,6 +89,26 @@ struct ReplicationArgs {
     /// Receive values in text format instead of binary.
     #[arg(long)]
     text_protocol: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum LvcCommand {
+    /// Create and fill the cache, kept current by `lakets run` (enable_lvc).
+    Enable {
+        table: String,
+        /// Key column(s), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        key: Vec<String>,
+        /// Value columns to cache, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        columns: Vec<String>,
+    },
+    /// Print the cached row of a key as JSON (one value per key column).
+    Get {
+        table: String,
+        #[arg(required = true)]
+        key: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,11 +326,19 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                     let config = config.clone();
                     let slot = slot.clone();
                     async move {
-                        let client = lakets::db::connect_with(&db).await?;
-                        let tracker =
-                            lakets::operators::chunk_tracker::ChunkTracker::new(client, slot)
-                                .await?;
-                        Ok(lakets::wal::Pipeline::new(db, config).operator(tracker))
+                        let tracker = lakets::operators::chunk_tracker::ChunkTracker::new(
+                            lakets::db::connect_with(&db).await?,
+                            slot.clone(),
+                        )
+                        .await?;
+                        let lvc = lakets::operators::last_value::LastValueCache::new(
+                            lakets::db::connect_with(&db).await?,
+                            slot,
+                        )
+                        .await?;
+                        Ok(lakets::wal::Pipeline::new(db, config)
+                            .operator(tracker)
+                            .operator(lvc))
                     }
                 },
                 cancel,
@@ -328,6 +359,31 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 print!("{}", lakets::bench::catchup_table(&report));
+            }
+        }
+        Command::Lvc(cmd) => {
+            let mut client = connect(&cli, from_argv).await?;
+            match cmd {
+                LvcCommand::Enable {
+                    table,
+                    key,
+                    columns,
+                } => {
+                    let config = lakets::lvc::enable_lvc(&mut client, table, key, columns).await?;
+                    println!(
+                        "Last Value Cache of {} enabled in {} (key {}; columns {})",
+                        config.table,
+                        config.cache_table,
+                        config.key_columns.join(", "),
+                        config.value_columns.join(", ")
+                    );
+                }
+                LvcCommand::Get { table, key } => {
+                    match lakets::lvc::get_lvc(&client, table, key).await? {
+                        Some(row) => println!("{row}"),
+                        None => bail!("no cached row for key {}", key.join(", ")),
+                    }
+                }
             }
         }
         Command::Slot(cmd) => {

@@ -444,7 +444,7 @@ fn demo_stops_its_cluster_on_ctrl_c_and_even_when_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_streams_until_sigterm_and_slot_commands_report_and_protect() {
     let db = fresh_db("cli_run").await;
-    db.exec("CREATE TABLE ticks (time timestamptz NOT NULL, symbol text, price float8)")
+    db.exec("CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8)")
         .await;
     assert_ok(&run(
         &db.url,
@@ -456,6 +456,18 @@ async fn run_streams_until_sigterm_and_slot_commands_report_and_protect() {
             "time",
             "--chunk-interval",
             "1 hour",
+        ],
+    ));
+    assert_ok(&run(
+        &db.url,
+        &[
+            "lvc",
+            "enable",
+            "ticks",
+            "--key",
+            "symbol",
+            "--columns",
+            "price",
         ],
     ));
     let mut child = lakets()
@@ -486,6 +498,25 @@ async fn run_streams_until_sigterm_and_slot_commands_report_and_protect() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(stamped, "the chunk tracker stamped the written chunk");
+    let mut cached = String::new();
+    for _ in 0..100 {
+        let out = run(&db.url, &["lvc", "get", "ticks", "A"]);
+        if out.status.success() {
+            cached = stdout(&out);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cached: serde_json::Value = serde_json::from_str(&cached).expect("lvc get prints JSON");
+    assert_eq!(cached["price"], 1.5);
+    assert_eq!(cached["symbol"], "A");
+    let missing = run(&db.url, &["lvc", "get", "ticks", "ZZZ"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no cached row for key ZZZ"),
+        "{}",
+        stderr(&missing)
+    );
 
     // The slot is in use: dropping it is refused.
     let out = run(&db.url, &["slot", "drop", &slot]);

@@ -259,9 +259,10 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
     assert!(
-        child.0.wait().unwrap().success(),
-        "clean shutdown on SIGTERM"
+        status.success(),
+        "clean shutdown on SIGTERM, got {status} (the consumer's log is above)"
     );
 
     // Exactly once: the recorded changes are the expected multiset, no more, no less.

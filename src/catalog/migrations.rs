@@ -87,6 +87,26 @@ CREATE TABLE lakets._replication (
 COMMENT ON TABLE lakets._replication IS 'Slots consumed by lakets and their publications: a new ChronoTable joins each of them in the transaction that creates it';
 "#,
     },
+    Migration {
+        version: 4,
+        name: "last_value_cache",
+        sql: r#"
+CREATE TABLE lakets._lvc_registry (
+    schema_name    text        NOT NULL,
+    table_name     text        NOT NULL,
+    key_columns    text[]      NOT NULL,
+    value_columns  text[]      NOT NULL,
+    cache_table    text        NOT NULL UNIQUE,
+    -- Changes committed before this position are already in the cache table.
+    start_lsn      pg_lsn      NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema_name, table_name),
+    FOREIGN KEY (schema_name, table_name)
+        REFERENCES lakets._chronotable_registry (schema_name, table_name) ON DELETE CASCADE
+);
+COMMENT ON TABLE lakets._lvc_registry IS 'Last Value Caches: latest row per key of a ChronoTable, kept in lakets.<cache_table> by the WAL consumer';
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

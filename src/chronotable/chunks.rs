@@ -186,7 +186,24 @@ pub async fn drop_chronotable(client: &mut Client, table: &str) -> Result<TableN
         .await
         .pg_context(|| "setting lock_timeout".into())?;
     lock_table_ddl(&tx, &ct.table).await?;
-    // _chunk_metadata rows go with the registry row (ON DELETE CASCADE).
+    // What later features created for the table goes first.
+    let cache: Option<String> = tx
+        .query_opt(
+            "SELECT cache_table FROM lakets._lvc_registry WHERE schema_name = $1 AND table_name = $2",
+            &[&ct.table.schema, &ct.table.name],
+        )
+        .await
+        .pg_context(|| format!("looking up the Last Value Cache of {}", ct.table))?
+        .map(|r| r.get(0));
+    if let Some(cache) = cache {
+        tx.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {}",
+            TableName::new("lakets", cache).quoted()
+        ))
+        .await
+        .pg_context(|| format!("dropping the Last Value Cache of {}", ct.table))?;
+    }
+    // _chunk_metadata and _lvc_registry rows go with the registry row (ON DELETE CASCADE).
     tx.execute(
         "DELETE FROM lakets._chronotable_registry WHERE schema_name = $1 AND table_name = $2",
         &[&ct.table.schema, &ct.table.name],

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::lsn::Lsn;
 use super::setup;
@@ -211,6 +211,7 @@ impl Pipeline {
                     if let Some(out) = assembler.push(&frame.data)? {
                         let event = match out {
                             Assembled::Slice(slice) => {
+                                debug!(slot = %slot, xid = slice.xid, commit = %slice.commit_lsn, changes = slice.changes.len(), last = slice.end_lsn.is_some(), "slice");
                                 count_changes(&slice, &status);
                                 if let Some(end) = slice.end_lsn {
                                     lag.committed(end, slice.commit_time);

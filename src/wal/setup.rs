@@ -248,6 +248,36 @@ pub async fn ensure_publication(client: &impl GenericClient, publication: &str) 
     Ok(())
 }
 
+/// Makes sure some lakets consumer slot exists, creating the default one (with the default
+/// publication) when none is registered. Features that start from a WAL position (a cache
+/// fill, a snapshot) call this first: changes after that position must be in a slot, even
+/// if `lakets run` has never started. Must run outside a transaction that wrote anything.
+pub async fn ensure_default_consumer(client: &impl GenericClient) -> Result<()> {
+    let registered: i64 = client
+        .query_one(
+            "SELECT count(*) FROM lakets._replication r
+               JOIN pg_replication_slots s ON s.slot_name = r.slot_name",
+            &[],
+        )
+        .await
+        .pg_context(|| "reading the registered slots".into())?
+        .get(0);
+    if registered > 0 {
+        return Ok(());
+    }
+    let database: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .pg_context(|| "reading the database name".into())?
+        .get(0);
+    let slot = default_slot_name(&database);
+    preflight(client, &slot).await?;
+    ensure_publication(client, DEFAULT_PUBLICATION).await?;
+    register_consumer(client, &slot, DEFAULT_PUBLICATION).await?;
+    ensure_slot(client, &slot).await?;
+    Ok(())
+}
+
 /// Records which publication a slot streams, so that new ChronoTables join it at once.
 pub async fn register_consumer(
     client: &impl GenericClient,

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub mod recording;
+pub mod wal;
 
 use lakets::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
@@ -52,8 +53,19 @@ pub async fn fresh_db(label: &str) -> TestDb {
     db
 }
 
+/// Logs of the code under test, when `LAKETS_TEST_LOG` holds a filter (`lakets=debug`).
+pub fn init_test_logging() {
+    if let Ok(filter) = std::env::var("LAKETS_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A fresh database without the lakets schema.
 pub async fn fresh_empty_db(label: &str) -> TestDb {
+    init_test_logging();
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let name = format!(
         "t_{}_{}",

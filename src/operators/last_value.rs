@@ -1,0 +1,511 @@
+//! The Last Value Cache operator: keeps `lakets.lvc_<table>` (and an in-memory map) equal
+//! to the latest row per key of each cached ChronoTable.
+//!
+//! Rules, per key: a row with a time greater than or equal to the cached one replaces it
+//! (ties: the later commit wins); a late row never overwrites a newer one; an update or
+//! delete of the cached row falls back to the latest remaining row, read from the table.
+//! Changed keys are written once per flush (one upsert per key), with the operator's durable
+//! LSN in the same SQL transaction. A table's changes committed before its cache was filled
+//! (`start_lsn`) are skipped.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio_postgres::Client;
+
+use super::Operator;
+use super::progress;
+use crate::error::{Error, PgResultExt, Result};
+use crate::ident::{TableName, quote_ident};
+use crate::lvc::{self, LvcConfig};
+use crate::wal::lsn::Lsn;
+use crate::wal::relation::Relation;
+use crate::wal::transaction::{Change, TxnSlice};
+use crate::wal::value::Value;
+
+pub const NAME: &str = "lvc";
+
+/// Flush early when this many keys have unsaved changes.
+const MAX_DIRTY_KEYS: usize = 50_000;
+
+/// A cached row: the time and the value columns, as PostgreSQL input text.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    time: i64,
+    time_text: String,
+    values: Vec<Option<String>>,
+    lsn: Lsn,
+}
+
+/// A key, as the PostgreSQL input text of each key column.
+type Key = Vec<String>;
+
+struct Cache {
+    config: LvcConfig,
+    entries: HashMap<Key, Entry>,
+    /// Keys changed since the last flush (absent from `entries` = deleted).
+    dirty: HashSet<Key>,
+}
+
+pub struct LastValueCache {
+    client: Client,
+    slot: String,
+    caches: HashMap<TableName, Cache>,
+    /// Per relation id: indexes of the key, time and value columns in its rows.
+    layouts: HashMap<u32, Layout>,
+}
+
+#[derive(Clone)]
+struct Layout {
+    keys: Vec<usize>,
+    time: usize,
+    values: Vec<usize>,
+}
+
+impl LastValueCache {
+    /// Loads every registered cache into memory.
+    pub async fn new(client: Client, slot: impl Into<String>) -> Result<Self> {
+        client
+            .batch_execute("SET lock_timeout = '10s'")
+            .await
+            .pg_context(|| "preparing the LVC session".into())?;
+        let mut op = LastValueCache {
+            client,
+            slot: slot.into(),
+            caches: HashMap::new(),
+            layouts: HashMap::new(),
+        };
+        op.reload().await?;
+        Ok(op)
+    }
+
+    /// Picks up caches enabled since (cheap: one small query).
+    async fn reload(&mut self) -> Result<()> {
+        for config in lvc::list_lvc(&self.client).await? {
+            if self.caches.contains_key(&config.table) {
+                continue;
+            }
+            let entries = self.load_entries(&config).await?;
+            self.caches.insert(
+                config.table.clone(),
+                Cache {
+                    config,
+                    entries,
+                    dirty: HashSet::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn load_entries(&self, config: &LvcConfig) -> Result<HashMap<Key, Entry>> {
+        let mut entries = HashMap::new();
+        let text_cols: Vec<String> = config
+            .cache_columns()
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(c)))
+            .collect();
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT {}, (extract(epoch FROM {})*1000000)::bigint, lsn::text FROM {}",
+                    text_cols.join(", "),
+                    quote_ident(&config.time_column),
+                    config.cache_table.quoted()
+                ),
+                &[],
+            )
+            .await
+            .pg_context(|| format!("loading the cache {}", config.cache_table))?;
+        let k = config.key_columns.len();
+        let v = config.value_columns.len();
+        for row in rows {
+            let key: Key = (0..k).map(|i| row.get::<_, String>(i)).collect();
+            let entry = Entry {
+                time_text: row.get(k),
+                values: (0..v)
+                    .map(|i| row.get::<_, Option<String>>(k + 1 + i))
+                    .collect(),
+                time: row.get::<_, Option<i64>>(k + 1 + v).unwrap_or(i64::MAX),
+                lsn: row.get::<_, String>(k + 2 + v).parse()?,
+            };
+            entries.insert(key, entry);
+        }
+        Ok(entries)
+    }
+
+    fn layout(&mut self, relation: &Relation) -> Result<Option<Layout>> {
+        if let Some(layout) = self.layouts.get(&relation.id) {
+            return Ok(Some(layout.clone()));
+        }
+        let Some(cache) = self.caches.get(&relation.table) else {
+            return Ok(None);
+        };
+        let find = |name: &str| {
+            relation.column_index(name).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "column {name:?} of {} (cached by its Last Value Cache) is not in its \
+                     replicated rows (renamed or dropped?); streaming stops",
+                    relation.table
+                ))
+            })
+        };
+        let layout = Layout {
+            keys: cache
+                .config
+                .key_columns
+                .iter()
+                .map(|c| find(c))
+                .collect::<Result<_>>()?,
+            time: find(&cache.config.time_column)?,
+            values: cache
+                .config
+                .value_columns
+                .iter()
+                .map(|c| find(c))
+                .collect::<Result<_>>()?,
+        };
+        self.layouts.insert(relation.id, layout.clone());
+        Ok(Some(layout))
+    }
+
+    /// The latest remaining row for a key, read from the table (after an update or delete
+    /// of the cached row). It may already include later transactions; they will arrive
+    /// and apply idempotently.
+    async fn latest_from_table(&self, config: &LvcConfig, key: &Key) -> Result<Option<Entry>> {
+        let predicate = config
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{}::text = ${}", quote_ident(c), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let values: Vec<String> = config
+            .value_columns
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(c)))
+            .collect();
+        let time = quote_ident(&config.time_column);
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key
+            .iter()
+            .map(|k| k as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT {time}::text, (extract(epoch FROM {time})*1000000)::bigint{comma}{values}
+                       FROM {table} WHERE {predicate} ORDER BY {time} DESC LIMIT 1",
+                    comma = if values.is_empty() { "" } else { ", " },
+                    values = values.join(", "),
+                    table = config.table.quoted(),
+                ),
+                &params,
+            )
+            .await
+            .pg_context(|| format!("reading the latest row of {} for the cache", config.table))?;
+        Ok(row.map(|r| Entry {
+            time_text: r.get(0),
+            time: r.get::<_, Option<i64>>(1).unwrap_or(i64::MAX),
+            values: (0..config.value_columns.len())
+                .map(|i| r.get::<_, Option<String>>(2 + i))
+                .collect(),
+            lsn: Lsn::ZERO,
+        }))
+    }
+
+    async fn apply_change(&mut self, change: &Change, lsn: Lsn) -> Result<()> {
+        let (relation, old, new) = match change {
+            Change::Insert { relation, new } => (relation, None, Some(new)),
+            Change::Update { relation, old, new } => {
+                (relation, old.as_ref().map(|o| &o.values), Some(new))
+            }
+            Change::Delete { relation, old } => (relation, Some(&old.values), None),
+            Change::Truncate { relations, .. } => {
+                for r in relations {
+                    if let Some(cache) = self.caches.get_mut(&r.table) {
+                        let keys: Vec<Key> = cache.entries.keys().cloned().collect();
+                        cache.dirty.extend(keys);
+                        cache.entries.clear();
+                    }
+                }
+                return Ok(());
+            }
+            Change::Schema { relation, .. } => {
+                self.layouts.remove(&relation.id);
+                return Ok(());
+            }
+            Change::Message { .. } => return Ok(()),
+        };
+        if commit_before_start(&self.caches, &relation.table, lsn) {
+            return Ok(());
+        }
+        let Some(layout) = self.layout(relation)? else {
+            return Ok(());
+        };
+        let key_of = |row: &[Value]| -> Option<Key> {
+            layout
+                .keys
+                .iter()
+                .map(|i| row.get(*i).and_then(Value::to_sql_text))
+                .collect()
+        };
+        let time_of = |row: &[Value]| row.get(layout.time).and_then(Value::as_time_micros);
+
+        // The old row left its key (or changed time): if it was the cached row, fall back.
+        if let Some(old) = old {
+            let (Some(old_key), Some(old_time)) = (key_of(old), time_of(old)) else {
+                return Err(Error::Unsupported(format!(
+                    "an update or delete on {} did not carry the cache key and time",
+                    relation.table
+                )));
+            };
+            let moved = match new {
+                Some(new) => key_of(new) != Some(old_key.clone()) || time_of(new) != Some(old_time),
+                None => true,
+            };
+            let cache = self
+                .caches
+                .get_mut(&relation.table)
+                .expect("layout implies a cache");
+            let was_cached = cache
+                .entries
+                .get(&old_key)
+                .is_some_and(|e| e.time == old_time);
+            if moved && was_cached {
+                let config = cache.config.clone();
+                let fallback = self.latest_from_table(&config, &old_key).await?;
+                let cache = self.caches.get_mut(&relation.table).expect("cache exists");
+                match fallback {
+                    Some(mut entry) => {
+                        entry.lsn = lsn;
+                        cache.entries.insert(old_key.clone(), entry);
+                    }
+                    None => {
+                        cache.entries.remove(&old_key);
+                    }
+                }
+                cache.dirty.insert(old_key);
+            }
+        }
+        let Some(new) = new else { return Ok(()) };
+        let (Some(key), Some(time)) = (key_of(new), time_of(new)) else {
+            return Ok(()); // NOT NULL keys are checked when the cache is enabled
+        };
+        let cache = self
+            .caches
+            .get_mut(&relation.table)
+            .expect("layout implies a cache");
+        let current = cache.entries.get(&key);
+        if current.is_some_and(|e| e.time > time) {
+            return Ok(()); // a late row never overwrites a newer one
+        }
+        let values: Vec<Option<String>> = layout
+            .values
+            .iter()
+            .enumerate()
+            .map(|(slot, i)| match new.get(*i) {
+                // Not sent because unchanged: the cached value of this same row stands.
+                Some(Value::UnchangedToast) => current
+                    .filter(|e| e.time == time)
+                    .and_then(|e| e.values.get(slot).cloned().flatten()),
+                Some(v) => v.to_sql_text(),
+                None => None,
+            })
+            .collect();
+        let time_text = new[layout.time].to_sql_text().unwrap_or_default();
+        cache.entries.insert(
+            key.clone(),
+            Entry {
+                time,
+                time_text,
+                values,
+                lsn,
+            },
+        );
+        cache.dirty.insert(key);
+        Ok(())
+    }
+
+    /// The cached row of a key, from memory (for the service's API).
+    pub fn get(&self, table: &TableName, key: &[String]) -> Option<(String, Vec<Option<String>>)> {
+        self.caches
+            .get(table)?
+            .entries
+            .get(key)
+            .map(|e| (e.time_text.clone(), e.values.clone()))
+    }
+}
+
+fn commit_before_start(caches: &HashMap<TableName, Cache>, table: &TableName, lsn: Lsn) -> bool {
+    caches.get(table).is_some_and(|c| lsn < c.config.start_lsn)
+}
+
+impl Operator for LastValueCache {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn durable_lsn(&mut self) -> Result<Lsn> {
+        progress::load(&self.client, &self.slot, NAME).await
+    }
+
+    async fn apply(&mut self, slice: &TxnSlice) -> Result<()> {
+        if slice.first {
+            // A table whose cache was enabled after we started.
+            let touches_unknown = slice.changes.iter().any(|c| match c {
+                Change::Insert { relation, .. }
+                | Change::Update { relation, .. }
+                | Change::Delete { relation, .. } => !self.caches.contains_key(&relation.table),
+                _ => false,
+            });
+            if touches_unknown {
+                self.reload().await?;
+            }
+        }
+        for change in &slice.changes {
+            self.apply_change(change, slice.commit_lsn).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, through: Lsn) -> Result<()> {
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .pg_context(|| "starting the LVC transaction".into())?;
+        for cache in self.caches.values() {
+            if cache.dirty.is_empty() {
+                continue;
+            }
+            write_dirty(&tx, cache).await?;
+        }
+        progress::store(&tx, &self.slot, NAME, through).await?;
+        tx.commit()
+            .await
+            .pg_context(|| "committing the LVC".into())?;
+        for cache in self.caches.values_mut() {
+            cache.dirty.clear();
+        }
+        Ok(())
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.caches.values().map(|c| c.dirty.len()).sum::<usize>() >= MAX_DIRTY_KEYS
+    }
+}
+
+/// One upsert for every changed key and one delete for the keys that are gone, with the
+/// values bound as text arrays and cast to the cache's column types.
+async fn write_dirty(tx: &tokio_postgres::Transaction<'_>, cache: &Cache) -> Result<()> {
+    let config = &cache.config;
+    let columns = config.cache_columns();
+    let width = columns.len();
+    let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::new(); width + 1];
+    let mut gone: Vec<Vec<String>> = vec![Vec::new(); config.key_columns.len()];
+    let mut keys: Vec<&Key> = cache.dirty.iter().collect();
+    keys.sort(); // a stable lock order
+    for key in keys {
+        match cache.entries.get(key) {
+            Some(e) => {
+                let row = key
+                    .iter()
+                    .map(|k| Some(k.clone()))
+                    .chain(std::iter::once(Some(e.time_text.clone())))
+                    .chain(e.values.iter().cloned())
+                    .chain(std::iter::once(Some(e.lsn.to_string())));
+                for (array, value) in arrays.iter_mut().zip(row) {
+                    array.push(value);
+                }
+            }
+            None => {
+                for (array, k) in gone.iter_mut().zip(key) {
+                    array.push(k.clone());
+                }
+            }
+        }
+    }
+    let types: Vec<String> = tx
+        .query(
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&config.cache_table.quoted()],
+        )
+        .await
+        .pg_context(|| format!("reading the columns of {}", config.cache_table))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let quoted: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let key_list = config
+        .key_columns
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !arrays[0].is_empty() {
+        let casts: Vec<String> = (0..=width)
+            .map(|i| {
+                format!(
+                    "u.c{i}::{}",
+                    types.get(i).map(String::as_str).unwrap_or("text")
+                )
+            })
+            .collect();
+        let aliases: Vec<String> = (0..=width).map(|i| format!("c{i}")).collect();
+        let unnest: Vec<String> = (1..=width + 1).map(|i| format!("${i}::text[]")).collect();
+        let updates: Vec<String> = quoted
+            .iter()
+            .skip(config.key_columns.len())
+            .chain(std::iter::once(&"lsn".to_owned()))
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({cols}, lsn)
+             SELECT {casts} FROM unnest({unnest}) AS u({aliases})
+             ON CONFLICT ({key_list}) DO UPDATE SET {updates}",
+            table = config.cache_table.quoted(),
+            cols = quoted.join(", "),
+            casts = casts.join(", "),
+            unnest = unnest.join(", "),
+            aliases = aliases.join(", "),
+            updates = updates.join(", "),
+        );
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        tx.execute(&sql, &params)
+            .await
+            .pg_context(|| format!("updating the cache {}", config.cache_table))?;
+    }
+    if !gone[0].is_empty() {
+        let predicate = config
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("c.{}::text = u.k{i}", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let aliases: Vec<String> = (0..gone.len()).map(|i| format!("k{i}")).collect();
+        let unnest: Vec<String> = (1..=gone.len()).map(|i| format!("${i}::text[]")).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = gone
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} c USING unnest({unnest}) AS u({aliases}) WHERE {predicate}",
+                table = config.cache_table.quoted(),
+                unnest = unnest.join(", "),
+                aliases = aliases.join(", "),
+            ),
+            &params,
+        )
+        .await
+        .pg_context(|| format!("removing keys from the cache {}", config.cache_table))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! Helpers shared by the WAL test binaries.
+
+use std::time::{Duration, Instant};
+
+use lakets::wal::lsn::Lsn;
+use lakets::wal::{PipelineConfig, SourceSettings};
+
+use super::TestDb;
+use super::recording::RECORDED_DDL;
+
+pub async fn setup(db: &mut TestDb) {
+    db.exec(&format!(
+        "CREATE TABLE events (time timestamptz NOT NULL, id bigint NOT NULL, v text, PRIMARY KEY (id, time));
+         {RECORDED_DDL};"
+    ))
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(1);
+    opts.premake = 2;
+    lakets::chronotable::create_chronotable(&mut db.client, "events", &opts)
+        .await
+        .unwrap();
+}
+
+pub fn config(slot: &str) -> PipelineConfig {
+    let mut c = PipelineConfig::new(SourceSettings::new(slot, "lakets"));
+    c.flush_interval = Duration::from_millis(100);
+    c.ack_interval = Duration::from_millis(100);
+    c.heartbeat_interval = Some(Duration::from_millis(300));
+    c
+}
+
+pub async fn lsn_now(db: &TestDb) -> Lsn {
+    let text: String = db.scalar("SELECT pg_current_wal_insert_lsn()::text").await;
+    text.parse().unwrap()
+}
+
+pub async fn durable(db: &TestDb, operator: &str) -> Lsn {
+    let text: Option<String> = db
+        .client
+        .query_one(
+            "SELECT (SELECT durable_lsn::text FROM lakets._sink_progress WHERE operator = $1 AND slot_name = $2)",
+            &[&operator, &db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    text.map(|t| t.parse().unwrap()).unwrap_or(Lsn::ZERO)
+}
+
+pub async fn confirmed_flush(db: &TestDb) -> Lsn {
+    let text: Option<String> = db
+        .client
+        .query_one(
+            "SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    text.map(|t| t.parse().unwrap()).unwrap_or(Lsn::ZERO)
+}
+
+pub async fn slot_active(db: &TestDb) -> Option<bool> {
+    db.client
+        .query_one(
+            "SELECT (SELECT active FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if Instant::now() > deadline {
+            let admin = lakets::db::connect(&super::cluster().url("postgres"))
+                .await
+                .unwrap();
+            let sessions: Vec<String> = admin
+                .query(
+                    "SELECT format('%s %s %s/%s %s: %s', datname, backend_type, wait_event_type, wait_event, state, left(query, 120))
+                       FROM pg_stat_activity WHERE datname IS NOT NULL",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            panic!(
+                "timed out waiting until {what}; sessions:\n{}",
+                sessions.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `statement` as its own transaction and returns the WAL positions around it.
+pub async fn bracket(db: &TestDb, statement: &str) -> (Lsn, Lsn) {
+    let before = lsn_now(db).await;
+    db.exec(statement).await;
+    (before, lsn_now(db).await)
+}
+
+pub async fn last_write_lsn(db: &TestDb, chunk: &str) -> Option<Lsn> {
+    let text: Option<String> = db
+        .client
+        .query_one(
+            "SELECT last_write_lsn::text FROM lakets._chunk_metadata WHERE chunk_name = $1",
+            &[&chunk],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    text.map(|t| t.parse().unwrap())
+}

@@ -1,0 +1,313 @@
+//! The Last Value Cache against a real PostgreSQL and a real pipeline: randomized in-order
+//! and late ticks, corrections (price, time, symbol) and deletes of the latest rows; the
+//! cache then equals the latest row per key recomputed from the table.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestDb, fresh_db};
+use lakets::operators::last_value::LastValueCache;
+use lakets::wal::lsn::Lsn;
+use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
+use tokio_util::sync::CancellationToken;
+
+const RECOMPUTED: &str = "SELECT DISTINCT ON (symbol) symbol, time, price, volume
+                            FROM ticks ORDER BY symbol, time DESC";
+
+async fn ticks_table(db: &mut TestDb) {
+    db.exec(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
+                             price double precision, volume bigint);
+         INSERT INTO ticks SELECT now() - i * interval '7 minutes', 'S' || (i % 5), i, i
+           FROM generate_series(1, 50) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(1);
+    opts.premake = 2;
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+}
+
+async fn rows(db: &TestDb, sql: &str) -> Vec<String> {
+    let mut out: Vec<String> = db
+        .client
+        .query(&format!("SELECT row(t.*)::text FROM ({sql}) t"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    out.sort();
+    out
+}
+
+async fn cache_rows(db: &TestDb) -> Vec<String> {
+    rows(
+        db,
+        "SELECT symbol, time, price, volume FROM lakets.lvc_ticks",
+    )
+    .await
+}
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_equals_the_latest_row_per_key_under_late_rows_corrections_and_deletes() {
+    let mut db = fresh_db("lvc_random").await;
+    ticks_table(&mut db).await;
+    let config = lakets::lvc::enable_lvc(
+        &mut db.client,
+        "ticks",
+        &["symbol".to_string()],
+        &["price".to_string(), "volume".to_string()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(config.cache_table.name, "lvc_ticks");
+    // Enabling created the consumer's slot before the fill: nothing after it can be missed.
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    assert!(
+        db.client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot]
+            )
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        cache_rows(&db).await,
+        rows(&db, RECOMPUTED).await,
+        "initial fill"
+    );
+
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let mut pipeline_config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
+    pipeline_config.flush_interval = Duration::from_millis(50);
+    pipeline_config.ack_interval = Duration::from_millis(50);
+    pipeline_config.heartbeat_interval = Some(Duration::from_millis(200));
+    let lvc = LastValueCache::new(db.connect().await, slot.clone())
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Pipeline::new(db_config, pipeline_config)
+            .operator(lvc)
+            .run(shutdown.clone()),
+    );
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("lvc seed {seed}");
+    let mut rng = Rng(seed);
+    // Distinct times (no ties): a counter of microseconds on top of a per-row offset.
+    let mut tick = 0i64;
+    for _ in 0..300 {
+        tick += 1;
+        let symbol = format!("S{}", rng.below(8));
+        let sql = match rng.below(10) {
+            // In order.
+            0..=4 => format!(
+                "INSERT INTO ticks VALUES (now() + {tick} * interval '1 microsecond', '{symbol}', {}, {})",
+                rng.below(1000), rng.below(100)
+            ),
+            // Late: up to 50 minutes back.
+            5 => format!(
+                "INSERT INTO ticks VALUES (now() - {} * interval '1 minute' + {tick} * interval '1 microsecond', '{symbol}', {}, 1)",
+                rng.below(50), rng.below(1000)
+            ),
+            // Correct the latest row of a symbol (price).
+            6 => format!(
+                "UPDATE ticks SET price = price + 0.5 WHERE (symbol, time) IN
+                   (SELECT symbol, max(time) FROM ticks WHERE symbol = '{symbol}' GROUP BY symbol)"
+            ),
+            // Move the latest row back in time, or to another symbol.
+            7 => format!(
+                "UPDATE ticks SET time = greatest(time - {} * interval '1 minute', now() - interval '5 hours')
+                                         + {tick} * interval '1 microsecond', symbol = 'S{}'
+                  WHERE (symbol, time) IN (SELECT symbol, max(time) FROM ticks WHERE symbol = '{symbol}' GROUP BY symbol)",
+                1 + rng.below(20),
+                rng.below(8)
+            ),
+            // Delete the latest row (the cache falls back to the previous one).
+            8 => format!(
+                "DELETE FROM ticks WHERE (symbol, time) IN
+                   (SELECT symbol, max(time) FROM ticks WHERE symbol = '{symbol}' GROUP BY symbol)"
+            ),
+            // Delete an old row (the cache does not change).
+            _ => format!(
+                "DELETE FROM ticks WHERE (symbol, time) IN
+                   (SELECT symbol, min(time) FROM ticks WHERE symbol = '{symbol}' GROUP BY symbol)"
+            ),
+        };
+        db.exec(&sql).await;
+    }
+    // Every row of a symbol deleted: its key leaves the cache.
+    db.exec("DELETE FROM ticks WHERE symbol = 'S0'").await;
+
+    let end: Lsn = db
+        .scalar::<String>("SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let confirmed: Option<String> = db
+            .client
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if confirmed.is_some_and(|c| c.parse::<Lsn>().unwrap() >= end) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cache did not catch up");
+        assert!(!run.is_finished(), "pipeline stopped: {:?}", run.await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cache_rows(&db).await,
+        rows(&db, RECOMPUTED).await,
+        "cache == latest row per key"
+    );
+    let s0: i64 = db
+        .scalar("SELECT count(*) FROM lakets.lvc_ticks WHERE symbol = 'S0'")
+        .await;
+    assert_eq!(s0, 0);
+
+    // The library read (and `lakets lvc get`) returns the cached row as JSON.
+    let got = lakets::lvc::get_lvc(&db.client, "ticks", &["S1".to_string()])
+        .await
+        .unwrap();
+    let expected_price: Option<f64> = db
+        .scalar("SELECT (SELECT price FROM ticks WHERE symbol = 'S1' ORDER BY time DESC LIMIT 1)")
+        .await;
+    assert_eq!(got.map(|j| j["price"].as_f64()), expected_price.map(Some));
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+
+    // A restart resumes from the stored position and loads the cache: still equal after
+    // more writes.
+    db.exec("INSERT INTO ticks VALUES (now() + interval '1 hour', 'S3', 1, 1)")
+        .await;
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let mut pipeline_config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
+    pipeline_config.flush_interval = Duration::from_millis(50);
+    let lvc = LastValueCache::new(db.connect().await, slot.clone())
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Pipeline::new(db_config, pipeline_config)
+            .operator(lvc)
+            .run(shutdown.clone()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cache_rows(&db).await != rows(&db, RECOMPUTED).await {
+        assert!(Instant::now() < deadline, "not equal after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn enabling_a_cache_refuses_bad_requests_clearly() {
+    let mut db = fresh_db("lvc_bad").await;
+    ticks_table(&mut db).await;
+    db.exec(
+        "CREATE TABLE keyed (id int NOT NULL, time timestamptz NOT NULL, symbol text NOT NULL,
+                             nullable text, price float8, PRIMARY KEY (id, time))",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(1);
+    lakets::chronotable::create_chronotable(&mut db.client, "keyed", &opts)
+        .await
+        .unwrap();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let cases: Vec<(&str, Vec<String>, Vec<String>, &str)> = vec![
+        (
+            "ticks",
+            s(&["nope"]),
+            s(&["price"]),
+            "has no column \"nope\"",
+        ),
+        (
+            "ticks",
+            s(&["symbol"]),
+            s(&["missing"]),
+            "has no column \"missing\"",
+        ),
+        ("ticks", s(&["symbol"]), s(&["time"]), "always cached"),
+        ("ticks", s(&["symbol"]), s(&["symbol"]), "named twice"),
+        ("ticks", s(&[]), s(&["price"]), "at least one --key"),
+        (
+            "ticks",
+            s(&["symbol\"; drop table ticks; --"]),
+            s(&["price"]),
+            "invalid name",
+        ),
+        ("keyed", s(&["nullable"]), s(&["price"]), "may be NULL"),
+        (
+            "keyed",
+            s(&["symbol"]),
+            s(&["price"]),
+            "not part of the replica identity",
+        ),
+        (
+            "nope",
+            s(&["symbol"]),
+            s(&["price"]),
+            "ChronoTable nope does not exist",
+        ),
+    ];
+    for (table, keys, values, expected) in cases {
+        let err = lakets::lvc::enable_lvc(&mut db.client, table, &keys, &values)
+            .await
+            .expect_err(expected)
+            .to_string();
+        assert!(err.contains(expected), "expected {expected:?}: {err}");
+    }
+    let leftovers: i64 = db
+        .scalar(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = 'lakets' AND c.relname LIKE 'lvc%'",
+        )
+        .await;
+    assert_eq!(leftovers, 0, "refused requests leave nothing behind");
+    lakets::lvc::enable_lvc(&mut db.client, "ticks", &s(&["symbol"]), &s(&["price"]))
+        .await
+        .unwrap();
+    let err = lakets::lvc::enable_lvc(&mut db.client, "ticks", &s(&["symbol"]), &s(&["price"]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already has a Last Value Cache"), "{err}");
+    // Teardown with the table.
+    lakets::chronotable::drop_chronotable(&mut db.client, "ticks")
+        .await
+        .unwrap();
+    assert!(
+        !db.scalar::<bool>("SELECT to_regclass('lakets.lvc_ticks') IS NOT NULL")
+            .await
+    );
+}

@@ -1,0 +1,59 @@
+//! Setup checks before streaming: missing privileges, a slot of another plugin, and the
+//! refusal to drop a slot that still holds unconsumed changes.
+
+mod common;
+
+use common::fresh_db;
+use common::wal::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_errors_say_what_to_change() {
+    let db = fresh_db("preflight").await;
+    db.exec("CREATE ROLE plain_user LOGIN").await;
+    let url = db.url.replace("postgres@", "plain_user@");
+    let client = lakets::db::connect(&url).await.unwrap();
+    let err = lakets::wal::setup::preflight(&client, &db.name)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ALTER ROLE \"plain_user\" REPLICATION"),
+        "{err}"
+    );
+
+    // A slot of another plugin is refused, not reused.
+    let other = format!("{}_other", db.name);
+    db.exec(&format!(
+        "SELECT pg_create_logical_replication_slot('{other}', 'test_decoding')"
+    ))
+    .await;
+    let err = lakets::wal::setup::preflight(&db.client, &other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("uses plugin"), "{err}");
+
+    // Dropping a slot that still holds unconsumed published changes needs --force.
+    let mut db = db;
+    setup(&mut db).await;
+    lakets::wal::setup::ensure_publication(&db.client, "lakets")
+        .await
+        .unwrap();
+    let slot = db.name.clone();
+    lakets::wal::setup::ensure_slot(&db.client, &slot)
+        .await
+        .unwrap();
+    // Committed and flushed, so that logical decoding can see it.
+    db.exec("SET synchronous_commit = on").await;
+    db.exec("INSERT INTO events VALUES (now(), 1, 'a')").await;
+    let err = lakets::wal::setup::drop_slot(&db.client, &slot, "lakets", false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(slot_active(&db).await, Some(false), "still there");
+    lakets::wal::setup::drop_slot(&db.client, &slot, "lakets", true)
+        .await
+        .unwrap();
+    assert_eq!(slot_active(&db).await, None, "gone");
+}
