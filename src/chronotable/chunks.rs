@@ -6,7 +6,7 @@ use tokio_postgres::{Client, GenericClient};
 use tracing::{info, warn};
 
 use super::bounds;
-use super::partitions::{self, DDL_LOCK_TIMEOUT, lock_table_ddl};
+use super::partitions::{self, ddl_transaction, lock_table_ddl};
 use crate::catalog::registry::{self, Chunk, ChunkStatus};
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::TableName;
@@ -148,14 +148,7 @@ pub async fn drop_chunks(
 }
 
 async fn drop_one_chunk(client: &mut Client, table: &TableName, chunk: &Chunk) -> Result<()> {
-    let tx = client
-        .transaction()
-        .await
-        .pg_context(|| "starting a transaction".into())?;
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
-        .await
-        .pg_context(|| "setting lock_timeout".into())?;
-    lock_table_ddl(&tx, table).await?;
+    let tx = ddl_transaction(client, table).await?;
     let target = chunk.chunk_table();
     let measured = measure_chunk(&tx, &target).await?;
     if measured.is_some() {
@@ -178,14 +171,7 @@ async fn drop_one_chunk(client: &mut Client, table: &TableName, chunk: &Chunk) -
 pub async fn drop_chronotable(client: &mut Client, table: &str) -> Result<TableName> {
     crate::catalog::check_installed(&*client).await?;
     let ct = registry::find_chronotable(&*client, table).await?;
-    let tx = client
-        .transaction()
-        .await
-        .pg_context(|| "starting a transaction".into())?;
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
-        .await
-        .pg_context(|| "setting lock_timeout".into())?;
-    lock_table_ddl(&tx, &ct.table).await?;
+    let tx = ddl_transaction(client, &ct.table).await?;
     // What later features created for the table goes first.
     let cache: Option<String> = tx
         .query_opt(

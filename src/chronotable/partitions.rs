@@ -51,6 +51,23 @@ pub async fn lock_table_ddl(client: &impl GenericClient, table: &TableName) -> R
     Ok(())
 }
 
+/// A transaction for partition DDL on `table`: bounded lock waits and the table's advisory
+/// lock, so that DDL on one table never runs twice at once nor stalls behind writers.
+pub async fn ddl_transaction<'a>(
+    client: &'a mut Client,
+    table: &TableName,
+) -> Result<tokio_postgres::Transaction<'a>> {
+    let tx = client
+        .transaction()
+        .await
+        .pg_context(|| "starting a transaction".into())?;
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
+        .await
+        .pg_context(|| "setting lock_timeout".into())?;
+    lock_table_ddl(&tx, table).await?;
+    Ok(tx)
+}
+
 /// Creates, attaches and registers one chunk. With `with_identity`, also applies the
 /// parent's replica identity (the conversion does that once its indexes exist).
 pub async fn create_chunk(
@@ -195,14 +212,7 @@ async fn ensure_table_partitions(
     table: &TableName,
     at: Option<DateTime<Utc>>,
 ) -> Result<EnsureReport> {
-    let tx = client
-        .transaction()
-        .await
-        .pg_context(|| "starting a transaction".into())?;
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
-        .await
-        .pg_context(|| "setting lock_timeout".into())?;
-    lock_table_ddl(&tx, table).await?;
+    let tx = ddl_transaction(client, table).await?;
     // Re-read under the lock: the interval may have changed, another run may have finished.
     let ct = registry::get_chronotable(&tx, table)
         .await?
