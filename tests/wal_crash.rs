@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::recording::{RECORDED_DDL, Recording};
+use common::recording::Recording;
+use common::wal::{lsn_now, setup_streaming};
 use common::{TestDb, fresh_db};
 use lakets::operators::chunk_tracker::ChunkTracker;
 use lakets::wal::lsn::Lsn;
@@ -120,13 +121,6 @@ impl Rng {
     }
 }
 
-async fn lsn_now(db: &TestDb) -> Lsn {
-    db.scalar::<String>("SELECT pg_current_wal_insert_lsn()::text")
-        .await
-        .parse()
-        .unwrap()
-}
-
 /// Runs the workload; returns the expected changes as (kind, id) -> count.
 async fn workload(db: &TestDb, seed: u64, transactions: usize) -> BTreeMap<(String, i64), i64> {
     let client = db.connect().await;
@@ -196,24 +190,8 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
     eprintln!("crash test seed {seed} (LAKETS_CRASH_SEED to replay), {kills} kills");
 
     let mut db = fresh_db("crash").await;
-    db.exec(&format!(
-        "CREATE TABLE events (time timestamptz NOT NULL, id bigint NOT NULL, v text, PRIMARY KEY (id, time));
-         {RECORDED_DDL};"
-    ))
-    .await;
-    let mut opts = lakets::chronotable::CreateOptions::new("time");
-    opts.chunk_interval = lakets::interval::Interval::hours(1);
-    opts.premake = 2;
-    lakets::chronotable::create_chronotable(&mut db.client, "events", &opts)
-        .await
-        .unwrap();
-    // The stream starts at the slot's creation: create it before the first change.
-    lakets::wal::setup::ensure_publication(&db.client, "lakets")
-        .await
-        .unwrap();
-    lakets::wal::setup::ensure_slot(&db.client, &db.name)
-        .await
-        .unwrap();
+    // The stream starts at the slot's creation: created before the first change.
+    setup_streaming(&mut db).await;
 
     let work = {
         let db = fresh_handle(&db).await;

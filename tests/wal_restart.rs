@@ -6,7 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::recording::{RECORDED_DDL, Recording};
+use common::recording::Recording;
+use common::wal::setup_streaming;
 use common::{cluster, fresh_db};
 use lakets::operators::chunk_tracker::ChunkTracker;
 use lakets::wal::lsn::Lsn;
@@ -16,22 +17,8 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarts_and_crashes_mid_stream_lose_nothing_and_double_nothing() {
     let mut db = fresh_db("restart").await;
-    db.exec(&format!(
-        "CREATE TABLE events (time timestamptz NOT NULL, id bigint NOT NULL, v text, PRIMARY KEY (id, time));
-         {RECORDED_DDL};"
-    ))
-    .await;
-    let mut opts = lakets::chronotable::CreateOptions::new("time");
-    opts.chunk_interval = lakets::interval::Interval::hours(1);
-    lakets::chronotable::create_chronotable(&mut db.client, "events", &opts)
-        .await
-        .unwrap();
-    lakets::wal::setup::ensure_publication(&db.client, "lakets")
-        .await
-        .unwrap();
-    lakets::wal::setup::ensure_slot(&db.client, &db.name)
-        .await
-        .unwrap();
+    // The stream starts at the slot's creation: created before the first change.
+    setup_streaming(&mut db).await;
 
     let db_config = lakets::db::parse_config(&db.url).unwrap();
     let mut config = PipelineConfig::new(SourceSettings::new(&db.name, "lakets"));

@@ -8,6 +8,18 @@ use lakets::wal::{PipelineConfig, SourceSettings};
 use super::TestDb;
 use super::recording::RECORDED_DDL;
 
+/// `setup`, plus the publication and the slot, so the stream covers every change from now.
+pub async fn setup_streaming(db: &mut TestDb) {
+    setup(db).await;
+    lakets::wal::setup::ensure_publication(&db.client, "lakets")
+        .await
+        .unwrap();
+    lakets::wal::setup::ensure_slot(&db.client, &db.name)
+        .await
+        .unwrap();
+}
+
+/// `events` (a ChronoTable with one-hour chunks) and the `recorded` table.
 pub async fn setup(db: &mut TestDb) {
     db.exec(&format!(
         "CREATE TABLE events (time timestamptz NOT NULL, id bigint NOT NULL, v text, PRIMARY KEY (id, time));
