@@ -213,6 +213,25 @@ pub async fn enable_lvc(
     })
 }
 
+/// `"k1"::text = $1 AND "k2"::text = $2 ...` for a key given as text (works for any key
+/// type; the values are bound, never spliced), and the matching parameters.
+pub fn key_predicate<'a>(
+    key_columns: &[String],
+    key: &'a [String],
+) -> (String, Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>) {
+    let predicate = key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{}::text = ${}", quote_ident(k), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let params = key
+        .iter()
+        .map(|k| k as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    (predicate, params)
+}
+
 /// All registered caches.
 pub async fn list_lvc(client: &impl GenericClient) -> Result<Vec<LvcConfig>> {
     let rows = client
@@ -264,18 +283,7 @@ pub async fn get_lvc(
             key.len()
         )));
     }
-    // Compare as text so any key type works; the key values are bound, never spliced.
-    let predicate = config
-        .key_columns
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("{}::text = ${}", quote_ident(k), i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key
-        .iter()
-        .map(|k| k as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
+    let (predicate, params) = key_predicate(&config.key_columns, key);
     let row = client
         .query_opt(
             &format!(

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::wal::wait_until_confirmed;
 use common::{TestDb, fresh_db};
 use lakets::operators::last_value::LastValueCache;
 use lakets::wal::lsn::Lsn;
@@ -165,24 +166,8 @@ async fn the_cache_equals_the_latest_row_per_key_under_late_rows_corrections_and
         .await
         .parse()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let confirmed: Option<String> = db
-            .client
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if confirmed.is_some_and(|c| c.parse::<Lsn>().unwrap() >= end) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cache did not catch up");
-        assert!(!run.is_finished(), "pipeline stopped: {:?}", run.await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(60)).await;
+    assert!(!run.is_finished(), "the pipeline stopped early");
     assert_eq!(
         cache_rows(&db).await,
         rows(&db, RECOMPUTED).await,

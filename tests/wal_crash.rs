@@ -10,13 +10,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::recording::Recording;
-use common::wal::{lsn_now, setup_streaming};
+use common::wal::{lsn_now, setup_streaming, wait_until_confirmed};
 use common::{TestDb, fresh_db};
 use lakets::operators::chunk_tracker::ChunkTracker;
-use lakets::wal::lsn::Lsn;
 use lakets::wal::{Pipeline, PipelineConfig, SourceSettings, run_with_restarts};
 use tokio_util::sync::CancellationToken;
 
@@ -212,29 +211,7 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
     let end = lsn_now(&db).await;
 
     let mut child = spawn_consumer(&db);
-    // Caught up when the slot is confirmed past the end of the workload: it is confirmed
-    // only up to what every operator has stored (or has nothing pending before).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let confirmed: Option<String> = db
-            .client
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&db.name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let confirmed: Lsn = confirmed.map(|c| c.parse().unwrap()).unwrap_or(Lsn::ZERO);
-        if confirmed >= end {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer did not catch up: slot at {confirmed} < {end}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_confirmed(&db.client, &db.name, end, Duration::from_secs(120)).await;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let status = child.0.wait().unwrap();

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::fresh_db;
+use common::wal::publish_and_create_slot;
 use lakets::Result;
 use lakets::operators::Operator;
 use lakets::wal::lsn::Lsn;
@@ -80,12 +81,7 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
     lakets::chronotable::create_chronotable(&mut db.client, "big", &opts)
         .await
         .unwrap();
-    lakets::wal::setup::ensure_publication(&db.client, "lakets")
-        .await
-        .unwrap();
-    lakets::wal::setup::ensure_slot(&db.client, &db.name)
-        .await
-        .unwrap();
+    publish_and_create_slot(&db).await;
     // ~300 bytes of text per row: about 300 MB if the transaction were held in memory.
     db.exec(&format!(
         "INSERT INTO big SELECT now(), i, repeat(md5(i::text), 9) FROM generate_series(1, {ROWS}) i"

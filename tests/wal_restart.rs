@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::recording::Recording;
-use common::wal::setup_streaming;
+use common::wal::{setup_streaming, wait_until_confirmed};
 use common::{cluster, fresh_db};
 use lakets::operators::chunk_tracker::ChunkTracker;
 use lakets::wal::lsn::Lsn;
@@ -89,25 +89,7 @@ async fn postgres_restarts_and_crashes_mid_stream_lose_nothing_and_double_nothin
         .get::<_, String>(0)
         .parse()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let confirmed: Option<String> = client
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&db.name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if confirmed.is_some_and(|c| c.parse::<Lsn>().unwrap() >= end) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer did not catch up after the restarts"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_confirmed(&client, &db.name, end, Duration::from_secs(90)).await;
     shutdown.cancel();
     consumer.await.unwrap().expect("consumer stops cleanly");
 

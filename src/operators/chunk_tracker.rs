@@ -46,11 +46,7 @@ pub struct ChunkTracker {
 
 impl ChunkTracker {
     pub async fn new(client: Client, slot: impl Into<String>) -> Result<Self> {
-        // A stuck lock fails the flush (and restarts the pipeline) instead of hanging it.
-        client
-            .batch_execute("SET lock_timeout = '10s'")
-            .await
-            .pg_context(|| "preparing the chunk tracker's session".into())?;
+        super::prepare_session(&client, NAME).await?;
         let mut tracker = ChunkTracker {
             client,
             slot: slot.into(),
@@ -107,12 +103,10 @@ impl ChunkTracker {
     }
 
     async fn touch_row(&mut self, relation: &Relation, row: &Row) -> Result<()> {
-        let Some(tracked) = self.tables.get(&relation.table) else {
-            if !self.reload(&relation.table).await? {
-                return Ok(()); // not a ChronoTable
-            }
-            return Box::pin(self.touch_row(relation, row)).await;
-        };
+        if !self.tables.contains_key(&relation.table) && !self.reload(&relation.table).await? {
+            return Ok(()); // not a ChronoTable
+        }
+        let tracked = &self.tables[&relation.table];
         // A write whose chunk cannot be told would leave last_write_lsn too low, and the
         // durability gate trusts it: stop the stream instead (nothing is acknowledged).
         let Some(index) = relation.column_index(&tracked.info.time_column) else {

@@ -41,6 +41,8 @@ type Key = Vec<String>;
 
 struct Cache {
     config: LvcConfig,
+    /// SQL types of the cache table's columns (keys, time, values, lsn), for the casts.
+    column_types: Vec<String>,
     entries: HashMap<Key, Entry>,
     /// Keys changed since the last flush (absent from `entries` = deleted).
     dirty: HashSet<Key>,
@@ -64,10 +66,7 @@ struct Layout {
 impl LastValueCache {
     /// Loads every registered cache into memory.
     pub async fn new(client: Client, slot: impl Into<String>) -> Result<Self> {
-        client
-            .batch_execute("SET lock_timeout = '10s'")
-            .await
-            .pg_context(|| "preparing the LVC session".into())?;
+        super::prepare_session(&client, NAME).await?;
         let mut op = LastValueCache {
             client,
             slot: slot.into(),
@@ -85,10 +84,24 @@ impl LastValueCache {
                 continue;
             }
             let entries = self.load_entries(&config).await?;
+            let column_types = self
+                .client
+                .query(
+                    "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                      WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                      ORDER BY a.attnum",
+                    &[&config.cache_table.quoted()],
+                )
+                .await
+                .pg_context(|| format!("reading the columns of {}", config.cache_table))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             self.caches.insert(
                 config.table.clone(),
                 Cache {
                     config,
+                    column_types,
                     entries,
                     dirty: HashSet::new(),
                 },
@@ -173,23 +186,13 @@ impl LastValueCache {
     /// of the cached row). It may already include later transactions; they will arrive
     /// and apply idempotently.
     async fn latest_from_table(&self, config: &LvcConfig, key: &Key) -> Result<Option<Entry>> {
-        let predicate = config
-            .key_columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{}::text = ${}", quote_ident(c), i + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let (predicate, params) = lvc::key_predicate(&config.key_columns, key);
         let values: Vec<String> = config
             .value_columns
             .iter()
             .map(|c| format!("{}::text", quote_ident(c)))
             .collect();
         let time = quote_ident(&config.time_column);
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key
-            .iter()
-            .map(|k| k as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
         let row = self
             .client
             .query_opt(
@@ -426,18 +429,7 @@ async fn write_dirty(tx: &tokio_postgres::Transaction<'_>, cache: &Cache) -> Res
             }
         }
     }
-    let types: Vec<String> = tx
-        .query(
-            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum",
-            &[&config.cache_table.quoted()],
-        )
-        .await
-        .pg_context(|| format!("reading the columns of {}", config.cache_table))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let types = &cache.column_types;
     let quoted: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     let key_list = config
         .key_columns

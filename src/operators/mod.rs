@@ -15,9 +15,18 @@ pub mod progress;
 
 use std::future::Future;
 
-use crate::error::Result;
+use crate::error::{PgResultExt, Result};
 use crate::wal::lsn::Lsn;
 use crate::wal::transaction::TxnSlice;
+
+/// Prepares an operator's SQL session: a stuck lock fails the flush (and restarts the
+/// pipeline) instead of hanging it.
+pub async fn prepare_session(client: &tokio_postgres::Client, operator: &str) -> Result<()> {
+    client
+        .batch_execute("SET lock_timeout = '10s'")
+        .await
+        .pg_context(|| format!("preparing the session of operator {operator}"))
+}
 
 pub trait Operator: Send + 'static {
     /// A stable name: it keys the operator's row in `lakets._sink_progress`.

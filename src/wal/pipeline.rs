@@ -188,6 +188,7 @@ impl Pipeline {
         setup::ensure_publication(&client, &config.source.publication).await?;
         setup::register_consumer(&client, &slot, &config.source.publication).await?;
         setup::ensure_slot(&client, &slot).await?;
+        drop(client);
 
         let mut source = WalSource::start(&db, &config.source).await?;
         let mut assembler = Assembler::new(config.source.binary, config.max_slice_changes);

@@ -11,6 +11,11 @@ use super::recording::RECORDED_DDL;
 /// `setup`, plus the publication and the slot, so the stream covers every change from now.
 pub async fn setup_streaming(db: &mut TestDb) {
     setup(db).await;
+    publish_and_create_slot(db).await;
+}
+
+/// The `lakets` publication and the test's slot (named after its database).
+pub async fn publish_and_create_slot(db: &TestDb) {
     lakets::wal::setup::ensure_publication(&db.client, "lakets")
         .await
         .unwrap();
@@ -61,16 +66,42 @@ pub async fn durable(db: &TestDb, operator: &str) -> Lsn {
 }
 
 pub async fn confirmed_flush(db: &TestDb) -> Lsn {
-    let text: Option<String> = db
-        .client
+    slot_confirmed(&db.client, &db.name).await
+}
+
+/// The slot's confirmed_flush_lsn (zero when the slot does not exist).
+pub async fn slot_confirmed(client: &tokio_postgres::Client, slot: &str) -> Lsn {
+    let text: Option<String> = client
         .query_one(
             "SELECT (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1)",
-            &[&db.name],
+            &[&slot],
         )
         .await
         .unwrap()
         .get(0);
     text.map(|t| t.parse().unwrap()).unwrap_or(Lsn::ZERO)
+}
+
+/// Waits until the slot is confirmed at or past `end`: it is confirmed only up to what
+/// every operator has stored (or has nothing pending before), so this is "caught up".
+pub async fn wait_until_confirmed(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    end: Lsn,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let confirmed = slot_confirmed(client, slot).await;
+        if confirmed >= end {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the consumer did not catch up: slot {slot} at {confirmed} < {end}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn slot_active(db: &TestDb) -> Option<bool> {
