@@ -611,3 +611,68 @@ pub fn is_retryable(e: &Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Probe(Arc<Mutex<Vec<Lsn>>>);
+
+    impl Operator for Probe {
+        fn name(&self) -> &str {
+            "probe"
+        }
+        async fn durable_lsn(&mut self) -> Result<Lsn> {
+            Ok(Lsn::ZERO)
+        }
+        async fn apply(&mut self, _slice: &TxnSlice) -> Result<()> {
+            Ok(())
+        }
+        async fn flush(&mut self, through: Lsn) -> Result<()> {
+            self.0.lock().unwrap().push(through);
+            Ok(())
+        }
+    }
+
+    fn slice(first: bool, end: Option<u64>) -> Arc<Event> {
+        Arc::new(Event::Slice(TxnSlice {
+            xid: 1,
+            commit_lsn: Lsn(0x10),
+            commit_time: 0,
+            first,
+            end_lsn: end.map(Lsn),
+            changes: Vec::new(),
+        }))
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_tick_inside_a_transaction_is_owed_at_its_end() {
+        let flushed = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(16);
+        let (durable_tx, durable) = watch::channel(Lsn::ZERO);
+        let task = tokio::spawn(run_operator(
+            Probe(flushed.clone()),
+            rx,
+            durable_tx,
+            Duration::from_millis(100),
+        ));
+        settle().await;
+        tx.send(slice(true, None)).await.unwrap();
+        // The 100 ms tick lands while the transaction is open: nothing may be stored yet.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(flushed.lock().unwrap().is_empty());
+        // The transaction ends at 150 ms: stored at once, not at the next tick (200 ms).
+        tx.send(slice(false, Some(0x20))).await.unwrap();
+        settle().await;
+        assert_eq!(*flushed.lock().unwrap(), vec![Lsn(0x20)]);
+        assert_eq!(*durable.borrow(), Lsn(0x20));
+        drop(tx);
+        task.await.unwrap().unwrap();
+    }
+}

@@ -326,3 +326,42 @@ impl Assembler {
         self.binary
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::pgoutput::encode;
+
+    #[test]
+    fn wide_rows_cut_slices_by_bytes_before_the_change_count_is_reached() {
+        let mut a = Assembler::new(true, 1024);
+        let wide = vec![b'x'; 1 << 20];
+        let mut slices = Vec::new();
+        let mut push = |a: &mut Assembler, m: Vec<u8>| {
+            if let Some(Assembled::Slice(s)) = a.push(&m).unwrap() {
+                slices.push(s);
+            }
+        };
+        push(&mut a, encode::begin(0x10, 0, 1));
+        push(
+            &mut a,
+            encode::relation(7, "public", "t", b'f', &[("v", 17, false)]),
+        );
+        for _ in 0..10 {
+            push(&mut a, encode::insert(7, &[Some((b'b', &wide))]));
+        }
+        push(&mut a, encode::commit(0x10, 0x20, 0));
+        // 10 MB of rows against a 4 MB budget: three slices, none holding more than ~4 MB.
+        let sizes: Vec<usize> = slices.iter().map(|s| s.changes.len()).collect();
+        assert_eq!(sizes, vec![5, 4, 2], "schema + 4 rows, 4 rows, 2 rows");
+        let inserts = slices
+            .iter()
+            .flat_map(|s| &s.changes)
+            .filter(|c| matches!(c, Change::Insert { .. }))
+            .count();
+        assert_eq!(inserts, 10);
+        assert!(slices[0].first && !slices[1].first && !slices[2].first);
+        assert_eq!(slices[2].end_lsn, Some(Lsn(0x20)));
+        assert!(slices[..2].iter().all(|s| s.end_lsn.is_none()));
+    }
+}
