@@ -58,6 +58,10 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
+    /// The Delta table or its object store failed (retried: stores heal).
+    #[error("{context}: {message}")]
+    Delta { context: String, message: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -92,6 +96,31 @@ impl Error {
             self,
             Error::InvalidInput(_) | Error::NotFound { .. } | Error::Conflict(_)
         )
+    }
+}
+
+/// Adds the step being performed to Delta Lake and object store errors.
+pub trait DeltaResultExt<T> {
+    fn delta_context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: std::error::Error> DeltaResultExt<T> for std::result::Result<T, E> {
+    fn delta_context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| {
+            let mut message = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !message.contains(&text) {
+                    let _ = write!(message, ": {text}");
+                }
+                source = cause.source();
+            }
+            Error::Delta {
+                context: context(),
+                message,
+            }
+        })
     }
 }
 

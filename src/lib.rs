@@ -7,6 +7,7 @@ pub mod bench;
 pub mod catalog;
 pub mod chronotable;
 pub mod db;
+pub mod delta;
 pub mod demo;
 pub mod embedded;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod interval;
 pub mod lvc;
 pub mod operators;
 pub mod report;
+pub mod sync;
 pub mod wal;
 
 pub use error::{Error, Result};

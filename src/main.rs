@@ -61,6 +61,9 @@ enum Command {
     /// Last Value Cache: the latest row per key of a ChronoTable.
     #[command(subcommand)]
     Lvc(LvcCommand),
+    /// Mirror a ChronoTable into a Delta Lake table (the cold tier).
+    #[command(subcommand)]
+    Sync(SyncCommand),
     /// The replication slot: show its state, or drop it.
     #[command(subcommand)]
     Slot(SlotCommand),
@@ -109,6 +112,28 @@ enum LvcCommand {
         #[arg(required = true)]
         key: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SyncCommand {
+    /// Create the Delta table, copy the rows the table holds now, and mirror every later
+    /// change through `lakets run` (enable_sync). Credentials come from the environment.
+    Enable {
+        table: String,
+        /// A local path, file://, s3://, gs:// or az:// URI.
+        #[arg(long = "to")]
+        to: String,
+        /// Partition the Delta table by the time column's day, month, or not at all.
+        #[arg(long, default_value = "day", value_parser = ["day", "month", "none"])]
+        partition_by: String,
+    },
+    /// List synced tables: location, state, snapshot position, Delta version.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop mirroring a table (its Delta table is kept).
+    Disable { table: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -333,12 +358,18 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                         .await?;
                         let lvc = lakets::operators::last_value::LastValueCache::new(
                             lakets::db::connect_with(&db).await?,
+                            slot.clone(),
+                        )
+                        .await?;
+                        let delta = lakets::operators::delta_sink::DeltaSink::new(
+                            lakets::db::connect_with(&db).await?,
                             slot,
                         )
                         .await?;
                         Ok(lakets::wal::Pipeline::new(db, config)
                             .operator(tracker)
-                            .operator(lvc))
+                            .operator(lvc)
+                            .operator(delta))
                     }
                 },
                 cancel,
@@ -384,6 +415,12 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                         None => bail!("no cached row for key {}", key.join(", ")),
                     }
                 }
+            }
+        }
+        Command::Sync(cmd) => {
+            tokio::select! {
+                result = run_sync(&cli, from_argv, cmd) => result?,
+                _ = shutdown => bail!("interrupted; run the same command again to finish"),
             }
         }
         Command::Slot(cmd) => {
@@ -447,6 +484,78 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 history_hours: 3,
             };
             lakets::demo::run(options, shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_sync(cli: &Cli, from_argv: bool, cmd: &SyncCommand) -> anyhow::Result<()> {
+    match cmd {
+        SyncCommand::Enable {
+            table,
+            to,
+            partition_by,
+        } => {
+            let url = database_url(cli, from_argv)?.context(
+                "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
+            )?;
+            let db = lakets::db::parse_config(&url)?;
+            let partitioning = lakets::delta::schema::Partitioning::parse(partition_by)?;
+            let config =
+                lakets::sync::enable_sync(&db, table, to, partitioning, |p| match p.estimate {
+                    Some(total) if total > 0 => eprintln!(
+                        "copied {} of about {} rows ({:.0}%)",
+                        p.rows,
+                        total,
+                        100.0 * p.rows as f64 / total as f64
+                    ),
+                    _ => eprintln!("copied {} rows", p.rows),
+                })
+                .await?;
+            println!(
+                "{} is synced to {} (partitioned by {}; {} rows copied at {}); `lakets run` mirrors every later change",
+                config.table,
+                lakets::delta::table::display_location(&config.location),
+                config.partitioning.as_str(),
+                config.rows_copied,
+                config
+                    .start_lsn
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into())
+            );
+        }
+        SyncCommand::Show { json } => {
+            let client = connect(cli, from_argv).await?;
+            lakets::catalog::check_installed(&client).await?;
+            let syncs = lakets::sync::list_syncs(&client).await?;
+            if *json {
+                print_json(&syncs)?;
+            } else if syncs.is_empty() {
+                println!("no synced tables");
+            } else {
+                for s in syncs {
+                    println!(
+                        "{}: {} -> {} (partitioned by {}; snapshot at {}; {} rows copied)",
+                        s.table,
+                        match s.state {
+                            lakets::sync::SyncState::Active => "active",
+                            lakets::sync::SyncState::Copying => "copying",
+                        },
+                        lakets::delta::table::display_location(&s.location),
+                        s.partitioning.as_str(),
+                        s.start_lsn
+                            .map(|l| l.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        s.rows_copied
+                    );
+                }
+            }
+        }
+        SyncCommand::Disable { table } => {
+            let client = connect(cli, from_argv).await?;
+            lakets::catalog::check_installed(&client).await?;
+            lakets::sync::disable_sync(&client, table).await?;
+            println!("{table} is no longer synced; its Delta table is kept");
         }
     }
     Ok(())

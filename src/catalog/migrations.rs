@@ -107,6 +107,31 @@ CREATE TABLE lakets._lvc_registry (
 COMMENT ON TABLE lakets._lvc_registry IS 'Last Value Caches: latest row per key of a ChronoTable, kept in lakets.<cache_table> by the WAL consumer';
 "#,
     },
+    Migration {
+        version: 5,
+        name: "delta_sync",
+        sql: r#"
+CREATE TABLE lakets._sync_registry (
+    schema_name    text        NOT NULL,
+    table_name     text        NOT NULL,
+    -- Where the Delta table lives (a file:// URL for local paths; never credentials).
+    location       text        NOT NULL,
+    partitioning   text        NOT NULL CHECK (partitioning IN ('day', 'month', 'none')),
+    -- 'copying': the initial snapshot is being written; 'active': the stream mirrors it.
+    state          text        NOT NULL CHECK (state IN ('copying', 'active')),
+    -- Changes committed before this position are in the initial snapshot.
+    start_lsn      pg_lsn,
+    rows_copied    bigint      NOT NULL DEFAULT 0,
+    rows_estimate  bigint,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema_name, table_name),
+    FOREIGN KEY (schema_name, table_name)
+        REFERENCES lakets._chronotable_registry (schema_name, table_name) ON DELETE CASCADE
+);
+COMMENT ON TABLE lakets._sync_registry IS 'ChronoTables mirrored into a Delta Lake table by the WAL consumer';
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

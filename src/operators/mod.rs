@@ -10,6 +10,7 @@
 //! - The slot is acknowledged only up to the smallest durable LSN over all operators.
 
 pub mod chunk_tracker;
+pub mod delta_sink;
 pub mod last_value;
 pub mod progress;
 

@@ -607,7 +607,7 @@ pub fn is_retryable(e: &Error) -> bool {
                         || matches!(c, "53300" | "55006" | "40P01" | "40001" | "55P03" | "57014")
                 })
         }
-        Error::Io { .. } | Error::Operator(_) => true,
+        Error::Io { .. } | Error::Operator(_) | Error::Delta { .. } => true,
         _ => false,
     }
 }

@@ -1,0 +1,141 @@
+//! Delta table upkeep, as library calls the job scheduler runs: checkpoints, compaction of
+//! small files per partition, and vacuum of files no version references any more.
+//!
+//! Compaction commits with `dataChange = false`, so streaming readers of the table skip
+//! it; if it races with a commit of the WAL operator that removes one of the same files,
+//! Delta's conflict check fails one of them and the operator's window is streamed again.
+
+use std::collections::HashMap;
+
+use deltalake::DeltaTable;
+use deltalake::kernel::Action;
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::DeltaWriter;
+use futures_util::TryStreamExt;
+use tracing::info;
+
+use super::batch::{CellRow, build_batch, cell_at};
+use super::schema::{Cell, TableShape};
+use super::table;
+use crate::error::{DeltaResultExt, Result};
+
+/// Writes a checkpoint of the current version (readers then skip replaying the JSON log)
+/// and removes log files past the table's log retention.
+pub async fn checkpoint(table: &DeltaTable) -> Result<usize> {
+    let location = table::display_location(table.table_url());
+    deltalake::checkpoints::create_checkpoint(table, None)
+        .await
+        .delta_context(|| format!("writing a checkpoint of {location}"))?;
+    deltalake::checkpoints::cleanup_metadata(table, None)
+        .await
+        .delta_context(|| format!("cleaning the log of {location}"))
+}
+
+/// What a compaction did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CompactionOutcome {
+    pub partitions: usize,
+    pub files_removed: usize,
+    pub files_added: usize,
+    pub rows: usize,
+    pub version: Option<i64>,
+}
+
+/// Rewrites, in each partition holding at least `min_files` files smaller than
+/// `small_bytes`, those files into as few files as the target size allows; one commit.
+pub async fn compact(
+    table: &mut DeltaTable,
+    shape: &TableShape,
+    min_files: usize,
+    small_bytes: i64,
+) -> Result<CompactionOutcome> {
+    let location = table::display_location(table.table_url());
+    let views: Vec<_> = table
+        .get_active_add_actions_by_partitions(&[])
+        .try_collect()
+        .await
+        .delta_context(|| format!("listing the files of {location}"))?;
+    let mut groups: HashMap<Vec<(String, Option<String>)>, Vec<_>> = HashMap::new();
+    for view in views {
+        if view.size() >= small_bytes {
+            continue;
+        }
+        let mut key: Vec<(String, Option<String>)> =
+            view.partition_values_map().into_iter().collect();
+        key.sort();
+        groups.entry(key).or_default().push(view);
+    }
+    let mut outcome = CompactionOutcome::default();
+    let mut actions = Vec::new();
+    let mut writer = table::writer(table)?;
+    for (_, files) in groups.into_iter().filter(|(_, f)| f.len() >= min_files) {
+        outcome.partitions += 1;
+        for view in &files {
+            let path = view.object_store_path().to_string();
+            for batch in table::read_file(table, &path).await? {
+                let columns: Vec<_> = shape
+                    .columns
+                    .iter()
+                    .map(|c| batch.column_by_name(&c.name))
+                    .collect();
+                let mut rows: Vec<CellRow> = Vec::with_capacity(batch.num_rows());
+                for r in 0..batch.num_rows() {
+                    rows.push(
+                        columns
+                            .iter()
+                            .map(|c| c.map_or(Ok(Cell::Null), |a| cell_at(a.as_ref(), r)))
+                            .collect::<Result<_>>()?,
+                    );
+                }
+                outcome.rows += rows.len();
+                let refs: Vec<&CellRow> = rows.iter().collect();
+                writer
+                    .write(build_batch(shape, &refs)?)
+                    .await
+                    .delta_context(|| format!("compacting {location}"))?;
+            }
+            actions.push(Action::Remove(view.remove_action(false)));
+            outcome.files_removed += 1;
+        }
+    }
+    if actions.is_empty() {
+        return Ok(outcome);
+    }
+    for mut add in writer
+        .flush()
+        .await
+        .delta_context(|| format!("compacting {location}"))?
+    {
+        add.data_change = false;
+        outcome.files_added += 1;
+        actions.push(Action::Add(add));
+    }
+    let version = table::commit(
+        table,
+        actions,
+        DeltaOperation::Optimize {
+            predicate: None,
+            target_size: table::TARGET_FILE_BYTES as i64,
+        },
+        None,
+    )
+    .await?;
+    outcome.version = Some(version);
+    info!(table = %location, ?outcome, "compacted small files");
+    Ok(outcome)
+}
+
+/// Deletes data files that no version within `retention` references (and files written
+/// but never committed, older than `retention`). Returns how many went.
+pub async fn vacuum(table: &mut DeltaTable, retention: chrono::Duration) -> Result<usize> {
+    let location = table::display_location(table.table_url());
+    let (vacuumed, metrics) = table
+        .clone()
+        .vacuum()
+        .with_retention_period(retention)
+        .with_enforce_retention_duration(false)
+        .await
+        .delta_context(|| format!("vacuuming {location}"))?;
+    *table = vacuumed;
+    Ok(metrics.files_deleted.len())
+}

@@ -1,0 +1,637 @@
+//! One synced table's Delta mirror: the changes of a flush window, in commit order, turned
+//! into one Delta commit that carries the window's end LSN.
+//!
+//! - Inserts are buffered as cells and streamed to Parquet files ("staged": written but
+//!   not committed) when the buffer grows, so a huge transaction never sits in memory.
+//! - A delete (or the old half of an update) first cancels a matching row inserted earlier
+//!   in the window and still buffered. Otherwise it is kept as a key, stamped with how
+//!   many files were staged when it came (its epoch): at flush it removes one matching row
+//!   from the committed files and from the files staged before it, never from rows
+//!   inserted after it. The files it touches are rewritten (copy-on-write), pruned by the
+//!   day partition of the deleted row's time.
+//! - An update whose new row has an unchanged TOAST value takes it from the row it
+//!   replaces (the buffered row, the old row sent with REPLICA IDENTITY FULL, or the row
+//!   found in the file).
+//! - A window without deletes is a plain append: staged files plus a `txn` action.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use deltalake::DeltaTable;
+use deltalake::kernel::{Action, Add, Remove};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures_util::TryStreamExt;
+use tracing::{debug, warn};
+
+use super::batch::{CellRow, build_batch, cell_at};
+use super::schema::{Cell, ColumnKind, DataColumn, Partitioning, TableShape};
+use super::table;
+use crate::error::{DeltaResultExt, Error, Result};
+use crate::wal::lsn::Lsn;
+
+/// Buffered inserts are written out (staged) beyond this many rows...
+const SPILL_ROWS: usize = 200_000;
+/// ... or this many bytes of cells.
+const SPILL_BYTES: usize = 64 << 20;
+/// Rows per record batch handed to the Parquet writer.
+const BATCH_ROWS: usize = 32 * 1024;
+
+/// What one flush committed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FlushOutcome {
+    pub version: Option<i64>,
+    pub rows_written: usize,
+    pub files_added: usize,
+    pub files_removed: usize,
+    /// Deletes whose row was not in the table (it should never happen; counted).
+    pub deletes_unmatched: usize,
+}
+
+struct PendingDelete {
+    key_columns: Arc<Vec<usize>>,
+    key: CellRow,
+    /// Files staged before this delete (it applies to those and to committed files).
+    epoch: usize,
+    /// The partition of the deleted row, when its time is part of the key.
+    partition: Option<i32>,
+    /// The whole row it removed (to fill unchanged TOAST values of an update).
+    removed: Option<CellRow>,
+    done: bool,
+}
+
+/// Positions of rows by key.
+type KeyIndex = HashMap<CellRow, Vec<usize>>;
+
+#[derive(Default)]
+struct Window {
+    pending: Vec<Option<CellRow>>,
+    live: usize,
+    pending_bytes: usize,
+    /// Positions in `pending` by key, built on the first delete of the window.
+    index: Option<(Arc<Vec<usize>>, KeyIndex)>,
+    staged: Vec<Add>,
+    deletes: Vec<PendingDelete>,
+    /// New rows of updates waiting for an unchanged TOAST value from delete `.0`.
+    toast_rows: Vec<(usize, CellRow)>,
+    /// A TRUNCATE came: every committed file goes, and staged files before `.0`.
+    truncated_at: Option<usize>,
+    changes: usize,
+}
+
+impl Window {
+    fn is_empty(&self) -> bool {
+        self.changes == 0
+    }
+}
+
+pub struct TableMirror {
+    pub shape: TableShape,
+    pub table: DeltaTable,
+    /// The `txn` application id of this table's commits.
+    pub app_id: String,
+    /// Changes committed before this LSN are in the table already.
+    pub skip_before: Lsn,
+    window: Window,
+    writer: Option<RecordBatchWriter>,
+}
+
+impl TableMirror {
+    pub fn new(shape: TableShape, table: DeltaTable, app_id: String, skip_before: Lsn) -> Self {
+        TableMirror {
+            shape,
+            table,
+            app_id,
+            skip_before,
+            window: Window::default(),
+            writer: None,
+        }
+    }
+
+    pub fn location(&self) -> String {
+        table::display_location(self.table.table_url())
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.window.is_empty()
+    }
+
+    /// Approximate memory held by the window.
+    pub fn buffered_bytes(&self) -> usize {
+        self.window.pending_bytes
+    }
+
+    pub async fn insert(&mut self, row: CellRow) -> Result<()> {
+        self.window.changes += 1;
+        self.window.pending_bytes += row.iter().map(Cell::size).sum::<usize>();
+        let position = self.window.pending.len();
+        if let Some((cols, index)) = &mut self.window.index {
+            let key: CellRow = cols.iter().map(|&i| row[i].clone()).collect();
+            index.entry(key).or_default().push(position);
+        }
+        self.window.pending.push(Some(row));
+        self.window.live += 1;
+        if self.window.live >= SPILL_ROWS || self.window.pending_bytes >= SPILL_BYTES {
+            self.spill().await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the row with `key` (values of `key_columns`); returns the removed row when
+    /// it was still buffered, else the index of the delete kept for the flush.
+    pub fn delete(&mut self, key_columns: &Arc<Vec<usize>>, key: CellRow) -> DeleteOutcome {
+        self.window.changes += 1;
+        if self
+            .window
+            .index
+            .as_ref()
+            .is_none_or(|(cols, _)| cols != key_columns)
+        {
+            self.build_index(key_columns);
+        }
+        let (_, index) = self.window.index.as_mut().expect("index built above");
+        if let Some(positions) = index.get_mut(&key) {
+            while let Some(p) = positions.pop() {
+                if let Some(row) = self.window.pending[p].take() {
+                    self.window.live -= 1;
+                    return DeleteOutcome::Buffered(row);
+                }
+            }
+        }
+        let partition = key_columns
+            .iter()
+            .position(|&i| i == self.shape.time_index)
+            .and_then(|k| key[k].as_int())
+            .and_then(|t| self.shape.partitioning.partition_of(t));
+        self.window.deletes.push(PendingDelete {
+            key_columns: key_columns.clone(),
+            key,
+            epoch: self.window.staged.len(),
+            partition,
+            removed: None,
+            done: false,
+        });
+        DeleteOutcome::Kept(self.window.deletes.len() - 1)
+    }
+
+    /// An update: the old row goes, `new` comes; unchanged TOAST cells of `new` are taken
+    /// from the row it replaces (`old_full` when the old row came whole).
+    pub async fn update(
+        &mut self,
+        key_columns: &Arc<Vec<usize>>,
+        old_key: CellRow,
+        old_full: Option<CellRow>,
+        mut new: CellRow,
+    ) -> Result<()> {
+        let outcome = self.delete(key_columns, old_key);
+        self.window.changes -= 1; // counted once, by the insert below
+        if new.contains(&Cell::Unchanged) {
+            let source = match (&outcome, &old_full) {
+                (DeleteOutcome::Buffered(row), _) => Some(row),
+                (_, Some(full)) if !full.contains(&Cell::Unchanged) => Some(full),
+                _ => None,
+            };
+            match source {
+                Some(old) => fill_unchanged(&mut new, old),
+                None => {
+                    let DeleteOutcome::Kept(d) = outcome else {
+                        unreachable!("a buffered delete has its row")
+                    };
+                    self.window.changes += 1;
+                    self.window.toast_rows.push((d, new));
+                    return Ok(());
+                }
+            }
+        }
+        self.insert(new).await
+    }
+
+    pub fn truncate(&mut self) {
+        self.window.changes += 1;
+        self.window.pending.clear();
+        self.window.live = 0;
+        self.window.pending_bytes = 0;
+        self.window.index = None;
+        for d in &mut self.window.deletes {
+            d.done = true; // nothing left for them to remove
+        }
+        self.window.toast_rows.clear();
+        self.window.truncated_at = Some(self.window.staged.len());
+    }
+
+    /// Adds columns to the Delta schema (ADD COLUMN in PostgreSQL), committed at once.
+    /// Rows buffered with the old shape read NULL in the new columns.
+    pub async fn add_columns(&mut self, columns: Vec<DataColumn>) -> Result<()> {
+        if columns.is_empty() {
+            return Ok(());
+        }
+        // Files written with the old schema are complete; the next writer uses the new one.
+        self.spill().await?;
+        self.writer = None;
+        let fields = columns
+            .iter()
+            .map(|c| {
+                Ok(deltalake::kernel::StructField::new(
+                    &c.name,
+                    c.kind.delta_type()?,
+                    true,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let location = self.location();
+        let table = self.table.clone();
+        self.table = table
+            .add_columns()
+            .with_fields(fields)
+            .await
+            .delta_context(|| format!("adding columns to the Delta table at {location}"))?;
+        self.shape.columns.extend(columns);
+        Ok(())
+    }
+
+    fn build_index(&mut self, key_columns: &Arc<Vec<usize>>) {
+        let mut index = KeyIndex::new();
+        for (p, row) in self.window.pending.iter().enumerate() {
+            if let Some(row) = row {
+                let key = key_columns.iter().map(|&i| row[i].clone()).collect();
+                index.entry(key).or_default().push(p);
+            }
+        }
+        self.window.index = Some((key_columns.clone(), index));
+    }
+
+    fn writer(&mut self) -> Result<&mut RecordBatchWriter> {
+        if self.writer.is_none() {
+            self.writer = Some(table::writer(&self.table)?);
+        }
+        Ok(self.writer.as_mut().expect("set above"))
+    }
+
+    async fn write_rows(&mut self, rows: &[&CellRow]) -> Result<()> {
+        let location = self.location();
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let batch = build_batch(&self.shape, chunk)?;
+            self.writer()?
+                .write(batch)
+                .await
+                .delta_context(|| format!("writing Parquet to {location}"))?;
+        }
+        Ok(())
+    }
+
+    /// Seals what the writer holds into staged files.
+    async fn seal(&mut self) -> Result<()> {
+        if let Some(writer) = self.writer.as_mut() {
+            let location = table::display_location(self.table.table_url());
+            let adds = writer
+                .flush()
+                .await
+                .delta_context(|| format!("writing Parquet to {location}"))?;
+            self.window.staged.extend(adds);
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered inserts to staged files.
+    async fn spill(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.window.pending);
+        let rows: Vec<&CellRow> = pending.iter().flatten().collect();
+        if !rows.is_empty() {
+            self.write_rows(&rows).await?;
+            self.seal().await?;
+        }
+        self.window.live = 0;
+        self.window.pending_bytes = 0;
+        self.window.index = None;
+        Ok(())
+    }
+
+    /// Commits the window as one Delta version carrying `through`.
+    pub async fn flush(&mut self, through: Lsn) -> Result<FlushOutcome> {
+        if self.window.is_empty() {
+            return Ok(FlushOutcome::default());
+        }
+        let result = self.commit_window(through).await;
+        if result.is_err() {
+            // The window is lost with the error: the pipeline restarts from the durable
+            // LSN and streams it again. Staged files stay orphans until vacuum.
+            self.window = Window::default();
+            self.writer = None;
+        }
+        result
+    }
+
+    async fn commit_window(&mut self, through: Lsn) -> Result<FlushOutcome> {
+        let mut outcome = FlushOutcome {
+            rows_written: self.window.live,
+            ..Default::default()
+        };
+        self.spill().await?;
+
+        let mut removes: Vec<Remove> = Vec::new();
+        let mut dropped_staged: HashSet<usize> = HashSet::new();
+        let has_deletes = self.window.deletes.iter().any(|d| !d.done);
+        if self.window.truncated_at.is_some() || has_deletes {
+            self.rewrite(&mut removes, &mut dropped_staged, &mut outcome)
+                .await?;
+        }
+        if !self.window.toast_rows.is_empty() {
+            let toast_rows = std::mem::take(&mut self.window.toast_rows);
+            let mut filled = Vec::with_capacity(toast_rows.len());
+            for (d, mut row) in toast_rows {
+                let old = self.window.deletes[d].removed.as_ref().ok_or_else(|| {
+                    Error::Operator(format!(
+                        "an update of {} kept an unchanged TOAST value of a row that is not \
+                         in the Delta table; set REPLICA IDENTITY FULL on the table so that \
+                         updates carry the whole old row",
+                        self.location()
+                    ))
+                })?;
+                fill_unchanged(&mut row, old);
+                filled.push(row);
+            }
+            let refs: Vec<&CellRow> = filled.iter().collect();
+            outcome.rows_written += refs.len();
+            self.write_rows(&refs).await?;
+            self.seal().await?;
+        }
+
+        let staged = std::mem::take(&mut self.window.staged);
+        let mut actions: Vec<Action> = Vec::new();
+        for (i, add) in staged.into_iter().enumerate() {
+            if dropped_staged.contains(&i) {
+                table::delete_uncommitted(&self.table, &add.path).await;
+            } else {
+                outcome.files_added += 1;
+                actions.push(Action::Add(add));
+            }
+        }
+        outcome.files_removed = removes.len();
+        let operation = if removes.is_empty() {
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: self.shape.partition_column.clone().map(|p| vec![p]),
+                predicate: None,
+            }
+        } else {
+            DeltaOperation::Delete {
+                predicate: Some("rows deleted or updated in PostgreSQL".into()),
+            }
+        };
+        actions.extend(removes.into_iter().map(Action::Remove));
+        let app_id = self.app_id.clone();
+        let version = table::commit(
+            &mut self.table,
+            actions,
+            operation,
+            Some((&app_id, through)),
+        )
+        .await?;
+        outcome.version = Some(version);
+        self.skip_before = through;
+        self.window = Window::default();
+        debug!(table = %self.location(), version, ?outcome, "committed to Delta");
+        Ok(outcome)
+    }
+
+    /// Applies the kept deletes and a TRUNCATE to committed and staged files.
+    async fn rewrite(
+        &mut self,
+        removes: &mut Vec<Remove>,
+        dropped_staged: &mut HashSet<usize>,
+        outcome: &mut FlushOutcome,
+    ) -> Result<()> {
+        let partition_column = self.shape.partition_column.clone();
+        let live: Vec<usize> = (0..self.window.deletes.len())
+            .filter(|&d| !self.window.deletes[d].done)
+            .collect();
+        // Partitions the deletes can touch (None: any).
+        let partitions: Option<HashSet<i32>> = if partition_column.is_none() {
+            None
+        } else {
+            live.iter()
+                .map(|&d| self.window.deletes[d].partition)
+                .collect::<Option<HashSet<i32>>>()
+        };
+        let wanted = |values: &HashMap<String, Option<String>>| -> bool {
+            match (&partitions, &partition_column) {
+                (Some(set), Some(col)) => values
+                    .get(col)
+                    .and_then(|v| v.as_deref())
+                    .and_then(parse_partition_date)
+                    .is_none_or(|p| set.contains(&p)),
+                _ => true,
+            }
+        };
+
+        // Committed files: all go on TRUNCATE; otherwise those the deletes may touch.
+        let location = self.location();
+        let views: Vec<_> = self
+            .table
+            .get_active_add_actions_by_partitions(&[])
+            .try_collect()
+            .await
+            .delta_context(|| format!("listing the files of {location}"))?;
+        let mut candidates: Vec<(FileRef, HashMap<String, Option<String>>)> = Vec::new();
+        for view in views {
+            if self.window.truncated_at.is_some() {
+                removes.push(view.remove_action(true));
+                continue;
+            }
+            if live.is_empty() {
+                continue;
+            }
+            let values = view.partition_values_map();
+            if wanted(&values) {
+                candidates.push((
+                    FileRef::Committed {
+                        path: view.object_store_path().to_string(),
+                        remove: Box::new(view.remove_action(true)),
+                    },
+                    values,
+                ));
+            }
+        }
+        let max_epoch = live
+            .iter()
+            .map(|&d| self.window.deletes[d].epoch)
+            .max()
+            .unwrap_or(0);
+        for (i, add) in self.window.staged.iter().enumerate() {
+            if self.window.truncated_at.is_some_and(|t| i < t) {
+                dropped_staged.insert(i);
+            } else if i < max_epoch && wanted(&add.partition_values) {
+                candidates.push((
+                    FileRef::Staged {
+                        index: i,
+                        path: add.path.clone(),
+                    },
+                    add.partition_values.clone(),
+                ));
+            }
+        }
+
+        // Deletes by key, per key column set, oldest first.
+        let mut by_key: HashMap<Arc<Vec<usize>>, HashMap<CellRow, Vec<usize>>> = HashMap::new();
+        for &d in &live {
+            let del = &self.window.deletes[d];
+            by_key
+                .entry(del.key_columns.clone())
+                .or_default()
+                .entry(del.key.clone())
+                .or_default()
+                .push(d);
+        }
+
+        for (file, _) in candidates {
+            let (path, file_epoch) = match &file {
+                FileRef::Committed { path, .. } => (path.clone(), None),
+                FileRef::Staged { index, path } => (url_path(path), Some(*index)),
+            };
+            let batches = table::read_file(&self.table, &path).await?;
+            let mut kept: Vec<CellRow> = Vec::new();
+            let mut removed_any = false;
+            for batch in &batches {
+                let columns: Vec<Option<&arrow::array::ArrayRef>> = self
+                    .shape
+                    .columns
+                    .iter()
+                    .map(|c| batch.column_by_name(&c.name))
+                    .collect();
+                for r in 0..batch.num_rows() {
+                    let row: CellRow = columns
+                        .iter()
+                        .map(|c| match c {
+                            Some(a) => cell_at(a.as_ref(), r),
+                            None => Ok(Cell::Null),
+                        })
+                        .collect::<Result<_>>()?;
+                    let mut hit = None;
+                    for (cols, keys) in by_key.iter_mut() {
+                        let key: CellRow = cols.iter().map(|&i| row[i].clone()).collect();
+                        if let Some(list) = keys.get_mut(&key) {
+                            let deletes = &self.window.deletes;
+                            if let Some(pos) = list.iter().position(|&d| {
+                                !deletes[d].done && file_epoch.is_none_or(|f| f < deletes[d].epoch)
+                            }) {
+                                hit = Some(list.remove(pos));
+                                break;
+                            }
+                        }
+                    }
+                    match hit {
+                        Some(d) => {
+                            removed_any = true;
+                            let del = &mut self.window.deletes[d];
+                            del.done = true;
+                            del.removed = Some(row);
+                        }
+                        None => kept.push(row),
+                    }
+                }
+            }
+            if removed_any {
+                match file {
+                    FileRef::Committed { remove, .. } => removes.push(*remove),
+                    FileRef::Staged { index, .. } => {
+                        dropped_staged.insert(index);
+                    }
+                }
+                let refs: Vec<&CellRow> = kept.iter().collect();
+                self.write_rows(&refs).await?;
+            }
+        }
+        self.seal().await?;
+        outcome.deletes_unmatched = self.window.deletes.iter().filter(|d| !d.done).count();
+        if outcome.deletes_unmatched > 0 {
+            metrics::counter!("lakets_delta_unmatched_deletes_total")
+                .increment(outcome.deletes_unmatched as u64);
+            warn!(
+                table = %self.location(),
+                count = outcome.deletes_unmatched,
+                "rows deleted or updated in PostgreSQL were not found in the Delta table \
+                 (removed behind lakets' back?); run `lakets verify`"
+            );
+        }
+        Ok(())
+    }
+}
+
+pub enum DeleteOutcome {
+    /// The row was still buffered in this window: it is gone, here it is.
+    Buffered(CellRow),
+    /// Kept for the flush, by index.
+    Kept(usize),
+}
+
+enum FileRef {
+    Committed { path: String, remove: Box<Remove> },
+    Staged { index: usize, path: String },
+}
+
+fn fill_unchanged(row: &mut CellRow, old: &CellRow) {
+    for (i, cell) in row.iter_mut().enumerate() {
+        if *cell == Cell::Unchanged {
+            *cell = old.get(i).cloned().unwrap_or(Cell::Null);
+        }
+    }
+}
+
+/// An Add action's path is URL-encoded; the object store wants it decoded.
+fn url_path(path: &str) -> String {
+    object_store::path::Path::from_url_path(path)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| path.to_owned())
+}
+
+/// A partition value (`YYYY-MM-DD`) as days since the epoch.
+fn parse_partition_date(s: &str) -> Option<i32> {
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    Some((d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32)
+}
+
+/// The Delta shape of an existing table: its columns in order, less the partition column.
+pub fn shape_of(
+    table: &DeltaTable,
+    time_column: &str,
+    partitioning: Partitioning,
+) -> Result<TableShape> {
+    let location = table::display_location(table.table_url());
+    let schema = table
+        .snapshot()
+        .delta_context(|| format!("reading {location}"))?
+        .schema();
+    let partition_column = partitioning.column_name(time_column);
+    let mut columns = Vec::new();
+    for field in schema.fields() {
+        if Some(field.name()) == partition_column.as_ref() {
+            continue;
+        }
+        let kind = ColumnKind::from_delta(field.data_type()).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "column {:?} of the Delta table at {location} has type {}, which lakets \
+                 does not write",
+                field.name(),
+                field.data_type()
+            ))
+        })?;
+        columns.push(DataColumn {
+            name: field.name().clone(),
+            kind,
+        });
+    }
+    let time_index = columns
+        .iter()
+        .position(|c| c.name == time_column)
+        .ok_or_else(|| {
+            Error::Conflict(format!(
+                "the Delta table at {location} has no column {time_column:?}"
+            ))
+        })?;
+    Ok(TableShape {
+        columns,
+        time_index,
+        partitioning,
+        partition_column,
+    })
+}

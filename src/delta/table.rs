@@ -1,0 +1,243 @@
+//! Opening, creating and committing to a Delta table, and reading its Parquet files back.
+//!
+//! Credentials for object stores come from the environment (`AWS_*`, `GOOGLE_*`,
+//! `AZURE_*`, as each SDK reads them), never from the URI: a URI with a user, password or
+//! query string is refused so that it cannot end up in a log line or `ps` output.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Transaction};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::RecordBatchWriter;
+use futures_util::TryStreamExt;
+use object_store::ObjectStoreExt as _;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+#[allow(deprecated)] // still the simplest reader over an object store in parquet 59
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use url::Url;
+
+use super::schema::TableShape;
+use crate::error::{DeltaResultExt, Error, Result};
+use crate::wal::lsn::Lsn;
+
+/// Rows per Parquet row group: large enough for good compression and statistics, small
+/// enough that a reader can skip by row group.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Files are cut at about this size.
+pub const TARGET_FILE_BYTES: u64 = 128 << 20;
+
+/// Parses where a Delta table lives: a local path, `file://`, `s3://` (or `s3a://`),
+/// `gs://`, `az://`, `abfs://` or `abfss://`. A relative local path is made absolute.
+pub fn parse_location(uri: &str) -> Result<Url> {
+    let uri = uri.trim();
+    if uri.is_empty() {
+        return Err(Error::invalid("the Delta table location is empty"));
+    }
+    if !uri.contains("://") {
+        let path = std::path::Path::new(uri);
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Error::io("reading the current directory", e))?
+                .join(path)
+        };
+        return Url::from_directory_path(&absolute).map_err(|()| {
+            Error::invalid(format!(
+                "{uri:?} is not a usable local path for a Delta table"
+            ))
+        });
+    }
+    let url =
+        Url::parse(uri).map_err(|e| Error::invalid(format!("{uri:?} is not a valid URI: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+        return Err(Error::invalid(
+            "the Delta table URI carries credentials or options; give credentials through \
+             the environment (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, \
+             AZURE_STORAGE_ACCOUNT_KEY, ...), never on the command line",
+        ));
+    }
+    match url.scheme() {
+        "file" => {
+            if url
+                .host_str()
+                .is_some_and(|h| !h.is_empty() && h != "localhost")
+            {
+                return Err(Error::invalid(format!(
+                    "{uri:?}: a file:// URI cannot name a host"
+                )));
+            }
+        }
+        "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(Error::invalid(format!(
+                    "{uri:?} names no bucket or container"
+                )));
+            }
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                "unsupported scheme {other:?} in {uri:?}: use a local path, file://, s3://, \
+                 gs:// or az://"
+            )));
+        }
+    }
+    Ok(url)
+}
+
+/// A location for display: never carries credentials (they are refused at parse time).
+pub fn display_location(url: &Url) -> String {
+    if url.scheme() == "file" {
+        url.to_file_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|()| url.to_string())
+    } else {
+        url.to_string()
+    }
+}
+
+/// Opens an existing table; `Ok(None)` when there is no Delta table at the location.
+pub async fn open(url: &Url) -> Result<Option<DeltaTable>> {
+    let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
+        .delta_context(|| format!("opening the Delta table at {}", display_location(url)))?
+        .with_storage_options(HashMap::new())
+        .build()
+        .delta_context(|| format!("opening the Delta table at {}", display_location(url)))?;
+    if !table
+        .verify_deltatable_existence()
+        .await
+        .delta_context(|| format!("looking for a Delta table at {}", display_location(url)))?
+    {
+        return Ok(None);
+    }
+    table
+        .load()
+        .await
+        .delta_context(|| format!("loading the Delta table at {}", display_location(url)))?;
+    Ok(Some(table))
+}
+
+/// Creates the table (protocol reader 1 / writer 2: no table features, so every Delta
+/// reader, old Databricks runtimes included, can read it).
+pub async fn create(url: &Url, shape: &TableShape, name: &str) -> Result<DeltaTable> {
+    if url.scheme() == "file"
+        && let Ok(path) = url.to_file_path()
+    {
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::io(format!("creating the directory {}", path.display()), e))?;
+    }
+    let mut builder = CreateBuilder::new()
+        .with_location(url.to_string())
+        .with_table_name(name)
+        .with_comment(format!("mirrored from PostgreSQL by lakets: {name}"))
+        .with_columns(shape.delta_fields()?)
+        .with_configuration([
+            // One commit per flush (about a second under load): keep the log short.
+            ("delta.checkpointInterval", Some("100")),
+            ("delta.logRetentionDuration", Some("interval 2 days")),
+            (
+                "delta.deletedFileRetentionDuration",
+                Some("interval 1 days"),
+            ),
+        ]);
+    if let Some(p) = &shape.partition_column {
+        builder = builder.with_partition_columns([p.clone()]);
+    }
+    builder
+        .await
+        .delta_context(|| format!("creating the Delta table at {}", display_location(url)))
+}
+
+/// A writer for the table's current schema: zstd Parquet, statistics on the first 32
+/// columns (Delta's default), files cut at [`TARGET_FILE_BYTES`].
+pub fn writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("zstd level 3 is valid"),
+        ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build();
+    Ok(RecordBatchWriter::for_table(table)
+        .delta_context(|| "preparing a Delta writer".into())?
+        .with_writer_properties(properties)
+        .with_target_file_size(TARGET_FILE_BYTES))
+}
+
+/// Commits `actions` as one new table version, with `txn` (app id, end LSN of the last
+/// transaction the commit makes durable) in the same commit.
+pub async fn commit(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    txn: Option<(&str, Lsn)>,
+) -> Result<i64> {
+    let mut properties = CommitProperties::default();
+    if let Some((app_id, lsn)) = txn {
+        properties =
+            properties.with_application_transaction(Transaction::new(app_id, lsn.0 as i64));
+    }
+    let location = display_location(table.table_url());
+    let finalized = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(
+            Some(
+                table
+                    .snapshot()
+                    .delta_context(|| format!("reading {location}"))?,
+            ),
+            table.log_store(),
+            operation,
+        )
+        .await
+        .delta_context(|| format!("committing to the Delta table at {location}"))?;
+    table.state = Some(finalized.snapshot());
+    Ok(finalized.version() as i64)
+}
+
+/// The LSN recorded by the last commit of `app_id`, if any.
+pub async fn txn_lsn(table: &DeltaTable, app_id: &str) -> Result<Option<Lsn>> {
+    let location = display_location(table.table_url());
+    let version = table
+        .snapshot()
+        .delta_context(|| format!("reading {location}"))?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .delta_context(|| format!("reading the transactions of {location}"))?;
+    Ok(version.map(|v| Lsn(v as u64)))
+}
+
+#[allow(deprecated)]
+/// Reads one data file of the table whole (files are bounded by [`TARGET_FILE_BYTES`]).
+pub async fn read_file(table: &DeltaTable, path: &str) -> Result<Vec<RecordBatch>> {
+    let store = table.object_store();
+    let object_path = object_store::path::Path::parse(path)
+        .delta_context(|| format!("Delta file path {path}"))?;
+    let reader = ParquetObjectReader::new(Arc::clone(&store), object_path);
+    let stream = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .delta_context(|| format!("opening Delta file {path}"))?
+        .with_batch_size(64 * 1024)
+        .build()
+        .delta_context(|| format!("reading Delta file {path}"))?;
+    stream
+        .try_collect()
+        .await
+        .delta_context(|| format!("reading Delta file {path}"))
+}
+
+/// Deletes a written but never committed file (best effort: vacuum also finds it).
+pub async fn delete_uncommitted(table: &DeltaTable, path: &str) {
+    if let Ok(p) = object_store::path::Path::from_url_path(path)
+        && let Err(e) = table.object_store().delete(&p).await
+    {
+        tracing::debug!(path, error = %e, "could not delete an uncommitted file; vacuum will");
+    }
+}

@@ -1,0 +1,563 @@
+//! Syncing a ChronoTable to Delta Lake (spec: `enable_sync`): the registry, the table
+//! creation and the initial snapshot.
+//!
+//! The snapshot meets the stream exactly: a second connection holds a SHARE lock on the
+//! table for the instant it takes to start a REPEATABLE READ transaction and read the WAL
+//! insert position. No writer is in flight at that instant, so every transaction
+//! committed before the position is in the snapshot and every later one commits after it.
+//! The lock is released at once; the copy then runs as long as it needs while writes
+//! continue. The copy is committed to Delta as one version whose `txn` action records the
+//! position, and the WAL operator skips the table's changes committed before it.
+
+use std::time::{Duration, Instant};
+
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::DeltaWriter;
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Client, GenericClient, IsolationLevel};
+use tracing::info;
+use url::Url;
+
+use crate::catalog::registry;
+use crate::delta::batch::{CellRow, build_batch};
+use crate::delta::mirror::shape_of;
+use crate::delta::schema::{Cell, Partitioning, TableShape};
+use crate::delta::table;
+use crate::error::{DeltaResultExt, Error, PgResultExt, Result};
+use crate::ident::TableName;
+use crate::wal::lsn::Lsn;
+use crate::wal::value::{ColumnType, decode_text};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    Copying,
+    Active,
+}
+
+/// A registered sync.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SyncConfig {
+    pub table: TableName,
+    pub time_column: String,
+    #[serde(serialize_with = "serialize_location")]
+    pub location: Url,
+    pub partitioning: Partitioning,
+    pub state: SyncState,
+    pub start_lsn: Option<Lsn>,
+    pub rows_copied: i64,
+    pub rows_estimate: Option<i64>,
+}
+
+fn serialize_location<S: serde::Serializer>(url: &Url, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&table::display_location(url))
+}
+
+/// Advisory lock namespace held by `enable_sync` for the length of a copy (second key:
+/// `hashtext` of the table name).
+pub const SYNC_LOCK_NAMESPACE: i32 = 0x4c4b_5455;
+
+/// The `txn` application id of the stream's commits to one table.
+pub fn stream_app_id(slot: &str, table: &TableName) -> String {
+    format!("lakets:{slot}:{table}")
+}
+
+/// The `txn` application id of the initial snapshot's commit.
+pub fn snapshot_app_id(table: &TableName) -> String {
+    format!("lakets:snapshot:{table}")
+}
+
+const SELECT_SYNC: &str = "SELECT s.schema_name, s.table_name, c.time_column, s.location,
+        s.partitioning, s.state, s.start_lsn, s.rows_copied, s.rows_estimate
+   FROM lakets._sync_registry s
+   JOIN lakets._chronotable_registry c USING (schema_name, table_name)";
+
+fn sync_from_row(row: &tokio_postgres::Row) -> Result<SyncConfig> {
+    let location: String = row.get(3);
+    Ok(SyncConfig {
+        table: TableName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+        time_column: row.get(2),
+        location: Url::parse(&location)
+            .map_err(|e| Error::invalid(format!("registered location {location:?}: {e}")))?,
+        partitioning: Partitioning::parse(row.get(4))?,
+        state: match row.get::<_, &str>(5) {
+            "active" => SyncState::Active,
+            _ => SyncState::Copying,
+        },
+        start_lsn: row.get::<_, Option<PgLsn>>(6).map(Lsn::from),
+        rows_copied: row.get(7),
+        rows_estimate: row.get(8),
+    })
+}
+
+pub async fn list_syncs(client: &impl GenericClient) -> Result<Vec<SyncConfig>> {
+    client
+        .query(&format!("{SELECT_SYNC} ORDER BY 1, 2"), &[])
+        .await
+        .pg_context(|| "reading the sync registry".into())?
+        .iter()
+        .map(sync_from_row)
+        .collect()
+}
+
+pub async fn find_sync(
+    client: &impl GenericClient,
+    table: &TableName,
+) -> Result<Option<SyncConfig>> {
+    client
+        .query_opt(
+            &format!("{SELECT_SYNC} WHERE s.schema_name = $1 AND s.table_name = $2"),
+            &[&table.schema, &table.name],
+        )
+        .await
+        .pg_context(|| format!("reading the sync registry for {table}"))?
+        .as_ref()
+        .map(sync_from_row)
+        .transpose()
+}
+
+/// Progress of a long initial copy.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyProgress {
+    pub rows: u64,
+    pub estimate: Option<u64>,
+}
+
+/// `enable_sync`: creates the Delta table at `location`, copies the rows the table holds
+/// now, and registers the sync so that the WAL operator mirrors every later change.
+/// Running it again after an interruption resumes (the copy starts over; a half-written
+/// copy was never committed).
+pub async fn enable_sync(
+    db: &tokio_postgres::Config,
+    table: &str,
+    location: &str,
+    partitioning: Partitioning,
+    mut progress: impl FnMut(CopyProgress),
+) -> Result<SyncConfig> {
+    let client = crate::db::connect_with(db).await?;
+    crate::catalog::check_installed(&client).await?;
+    let ct = registry::find_chronotable(&client, table).await?;
+    let url = table::parse_location(location)?;
+    let shape = postgres_shape(&client, &ct.table, &ct.time_column, partitioning).await?;
+
+    let existing = find_sync(&client, &ct.table).await?;
+    if let Some(s) = &existing {
+        if s.state == SyncState::Active {
+            return Err(Error::Conflict(format!(
+                "{} is already synced to {}",
+                ct.table,
+                table::display_location(&s.location)
+            )));
+        }
+        if s.location != url || s.partitioning != partitioning {
+            return Err(Error::Conflict(format!(
+                "an interrupted sync of {} to {} (partitioned by {}) is pending; run the same \
+                 command again to finish it, or `lakets sync disable {}` first",
+                ct.table,
+                table::display_location(&s.location),
+                s.partitioning.as_str(),
+                ct.table
+            )));
+        }
+    }
+
+    // One enable per table at a time; the WAL operator also reads this lock to tell a
+    // running copy from an abandoned one.
+    client
+        .execute(
+            "SELECT pg_advisory_lock($1, hashtext($2))",
+            &[&SYNC_LOCK_NAMESPACE, &ct.table.to_string()],
+        )
+        .await
+        .pg_context(|| format!("waiting for another sync of {} to finish", ct.table))?;
+
+    let found = table::open(&url).await?;
+    if let Some(t) = &found {
+        let same =
+            shape_of(t, &ct.time_column, partitioning).is_ok_and(|f| f.columns == shape.columns);
+        if existing.is_none() || !same {
+            return Err(Error::Conflict(format!(
+                "a Delta table already exists at {}; sync into a new (empty) location",
+                table::display_location(&url)
+            )));
+        }
+    }
+
+    // Every change after the snapshot must be held by a slot.
+    crate::wal::setup::ensure_default_consumer(&client).await?;
+    client
+        .execute(
+            "INSERT INTO lakets._sync_registry (schema_name, table_name, location, partitioning, state)
+             VALUES ($1, $2, $3, $4, 'copying')
+             ON CONFLICT (schema_name, table_name) DO UPDATE SET updated_at = now()",
+            &[
+                &ct.table.schema,
+                &ct.table.name,
+                &url.to_string(),
+                &partitioning.as_str(),
+            ],
+        )
+        .await
+        .pg_context(|| format!("registering the sync of {}", ct.table))?;
+    let mut delta = match found {
+        Some(t) => t,
+        None => table::create(&url, &shape, &ct.table.to_string()).await?,
+    };
+
+    // A copy committed before an interruption of the registry update: just finish.
+    let registered = find_sync(&client, &ct.table).await?;
+    let committed = table::txn_lsn(&delta, &snapshot_app_id(&ct.table)).await?;
+    if let (Some(done), Some(reg)) = (committed, registered.as_ref().and_then(|s| s.start_lsn))
+        && done == reg
+    {
+        return activate(&client, &ct.table).await;
+    }
+
+    let (start_lsn, rows) =
+        copy_snapshot(db, &client, &ct.table, &shape, &mut delta, &mut progress).await?;
+    info!(table = %ct.table, rows, start_lsn = %start_lsn, location = %table::display_location(&url), "initial snapshot committed to Delta");
+    let config = activate(&client, &ct.table).await?;
+    client
+        .execute(
+            "SELECT pg_advisory_unlock($1, hashtext($2))",
+            &[&SYNC_LOCK_NAMESPACE, &ct.table.to_string()],
+        )
+        .await
+        .pg_context(|| "releasing the sync lock".into())?;
+    Ok(config)
+}
+
+async fn activate(client: &Client, table: &TableName) -> Result<SyncConfig> {
+    client
+        .execute(
+            "UPDATE lakets._sync_registry SET state = 'active', updated_at = now()
+              WHERE schema_name = $1 AND table_name = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .pg_context(|| format!("activating the sync of {table}"))?;
+    client
+        .execute(
+            "UPDATE lakets._chronotable_registry SET sync_enabled = true
+              WHERE schema_name = $1 AND table_name = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .pg_context(|| format!("marking {table} synced"))?;
+    find_sync(client, table)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "sync of",
+            name: table.to_string(),
+        })
+}
+
+/// The Delta shape of a PostgreSQL table's current columns.
+pub async fn postgres_shape(
+    client: &impl GenericClient,
+    table: &TableName,
+    time_column: &str,
+    partitioning: Partitioning,
+) -> Result<TableShape> {
+    let columns: Vec<(String, ColumnType, i32)> = client
+        .query(
+            "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute
+              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
+              ORDER BY attnum",
+            &[&table.quoted()],
+        )
+        .await
+        .pg_context(|| format!("reading the columns of {table}"))?
+        .iter()
+        .map(|r| (r.get(0), ColumnType::from_oid(r.get(1)), r.get(2)))
+        .collect();
+    TableShape::new(&columns, time_column, partitioning).map_err(|e| match e {
+        Error::Unsupported(m) => Error::Unsupported(format!("cannot sync {table}: {m}")),
+        other => other,
+    })
+}
+
+/// Rows per fetch from the snapshot cursor.
+const FETCH_ROWS: i32 = 10_000;
+/// Staged files are sealed every this many rows (bounds the writer's memory).
+const SEAL_ROWS: u64 = 1_000_000;
+
+async fn copy_snapshot(
+    db: &tokio_postgres::Config,
+    client: &Client,
+    table_name: &TableName,
+    shape: &TableShape,
+    delta: &mut deltalake::DeltaTable,
+    progress: &mut impl FnMut(CopyProgress),
+) -> Result<(Lsn, u64)> {
+    // The lock holder: writers wait only while the snapshot is taken.
+    let locker = crate::db::connect_with(db).await?;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN SHARE MODE",
+            table_name.quoted()
+        ))
+        .await
+        .pg_context(|| {
+            format!("locking {table_name} briefly to take a snapshot consistent with the WAL")
+        })?;
+    let mut reader = crate::db::connect_with(db).await?;
+    reader
+        .batch_execute(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \
+             SET bytea_output = 'hex'",
+        )
+        .await
+        .pg_context(|| "preparing the snapshot session".into())?;
+    let tx = reader
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .pg_context(|| "starting the snapshot transaction".into())?;
+    let row = tx
+        .query_one(
+            "SELECT pg_current_wal_insert_lsn(),
+                    (SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
+                       FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhparent = $1::text::regclass)",
+            &[&table_name.quoted()],
+        )
+        .await
+        .pg_context(|| "taking the snapshot".into())?;
+    let start_lsn = Lsn::from(row.get::<_, PgLsn>(0));
+    let estimate: i64 = row.get(1);
+    locker
+        .execute(
+            "UPDATE lakets._sync_registry
+                SET start_lsn = $3, rows_estimate = $4, rows_copied = 0, updated_at = now()
+              WHERE schema_name = $1 AND table_name = $2",
+            &[
+                &table_name.schema,
+                &table_name.name,
+                &PgLsn::from(start_lsn),
+                &estimate,
+            ],
+        )
+        .await
+        .pg_context(|| "recording the snapshot position".into())?;
+    locker
+        .batch_execute("COMMIT")
+        .await
+        .pg_context(|| format!("releasing the lock on {table_name}"))?;
+
+    let select: Vec<String> = shape
+        .columns
+        .iter()
+        .map(|c| format!("{}::text", crate::ident::quote_ident(&c.name)))
+        .collect();
+    let types: Vec<ColumnType> = {
+        let rows = tx
+            .query(
+                "SELECT attname::text, atttypid::oid FROM pg_attribute
+                  WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+                &[&table_name.quoted()],
+            )
+            .await
+            .pg_context(|| format!("reading the columns of {table_name}"))?;
+        shape
+            .columns
+            .iter()
+            .map(|c| {
+                rows.iter()
+                    .find(|r| r.get::<_, &str>(0) == c.name)
+                    .map(|r| ColumnType::from_oid(r.get(1)))
+                    .ok_or_else(|| Error::Conflict(format!("column {:?} vanished", c.name)))
+            })
+            .collect::<Result<_>>()?
+    };
+    let portal = tx
+        .bind(
+            &format!("SELECT {} FROM {}", select.join(", "), table_name.quoted()),
+            &[],
+        )
+        .await
+        .pg_context(|| format!("reading {table_name}"))?;
+
+    let mut writer = table::writer(delta)?;
+    let mut adds = Vec::new();
+    let mut copied: u64 = 0;
+    let mut since_seal: u64 = 0;
+    let mut last_report = Instant::now();
+    let estimate_u = (estimate > 0).then_some(estimate as u64);
+    loop {
+        let rows = tx
+            .query_portal(&portal, FETCH_ROWS)
+            .await
+            .pg_context(|| format!("reading {table_name}"))?;
+        if rows.is_empty() {
+            break;
+        }
+        let cells: Vec<CellRow> = rows
+            .iter()
+            .map(|row| text_row_cells(row, &types, shape))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&CellRow> = cells.iter().collect();
+        writer
+            .write(build_batch(shape, &refs)?)
+            .await
+            .delta_context(|| "writing the initial snapshot".into())?;
+        copied += rows.len() as u64;
+        since_seal += rows.len() as u64;
+        if since_seal >= SEAL_ROWS {
+            adds.extend(
+                writer
+                    .flush()
+                    .await
+                    .delta_context(|| "writing the initial snapshot".into())?,
+            );
+            since_seal = 0;
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            last_report = Instant::now();
+            progress(CopyProgress {
+                rows: copied,
+                estimate: estimate_u,
+            });
+            let _ = client
+                .execute(
+                    "UPDATE lakets._sync_registry SET rows_copied = $3, updated_at = now()
+                      WHERE schema_name = $1 AND table_name = $2",
+                    &[&table_name.schema, &table_name.name, &(copied as i64)],
+                )
+                .await;
+        }
+    }
+    adds.extend(
+        writer
+            .flush()
+            .await
+            .delta_context(|| "writing the initial snapshot".into())?,
+    );
+    tx.commit()
+        .await
+        .pg_context(|| "ending the snapshot transaction".into())?;
+    let actions = adds
+        .into_iter()
+        .map(deltalake::kernel::Action::Add)
+        .collect();
+    table::commit(
+        delta,
+        actions,
+        DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: shape.partition_column.clone().map(|p| vec![p]),
+            predicate: None,
+        },
+        Some((&snapshot_app_id(table_name), start_lsn)),
+    )
+    .await?;
+    client
+        .execute(
+            "UPDATE lakets._sync_registry SET rows_copied = $3, updated_at = now()
+              WHERE schema_name = $1 AND table_name = $2",
+            &[&table_name.schema, &table_name.name, &(copied as i64)],
+        )
+        .await
+        .pg_context(|| "recording the copy".into())?;
+    progress(CopyProgress {
+        rows: copied,
+        estimate: estimate_u,
+    });
+    Ok((start_lsn, copied))
+}
+
+/// A row selected as `col::text, ...` (in a session with ISO dates in UTC) as cells.
+fn text_row_cells(
+    row: &tokio_postgres::Row,
+    types: &[ColumnType],
+    shape: &TableShape,
+) -> Result<CellRow> {
+    shape
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| match row.get::<_, Option<&str>>(i) {
+            None => Ok(Cell::Null),
+            Some(text) => Cell::from_value(&decode_text(types[i], text.as_bytes())?, column),
+        })
+        .collect()
+}
+
+/// Every row of a PostgreSQL table as cells in the shape's column order, read the way
+/// the initial copy reads them (for comparisons with the Delta table).
+pub async fn postgres_rows(
+    client: &impl GenericClient,
+    table_name: &TableName,
+    shape: &TableShape,
+) -> Result<Vec<CellRow>> {
+    client
+        .batch_execute(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \
+             SET bytea_output = 'hex'",
+        )
+        .await
+        .pg_context(|| "preparing the session".into())?;
+    let type_rows = client
+        .query(
+            "SELECT attname::text, atttypid::oid FROM pg_attribute
+              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&table_name.quoted()],
+        )
+        .await
+        .pg_context(|| format!("reading the columns of {table_name}"))?;
+    let types: Vec<ColumnType> = shape
+        .columns
+        .iter()
+        .map(|c| {
+            type_rows
+                .iter()
+                .find(|r| r.get::<_, &str>(0) == c.name)
+                .map(|r| ColumnType::from_oid(r.get(1)))
+                .ok_or_else(|| Error::Conflict(format!("{table_name} has no column {:?}", c.name)))
+        })
+        .collect::<Result<_>>()?;
+    let select: Vec<String> = shape
+        .columns
+        .iter()
+        .map(|c| format!("{}::text", crate::ident::quote_ident(&c.name)))
+        .collect();
+    client
+        .query(
+            &format!("SELECT {} FROM {}", select.join(", "), table_name.quoted()),
+            &[],
+        )
+        .await
+        .pg_context(|| format!("reading {table_name}"))?
+        .iter()
+        .map(|row| text_row_cells(row, &types, shape))
+        .collect()
+}
+
+/// Stops mirroring a table (the Delta table stays where it is).
+pub async fn disable_sync(client: &impl GenericClient, table: &str) -> Result<()> {
+    let ct = registry::find_chronotable(client, table).await?;
+    let n = client
+        .execute(
+            "DELETE FROM lakets._sync_registry WHERE schema_name = $1 AND table_name = $2",
+            &[&ct.table.schema, &ct.table.name],
+        )
+        .await
+        .pg_context(|| format!("unregistering the sync of {}", ct.table))?;
+    if n == 0 {
+        return Err(Error::NotFound {
+            kind: "sync of",
+            name: ct.table.to_string(),
+        });
+    }
+    client
+        .execute(
+            "UPDATE lakets._chronotable_registry SET sync_enabled = false
+              WHERE schema_name = $1 AND table_name = $2",
+            &[&ct.table.schema, &ct.table.name],
+        )
+        .await
+        .pg_context(|| format!("marking {} unsynced", ct.table))?;
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! The cold tier against a real PostgreSQL and a real Delta table on a local directory:
+//! the initial snapshot, a random workload of inserts, late rows, updates (key changes
+//! across partitions included) and deletes, restarts, ADD COLUMN, and a type change the
+//! mirror cannot follow. After each step the Delta table, read back through `deltalake`,
+//! equals the PostgreSQL table row for row (as multisets: no loss, no duplicate).
+
+mod common;
+
+use std::time::Duration;
+
+use common::wal::wait_until_confirmed;
+use common::{TestDb, fresh_db};
+use lakets::delta::batch::CellRow;
+use lakets::delta::mirror::shape_of;
+use lakets::delta::schema::Partitioning;
+use lakets::ident::TableName;
+use lakets::operators::delta_sink::DeltaSink;
+use lakets::wal::lsn::Lsn;
+use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One pipeline at a time in this process.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+struct Rng(u64);
+impl Rng {
+    fn seeded(label: &str) -> Self {
+        let seed = std::env::var("LAKETS_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            })
+            | 1;
+        eprintln!("{label}: LAKETS_TEST_SEED={seed}");
+        Rng(seed)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+async fn ticks_table(db: &mut TestDb, rows: i64) {
+    db.exec(&format!(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
+                             price numeric(12, 4), volume bigint, note text,
+                             PRIMARY KEY (symbol, time));
+         INSERT INTO ticks
+           SELECT date_trunc('hour', now()) - i * interval '7 minutes 13.000123 seconds',
+                  'S' || (i % 7), (i % 1000) / 7.0, i, CASE WHEN i % 3 = 0 THEN NULL ELSE 'n' || i END
+             FROM generate_series(1, {rows}) i;"
+    ))
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(6);
+    opts.premake = 2;
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+}
+
+fn sorted(mut rows: Vec<CellRow>) -> Vec<CellRow> {
+    rows.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    rows
+}
+
+/// Asserts the Delta table equals the PostgreSQL table (as multisets of rows).
+async fn assert_mirrored(db: &TestDb, location: &url::Url, what: &str) {
+    let delta = lakets::delta::table::open(location).await.unwrap().unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    let lake = sorted(lakets::delta::read::scan(&delta, &shape).await.unwrap());
+    let client = db.connect().await;
+    let hot = sorted(
+        lakets::sync::postgres_rows(&client, &TableName::new("public", "ticks"), &shape)
+            .await
+            .unwrap(),
+    );
+    if lake != hot {
+        let only_lake: Vec<_> = lake.iter().filter(|r| !hot.contains(r)).take(5).collect();
+        let only_hot: Vec<_> = hot.iter().filter(|r| !lake.contains(r)).take(5).collect();
+        panic!(
+            "{what}: Delta has {} rows, PostgreSQL {}; only in Delta: {only_lake:?}; only in \
+             PostgreSQL: {only_hot:?}",
+            lake.len(),
+            hot.len()
+        );
+    }
+}
+
+fn pipeline_config(slot: &str) -> PipelineConfig {
+    let mut c = PipelineConfig::new(SourceSettings::new(slot, "lakets"));
+    c.flush_interval = Duration::from_millis(100);
+    c.ack_interval = Duration::from_millis(100);
+    c.heartbeat_interval = Some(Duration::from_millis(300));
+    c
+}
+
+async fn start(db: &TestDb, slot: &str) -> (CancellationToken, JoinHandle<lakets::Result<()>>) {
+    let sink = DeltaSink::new(db.connect().await, slot).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Pipeline::new(
+            lakets::db::parse_config(&db.url).unwrap(),
+            pipeline_config(slot),
+        )
+        .operator(sink)
+        .run(shutdown.clone()),
+    );
+    (shutdown, run)
+}
+
+async fn lsn_now(db: &TestDb) -> Lsn {
+    db.scalar::<String>("SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .parse()
+        .unwrap()
+}
+
+async fn catch_up(db: &TestDb, slot: &str, run: &JoinHandle<lakets::Result<()>>) {
+    let end = lsn_now(db).await;
+    wait_until_confirmed(&db.client, slot, end, Duration::from_secs(90)).await;
+    assert!(!run.is_finished(), "the pipeline stopped early");
+}
+
+/// One random statement (or small transaction) of the workload.
+fn random_statement(rng: &mut Rng, tick: &mut i64) -> String {
+    *tick += 1;
+    let t = *tick;
+    let symbol = format!("S{}", rng.below(7));
+    let pick = |rng: &mut Rng, order: &str| {
+        format!(
+            "(SELECT symbol, time FROM ticks WHERE symbol = '{symbol}' ORDER BY time {order} OFFSET {} LIMIT 1)",
+            rng.below(5)
+        )
+    };
+    match rng.below(12) {
+        0..=3 => format!(
+            "INSERT INTO ticks SELECT now() + ({t} * 1000 + i) * interval '1 microsecond', '{symbol}', {}.25, i, 'x' || i
+               FROM generate_series(1, {}) i",
+            rng.below(500),
+            1 + rng.below(20)
+        ),
+        // Late rows, into older partitions.
+        4 => format!(
+            "INSERT INTO ticks VALUES (now() - interval '{} hours' + {t} * interval '1 microsecond', '{symbol}', 1.5, 1, NULL)",
+            1 + rng.below(60)
+        ),
+        5 | 6 => {
+            let order = if rng.below(2) == 0 { "DESC" } else { "ASC" };
+            format!(
+                "UPDATE ticks SET price = price + 1, note = 'corrected' WHERE (symbol, time) IN {}",
+                pick(rng, order)
+            )
+        }
+        // The key changes: another time (another partition) and symbol.
+        7 => format!(
+            "UPDATE ticks SET time = time - interval '{} hours' + {t} * interval '1 microsecond', symbol = 'S{}'
+              WHERE (symbol, time) IN {}",
+            1 + rng.below(30),
+            rng.below(7),
+            pick(rng, "DESC")
+        ),
+        8 | 9 => format!("DELETE FROM ticks WHERE (symbol, time) IN {}", pick(rng, "ASC")),
+        // A transaction that inserts, corrects and deletes its own rows.
+        10 => format!(
+            "BEGIN;
+             INSERT INTO ticks VALUES (now() + {t} * interval '1 millisecond', 'T', 1, 1, 'a'),
+                                      (now() + {t} * interval '1 millisecond', 'U', 2, 2, 'b');
+             UPDATE ticks SET price = 3 WHERE symbol = 'T' AND time = now() + {t} * interval '1 millisecond';
+             DELETE FROM ticks WHERE symbol = 'U' AND time = now() + {t} * interval '1 millisecond';
+             COMMIT;"
+        ),
+        _ => format!(
+            "DELETE FROM ticks WHERE symbol = '{symbol}' AND time < now() - interval '{} hours' AND time > now() - interval '{} hours'",
+            20 + rng.below(10),
+            31 + rng.below(10)
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delta_table_equals_the_postgres_table_through_a_random_workload_and_restarts() {
+    let _serial = SERIAL.lock().await;
+    common::init_test_logging();
+    let mut db = fresh_db("delta_random").await;
+    ticks_table(&mut db, 600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("ticks");
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let config = lakets::sync::enable_sync(
+        &db_config,
+        "ticks",
+        location.to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(config.rows_copied, 600);
+    assert_eq!(config.state, lakets::sync::SyncState::Active);
+    assert_mirrored(&db, &config.location, "initial snapshot").await;
+    // Day partitions, as directories.
+    let days = std::fs::read_dir(&location)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("time_day=")
+        })
+        .count();
+    assert!(days >= 3, "expected several day partitions, found {days}");
+
+    // Enabling twice is refused; the registry says so.
+    let again = lakets::sync::enable_sync(
+        &db_config,
+        "ticks",
+        location.to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(again.to_string().contains("already synced"), "{again}");
+
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (shutdown, run) = start(&db, &slot).await;
+    let mut rng = Rng::seeded("delta_random");
+    let mut tick = 0;
+    for _ in 0..250 {
+        db.exec(&random_statement(&mut rng, &mut tick)).await;
+    }
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "after the random workload").await;
+
+    // The durable LSN is the `txn` action of the table's last commit.
+    let delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let txn = lakets::delta::table::txn_lsn(
+        &delta,
+        &lakets::sync::stream_app_id(&slot, &TableName::new("public", "ticks")),
+    )
+    .await
+    .unwrap()
+    .expect("a txn action");
+    let durable: Lsn = db
+        .scalar::<String>(
+            "SELECT durable_lsn::text FROM lakets._sink_progress WHERE operator = 'delta'",
+        )
+        .await
+        .parse()
+        .unwrap();
+    assert!(txn <= durable && txn > config.start_lsn.unwrap());
+
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+
+    // Writes while the service is down, then a restart: caught up, still equal.
+    for _ in 0..60 {
+        db.exec(&random_statement(&mut rng, &mut tick)).await;
+    }
+    let (shutdown, run) = start(&db, &slot).await;
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "after a restart").await;
+
+    // A progress row older than the Delta table (a crash between the Delta commit and
+    // the progress update): the stream replays, the table's txn skips, no duplicates.
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    db.exec(&format!(
+        "UPDATE lakets._sink_progress SET durable_lsn = '{}' WHERE operator = 'delta'",
+        config.start_lsn.unwrap()
+    ))
+    .await;
+    // The slot is ahead of that position: replay what it still holds.
+    let (shutdown, run) = start(&db, &slot).await;
+    for _ in 0..30 {
+        db.exec(&random_statement(&mut rng, &mut tick)).await;
+    }
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "after a replay").await;
+
+    // TRUNCATE is mirrored.
+    db.exec("TRUNCATE ticks").await;
+    db.exec("INSERT INTO ticks VALUES (now(), 'Z', 1, 1, 'after truncate')")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "after TRUNCATE").await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_column_evolves_the_delta_schema_and_a_type_change_stops_the_stream() {
+    let _serial = SERIAL.lock().await;
+    common::init_test_logging();
+    let mut db = fresh_db("delta_schema").await;
+    ticks_table(&mut db, 50).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let config = lakets::sync::enable_sync(
+        &db_config,
+        "ticks",
+        dir.path().join("t").to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (_shutdown, run) = start(&db, &slot).await;
+    db.exec("INSERT INTO ticks VALUES (now(), 'A', 1, 1, 'before')")
+        .await;
+    db.exec("ALTER TABLE ticks ADD COLUMN exchange text").await;
+    db.exec("INSERT INTO ticks VALUES (now() + interval '1 second', 'A', 2, 2, 'after', 'XNAS')")
+        .await;
+    db.exec("UPDATE ticks SET exchange = 'XNYS' WHERE note = 'before'")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    let delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    assert_eq!(shape.columns.last().unwrap().name, "exchange");
+    assert_mirrored(&db, &config.location, "after ADD COLUMN").await;
+
+    // A type change the mirror cannot follow: the stream stops, says why, and does not
+    // acknowledge past it.
+    let before = common::wal::slot_confirmed(&db.client, &slot).await;
+    db.exec("ALTER TABLE ticks ALTER COLUMN volume TYPE text")
+        .await;
+    let change = lsn_now(&db).await;
+    db.exec("INSERT INTO ticks VALUES (now() + interval '2 seconds', 'A', 3, 'three', 'x', NULL)")
+        .await;
+    let err = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the pipeline stops")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, lakets::Error::Unsupported(_)) && err.to_string().contains("volume"),
+        "{err}"
+    );
+    let after = common::wal::slot_confirmed(&db.client, &slot).await;
+    assert!(
+        after >= before && after < change,
+        "{after} vs change at {change}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initial_snapshot_meets_the_stream_while_writes_continue() {
+    let _serial = SERIAL.lock().await;
+    common::init_test_logging();
+    let mut db = fresh_db("delta_snapshot").await;
+    ticks_table(&mut db, 20_000).await;
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    // The service runs before the sync exists (it must not lose what comes during the copy).
+    lakets::wal::setup::ensure_default_consumer(&db.client)
+        .await
+        .unwrap();
+    let (shutdown, run) = start(&db, &slot).await;
+
+    let writer_db = db.connect().await;
+    let stop = CancellationToken::new();
+    let stop_writer = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut i = 0i64;
+        while !stop_writer.is_cancelled() {
+            i += 1;
+            writer_db
+                .batch_execute(&format!(
+                    "INSERT INTO ticks VALUES (now() + {i} * interval '1 microsecond', 'W', {i}, {i}, NULL);
+                     UPDATE ticks SET note = 'touched {i}' WHERE (symbol, time) IN
+                       (SELECT symbol, time FROM ticks WHERE symbol = 'S{}' ORDER BY time LIMIT 1 OFFSET {});",
+                    i % 7,
+                    i % 50
+                ))
+                .await
+                .unwrap();
+        }
+        i
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let mut reports = 0;
+    let config = lakets::sync::enable_sync(
+        &db_config,
+        "ticks",
+        dir.path().join("t").to_str().unwrap(),
+        Partitioning::Day,
+        |_| reports += 1,
+    )
+    .await
+    .unwrap();
+    assert!(reports >= 1, "the copy reports its progress");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let writes = writer.await.unwrap();
+    assert!(writes > 10, "writes went on during the copy ({writes})");
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "snapshot + stream").await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sync_requests_are_refused_and_change_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_bad").await;
+    ticks_table(&mut db, 10).await;
+    db.exec("CREATE TABLE plain (time timestamptz NOT NULL, v int)")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let path = dir.path().join("t");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "plain",
+            path.display().to_string(),
+            "ChronoTable plain does not exist",
+        ),
+        ("nope", path.display().to_string(), "nope"),
+        ("ticks", "ftp://host/x".into(), "unsupported scheme"),
+        ("ticks", "s3://key:secret@bucket/x".into(), "environment"),
+        ("ticks", "s3://bucket/x?access_key=1".into(), "environment"),
+        ("ticks", "s3://".into(), "names no bucket"),
+        ("ticks", "".into(), "empty"),
+    ];
+    for (table, location, expected) in cases {
+        let err =
+            lakets::sync::enable_sync(&db_config, table, &location, Partitioning::Day, |_| {})
+                .await
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.to_lowercase().contains(&expected.to_lowercase()),
+            "{table} -> {location}: {err}"
+        );
+    }
+    // An unsupported column type is named.
+    db.exec("ALTER TABLE ticks ADD COLUMN span int4range").await;
+    let err = lakets::sync::enable_sync(
+        &db_config,
+        "ticks",
+        path.to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("span"), "{err}");
+    db.exec("ALTER TABLE ticks DROP COLUMN span").await;
+    // A foreign Delta table at the location is not adopted.
+    let other = dir.path().join("other");
+    let shape = lakets::sync::postgres_shape(
+        &db.client,
+        &TableName::new("public", "ticks"),
+        "time",
+        Partitioning::None,
+    )
+    .await
+    .unwrap();
+    let url = lakets::delta::table::parse_location(other.to_str().unwrap()).unwrap();
+    lakets::delta::table::create(&url, &shape, "other")
+        .await
+        .unwrap();
+    let err = lakets::sync::enable_sync(
+        &db_config,
+        "ticks",
+        other.to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("already exists"), "{err}");
+    let registered: i64 = db
+        .scalar("SELECT count(*) FROM lakets._sync_registry")
+        .await;
+    assert_eq!(registered, 0, "nothing registered by refused requests");
+}
