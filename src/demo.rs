@@ -2,8 +2,9 @@
 //!
 //! Today it covers what exists: an embedded PostgreSQL (unless `--database-url` is given),
 //! the `lakets` schema, `stock_ticks` as a ChronoTable with one-hour chunks and a few hours
-//! of synthetic history, a live trickle of ticks and the partition manager keeping chunks
-//! ahead of the clock. The WAL operators, rollups, cold tier and tiering join it as they land.
+//! of synthetic history, its Last Value Cache, its Delta Lake mirror under the data
+//! directory, the WAL pipeline feeding both, a live trickle of ticks and the partition
+//! manager keeping chunks ahead of the clock. Rollups and tiering join it as they land.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -56,6 +57,62 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
     catalog::migrate(&mut client).await?;
     prepare_stock_ticks(&mut client, options.history_hours).await?;
 
+    let db = crate::db::parse_config(&url)?;
+    let table = crate::ident::TableName::new("public", DEMO_TABLE);
+    if !crate::lvc::list_lvc(&client)
+        .await?
+        .iter()
+        .any(|c| c.table == table)
+    {
+        crate::lvc::enable_lvc(
+            &mut client,
+            DEMO_TABLE,
+            &["symbol".to_string()],
+            &["price".to_string(), "volume".to_string()],
+        )
+        .await?;
+        println!("Last Value Cache: lakets.lvc_{DEMO_TABLE} (latest price per symbol).");
+    }
+    let data_dir = std::path::absolute(&options.data_dir)
+        .map_err(|e| Error::io("resolving the data directory", e))?;
+    let delta_dir = data_dir.join("delta").join(DEMO_TABLE);
+    let sync = match crate::sync::find_sync(&client, &table).await? {
+        Some(s) if s.state == crate::sync::SyncState::Active => s,
+        _ => {
+            println!(
+                "Copying {DEMO_TABLE} into the Delta table at {}...",
+                delta_dir.display()
+            );
+            crate::sync::enable_sync(
+                &db,
+                DEMO_TABLE,
+                &delta_dir.display().to_string(),
+                crate::delta::schema::Partitioning::Day,
+                |p| println!("  copied {} rows", p.rows),
+            )
+            .await?
+        }
+    };
+
+    // The WAL pipeline: chunk tracker, Last Value Cache and Delta mirror.
+    let slot = crate::wal::setup::default_slot_name(db.get_dbname().unwrap_or("postgres"));
+    let config = crate::wal::PipelineConfig::new(crate::wal::SourceSettings::new(
+        &slot,
+        crate::wal::setup::DEFAULT_PUBLICATION,
+    ));
+    let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let stop_pipeline = tokio_util::sync::CancellationToken::new();
+    let pipeline = {
+        let (db, status, stop) = (db.clone(), status.clone(), stop_pipeline.clone());
+        tokio::spawn(async move {
+            crate::wal::run_with_restarts(
+                || crate::service::standard_pipeline(&db, config.clone(), status.clone()),
+                stop,
+            )
+            .await
+        })
+    };
+
     let chunks = chronotable::show_chunks(&mut client, DEMO_TABLE, false).await?;
     println!(
         "\n{DEMO_TABLE} is a ChronoTable with {} chunks:",
@@ -63,7 +120,12 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
     );
     print!("{}", crate::report::chunks_table(&chunks));
     println!("\nConnect with:   psql '{url}'");
-    println!("Data directory: {}", options.data_dir.display());
+    println!("Data directory: {}", data_dir.display());
+    println!(
+        "Delta table:    {} (read it with Spark, Databricks, DuckDB's delta_scan, ...)",
+        crate::delta::table::display_location(&sync.location)
+    );
+    println!("Latest prices:  SELECT * FROM lakets.lvc_{DEMO_TABLE};");
     println!(
         "Streaming ticks for {} symbols; Ctrl-C to stop.\n",
         SYMBOLS.len()
@@ -76,9 +138,15 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
         }
     };
     tokio::select! {
-        result = live_ticks(&mut client) => result?,
+        result = live_ticks(&mut client, &status) => result?,
         _ = shutdown => println!("\nStopping."),
         _ = sleep => println!("\nDuration reached; stopping."),
+    }
+    // Flush and acknowledge what the operators hold, then stop.
+    stop_pipeline.cancel();
+    match pipeline.await {
+        Ok(result) => result?,
+        Err(e) => return Err(Error::Operator(format!("the demo pipeline panicked: {e}"))),
     }
     drop(client);
     drop(embedded);
@@ -131,7 +199,10 @@ async fn prepare_stock_ticks(client: &mut Client, history_hours: i32) -> Result<
 }
 
 /// One tick per symbol per second, and the partition manager every 30 seconds.
-async fn live_ticks(client: &mut Client) -> Result<()> {
+async fn live_ticks(
+    client: &mut Client,
+    status: &std::sync::Mutex<crate::wal::PipelineStatus>,
+) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut total: u64 = 0;
     for second in 0u64.. {
@@ -154,7 +225,17 @@ async fn live_ticks(client: &mut Client) -> Result<()> {
             }
         }
         if second % 10 == 0 {
-            println!("{total} live ticks inserted");
+            let st = status.lock().unwrap().clone();
+            println!(
+                "{total} live ticks inserted; replication lag {:.1} s ({}); operators durable at {}",
+                st.lag_seconds,
+                crate::report::human_bytes(st.lag_bytes as i64),
+                st.operators
+                    .iter()
+                    .map(|(name, lsn)| format!("{name} {lsn}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     Ok(())

@@ -16,6 +16,7 @@ pub mod interval;
 pub mod lvc;
 pub mod operators;
 pub mod report;
+pub mod service;
 pub mod sync;
 pub mod wal;
 

@@ -345,33 +345,9 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 shutdown.await;
                 on_signal.cancel();
             });
+            let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
             lakets::wal::run_with_restarts(
-                || {
-                    let db = db.clone();
-                    let config = config.clone();
-                    let slot = slot.clone();
-                    async move {
-                        let tracker = lakets::operators::chunk_tracker::ChunkTracker::new(
-                            lakets::db::connect_with(&db).await?,
-                            slot.clone(),
-                        )
-                        .await?;
-                        let lvc = lakets::operators::last_value::LastValueCache::new(
-                            lakets::db::connect_with(&db).await?,
-                            slot.clone(),
-                        )
-                        .await?;
-                        let delta = lakets::operators::delta_sink::DeltaSink::new(
-                            lakets::db::connect_with(&db).await?,
-                            slot,
-                        )
-                        .await?;
-                        Ok(lakets::wal::Pipeline::new(db, config)
-                            .operator(tracker)
-                            .operator(lvc)
-                            .operator(delta))
-                    }
-                },
+                || lakets::service::standard_pipeline(&db, config.clone(), status.clone()),
                 cancel,
             )
             .await?;

@@ -1,8 +1,9 @@
 //! Exactly once per operator across kill -9: a mixed workload (inserts, late rows, updates,
 //! deletes, multi-slice transactions) runs while the consumer process is killed at random
-//! points (while decoding, applying, flushing, committing). After a final clean run, the
-//! recording operator holds every change exactly once, and the chunk tracker stamped each
-//! chunk with its last writing transaction.
+//! points (while decoding, applying, flushing, writing Parquet, committing to Delta or to
+//! PostgreSQL). After a final clean run, the recording operator holds every change exactly
+//! once, the chunk tracker stamped each chunk with its last writing transaction, the Last
+//! Value Cache equals the latest row per key, and the Delta table equals the table.
 //!
 //! The consumer is this test binary itself, re-executed to run `consumer_child`.
 
@@ -15,7 +16,11 @@ use std::time::Duration;
 use common::recording::Recording;
 use common::wal::{lsn_now, setup_streaming, wait_until_confirmed};
 use common::{TestDb, fresh_db};
+use lakets::delta::schema::Partitioning;
+use lakets::ident::TableName;
 use lakets::operators::chunk_tracker::ChunkTracker;
+use lakets::operators::delta_sink::DeltaSink;
+use lakets::operators::last_value::LastValueCache;
 use lakets::wal::{Pipeline, PipelineConfig, SourceSettings, run_with_restarts};
 use tokio_util::sync::CancellationToken;
 
@@ -62,9 +67,16 @@ fn consumer_child() {
                         ChunkTracker::new(lakets::db::connect_with(&db).await?, slot.clone())
                             .await?;
                     let recording = Recording::new(lakets::db::connect_with(&db).await?, &slot);
+                    let lvc =
+                        LastValueCache::new(lakets::db::connect_with(&db).await?, slot.clone())
+                            .await?;
+                    let delta =
+                        DeltaSink::new(lakets::db::connect_with(&db).await?, slot.clone()).await?;
                     Ok(Pipeline::new(db, config)
                         .operator(tracker)
-                        .operator(recording))
+                        .operator(recording)
+                        .operator(lvc)
+                        .operator(delta))
                 }
             },
             cancel,
@@ -191,6 +203,19 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
     let mut db = fresh_db("crash").await;
     // The stream starts at the slot's creation: created before the first change.
     setup_streaming(&mut db).await;
+    lakets::lvc::enable_lvc(&mut db.client, "events", &["id".into()], &["v".into()])
+        .await
+        .unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let sync = lakets::sync::enable_sync(
+        &lakets::db::parse_config(&db.url).unwrap(),
+        "events",
+        lake.path().join("events").to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap();
 
     let work = {
         let db = fresh_handle(&db).await;
@@ -266,6 +291,56 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
         violations, 0,
         "last_write_lsn is not the end of each chunk's last writer"
     );
+
+    // The Last Value Cache: the latest row per key.
+    let lvc_diff: i64 = db
+        .scalar(
+            "SELECT count(*) FROM (
+                 (SELECT id, time, v FROM lakets.lvc_events
+                  EXCEPT ALL
+                  SELECT DISTINCT ON (id) id, time, v FROM events ORDER BY id, time DESC)
+                 UNION ALL
+                 (SELECT DISTINCT ON (id) id, time, v FROM events
+                  EXCEPT ALL
+                  SELECT id, time, v FROM lakets.lvc_events)) d",
+        )
+        .await;
+    assert_eq!(
+        lvc_diff, 0,
+        "the Last Value Cache differs from the latest rows"
+    );
+
+    // The Delta table: the table, row for row, no duplicates.
+    let delta = lakets::delta::table::open(&sync.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = lakets::delta::mirror::shape_of(&delta, "time", Partitioning::Day).unwrap();
+    let lake_rows = sorted_rows(lakets::delta::read::scan(&delta, &shape).await.unwrap()).await;
+    let hot_rows = sorted_rows(
+        lakets::sync::postgres_rows(
+            &db.connect().await,
+            &TableName::new("public", "events"),
+            &shape,
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        lake_rows.len(),
+        hot_rows.len(),
+        "Delta and PostgreSQL row counts differ"
+    );
+    assert!(
+        lake_rows == hot_rows,
+        "Delta rows differ from PostgreSQL rows"
+    );
+}
+
+async fn sorted_rows(mut rows: Vec<lakets::delta::batch::CellRow>) -> Vec<String> {
+    rows.sort_by_key(|r| format!("{r:?}"));
+    rows.iter().map(|r| format!("{r:?}")).collect()
 }
 
 async fn fresh_handle(db: &TestDb) -> TestDb {
