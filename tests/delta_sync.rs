@@ -495,3 +495,86 @@ async fn bad_sync_requests_are_refused_and_change_nothing() {
         .await;
     assert_eq!(registered, 0, "nothing registered by refused requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_holds_the_slot_back_and_the_mirror_recovers_when_it_heals() {
+    let _serial = SERIAL.lock().await;
+    common::init_test_logging();
+    let mut db = fresh_db("delta_store_fault").await;
+    ticks_table(&mut db, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("t");
+    let config = lakets::sync::enable_sync(
+        &lakets::db::parse_config(&db.url).unwrap(),
+        "ticks",
+        location.to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let shutdown = CancellationToken::new();
+    let run = {
+        let (url, slot, shutdown) = (db.url.clone(), slot.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            lakets::wal::run_with_restarts(
+                || {
+                    let (url, slot) = (url.clone(), slot.clone());
+                    async move {
+                        let db = lakets::db::parse_config(&url)?;
+                        let sink =
+                            DeltaSink::new(lakets::db::connect_with(&db).await?, slot.as_str())
+                                .await?;
+                        Ok(Pipeline::new(db, pipeline_config(&slot)).operator(sink))
+                    }
+                },
+                shutdown,
+            )
+            .await
+        })
+    };
+    db.exec("INSERT INTO ticks VALUES (now(), 'A', 1, 1, 'first')")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    let version = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap()
+        .version()
+        .unwrap();
+
+    // The store fails: the next log entry cannot be written (a directory squats its name).
+    let squatter = location
+        .join("_delta_log")
+        .join(format!("{:020}.json", version + 1));
+    std::fs::create_dir(&squatter).unwrap();
+    let before = common::wal::slot_confirmed(&db.client, &slot).await;
+    db.exec("INSERT INTO ticks SELECT now() + i * interval '1 ms', 'B', i, i, 'while failing' FROM generate_series(1, 100) i")
+        .await;
+    let end = lsn_now(&db).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = common::wal::slot_confirmed(&db.client, &slot).await;
+    assert!(
+        during < end,
+        "the slot was acknowledged past changes the store never took ({before} -> {during}, end {end})"
+    );
+    assert_eq!(
+        lakets::delta::table::open(&config.location)
+            .await
+            .unwrap()
+            .unwrap()
+            .version()
+            .unwrap(),
+        version,
+        "nothing committed while the store fails"
+    );
+    assert!(!run.is_finished(), "a failing store is retried, not fatal");
+
+    // The store heals: the mirror catches up, exactly once.
+    std::fs::remove_dir(&squatter).unwrap();
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "after the store healed").await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}

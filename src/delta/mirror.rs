@@ -1,8 +1,10 @@
 //! One synced table's Delta mirror: the changes of a flush window, in commit order, turned
 //! into one Delta commit that carries the window's end LSN.
 //!
-//! - Inserts are buffered as cells and streamed to Parquet files ("staged": written but
-//!   not committed) when the buffer grows, so a huge transaction never sits in memory.
+//! - Inserts are buffered as cells and handed to the Parquet writer when the buffer grows;
+//!   it streams them to storage, and its files are sealed ("staged": written but not
+//!   committed) at the flush or when a delete needs a boundary. A huge transaction never
+//!   sits in memory, and it still makes files of the target size.
 //! - A delete (or the old half of an update) first cancels a matching row inserted earlier
 //!   in the window and still buffered. Otherwise it is kept as a key, stamped with how
 //!   many files were staged when it came (its epoch): at flush it removes one matching row
@@ -30,10 +32,11 @@ use super::table;
 use crate::error::{DeltaResultExt, Error, Result};
 use crate::wal::lsn::Lsn;
 
-/// Buffered inserts are written out (staged) beyond this many rows...
-const SPILL_ROWS: usize = 200_000;
+/// Buffered inserts go to the Parquet writer (which streams them to storage) beyond this
+/// many rows...
+const SPILL_ROWS: usize = 32 * 1024;
 /// ... or this many bytes of cells.
-const SPILL_BYTES: usize = 64 << 20;
+const SPILL_BYTES: usize = 16 << 20;
 /// Rows per record batch handed to the Parquet writer.
 const BATCH_ROWS: usize = 32 * 1024;
 
@@ -77,6 +80,8 @@ struct Window {
     /// A TRUNCATE came: every committed file goes, and staged files before `.0`.
     truncated_at: Option<usize>,
     changes: usize,
+    /// Rows inserted (for metrics).
+    inserted: usize,
 }
 
 impl Window {
@@ -94,6 +99,8 @@ pub struct TableMirror {
     pub skip_before: Lsn,
     window: Window,
     writer: Option<RecordBatchWriter>,
+    /// The writer holds rows not sealed into staged files yet.
+    unsealed: bool,
 }
 
 impl TableMirror {
@@ -105,6 +112,7 @@ impl TableMirror {
             skip_before,
             window: Window::default(),
             writer: None,
+            unsealed: false,
         }
     }
 
@@ -123,6 +131,7 @@ impl TableMirror {
 
     pub async fn insert(&mut self, row: CellRow) -> Result<()> {
         self.window.changes += 1;
+        self.window.inserted += 1;
         self.window.pending_bytes += row.iter().map(Cell::size).sum::<usize>();
         let position = self.window.pending.len();
         if let Some((cols, index)) = &mut self.window.index {
@@ -139,7 +148,11 @@ impl TableMirror {
 
     /// Removes the row with `key` (values of `key_columns`); returns the removed row when
     /// it was still buffered, else the index of the delete kept for the flush.
-    pub fn delete(&mut self, key_columns: &Arc<Vec<usize>>, key: CellRow) -> DeleteOutcome {
+    pub async fn delete(
+        &mut self,
+        key_columns: &Arc<Vec<usize>>,
+        key: CellRow,
+    ) -> Result<DeleteOutcome> {
         self.window.changes += 1;
         if self
             .window
@@ -154,9 +167,14 @@ impl TableMirror {
             while let Some(p) = positions.pop() {
                 if let Some(row) = self.window.pending[p].take() {
                     self.window.live -= 1;
-                    return DeleteOutcome::Buffered(row);
+                    return Ok(DeleteOutcome::Buffered(row));
                 }
             }
+        }
+        // The delete applies to every row written before it, so those must be in sealed
+        // files it can name.
+        if self.unsealed {
+            self.seal().await?;
         }
         let partition = key_columns
             .iter()
@@ -171,7 +189,7 @@ impl TableMirror {
             removed: None,
             done: false,
         });
-        DeleteOutcome::Kept(self.window.deletes.len() - 1)
+        Ok(DeleteOutcome::Kept(self.window.deletes.len() - 1))
     }
 
     /// An update: the old row goes, `new` comes; unchanged TOAST cells of `new` are taken
@@ -183,7 +201,7 @@ impl TableMirror {
         old_full: Option<CellRow>,
         mut new: CellRow,
     ) -> Result<()> {
-        let outcome = self.delete(key_columns, old_key);
+        let outcome = self.delete(key_columns, old_key).await?;
         self.window.changes -= 1; // counted once, by the insert below
         if new.contains(&Cell::Unchanged) {
             let source = match (&outcome, &old_full) {
@@ -206,7 +224,11 @@ impl TableMirror {
         self.insert(new).await
     }
 
-    pub fn truncate(&mut self) {
+    pub async fn truncate(&mut self) -> Result<()> {
+        // Rows written before the TRUNCATE must be in files it can drop.
+        if self.unsealed {
+            self.seal().await?;
+        }
         self.window.changes += 1;
         self.window.pending.clear();
         self.window.live = 0;
@@ -217,6 +239,7 @@ impl TableMirror {
         }
         self.window.toast_rows.clear();
         self.window.truncated_at = Some(self.window.staged.len());
+        Ok(())
     }
 
     /// Adds columns to the Delta schema (ADD COLUMN in PostgreSQL), committed at once.
@@ -227,6 +250,7 @@ impl TableMirror {
         }
         // Files written with the old schema are complete; the next writer uses the new one.
         self.spill().await?;
+        self.seal().await?;
         self.writer = None;
         let fields = columns
             .iter()
@@ -275,12 +299,14 @@ impl TableMirror {
                 .write(batch)
                 .await
                 .delta_context(|| format!("writing Parquet to {location}"))?;
+            self.unsealed = true;
         }
         Ok(())
     }
 
     /// Seals what the writer holds into staged files.
     async fn seal(&mut self) -> Result<()> {
+        self.unsealed = false;
         if let Some(writer) = self.writer.as_mut() {
             let location = table::display_location(self.table.table_url());
             let adds = writer
@@ -292,13 +318,12 @@ impl TableMirror {
         Ok(())
     }
 
-    /// Writes the buffered inserts to staged files.
+    /// Hands the buffered inserts to the writer.
     async fn spill(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.window.pending);
         let rows: Vec<&CellRow> = pending.iter().flatten().collect();
         if !rows.is_empty() {
             self.write_rows(&rows).await?;
-            self.seal().await?;
         }
         self.window.live = 0;
         self.window.pending_bytes = 0;
@@ -317,16 +342,18 @@ impl TableMirror {
             // LSN and streams it again. Staged files stay orphans until vacuum.
             self.window = Window::default();
             self.writer = None;
+            self.unsealed = false;
         }
         result
     }
 
     async fn commit_window(&mut self, through: Lsn) -> Result<FlushOutcome> {
         let mut outcome = FlushOutcome {
-            rows_written: self.window.live,
+            rows_written: self.window.inserted,
             ..Default::default()
         };
         self.spill().await?;
+        self.seal().await?;
 
         let mut removes: Vec<Remove> = Vec::new();
         let mut dropped_staged: HashSet<usize> = HashSet::new();

@@ -288,7 +288,7 @@ impl DeltaSink {
                         && commit_lsn >= m.skip_before
                     {
                         warn!(table = %r.table, location = %m.location(), "TRUNCATE mirrored: every row leaves the Delta table (earlier versions keep them until vacuum)");
-                        m.truncate();
+                        m.truncate().await?;
                     }
                 }
                 return Ok(());
@@ -339,7 +339,7 @@ impl DeltaSink {
             }
             Change::Delete { old, .. } => {
                 let old_row = cells(&old.values)?;
-                mirror.delete(&layout.key_columns, key_of(&old_row));
+                mirror.delete(&layout.key_columns, key_of(&old_row)).await?;
             }
             _ => {}
         }
