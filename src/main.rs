@@ -148,6 +148,21 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Commit -> received / stored in the LVC / committed to Delta, p50/p99/max, at a
+    /// fixed ingest rate.
+    Freshness {
+        /// Target ingest rate, rows per second (1,000-row transactions).
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// The operators' flush interval.
+        #[arg(long, default_value = "1 second", value_parser = parse_interval)]
+        flush_interval: Interval,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -366,6 +381,24 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 print!("{}", lakets::bench::catchup_table(&report));
+            }
+        }
+        Command::Bench(BenchCommand::Freshness {
+            rate,
+            seconds,
+            flush_interval,
+            json,
+        }) => {
+            let report = lakets::bench::freshness(&lakets::bench::FreshnessOptions {
+                rate: *rate,
+                seconds: *seconds,
+                flush_interval: flush_interval.as_std(),
+            })
+            .await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{}", lakets::bench::freshness_table(&report));
             }
         }
         Command::Lvc(cmd) => {

@@ -578,3 +578,87 @@ async fn a_failing_store_holds_the_slot_back_and_the_mirror_recovers_when_it_hea
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_compacts_checkpoints_and_vacuums_without_changing_a_row() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_maintenance").await;
+    ticks_table(&mut db, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = lakets::sync::enable_sync(
+        &lakets::db::parse_config(&db.url).unwrap(),
+        "ticks",
+        dir.path().join("t").to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (shutdown, run) = start(&db, &slot).await;
+    // Many small commits: one file each.
+    for i in 0..12 {
+        db.exec(&format!(
+            "INSERT INTO ticks VALUES (now() + {i} * interval '1 second', 'M', {i}, {i}, NULL)"
+        ))
+        .await;
+        catch_up(&db, &slot, &run).await;
+    }
+    db.exec("DELETE FROM ticks WHERE symbol = 'M' AND volume < 3")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+
+    let mut delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    let files_before = delta.get_file_uris().unwrap().count();
+    let outcome = lakets::delta::maintenance::compact(&mut delta, &shape, 4, 8 << 20)
+        .await
+        .unwrap();
+    let files_after = delta.get_file_uris().unwrap().count();
+    assert!(outcome.files_removed >= 4, "{outcome:?}");
+    assert_eq!(
+        files_after,
+        files_before - outcome.files_removed + outcome.files_added
+    );
+    assert!(files_after < files_before);
+    assert_mirrored(&db, &config.location, "after compaction").await;
+
+    lakets::delta::maintenance::checkpoint(&delta)
+        .await
+        .unwrap();
+    assert!(
+        dir.path().join("t/_delta_log/_last_checkpoint").exists(),
+        "a checkpoint was written"
+    );
+    let parquet_on_disk = |root: &std::path::Path| {
+        fn walk(p: &std::path::Path, n: &mut usize) {
+            for e in std::fs::read_dir(p).unwrap().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, n);
+                } else if path.extension().is_some_and(|x| x == "parquet") {
+                    *n += 1;
+                }
+            }
+        }
+        let mut n = 0;
+        walk(root, &mut n);
+        n
+    };
+    let on_disk_before = parquet_on_disk(&dir.path().join("t"));
+    let vacuumed = lakets::delta::maintenance::vacuum(&mut delta, chrono::Duration::zero())
+        .await
+        .unwrap();
+    assert!(vacuumed >= outcome.files_removed, "vacuumed {vacuumed}");
+    assert_eq!(
+        parquet_on_disk(&dir.path().join("t")),
+        on_disk_before - vacuumed
+    );
+    // The table still opens (from the checkpoint) and still equals PostgreSQL.
+    assert_mirrored(&db, &config.location, "after checkpoint and vacuum").await;
+}

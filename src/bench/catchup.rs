@@ -1,11 +1,10 @@
-//! `lakets bench`: end-to-end measurements on an embedded PostgreSQL, each figure a ratio
-//! against a baseline measured in the same run.
-//!
-//! `catchup`: a backlog of N stock ticks (1,000-row transactions) waits in several slots
-//! created at the same WAL position. Then, one after the other, `pg_recvlogical --endpos`
-//! drains one slot to /dev/null (PostgreSQL's own client: the walsender's ceiling) and the
-//! lakets pipeline with the chunk tracker drains another, until every operator has stored
-//! the whole backlog. Text and binary protocol both, repeated and interleaved.
+//! `lakets bench catchup`: a backlog of N stock ticks (1,000-row transactions) waits in
+//! several slots created at the same WAL position. Then, one after the other,
+//! `pg_recvlogical --endpos` drains one slot to /dev/null (PostgreSQL's own client: the
+//! walsender's ceiling), the lakets pipeline with the chunk tracker drains another, and the
+//! pipeline with the chunk tracker and the Delta mirror a third, until every operator has
+//! stored the whole backlog (for Delta: committed to the table). Text and binary protocol
+//! both, repeated and interleaved.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::error::{Error, PgResultExt, Result};
 use crate::interval::Interval;
 use crate::operators::chunk_tracker::ChunkTracker;
+use crate::operators::delta_sink::DeltaSink;
 use crate::wal::lsn::Lsn;
 use crate::wal::{Pipeline, PipelineConfig, SourceSettings};
 
@@ -45,10 +45,15 @@ pub struct CatchupReport {
     /// Best lakets rate over best pg_recvlogical rate, per protocol.
     pub ratio_text: f64,
     pub ratio_binary: f64,
+    /// The same with the Delta mirror attached.
+    pub ratio_delta_text: f64,
+    pub ratio_delta_binary: f64,
     pub machine: String,
 }
 
 const PROTOCOLS: [(&str, bool); 2] = [("text", false), ("binary", true)];
+/// pg_recvlogical, lakets with the chunk tracker, lakets with the tracker and Delta.
+const CONSUMERS: [&str; 3] = ["recv", "lakets", "delta"];
 
 pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
     let pg = tokio::task::spawn_blocking(|| EmbeddedPostgres::start(EmbeddedOptions::default()))
@@ -69,10 +74,25 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
     chronotable::create_chronotable(&mut client, "stock_ticks", &create).await?;
     crate::wal::setup::ensure_publication(&client, "lakets").await?;
     let db_config = crate::db::parse_config(&url)?;
+    let lake = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    crate::sync::enable_sync(
+        &db_config,
+        "stock_ticks",
+        &lake.path().join("stock_ticks").display().to_string(),
+        crate::delta::schema::Partitioning::Day,
+        |_| {},
+    )
+    .await?;
+    // enable_sync made the service's default slot; the bench drains its own slots.
+    let default_slot = crate::wal::setup::default_slot_name("lakets_bench");
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&default_slot])
+        .await
+        .pg_context(|| format!("dropping slot {default_slot}"))?;
 
     let mut measurements = Vec::new();
     for rep in 0..options.repetitions {
-        let slots: Vec<(String, &str, bool)> = ["recv", "lakets"]
+        let slots: Vec<(String, &str, bool)> = CONSUMERS
             .iter()
             .flat_map(|who| {
                 PROTOCOLS
@@ -90,22 +110,22 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
                 .pg_context(|| format!("creating slot {slot}"))?;
         }
         let marker = write_backlog(&client, options.rows).await?;
-        // Interleave: pg_recvlogical text, lakets text, pg_recvlogical binary, lakets binary.
+        // Interleave: for each protocol, pg_recvlogical, lakets, lakets + Delta.
         for (name, binary) in PROTOCOLS {
-            for who in ["recv", "lakets"] {
+            for who in CONSUMERS {
                 let slot = format!("bench_{who}_{name}_{rep}");
                 let started = Instant::now();
                 if who == "recv" {
                     run_pg_recvlogical(&pg, &slot, binary, marker).await?;
                 } else {
-                    run_lakets(&db_config, &slot, binary, marker).await?;
+                    run_lakets(&db_config, &slot, binary, marker, who == "delta").await?;
                 }
                 let seconds = started.elapsed().as_secs_f64();
                 measurements.push(Measurement {
-                    consumer: if who == "recv" {
-                        "pg_recvlogical".into()
-                    } else {
-                        "lakets".into()
+                    consumer: match who {
+                        "recv" => "pg_recvlogical".into(),
+                        "lakets" => "lakets".into(),
+                        _ => "lakets+delta".into(),
                     },
                     protocol: name.into(),
                     repetition: rep,
@@ -133,6 +153,8 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
     };
     let ratio_text = best("lakets", "text") / best("pg_recvlogical", "text");
     let ratio_binary = best("lakets", "binary") / best("pg_recvlogical", "binary");
+    let ratio_delta_text = best("lakets+delta", "text") / best("pg_recvlogical", "text");
+    let ratio_delta_binary = best("lakets+delta", "binary") / best("pg_recvlogical", "binary");
     drop(client);
     tokio::task::spawn_blocking(move || drop(pg))
         .await
@@ -143,6 +165,8 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
         measurements,
         ratio_text,
         ratio_binary,
+        ratio_delta_text,
+        ratio_delta_binary,
         machine: machine_description(),
     })
 }
@@ -228,7 +252,13 @@ async fn run_pg_recvlogical(
     Ok(())
 }
 
-async fn run_lakets(db: &tokio_postgres::Config, slot: &str, binary: bool, end: Lsn) -> Result<()> {
+async fn run_lakets(
+    db: &tokio_postgres::Config,
+    slot: &str,
+    binary: bool,
+    end: Lsn,
+    with_delta: bool,
+) -> Result<()> {
     let mut source = SourceSettings::new(slot, "lakets");
     source.binary = binary;
     let mut config = PipelineConfig::new(source);
@@ -236,7 +266,11 @@ async fn run_lakets(db: &tokio_postgres::Config, slot: &str, binary: bool, end: 
     config.ack_interval = Duration::from_millis(50);
     config.heartbeat_interval = None;
     let tracker = ChunkTracker::new(crate::db::connect_with(db).await?, slot).await?;
-    let pipeline = Pipeline::new(db.clone(), config).operator(tracker);
+    let mut pipeline = Pipeline::new(db.clone(), config).operator(tracker);
+    if with_delta {
+        pipeline =
+            pipeline.operator(DeltaSink::new(crate::db::connect_with(db).await?, slot).await?);
+    }
     let status = pipeline.status();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(pipeline.run(shutdown.clone()));
@@ -254,7 +288,7 @@ async fn run_lakets(db: &tokio_postgres::Config, slot: &str, binary: bool, end: 
         .map_err(|e| Error::Embedded(format!("pipeline task: {e}")))?
 }
 
-fn machine_description() -> String {
+pub(crate) fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -289,6 +323,10 @@ pub fn catchup_table(report: &CatchupReport) -> String {
     out.push_str(&format!(
         "\nlakets / pg_recvlogical (best of each): text {:.2}x, binary {:.2}x (target >= 0.9x)\n",
         report.ratio_text, report.ratio_binary
+    ));
+    out.push_str(&format!(
+        "lakets with the Delta mirror / pg_recvlogical: text {:.2}x, binary {:.2}x\n",
+        report.ratio_delta_text, report.ratio_delta_binary
     ));
     out
 }

@@ -1,0 +1,290 @@
+//! `lakets bench freshness`: how long after a commit its rows are in lakets, at a fixed
+//! ingest rate.
+//!
+//! A writer inserts stock ticks in 1,000-row transactions at the target rate into a
+//! ChronoTable with a Last Value Cache and a Delta mirror, while the service's pipeline
+//! (chunk tracker, LVC, Delta) streams the WAL. For each transaction it notes the WAL
+//! position inside it and the instant its COMMIT returned; a monitor notes when the
+//! pipeline received that position, when the LVC stored it (`lakets.lvc_*` holds it) and
+//! when the Delta operator committed it to the table. Percentiles over all transactions.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::chronotable::{self, CreateOptions};
+use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::error::{Error, PgResultExt, Result};
+use crate::interval::Interval;
+use crate::wal::lsn::Lsn;
+use crate::wal::{PipelineConfig, PipelineStatus, SourceSettings};
+
+#[derive(Debug, Clone)]
+pub struct FreshnessOptions {
+    /// Target ingest rate, rows per second.
+    pub rate: u64,
+    pub seconds: u64,
+    /// The operators' flush interval.
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FreshnessReport {
+    pub target_rows_per_second: u64,
+    pub achieved_rows_per_second: f64,
+    pub seconds: u64,
+    pub flush_interval_ms: u64,
+    /// Commit -> the pipeline has received the transaction.
+    pub received: Latency,
+    /// Commit -> the Last Value Cache table holds it (durable).
+    pub lvc_durable: Latency,
+    /// Commit -> committed to the Delta table.
+    pub delta_durable: Latency,
+    pub machine: String,
+}
+
+const TXN_ROWS: u64 = 1000;
+
+pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
+    let pg = tokio::task::spawn_blocking(|| EmbeddedPostgres::start(EmbeddedOptions::default()))
+        .await
+        .map_err(|e| Error::Embedded(e.to_string()))??;
+    let url = pg.create_database("lakets_bench").await?;
+    let mut client = crate::db::connect(&url).await?;
+    crate::catalog::migrate(&mut client).await?;
+    client
+        .batch_execute(
+            "CREATE TABLE stock_ticks (time timestamptz NOT NULL, symbol text NOT NULL,
+                                       price double precision NOT NULL, volume bigint NOT NULL)",
+        )
+        .await
+        .pg_context(|| "creating stock_ticks".into())?;
+    let mut create = CreateOptions::new("time");
+    create.chunk_interval = Interval::hours(1);
+    chronotable::create_chronotable(&mut client, "stock_ticks", &create).await?;
+    crate::lvc::enable_lvc(
+        &mut client,
+        "stock_ticks",
+        &["symbol".into()],
+        &["price".into(), "volume".into()],
+    )
+    .await?;
+    let db = crate::db::parse_config(&url)?;
+    let lake = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    crate::sync::enable_sync(
+        &db,
+        "stock_ticks",
+        &lake.path().join("stock_ticks").display().to_string(),
+        crate::delta::schema::Partitioning::Day,
+        |_| {},
+    )
+    .await?;
+
+    let slot = crate::wal::setup::default_slot_name("lakets_bench");
+    let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
+    config.flush_interval = options.flush_interval;
+    // Status (and so the monitor's view) is refreshed with every acknowledgement.
+    config.ack_interval = Duration::from_millis(5);
+    let status: Arc<Mutex<PipelineStatus>> = Arc::default();
+    let stop = CancellationToken::new();
+    let pipeline = {
+        let (db, status, stop) = (db.clone(), status.clone(), stop.clone());
+        tokio::spawn(async move {
+            crate::wal::run_with_restarts(
+                || crate::service::standard_pipeline(&db, config.clone(), status.clone()),
+                stop,
+            )
+            .await
+        })
+    };
+    // Wait until the pipeline streams.
+    let started = Instant::now();
+    while status.lock().unwrap().operators.is_empty() {
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(Error::Operator("the pipeline did not start".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // (position inside the transaction, commit returned)
+    let pending: Arc<Mutex<VecDeque<(Lsn, Instant)>>> = Arc::default();
+    let resolved = Arc::new(AtomicUsize::new(0));
+    let monitor = {
+        let (status, pending, resolved, stop) = (
+            status.clone(),
+            pending.clone(),
+            resolved.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move { monitor(status, pending, resolved, stop).await })
+    };
+
+    let writer = crate::db::connect(&url).await?;
+    let interval = Duration::from_secs_f64(TXN_ROWS as f64 / options.rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let run_started = Instant::now();
+    let mut rows = 0u64;
+    let mut i = 0i64;
+    while run_started.elapsed() < Duration::from_secs(options.seconds) {
+        ticker.tick().await;
+        let tx_rows = writer
+            .simple_query(&format!(
+                "BEGIN;
+                 INSERT INTO stock_ticks
+                 SELECT now(), (ARRAY['AAPL','MSFT','NVDA','AMZN','GOOG','META','TSLA','JPM','V','XOM'])[1 + (g % 10)],
+                        100 + ((g + {i}) % 1000) * 0.01, 100 + g % 900
+                   FROM generate_series(1, {TXN_ROWS}) g;
+                 SELECT pg_current_wal_insert_lsn()::text;
+                 COMMIT;"
+            ))
+            .await
+            .pg_context(|| "writing ticks".into())?;
+        let committed = Instant::now();
+        let lsn = tx_rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Operator("no WAL position returned".into()))?
+            .parse()?;
+        pending.lock().unwrap().push_back((lsn, committed));
+        rows += TXN_ROWS;
+        i += 1;
+    }
+    let achieved = rows as f64 / run_started.elapsed().as_secs_f64();
+    // Let the last transactions arrive everywhere.
+    let drain = Instant::now();
+    while resolved.load(Ordering::SeqCst) < i as usize && drain.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let (received, lvc, delta) = monitor
+        .await
+        .map_err(|e| Error::Operator(format!("monitor task: {e}")))?;
+    pipeline
+        .await
+        .map_err(|e| Error::Operator(format!("pipeline task: {e}")))??;
+    drop(writer);
+    drop(client);
+    tokio::task::spawn_blocking(move || drop(pg))
+        .await
+        .map_err(|e| Error::Embedded(e.to_string()))?;
+    Ok(FreshnessReport {
+        target_rows_per_second: options.rate,
+        achieved_rows_per_second: achieved,
+        seconds: options.seconds,
+        flush_interval_ms: options.flush_interval.as_millis() as u64,
+        received: stats(received),
+        lvc_durable: stats(lvc),
+        delta_durable: stats(delta),
+        machine: super::catchup::machine_description(),
+    })
+}
+
+/// Resolves pending transactions as the pipeline's positions pass them; returns the
+/// latencies (ms) of: received, LVC durable, Delta durable.
+async fn monitor(
+    status: Arc<Mutex<PipelineStatus>>,
+    pending: Arc<Mutex<VecDeque<(Lsn, Instant)>>>,
+    resolved: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    // Transactions seen so far, and how far each measure has resolved them.
+    let mut seen: Vec<(Lsn, Instant)> = Vec::new();
+    let (mut r, mut l, mut d) = (0usize, 0usize, 0usize);
+    while !stop.is_cancelled() {
+        seen.extend(pending.lock().unwrap().drain(..));
+        let st = status.lock().unwrap().clone();
+        let durable = |name: &str| {
+            st.operators
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, lsn)| *lsn)
+                .unwrap_or(Lsn::ZERO)
+        };
+        let now = Instant::now();
+        for (cursor, reached, sink) in [
+            (&mut r, st.received_lsn, &mut out.0),
+            (
+                &mut l,
+                durable(crate::operators::last_value::NAME),
+                &mut out.1,
+            ),
+            (
+                &mut d,
+                durable(crate::operators::delta_sink::NAME),
+                &mut out.2,
+            ),
+        ] {
+            while *cursor < seen.len() && seen[*cursor].0 <= reached {
+                sink.push(now.duration_since(seen[*cursor].1).as_secs_f64() * 1000.0);
+                *cursor += 1;
+            }
+        }
+        // Transactions resolved by every measure (the writer's drain loop waits on it).
+        resolved.store(r.min(l).min(d), Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    out
+}
+
+fn stats(mut ms: Vec<f64>) -> Latency {
+    if ms.is_empty() {
+        return Latency::default();
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    Latency {
+        samples: ms.len(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: *ms.last().unwrap(),
+    }
+}
+
+pub fn freshness_table(report: &FreshnessReport) -> String {
+    let mut out = format!(
+        "freshness at {} rows/s target ({:.0} achieved) for {} s, 1,000-row transactions, \
+         flush interval {} ms, {}\n\n",
+        report.target_rows_per_second,
+        report.achieved_rows_per_second,
+        report.seconds,
+        report.flush_interval_ms,
+        report.machine
+    );
+    out.push_str(&format!(
+        "{:<34} {:>8} {:>10} {:>10} {:>10}\n",
+        "commit ->", "samples", "p50 ms", "p99 ms", "max ms"
+    ));
+    for (name, l) in [
+        ("received by lakets", &report.received),
+        ("stored in the LVC table", &report.lvc_durable),
+        ("committed to Delta", &report.delta_durable),
+    ] {
+        out.push_str(&format!(
+            "{:<34} {:>8} {:>10.1} {:>10.1} {:>10.1}\n",
+            name, l.samples, l.p50_ms, l.p99_ms, l.max_ms
+        ));
+    }
+    out.push_str(&format!(
+        "\ntarget: Delta p99 < flush interval + 1 s = {} ms\n",
+        report.flush_interval_ms + 1000
+    ));
+    out
+}
