@@ -79,6 +79,16 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
     let sync = match crate::sync::find_sync(&client, &table).await? {
         Some(s) if s.state == crate::sync::SyncState::Active => s,
         _ => {
+            // A throwaway cluster starts empty: a Delta table left by an earlier run belongs
+            // to a database that no longer exists.
+            if embedded.is_some() && delta_dir.exists() {
+                println!(
+                    "Removing the Delta table of an earlier demo run at {}.",
+                    delta_dir.display()
+                );
+                std::fs::remove_dir_all(&delta_dir)
+                    .map_err(|e| Error::io(format!("removing {}", delta_dir.display()), e))?;
+            }
             println!(
                 "Copying {DEMO_TABLE} into the Delta table at {}...",
                 delta_dir.display()

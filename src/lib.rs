@@ -13,6 +13,8 @@ pub mod embedded;
 pub mod error;
 pub mod ident;
 pub mod interval;
+pub mod jobs;
+pub mod lifecycle;
 pub mod lvc;
 pub mod operators;
 pub mod report;

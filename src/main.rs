@@ -57,6 +57,35 @@ enum Command {
     Run {
         #[command(flatten)]
         replication: ReplicationArgs,
+        #[command(flatten)]
+        jobs: JobArgs,
+    },
+    /// Tiered retention policies (add_tiered_retention_policy).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Tier the chunks older than their policy's tier_after, through the durability gate
+    /// (tier_chunk); deferred chunks say why.
+    Tier {
+        #[arg(long)]
+        table: Option<String>,
+        /// One chunk, whatever its age.
+        #[arg(long)]
+        chunk: Option<String>,
+        /// How long to wait for the consumer to confirm a chunk's writes.
+        #[arg(long, default_value = "15 seconds", value_parser = parse_interval)]
+        wait: Interval,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the chunks older than their policy's drop_after; a synced table's chunks only
+    /// once tiered and through the gate again (execute_retention).
+    Retention {
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long, default_value = "15 seconds", value_parser = parse_interval)]
+        wait: Interval,
+        #[arg(long)]
+        json: bool,
     },
     /// Last Value Cache: the latest row per key of a ChronoTable.
     #[command(subcommand)]
@@ -92,6 +121,55 @@ struct ReplicationArgs {
     /// Receive values in text format instead of binary.
     #[arg(long)]
     text_protocol: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct JobArgs {
+    /// Do not run the scheduled jobs (another instance, or cron, runs them).
+    #[arg(long)]
+    no_jobs: bool,
+    /// Partition manager interval (0 disables it).
+    #[arg(long, default_value = "1 minute", value_parser = parse_interval)]
+    partitions_every: Interval,
+    /// Tiering interval (0 disables it).
+    #[arg(long, default_value = "1 minute", value_parser = parse_interval)]
+    tiering_every: Interval,
+    /// Retention interval (0 disables it).
+    #[arg(long, default_value = "5 minutes", value_parser = parse_interval)]
+    retention_every: Interval,
+    /// Delta maintenance (compaction, checkpoint, vacuum) interval (0 disables it).
+    #[arg(long, default_value = "10 minutes", value_parser = parse_interval)]
+    maintenance_every: Interval,
+}
+
+impl JobArgs {
+    fn schedule(&self) -> lakets::jobs::Schedule {
+        let every = |i: Interval| (!i.is_zero()).then(|| i.as_std());
+        lakets::jobs::Schedule {
+            partitions: every(self.partitions_every),
+            tiering: every(self.tiering_every),
+            retention: every(self.retention_every),
+            maintenance: every(self.maintenance_every),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Set a table's policy: tier chunks after one interval, drop them after another.
+    Set {
+        table: String,
+        #[arg(long, value_parser = parse_interval)]
+        tier_after: Option<Interval>,
+        #[arg(long, value_parser = parse_interval)]
+        drop_after: Option<Interval>,
+    },
+    /// List the policies.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -340,7 +418,7 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 _ = shutdown => bail!("interrupted; the open transaction was rolled back"),
             }
         }
-        Command::Run { replication } => {
+        Command::Run { replication, jobs } => {
             let url = database_url(&cli, from_argv)?.context(
                 "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
             )?;
@@ -360,12 +438,30 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 shutdown.await;
                 on_signal.cancel();
             });
+            let scheduler = (!jobs.no_jobs).then(|| {
+                let instance = format!(
+                    "{}:{}",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "lakets".into()),
+                    std::process::id()
+                );
+                tokio::spawn(lakets::jobs::run_scheduler(
+                    db.clone(),
+                    jobs.schedule(),
+                    instance,
+                    cancel.clone(),
+                ))
+            });
             let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
-            lakets::wal::run_with_restarts(
+            let streamed = lakets::wal::run_with_restarts(
                 || lakets::service::standard_pipeline(&db, config.clone(), status.clone()),
-                cancel,
+                cancel.clone(),
             )
-            .await?;
+            .await;
+            cancel.cancel();
+            if let Some(s) = scheduler {
+                s.await.context("the job scheduler panicked")??;
+            }
+            streamed?;
         }
         Command::Bench(BenchCommand::Catchup {
             rows,
@@ -400,6 +496,86 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
             } else {
                 print!("{}", lakets::bench::freshness_table(&report));
             }
+        }
+        Command::Policy(cmd) => {
+            let client = connect(&cli, from_argv).await?;
+            match cmd {
+                PolicyCommand::Set {
+                    table,
+                    tier_after,
+                    drop_after,
+                } => {
+                    let p = lakets::lifecycle::policy::set_policy(
+                        &client,
+                        table,
+                        *tier_after,
+                        *drop_after,
+                    )
+                    .await?;
+                    println!(
+                        "{}: tier after {}, drop after {}",
+                        p.table,
+                        p.tier_after
+                            .map(|i| i.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        p.drop_after
+                            .map(|i| i.to_string())
+                            .unwrap_or_else(|| "-".into())
+                    );
+                }
+                PolicyCommand::Show { json } => {
+                    lakets::catalog::check_installed(&client).await?;
+                    let policies = lakets::lifecycle::policy::list_policies(&client).await?;
+                    if *json {
+                        print_json(&policies)?;
+                    } else if policies.is_empty() {
+                        println!("no policies");
+                    } else {
+                        for p in policies {
+                            println!(
+                                "{}: tier after {}, drop after {}{}",
+                                p.table,
+                                p.tier_after
+                                    .map(|i| i.to_string())
+                                    .unwrap_or_else(|| "-".into()),
+                                p.drop_after
+                                    .map(|i| i.to_string())
+                                    .unwrap_or_else(|| "-".into()),
+                                if p.synced { " (synced)" } else { "" }
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Command::Tier {
+            table,
+            chunk,
+            wait,
+            json,
+        } => {
+            let mut client = connect(&cli, from_argv).await?;
+            let settings = lakets::lifecycle::GateSettings {
+                wait: wait.as_std(),
+                ..Default::default()
+            };
+            let report = tokio::select! {
+                r = lakets::lifecycle::tier(&mut client, table.as_deref(), chunk.as_deref(), settings, None) => r?,
+                _ = shutdown => bail!("interrupted; the chunk being checked was left unchanged"),
+            };
+            print_move_report(&report, "tiered", *json)?;
+        }
+        Command::Retention { table, wait, json } => {
+            let mut client = connect(&cli, from_argv).await?;
+            let settings = lakets::lifecycle::GateSettings {
+                wait: wait.as_std(),
+                ..Default::default()
+            };
+            let report = tokio::select! {
+                r = lakets::lifecycle::retention(&mut client, table.as_deref(), settings, None) => r?,
+                _ = shutdown => bail!("interrupted; the chunk being checked was left unchanged"),
+            };
+            print_move_report(&report, "dropped", *json)?;
         }
         Command::Lvc(cmd) => {
             let mut client = connect(&cli, from_argv).await?;
@@ -494,6 +670,26 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
             };
             lakets::demo::run(options, shutdown).await?;
         }
+    }
+    Ok(())
+}
+
+fn print_move_report(
+    report: &lakets::lifecycle::MoveReport,
+    verb: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(report);
+    }
+    for chunk in &report.moved {
+        println!("{verb} {chunk}");
+    }
+    for (chunk, reason) in &report.deferred {
+        println!("deferred {chunk}: {reason}");
+    }
+    if report.moved.is_empty() && report.deferred.is_empty() {
+        println!("nothing to do");
     }
     Ok(())
 }

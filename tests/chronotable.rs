@@ -564,13 +564,23 @@ async fn show_chunks_counts_rows_and_drop_chunks_records_and_drops() {
             .unwrap();
     assert!(again.dropped.is_empty());
 
-    // A synced table refuses direct drops: fail closed until the gate has checked.
+    // A table marked synced without an active sync: every drop is deferred (fail closed),
+    // with the reason.
     db.exec("UPDATE lakets._chronotable_registry SET sync_enabled = true")
         .await;
-    let err = chronotable::drop_chunks(&mut db.client, "metrics", Interval::days(1), Some(ts(NOW)))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("durability gate"), "{err}");
+    let report =
+        chronotable::drop_chunks(&mut db.client, "metrics", Interval::days(1), Some(ts(NOW)))
+            .await
+            .unwrap();
+    assert!(report.dropped.is_empty(), "{report:?}");
+    assert!(!report.deferred.is_empty());
+    assert!(
+        report
+            .deferred
+            .iter()
+            .all(|(_, r)| r.contains("sync is not active")),
+        "{report:?}"
+    );
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM metrics").await, left);
 }
 
@@ -835,7 +845,7 @@ async fn commands_refuse_a_database_without_the_lakets_schema() {
     // And init is idempotent.
     let first = lakets::catalog::migrate(&mut db.client).await.unwrap();
     let second = lakets::catalog::migrate(&mut db.client).await.unwrap();
-    assert_eq!(first, vec![1, 2, 3, 4, 5]);
+    assert_eq!(first, vec![1, 2, 3, 4, 5, 6]);
     assert!(second.is_empty());
 }
 

@@ -132,6 +132,48 @@ CREATE TABLE lakets._sync_registry (
 COMMENT ON TABLE lakets._sync_registry IS 'ChronoTables mirrored into a Delta Lake table by the WAL consumer';
 "#,
     },
+    Migration {
+        version: 6,
+        name: "tiering_retention_jobs",
+        sql: r#"
+CREATE TABLE lakets._retention_policies (
+    schema_name  text        NOT NULL,
+    table_name   text        NOT NULL,
+    -- Chunks whose whole range is older than this are tiered (synced tables only).
+    tier_after   interval,
+    -- Chunks whose whole range is older than this are dropped (synced: once tiered).
+    drop_after   interval,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema_name, table_name),
+    FOREIGN KEY (schema_name, table_name)
+        REFERENCES lakets._chronotable_registry (schema_name, table_name) ON DELETE CASCADE,
+    CHECK (tier_after IS NOT NULL OR drop_after IS NOT NULL),
+    CHECK (tier_after IS NULL OR tier_after > interval '0'),
+    CHECK (drop_after IS NULL OR tier_after IS NULL OR drop_after >= tier_after)
+);
+COMMENT ON TABLE lakets._retention_policies IS 'Tiered retention: when chunks move to the cold tier and when they leave the hot tier';
+
+-- Why the last tiering or drop attempt of a chunk was deferred (NULL: not deferred).
+ALTER TABLE lakets._chunk_metadata
+    ADD COLUMN deferred_reason text,
+    ADD COLUMN deferred_at     timestamptz;
+
+CREATE TABLE lakets._job_runs (
+    id            bigserial   PRIMARY KEY,
+    job           text        NOT NULL,
+    instance      text        NOT NULL,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    outcome       text        CHECK (outcome IN ('ok', 'deferred', 'failed')),
+    error         text,
+    rows_affected bigint,
+    details       jsonb
+);
+CREATE INDEX _job_runs_job_started ON lakets._job_runs (job, started_at DESC);
+COMMENT ON TABLE lakets._job_runs IS 'History of the scheduled jobs of lakets run (partitions, tiering, retention, Delta maintenance)';
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

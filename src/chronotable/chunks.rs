@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use super::bounds;
 use super::partitions::{self, ddl_transaction, lock_table_ddl};
 use crate::catalog::registry::{self, Chunk, ChunkStatus};
-use crate::error::{Error, PgResultExt, Result};
+use crate::error::{PgResultExt, Result};
 use crate::ident::TableName;
 use crate::interval::Interval;
 
@@ -104,8 +104,9 @@ pub struct DropReport {
 /// `at`, default the database clock), one transaction per chunk. The metadata row stays,
 /// with status `dropped` and the row count and size the chunk had.
 ///
-/// A synced table's chunks hold data that must first be safe in the cold tier: they are
-/// refused here (fail closed) and go through the tiering gate instead.
+/// A synced table's chunks hold data that must first be safe in the cold tier: each goes
+/// through the durability gate (see [`crate::lifecycle::gate`]) and is deferred, with the
+/// reason, when it is not.
 pub async fn drop_chunks(
     client: &mut Client,
     table: &str,
@@ -114,13 +115,6 @@ pub async fn drop_chunks(
 ) -> Result<DropReport> {
     crate::catalog::check_installed(&*client).await?;
     let ct = registry::find_chronotable(&*client, table).await?;
-    if ct.sync_enabled {
-        return Err(Error::Conflict(format!(
-            "{} is synced to the cold tier; its chunks are dropped only through the durability \
-             gate (`lakets retention`), never directly",
-            ct.table
-        )));
-    }
     let now = partitions::now_or_db(&*client, at).await?;
     let cutoff = bounds::to_datetime(now - older_than.as_micros())?;
     let candidates: Vec<Chunk> = registry::list_chunks(&*client, &ct.table, false)
@@ -129,6 +123,20 @@ pub async fn drop_chunks(
         .filter(|c| c.range_end <= cutoff)
         .collect();
 
+    if ct.sync_enabled {
+        let moved = crate::lifecycle::drop_chunks_gated(
+            client,
+            &ct.table,
+            candidates,
+            false,
+            crate::lifecycle::GateSettings::default(),
+        )
+        .await?;
+        return Ok(DropReport {
+            dropped: moved.moved,
+            deferred: moved.deferred,
+        });
+    }
     let mut report = DropReport::default();
     for chunk in candidates {
         match drop_one_chunk(client, &ct.table, &chunk).await {

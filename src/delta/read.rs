@@ -39,3 +39,75 @@ pub async fn scan(delta: &DeltaTable, shape: &TableShape) -> Result<Vec<CellRow>
     }
     Ok(rows)
 }
+
+/// Rows of the table's current version whose time (microseconds since the epoch) is in
+/// `[start, end)`. Files wholly inside the range by their statistics count by their
+/// `numRecords`; files the partition or statistics show outside are skipped; the others are
+/// read.
+pub async fn count_range(
+    delta: &DeltaTable,
+    shape: &TableShape,
+    start: i64,
+    end: i64,
+) -> Result<u64> {
+    let location = table::display_location(delta.table_url());
+    let views: Vec<_> = delta
+        .get_active_add_actions_by_partitions(&[])
+        .try_collect()
+        .await
+        .delta_context(|| format!("listing the files of {location}"))?;
+    let time_name = &shape.columns[shape.time_index].name;
+    // A date time column holds days, not microseconds.
+    let (start, end) = if shape.columns[shape.time_index].kind == super::schema::ColumnKind::Date {
+        const DAY: i64 = 86_400_000_000;
+        (start.div_euclid(DAY), end.div_euclid(DAY))
+    } else {
+        (start, end)
+    };
+    let mut total = 0u64;
+    for view in views {
+        if let Some(stats) = view.stats().and_then(|s| file_time_range(&s, time_name)) {
+            let (min, max, records) = stats;
+            if max < start || min >= end {
+                continue;
+            }
+            if min >= start && max < end {
+                total += records;
+                continue;
+            }
+        }
+        let path = view.object_store_path().to_string();
+        for batch in table::read_file(delta, &path).await? {
+            let Some(times) = batch.column_by_name(time_name) else {
+                continue;
+            };
+            for r in 0..batch.num_rows() {
+                if let Cell::Int(t) = cell_at(times.as_ref(), r)?
+                    && t >= start
+                    && t < end
+                {
+                    total += 1;
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// `(min, max, numRecords)` of the time column from a file's statistics JSON. Timestamp
+/// statistics may be truncated to milliseconds: the max is widened by one.
+fn file_time_range(stats: &str, time: &str) -> Option<(i64, i64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(stats).ok()?;
+    let records = v.get("numRecords")?.as_u64()?;
+    let parse = |x: &serde_json::Value| -> Option<i64> {
+        chrono::DateTime::parse_from_rfc3339(x.as_str()?)
+            .ok()
+            .map(|d| d.timestamp_micros())
+    };
+    let min = parse(v.get("minValues")?.get(time)?)?;
+    let max = parse(v.get("maxValues")?.get(time)?)? + 999;
+    if v.get("nullCount")?.get(time)?.as_u64()? != 0 {
+        return None;
+    }
+    Some((min, max, records))
+}

@@ -59,9 +59,20 @@ pub struct DeltaSink {
 impl DeltaSink {
     pub async fn new(client: Client, slot: impl Into<String>) -> Result<Self> {
         super::prepare_session(&client, NAME).await?;
+        let slot = slot.into();
+        // Marks this slot as one whose consumer runs the Delta operator: the tiering gate
+        // trusts only such slots' confirmed positions.
+        client
+            .execute(
+                "INSERT INTO lakets._sink_progress (slot_name, operator, durable_lsn)
+                 VALUES ($1, $2, '0/0') ON CONFLICT DO NOTHING",
+                &[&slot, &NAME],
+            )
+            .await
+            .pg_context(|| "registering the Delta operator".into())?;
         let mut op = DeltaSink {
             client,
-            slot: slot.into(),
+            slot,
             mirrors: HashMap::new(),
             copying: HashMap::new(),
             layouts: HashMap::new(),

@@ -1,0 +1,442 @@
+//! Tiering and retention through the fail-closed durability gate, against a real
+//! PostgreSQL, a real Delta table and the real pipeline: nothing is tiered or dropped
+//! while the Delta operator is stopped or behind a late write, a count mismatch blocks the
+//! drop, every deferral says why, and chunks move active -> tiered -> dropped once their
+//! data is in Delta. Also: policy validation, the gate on `drop-chunks`, writers of
+//! current chunks while an old one is locked, and one job leader among instances.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestDb, fresh_db};
+use lakets::delta::schema::Partitioning;
+use lakets::interval::Interval;
+use lakets::lifecycle::{self, GateSettings};
+use lakets::wal::{PipelineConfig, SourceSettings};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One pipeline at a time in this process.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const QUICK: GateSettings = GateSettings {
+    lock_timeout: Duration::from_secs(2),
+    wait: Duration::from_secs(3),
+};
+const PATIENT: GateSettings = GateSettings {
+    lock_timeout: Duration::from_secs(2),
+    wait: Duration::from_secs(30),
+};
+
+async fn synced_ticks(db: &mut TestDb, dir: &std::path::Path) -> lakets::sync::SyncConfig {
+    db.exec(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8,
+                             PRIMARY KEY (symbol, time));
+         INSERT INTO ticks SELECT now() - i * interval '1 minute', 'S' || (i % 4), i
+           FROM generate_series(1, 600) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = Interval::hours(1);
+    opts.premake = 2;
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+    lakets::sync::enable_sync(
+        &lakets::db::parse_config(&db.url).unwrap(),
+        "ticks",
+        dir.join("ticks").to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap()
+}
+
+async fn start(db: &TestDb) -> (CancellationToken, JoinHandle<lakets::Result<()>>) {
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
+    config.flush_interval = Duration::from_millis(100);
+    config.ack_interval = Duration::from_millis(100);
+    config.heartbeat_interval = Some(Duration::from_millis(300));
+    let shutdown = CancellationToken::new();
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let pipeline = lakets::service::standard_pipeline(&db_config, config, Default::default())
+        .await
+        .unwrap();
+    let run = tokio::spawn(pipeline.run(shutdown.clone()));
+    (shutdown, run)
+}
+
+async fn stop(shutdown: CancellationToken, run: JoinHandle<lakets::Result<()>>) {
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+async fn status_of(db: &TestDb, status: &str) -> Vec<String> {
+    db.client
+        .query(
+            "SELECT chunk_name FROM lakets._chunk_metadata WHERE status = $1 ORDER BY 1",
+            &[&status],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn delta_rows_in(sync: &lakets::sync::SyncConfig, start: i64, end: i64) -> u64 {
+    let delta = lakets::delta::table::open(&sync.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = lakets::delta::mirror::shape_of(&delta, "time", Partitioning::Day).unwrap();
+    lakets::delta::read::count_range(&delta, &shape, start, end)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
+    let _serial = SERIAL.lock().await;
+    common::init_test_logging();
+    let mut db = fresh_db("tier_gate").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sync = synced_ticks(&mut db, dir.path()).await;
+    lifecycle::policy::set_policy(
+        &db.client,
+        "ticks",
+        Some(Interval::hours(2)),
+        Some(Interval::hours(4)),
+    )
+    .await
+    .unwrap();
+
+    // The Delta operator never ran: nothing is tiered, and each chunk says why.
+    let report = lifecycle::tier(&mut db.client, None, None, QUICK, None)
+        .await
+        .unwrap();
+    assert!(report.moved.is_empty(), "{report:?}");
+    assert!(report.deferred.len() >= 7, "{report:?}");
+    assert!(
+        report
+            .deferred
+            .iter()
+            .all(|(_, r)| r.starts_with("lagging")),
+        "{report:?}"
+    );
+    let recorded: Option<String> = db
+        .scalar("SELECT max(deferred_reason) FROM lakets._chunk_metadata")
+        .await;
+    assert!(recorded.unwrap().starts_with("lagging"));
+
+    // With the service running, the old chunks are tiered.
+    let (shutdown, run) = start(&db).await;
+    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(report.deferred.is_empty(), "{report:?}");
+    let tiered = status_of(&db, "tiered").await;
+    assert!(tiered.len() >= 7, "{tiered:?}");
+    let cleared: i64 = db
+        .scalar("SELECT count(*) FROM lakets._chunk_metadata WHERE status = 'tiered' AND deferred_reason IS NOT NULL")
+        .await;
+    assert_eq!(cleared, 0, "a tiered chunk keeps no deferral reason");
+    stop(shutdown, run).await;
+
+    // A late row into an old, tiered chunk while the operator is stopped: the drop waits.
+    db.exec("INSERT INTO ticks VALUES (now() - interval '7 hours 30 minutes', 'LATE', 1)")
+        .await;
+    let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+        .await
+        .unwrap();
+    assert!(report.moved.is_empty(), "{report:?}");
+    assert!(status_of(&db, "dropped").await.is_empty());
+    let late: i64 = db
+        .scalar("SELECT count(*) FROM ticks WHERE symbol = 'LATE'")
+        .await;
+    assert_eq!(late, 1);
+
+    // The operator catches up: chunks older than 4 hours are dropped, and Delta holds
+    // every row they had, the late one included.
+    let (shutdown, run) = start(&db).await;
+    let report = lifecycle::retention(&mut db.client, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(report.deferred.is_empty(), "{report:?}");
+    let dropped = status_of(&db, "dropped").await;
+    assert!(dropped.len() >= 5, "{dropped:?}");
+    for row in db
+        .client
+        .query(
+            "SELECT chunk_name, row_count, (extract(epoch FROM range_start) * 1000000)::bigint,
+                    (extract(epoch FROM range_end) * 1000000)::bigint
+               FROM lakets._chunk_metadata WHERE status = 'dropped'",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let (name, rows): (String, i64) = (row.get(0), row.get(1));
+        let exists: bool = db
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!exists, "{name} still exists");
+        assert_eq!(
+            delta_rows_in(&sync, row.get(2), row.get(3)).await,
+            rows as u64,
+            "Delta holds every row of dropped chunk {name}"
+        );
+    }
+    let late_in_delta: i64 = {
+        let delta = lakets::delta::table::open(&sync.location)
+            .await
+            .unwrap()
+            .unwrap();
+        let shape = lakets::delta::mirror::shape_of(&delta, "time", Partitioning::Day).unwrap();
+        lakets::delta::read::scan(&delta, &shape)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r[1] == lakets::delta::schema::Cell::Str("LATE".into()))
+            .count() as i64
+    };
+    assert_eq!(late_in_delta, 1, "the late row is in Delta");
+    stop(shutdown, run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_mismatch_blocks_the_drop() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("tier_mismatch").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sync = synced_ticks(&mut db, dir.path()).await;
+    lifecycle::policy::set_policy(
+        &db.client,
+        "ticks",
+        Some(Interval::hours(2)),
+        Some(Interval::hours(2)),
+    )
+    .await
+    .unwrap();
+    let (shutdown, run) = start(&db).await;
+    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(report.deferred.is_empty(), "{report:?}");
+
+    // Rows vanish from the Delta table behind lakets' back (every file removed).
+    let mut delta = lakets::delta::table::open(&sync.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let removes: Vec<_> = {
+        use futures_util::TryStreamExt;
+        delta
+            .get_active_add_actions_by_partitions(&[])
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| deltalake::kernel::Action::Remove(v.remove_action(true)))
+            .collect()
+    };
+    lakets::delta::table::commit(
+        &mut delta,
+        removes,
+        deltalake::protocol::DeltaOperation::Delete { predicate: None },
+        None,
+    )
+    .await
+    .unwrap();
+
+    let report = lifecycle::retention(&mut db.client, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(report.moved.is_empty(), "{report:?}");
+    assert!(
+        report
+            .deferred
+            .iter()
+            .all(|(_, r)| r.starts_with("count mismatch")),
+        "{report:?}"
+    );
+    assert!(status_of(&db, "dropped").await.is_empty());
+    stop(shutdown, run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_chunks_on_a_synced_table_goes_through_the_gate_and_current_writers_are_not_blocked() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("tier_drop_chunks").await;
+    let dir = tempfile::tempdir().unwrap();
+    synced_ticks(&mut db, dir.path()).await;
+    // No consumer: drop-chunks defers (it does not fail, and drops nothing).
+    let report =
+        lakets::chronotable::drop_chunks(&mut db.client, "ticks", Interval::hours(3), None)
+            .await
+            .unwrap();
+    assert!(report.dropped.is_empty());
+    assert!(!report.deferred.is_empty());
+    assert!(
+        report
+            .deferred
+            .iter()
+            .all(|(_, r)| r.starts_with("lagging"))
+    );
+
+    // While the gate holds an old chunk locked (waiting for a consumer that is not there),
+    // writes to the current chunk go through.
+    lifecycle::policy::set_policy(&db.client, "ticks", Some(Interval::hours(2)), None)
+        .await
+        .unwrap();
+    let oldest: String = db
+        .scalar("SELECT chunk_name FROM lakets._chunk_metadata ORDER BY range_start LIMIT 1")
+        .await;
+    let url = db.url.clone();
+    let tiering = tokio::spawn(async move {
+        let mut client = lakets::db::connect(&url).await.unwrap();
+        let slow = GateSettings {
+            lock_timeout: Duration::from_secs(2),
+            wait: Duration::from_secs(8),
+        };
+        lifecycle::tier(&mut client, None, Some(&oldest), slow, None).await
+    });
+    // Wait until the gate holds a chunk lock.
+    common::wal::wait_for("the gate to lock a chunk", Duration::from_secs(10), async || {
+        db.scalar::<i64>(
+            "SELECT count(*) FROM pg_locks WHERE mode = 'ExclusiveLock' AND locktype = 'relation' AND granted",
+        )
+        .await
+            > 0
+    })
+    .await;
+    db.exec("INSERT INTO ticks VALUES (now(), 'CURRENT', 1)")
+        .await;
+    assert!(
+        !tiering.is_finished(),
+        "the insert into the current chunk completed while the old chunk was locked"
+    );
+    let report = tiering.await.unwrap().unwrap();
+    assert!(report.moved.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_validated() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("tier_policy").await;
+    db.exec(
+        "CREATE TABLE plain_ticks (time timestamptz NOT NULL, v int);
+         INSERT INTO plain_ticks VALUES (now() - interval '5 hours', 1), (now(), 2);",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = Interval::hours(1);
+    lakets::chronotable::create_chronotable(&mut db.client, "plain_ticks", &opts)
+        .await
+        .unwrap();
+    let cases = [
+        (Some(Interval::hours(1)), None, "not synced"),
+        (None, None, "give --tier-after"),
+        (
+            Some(Interval::hours(2)),
+            Some(Interval::hours(1)),
+            "at least",
+        ),
+        (Some(Interval::ZERO), None, "positive"),
+    ];
+    for (tier, drop, expected) in cases {
+        let err = lifecycle::policy::set_policy(&db.client, "plain_ticks", tier, drop)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{tier:?} {drop:?}: {err}");
+    }
+    let none: i64 = db
+        .scalar("SELECT count(*) FROM lakets._retention_policies")
+        .await;
+    assert_eq!(none, 0);
+    // An unsynced table: retention drops old chunks directly.
+    let p =
+        lifecycle::policy::set_policy(&db.client, "plain_ticks", None, Some(Interval::hours(1)))
+            .await
+            .unwrap();
+    assert!(!p.synced);
+    let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+        .await
+        .unwrap();
+    assert!(!report.moved.is_empty(), "{report:?}");
+    let left: i64 = db
+        .scalar("SELECT count(*) FROM plain_ticks WHERE time < now() - interval '2 hours'")
+        .await;
+    assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_runs_the_jobs_and_another_takes_over_when_it_stops() {
+    let _serial = SERIAL.lock().await;
+    let db = fresh_db("tier_leader").await;
+    let schedule = lakets::jobs::Schedule {
+        partitions: Some(Duration::from_millis(200)),
+        tiering: None,
+        retention: None,
+        maintenance: None,
+        ..Default::default()
+    };
+    let config = lakets::db::parse_config(&db.url).unwrap();
+    let stop_a = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    let a = tokio::spawn(lakets::jobs::run_scheduler(
+        config.clone(),
+        schedule.clone(),
+        "a".into(),
+        stop_a.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = tokio::spawn(lakets::jobs::run_scheduler(
+        config.clone(),
+        schedule.clone(),
+        "b".into(),
+        stop_b.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = |instance: &'static str| {
+        let client = &db.client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM lakets._job_runs WHERE instance = $1 AND outcome = 'ok'",
+                    &[&instance],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert!(runs("a").await >= 3, "the leader runs its jobs");
+    assert_eq!(runs("b").await, 0, "the standby runs nothing");
+    // The leader stops: the standby takes over (it retries every 5 seconds).
+    stop_a.cancel();
+    a.await.unwrap().unwrap();
+    common::wal::wait_for(
+        "the standby to take over",
+        Duration::from_secs(15),
+        async || runs("b").await > 0,
+    )
+    .await;
+    let overlapping: i64 = db
+        .scalar(
+            "SELECT count(*) FROM lakets._job_runs x JOIN lakets._job_runs y
+                ON x.instance <> y.instance AND x.started_at < y.finished_at AND y.started_at < x.finished_at",
+        )
+        .await;
+    assert_eq!(overlapping, 0, "two instances ran jobs at the same time");
+    stop_b.cancel();
+    b.await.unwrap().unwrap();
+}
