@@ -20,6 +20,7 @@ pub mod operators;
 pub mod report;
 pub mod service;
 pub mod sync;
+pub mod verify;
 pub mod wal;
 
 pub use error::{Error, Result};

@@ -60,6 +60,13 @@ enum Command {
         #[command(flatten)]
         jobs: JobArgs,
     },
+    /// Compare the Delta table and the Last Value Cache with the table; exits non-zero and
+    /// names the first differences when anything disagrees.
+    Verify {
+        table: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Tiered retention policies (add_tiered_retention_policy).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -495,6 +502,45 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 print!("{}", lakets::bench::freshness_table(&report));
+            }
+        }
+        Command::Verify { table, json } => {
+            let client = connect(&cli, from_argv).await?;
+            let report = lakets::verify::verify(&client, table).await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                for c in &report.chunks {
+                    println!(
+                        "{} {}: PostgreSQL {} rows, Delta {} rows",
+                        if c.ok { "ok  " } else { "DIFF" },
+                        c.chunk,
+                        c.postgres_rows,
+                        c.delta_rows
+                    );
+                }
+                if let Some(n) = report.lvc_differences {
+                    println!(
+                        "{} Last Value Cache: {n} differing row(s)",
+                        if n == 0 { "ok  " } else { "DIFF" }
+                    );
+                }
+            }
+            if !report.ok {
+                bail!(
+                    "{} disagrees: {}",
+                    report.table,
+                    report
+                        .differences
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+            if !*json {
+                println!("{}: everything agrees", report.table);
             }
         }
         Command::Policy(cmd) => {

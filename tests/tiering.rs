@@ -63,10 +63,15 @@ async fn start(db: &TestDb) -> (CancellationToken, JoinHandle<lakets::Result<()>
     config.heartbeat_interval = Some(Duration::from_millis(300));
     let shutdown = CancellationToken::new();
     let db_config = lakets::db::parse_config(&db.url).unwrap();
-    let pipeline = lakets::service::standard_pipeline(&db_config, config, Default::default())
+    let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let stop = shutdown.clone();
+    let run = tokio::spawn(async move {
+        lakets::wal::run_with_restarts(
+            || lakets::service::standard_pipeline(&db_config, config.clone(), status.clone()),
+            stop,
+        )
         .await
-        .unwrap();
-    let run = tokio::spawn(pipeline.run(shutdown.clone()));
+    });
     (shutdown, run)
 }
 
@@ -268,6 +273,15 @@ async fn a_count_mismatch_blocks_the_drop() {
         "{report:?}"
     );
     assert!(status_of(&db, "dropped").await.is_empty());
+    // `lakets verify` names the chunks that disagree.
+    let verified = lakets::verify::verify(&db.client, "ticks").await.unwrap();
+    assert!(!verified.ok);
+    assert!(
+        verified.differences[0].contains("PostgreSQL has"),
+        "{:?}",
+        verified.differences
+    );
+    assert!(verified.chunks.iter().any(|c| !c.ok && c.delta_rows == 0));
     stop(shutdown, run).await;
 }
 
@@ -439,4 +453,92 @@ async fn one_instance_runs_the_jobs_and_another_takes_over_when_it_stops() {
     assert_eq!(overlapping, 0, "two instances ran jobs at the same time");
     stop_b.cancel();
     b.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_defers_tiering_and_a_racing_late_insert_ends_up_in_delta() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("tier_store").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sync = synced_ticks(&mut db, dir.path()).await;
+    lifecycle::policy::set_policy(&db.client, "ticks", Some(Interval::hours(2)), None)
+        .await
+        .unwrap();
+    let (shutdown, run) = start(&db).await;
+    let oldest: String = db
+        .scalar("SELECT chunk_name FROM lakets._chunk_metadata ORDER BY range_start LIMIT 1")
+        .await;
+
+    // The object store fails (the next log entry's name is taken): a late row cannot reach
+    // Delta, so its chunk is not tiered.
+    let version = lakets::delta::table::open(&sync.location)
+        .await
+        .unwrap()
+        .unwrap()
+        .version()
+        .unwrap();
+    let squatter = dir
+        .path()
+        .join("ticks/_delta_log")
+        .join(format!("{:020}.json", version + 1));
+    std::fs::create_dir(&squatter).unwrap();
+    db.exec(
+        "INSERT INTO ticks VALUES (now() - interval '9 hours 59 minutes 30 seconds', 'LATE', 1)",
+    )
+    .await;
+    let report = lifecycle::tier(&mut db.client, None, Some(&oldest), QUICK, None)
+        .await
+        .unwrap();
+    assert!(report.moved.is_empty(), "{report:?}");
+    assert!(report.deferred[0].1.starts_with("lagging"), "{report:?}");
+
+    // The store heals. A late insert races with the tiering of its chunk: it waits for the
+    // gate's lock, commits after it, and still reaches Delta.
+    std::fs::remove_dir(&squatter).unwrap();
+    let url = db.url.clone();
+    let chunk = oldest.clone();
+    let tiering = tokio::spawn(async move {
+        let mut client = lakets::db::connect(&url).await.unwrap();
+        lifecycle::tier(&mut client, None, Some(&chunk), PATIENT, None).await
+    });
+    common::wal::wait_for("the gate to lock the chunk", Duration::from_secs(10), async || {
+        db.scalar::<i64>(
+            "SELECT count(*) FROM pg_locks WHERE mode = 'ExclusiveLock' AND locktype = 'relation' AND granted",
+        )
+        .await
+            > 0
+    })
+    .await;
+    let writer = db.connect().await;
+    writer
+        .batch_execute(
+            "INSERT INTO ticks VALUES (now() - interval '9 hours 59 minutes 40 seconds', 'RACE', 2)",
+        )
+        .await
+        .unwrap();
+    let report = tiering.await.unwrap().unwrap();
+    assert_eq!(report.moved, vec![oldest.clone()], "{report:?}");
+    // Both late rows are in Delta once the stream catches up (the gate re-checks at drop).
+    common::wal::wait_for(
+        "the late rows in Delta",
+        Duration::from_secs(30),
+        async || {
+            let delta = lakets::delta::table::open(&sync.location)
+                .await
+                .unwrap()
+                .unwrap();
+            let shape = lakets::delta::mirror::shape_of(&delta, "time", Partitioning::Day).unwrap();
+            lakets::delta::read::scan(&delta, &shape)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                matches!(&r[1], lakets::delta::schema::Cell::Str(s) if s == "LATE" || s == "RACE")
+            })
+            .count()
+            == 2
+        },
+    )
+    .await;
+    stop(shutdown, run).await;
 }

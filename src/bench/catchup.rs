@@ -110,9 +110,12 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
                 .pg_context(|| format!("creating slot {slot}"))?;
         }
         let marker = write_backlog(&client, options.rows).await?;
-        // Interleave: for each protocol, pg_recvlogical, lakets, lakets + Delta.
+        // Interleave: for each protocol, every consumer, in an order rotated per
+        // repetition (the first drain after the backlog competes with autovacuum).
         for (name, binary) in PROTOCOLS {
-            for who in CONSUMERS {
+            let mut order = CONSUMERS;
+            order.rotate_left(rep % CONSUMERS.len());
+            for who in order {
                 let slot = format!("bench_{who}_{name}_{rep}");
                 let started = Instant::now();
                 if who == "recv" {
