@@ -273,6 +273,29 @@ async fn a_count_mismatch_blocks_the_drop() {
         "{report:?}"
     );
     assert!(status_of(&db, "dropped").await.is_empty());
+    // The scheduler's retention job records the deferral in lakets._job_runs.
+    let schedule = lakets::jobs::Schedule {
+        gate: PATIENT,
+        ..Default::default()
+    };
+    lakets::jobs::run_recorded(&mut db.client, lakets::jobs::Job::Retention, &schedule, "t")
+        .await
+        .unwrap();
+    let (outcome, details): (String, serde_json::Value) = {
+        let row = db
+            .client
+            .query_one(
+                "SELECT outcome, details FROM lakets._job_runs WHERE job = 'retention' ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(outcome, "deferred");
+    assert!(details.to_string().contains("count mismatch"), "{details}");
+    assert!(status_of(&db, "dropped").await.is_empty());
+
     // `lakets verify` names the chunks that disagree.
     let verified = lakets::verify::verify(&db.client, "ticks").await.unwrap();
     assert!(!verified.ok);
