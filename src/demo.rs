@@ -123,6 +123,13 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
         })
     };
 
+    // Prometheus metrics on a free local port.
+    let (metrics_addr, metrics_task) = crate::http::serve(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        stop_pipeline.clone(),
+    )
+    .await?;
+
     let chunks = chronotable::show_chunks(&mut client, DEMO_TABLE, false).await?;
     println!(
         "\n{DEMO_TABLE} is a ChronoTable with {} chunks:",
@@ -136,6 +143,7 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
         crate::delta::table::display_location(&sync.location)
     );
     println!("Latest prices:  SELECT * FROM lakets.lvc_{DEMO_TABLE};");
+    println!("Metrics:        http://{metrics_addr}/metrics (lakets_replication_lag_seconds, ...)");
     println!(
         "Streaming ticks for {} symbols; Ctrl-C to stop.\n",
         SYMBOLS.len()
@@ -157,6 +165,9 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
     match pipeline.await {
         Ok(result) => result?,
         Err(e) => return Err(Error::Operator(format!("the demo pipeline panicked: {e}"))),
+    }
+    if let Ok(Err(e)) = metrics_task.await {
+        tracing::warn!(error = %e, "the metrics endpoint failed");
     }
     drop(client);
     drop(embedded);

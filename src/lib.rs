@@ -11,6 +11,7 @@ pub mod delta;
 pub mod demo;
 pub mod embedded;
 pub mod error;
+pub mod http;
 pub mod ident;
 pub mod interval;
 pub mod jobs;

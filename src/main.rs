@@ -59,6 +59,9 @@ enum Command {
         replication: ReplicationArgs,
         #[command(flatten)]
         jobs: JobArgs,
+        /// Where to serve Prometheus metrics (GET /metrics) and /healthz; `off` disables.
+        #[arg(long, env = "LAKETS_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+        metrics_addr: String,
     },
     /// Compare the Delta table and the Last Value Cache with the table; exits non-zero and
     /// names the first differences when anything disagrees.
@@ -425,7 +428,11 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 _ = shutdown => bail!("interrupted; the open transaction was rolled back"),
             }
         }
-        Command::Run { replication, jobs } => {
+        Command::Run {
+            replication,
+            jobs,
+            metrics_addr,
+        } => {
             let url = database_url(&cli, from_argv)?.context(
                 "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
             )?;
@@ -445,6 +452,16 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 shutdown.await;
                 on_signal.cancel();
             });
+            let metrics = if metrics_addr == "off" {
+                None
+            } else {
+                let addr: std::net::SocketAddr = metrics_addr.parse().map_err(|e| {
+                    lakets::Error::invalid(format!(
+                        "--metrics-addr {metrics_addr:?} is not an address like 127.0.0.1:9187 ({e})"
+                    ))
+                })?;
+                Some(lakets::http::serve(addr, cancel.clone()).await?.1)
+            };
             let scheduler = (!jobs.no_jobs).then(|| {
                 let instance = format!(
                     "{}:{}",
@@ -467,6 +484,9 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
             cancel.cancel();
             if let Some(s) = scheduler {
                 s.await.context("the job scheduler panicked")??;
+            }
+            if let Some(m) = metrics {
+                m.await.context("the metrics endpoint panicked")??;
             }
             streamed?;
         }

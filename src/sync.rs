@@ -2,8 +2,8 @@
 //! creation and the initial snapshot.
 //!
 //! The snapshot meets the stream exactly: a second connection holds a SHARE lock on the
-//! table for the instant it takes to start a REPEATABLE READ transaction and read the WAL
-//! insert position. No writer is in flight at that instant, so every transaction
+//! table for the instant it takes the (already connected) reader to start a REPEATABLE
+//! READ transaction and read the WAL insert position. No writer is in flight at that instant, so every transaction
 //! committed before the position is in the snapshot and every later one commits after it.
 //! The lock is released at once; the copy then runs as long as it needs while writes
 //! continue. The copy is committed to Delta as one version whose `txn` action records the
@@ -134,7 +134,7 @@ pub async fn enable_sync(
     partitioning: Partitioning,
     mut progress: impl FnMut(CopyProgress),
 ) -> Result<SyncConfig> {
-    let client = crate::db::connect_with(db).await?;
+    let mut client = crate::db::connect_with(db).await?;
     crate::catalog::check_installed(&client).await?;
     let ct = registry::find_chronotable(&client, table).await?;
     let url = table::parse_location(location)?;
@@ -210,13 +210,13 @@ pub async fn enable_sync(
     if let (Some(done), Some(reg)) = (committed, registered.as_ref().and_then(|s| s.start_lsn))
         && done == reg
     {
-        return activate(&client, &ct.table).await;
+        return activate(&mut client, &ct.table).await;
     }
 
     let (start_lsn, rows) =
         copy_snapshot(db, &client, &ct.table, &shape, &mut delta, &mut progress).await?;
     info!(table = %ct.table, rows, start_lsn = %start_lsn, location = %table::display_location(&url), "initial snapshot committed to Delta");
-    let config = activate(&client, &ct.table).await?;
+    let config = activate(&mut client, &ct.table).await?;
     client
         .execute(
             "SELECT pg_advisory_unlock($1, hashtext($2))",
@@ -227,24 +227,29 @@ pub async fn enable_sync(
     Ok(config)
 }
 
-async fn activate(client: &Client, table: &TableName) -> Result<SyncConfig> {
-    client
-        .execute(
-            "UPDATE lakets._sync_registry SET state = 'active', updated_at = now()
-              WHERE schema_name = $1 AND table_name = $2",
-            &[&table.schema, &table.name],
-        )
+async fn activate(client: &mut Client, table: &TableName) -> Result<SyncConfig> {
+    let tx = client
+        .transaction()
         .await
-        .pg_context(|| format!("activating the sync of {table}"))?;
-    client
-        .execute(
-            "UPDATE lakets._chronotable_registry SET sync_enabled = true
+        .pg_context(|| "starting a transaction".into())?;
+    tx.execute(
+        "UPDATE lakets._sync_registry SET state = 'active', updated_at = now()
               WHERE schema_name = $1 AND table_name = $2",
-            &[&table.schema, &table.name],
-        )
+        &[&table.schema, &table.name],
+    )
+    .await
+    .pg_context(|| format!("activating the sync of {table}"))?;
+    tx.execute(
+        "UPDATE lakets._chronotable_registry SET sync_enabled = true
+          WHERE schema_name = $1 AND table_name = $2",
+        &[&table.schema, &table.name],
+    )
+    .await
+    .pg_context(|| format!("marking {table} synced"))?;
+    tx.commit()
         .await
-        .pg_context(|| format!("marking {table} synced"))?;
-    find_sync(client, table)
+        .pg_context(|| format!("committing the activation of {table}"))?;
+    find_sync(&*client, table)
         .await?
         .ok_or_else(|| Error::NotFound {
             kind: "sync of",
@@ -290,7 +295,15 @@ async fn copy_snapshot(
     delta: &mut deltalake::DeltaTable,
     progress: &mut impl FnMut(CopyProgress),
 ) -> Result<(Lsn, u64)> {
-    // The lock holder: writers wait only while the snapshot is taken.
+    // Both connections first: writers wait only while the snapshot is taken.
+    let mut reader = crate::db::connect_with(db).await?;
+    reader
+        .batch_execute(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \
+             SET bytea_output = 'hex'",
+        )
+        .await
+        .pg_context(|| "preparing the snapshot session".into())?;
     let locker = crate::db::connect_with(db).await?;
     locker
         .batch_execute(&format!(
@@ -301,14 +314,6 @@ async fn copy_snapshot(
         .pg_context(|| {
             format!("locking {table_name} briefly to take a snapshot consistent with the WAL")
         })?;
-    let mut reader = crate::db::connect_with(db).await?;
-    reader
-        .batch_execute(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \
-             SET bytea_output = 'hex'",
-        )
-        .await
-        .pg_context(|| "preparing the snapshot session".into())?;
     let tx = reader
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -438,9 +443,20 @@ async fn copy_snapshot(
     tx.commit()
         .await
         .pg_context(|| "ending the snapshot transaction".into())?;
-    let actions = adds
-        .into_iter()
-        .map(deltalake::kernel::Action::Add)
+    // The copy replaces whatever an interrupted earlier copy committed (the stream never
+    // writes to a table whose copy is pending), so running `enable` again never doubles.
+    let earlier: Vec<_> = {
+        use futures_util::TryStreamExt;
+        delta
+            .get_active_add_actions_by_partitions(&[])
+            .try_collect()
+            .await
+            .delta_context(|| "listing the files of an earlier copy".into())?
+    };
+    let actions = earlier
+        .iter()
+        .map(|v| deltalake::kernel::Action::Remove(v.remove_action(true)))
+        .chain(adds.into_iter().map(deltalake::kernel::Action::Add))
         .collect();
     table::commit(
         delta,

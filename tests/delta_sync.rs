@@ -668,3 +668,190 @@ async fn maintenance_compacts_checkpoints_and_vacuums_without_changing_a_row() {
     // The table still opens (from the checkpoint) and still equals PostgreSQL.
     assert_mirrored(&db, &config.location, "after checkpoint and vacuum").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_values_survive_repeated_updates_and_deletes_in_one_window() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_toast").await;
+    db.exec(
+        "CREATE TABLE docs (time timestamptz NOT NULL, id int NOT NULL, n int, body text,
+                            PRIMARY KEY (id, time));
+         INSERT INTO docs SELECT timestamptz '2026-11-20 00:00+00' + i * interval '1 hour', i, 0,
+                                 (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 400) g)
+           FROM generate_series(1, 6) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::days(1);
+    lakets::chronotable::create_chronotable(&mut db.client, "docs", &opts)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = lakets::sync::enable_sync(
+        &lakets::db::parse_config(&db.url).unwrap(),
+        "docs",
+        dir.path().join("docs").to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (shutdown, run) = start(&db, &slot).await;
+    // The body (TOASTed, ~12 kB) is unchanged by these updates: pgoutput sends it as
+    // "unchanged", and the rows were committed to Delta by the snapshot.
+    db.exec(
+        "BEGIN;
+         UPDATE docs SET n = n + 1 WHERE id = 1;
+         UPDATE docs SET n = n + 1 WHERE id = 1;
+         UPDATE docs SET n = n + 1 WHERE id = 2;
+         DELETE FROM docs WHERE id = 2;
+         UPDATE docs SET n = 7 WHERE id = 3;
+         UPDATE docs SET body = 'short', n = 8 WHERE id = 3;
+         UPDATE docs SET n = 9 WHERE id = 3;
+         COMMIT;",
+    )
+    .await;
+    let end = lsn_now(&db).await;
+    wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(60)).await;
+    assert!(!run.is_finished(), "the pipeline stopped");
+    let delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    let lake = sorted(lakets::delta::read::scan(&delta, &shape).await.unwrap());
+    let hot = sorted(
+        lakets::sync::postgres_rows(
+            &db.connect().await,
+            &TableName::new("public", "docs"),
+            &shape,
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(lake.len(), 5);
+    assert!(
+        lake == hot,
+        "Delta differs from PostgreSQL after TOAST-unchanged updates"
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_before_add_column_is_followed_and_a_second_enable_never_doubles() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_replay").await;
+    ticks_table(&mut db, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let location = dir.path().join("t");
+    let config = lakets::sync::enable_sync(
+        &db_config,
+        "ticks",
+        location.to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    // A copy of the slot from before the ALTER, to replay from there later.
+    db.exec(&format!(
+        "SELECT pg_copy_logical_replication_slot('{slot}', 'before_alter')"
+    ))
+    .await;
+    let before_alter: String = db
+        .scalar("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'before_alter'")
+        .await;
+    let (shutdown, run) = start(&db, &slot).await;
+    db.exec("INSERT INTO ticks VALUES (now(), 'OLD', 1, 1, 'old shape')")
+        .await;
+    db.exec("ALTER TABLE ticks ADD COLUMN venue text").await;
+    db.exec("INSERT INTO ticks VALUES (now() + interval '1 s', 'NEW', 2, 2, 'new shape', 'XNAS')")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+
+    // As after a crash between the Delta commits and the acknowledgement: the slot and the
+    // operator's progress are back before the ALTER; the Delta table already has `venue`.
+    db.exec(&format!(
+        "SELECT pg_drop_replication_slot('{slot}');
+         SELECT pg_copy_logical_replication_slot('before_alter', '{slot}');
+         SELECT pg_drop_replication_slot('before_alter');
+         UPDATE lakets._sink_progress SET durable_lsn = '{before_alter}' WHERE operator = 'delta';"
+    ))
+    .await;
+    let (shutdown, run) = start(&db, &slot).await;
+    db.exec("INSERT INTO ticks VALUES (now() + interval '2 s', 'AFTER', 3, 3, 'after', 'XNYS')")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(
+        &db,
+        &config.location,
+        "after a replay from before ADD COLUMN",
+    )
+    .await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+
+    // An `enable` interrupted after its copy was committed, run again: the new copy
+    // replaces the old one, no row is doubled.
+    db.exec(
+        "UPDATE lakets._sync_registry SET state = 'copying', start_lsn = NULL;
+         UPDATE lakets._chronotable_registry SET sync_enabled = false;",
+    )
+    .await;
+    lakets::sync::enable_sync(
+        &db_config,
+        "ticks",
+        location.to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_mirrored(&db, &config.location, "after enabling twice").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_date_time_column_partitions_by_its_own_day() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_date").await;
+    db.exec(
+        "CREATE TABLE daily (day date NOT NULL, v int);
+         INSERT INTO daily VALUES ('2026-11-18', 1), ('2026-11-19', 2), ('2026-11-20', 3);",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("day");
+    opts.chunk_interval = lakets::interval::Interval::days(1);
+    lakets::chronotable::create_chronotable(&mut db.client, "daily", &opts)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    lakets::sync::enable_sync(
+        &lakets::db::parse_config(&db.url).unwrap(),
+        "daily",
+        dir.path().join("d").to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut parts: Vec<String> = std::fs::read_dir(dir.path().join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("day_day="))
+        .collect();
+    parts.sort();
+    assert_eq!(
+        parts,
+        vec![
+            "day_day=2026-11-18",
+            "day_day=2026-11-19",
+            "day_day=2026-11-20"
+        ]
+    );
+}

@@ -35,6 +35,8 @@ pub struct Measurement {
     pub rows: u64,
     pub seconds: f64,
     pub rows_per_second: f64,
+    /// Changes the lakets pipeline received (a check that it saw the whole backlog).
+    pub changes_seen: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,11 +120,20 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
             for who in order {
                 let slot = format!("bench_{who}_{name}_{rep}");
                 let started = Instant::now();
-                if who == "recv" {
+                let changes_seen = if who == "recv" {
                     run_pg_recvlogical(&pg, &slot, binary, marker).await?;
+                    None
                 } else {
-                    run_lakets(&db_config, &slot, binary, marker, who == "delta").await?;
-                }
+                    let seen =
+                        run_lakets(&db_config, &slot, binary, marker, who == "delta").await?;
+                    if seen < options.rows {
+                        return Err(Error::Operator(format!(
+                            "the {who} consumer saw {seen} changes of a {}-row backlog",
+                            options.rows
+                        )));
+                    }
+                    Some(seen)
+                };
                 let seconds = started.elapsed().as_secs_f64();
                 measurements.push(Measurement {
                     consumer: match who {
@@ -135,6 +146,7 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
                     rows: options.rows,
                     seconds,
                     rows_per_second: options.rows as f64 / seconds,
+                    changes_seen,
                 });
                 client
                     .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
@@ -261,7 +273,7 @@ async fn run_lakets(
     binary: bool,
     end: Lsn,
     with_delta: bool,
-) -> Result<()> {
+) -> Result<u64> {
     let mut source = SourceSettings::new(slot, "lakets");
     source.binary = binary;
     let mut config = PipelineConfig::new(source);
@@ -288,7 +300,9 @@ async fn run_lakets(
     }
     shutdown.cancel();
     run.await
-        .map_err(|e| Error::Embedded(format!("pipeline task: {e}")))?
+        .map_err(|e| Error::Embedded(format!("pipeline task: {e}")))??;
+    let seen = status.lock().unwrap().changes;
+    Ok(seen)
 }
 
 pub(crate) fn machine_description() -> String {

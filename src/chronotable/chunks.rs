@@ -123,7 +123,9 @@ pub async fn drop_chunks(
         .filter(|c| c.range_end <= cutoff)
         .collect();
 
-    if ct.sync_enabled {
+    // Gate on the registry too: a sync being set up (or half-activated) counts.
+    let synced = ct.sync_enabled || crate::sync::find_sync(&*client, &ct.table).await?.is_some();
+    if synced {
         let moved = crate::lifecycle::drop_chunks_gated(
             client,
             &ct.table,

@@ -29,10 +29,10 @@ pub fn build_batch(shape: &TableShape, rows: &[&CellRow]) -> Result<RecordBatch>
     if shape.partition_column.is_some() {
         let mut b = Date32Builder::with_capacity(rows.len());
         for r in rows {
-            match r.get(shape.time_index).and_then(Cell::as_int) {
-                Some(t) => b.append_option(shape.partitioning.partition_of(t)),
-                None => b.append_null(),
-            }
+            b.append_option(
+                r.get(shape.time_index)
+                    .and_then(|c| shape.partition_of_cell(c)),
+            );
         }
         arrays.push(Arc::new(b.finish()));
     }

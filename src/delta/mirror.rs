@@ -10,10 +10,11 @@
 //!   many files were staged when it came (its epoch): at flush it removes one matching row
 //!   from the committed files and from the files staged before it, never from rows
 //!   inserted after it. The files it touches are rewritten (copy-on-write), pruned by the
-//!   day partition of the deleted row's time.
+//!   partition of the deleted row's time when the time column is part of the key (every
+//!   file otherwise, or when the table is not partitioned).
 //! - An update whose new row has an unchanged TOAST value takes it from the row it
 //!   replaces (the buffered row, the old row sent with REPLICA IDENTITY FULL, or the row
-//!   found in the file).
+//!   found in the file at flush; until then later changes of that row see it waiting).
 //! - A window without deletes is a plain append: staged files plus a `txn` action.
 
 use std::collections::{HashMap, HashSet};
@@ -171,6 +172,17 @@ impl TableMirror {
                 }
             }
         }
+        // A new row of an update still waiting for its unchanged TOAST value from the
+        // files: this change replaces it, and inherits what it waits for.
+        if let Some(pos) = self
+            .window
+            .toast_rows
+            .iter()
+            .position(|(_, row)| key_columns.iter().map(|&i| &row[i]).eq(key.iter()))
+        {
+            let (d, row) = self.window.toast_rows.remove(pos);
+            return Ok(DeleteOutcome::Waiting(d, row));
+        }
         // The delete applies to every row written before it, so those must be in sealed
         // files it can name.
         if self.unsealed {
@@ -179,8 +191,7 @@ impl TableMirror {
         let partition = key_columns
             .iter()
             .position(|&i| i == self.shape.time_index)
-            .and_then(|k| key[k].as_int())
-            .and_then(|t| self.shape.partitioning.partition_of(t));
+            .and_then(|k| self.shape.partition_of_cell(&key[k]));
         self.window.deletes.push(PendingDelete {
             key_columns: key_columns.clone(),
             key,
@@ -204,21 +215,24 @@ impl TableMirror {
         let outcome = self.delete(key_columns, old_key).await?;
         self.window.changes -= 1; // counted once, by the insert below
         if new.contains(&Cell::Unchanged) {
-            let source = match (&outcome, &old_full) {
-                (DeleteOutcome::Buffered(row), _) => Some(row),
-                (_, Some(full)) if !full.contains(&Cell::Unchanged) => Some(full),
-                _ => None,
-            };
-            match source {
-                Some(old) => fill_unchanged(&mut new, old),
-                None => {
-                    let DeleteOutcome::Kept(d) = outcome else {
-                        unreachable!("a buffered delete has its row")
-                    };
-                    self.window.changes += 1;
-                    self.window.toast_rows.push((d, new));
-                    return Ok(());
-                }
+            if let Some(full) = old_full.as_ref().filter(|f| !f.contains(&Cell::Unchanged)) {
+                fill_unchanged(&mut new, full);
+            }
+            match &outcome {
+                DeleteOutcome::Buffered(row) => fill_unchanged(&mut new, row),
+                // The replaced row itself waits for values from the files: take what it
+                // has, and wait for the rest from the same delete.
+                DeleteOutcome::Waiting(_, row) => fill_known(&mut new, row),
+                DeleteOutcome::Kept(_) => {}
+            }
+            if new.contains(&Cell::Unchanged) {
+                let d = match outcome {
+                    DeleteOutcome::Kept(d) | DeleteOutcome::Waiting(d, _) => d,
+                    DeleteOutcome::Buffered(_) => unreachable!("a buffered row is whole"),
+                };
+                self.window.changes += 1;
+                self.window.toast_rows.push((d, new));
+                return Ok(());
             }
         }
         self.insert(new).await
@@ -589,11 +603,25 @@ pub enum DeleteOutcome {
     Buffered(CellRow),
     /// Kept for the flush, by index.
     Kept(usize),
+    /// The row was an update's new row still waiting (on delete `.0`) for unchanged TOAST
+    /// values: it is gone, here it is.
+    Waiting(usize, CellRow),
 }
 
 enum FileRef {
     Committed { path: String, remove: Box<Remove> },
     Staged { index: usize, path: String },
+}
+
+/// Takes the cells `old` knows (not themselves unchanged) for the unchanged cells of `row`.
+fn fill_known(row: &mut CellRow, old: &CellRow) {
+    for (i, cell) in row.iter_mut().enumerate() {
+        if *cell == Cell::Unchanged
+            && let Some(o) = old.get(i).filter(|o| **o != Cell::Unchanged)
+        {
+            *cell = o.clone();
+        }
+    }
 }
 
 fn fill_unchanged(row: &mut CellRow, old: &CellRow) {

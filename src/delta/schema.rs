@@ -299,6 +299,17 @@ impl TableShape {
         Arc::new(Schema::new(fields))
     }
 
+    /// The partition of a row from its time cell (microseconds, or days for a date).
+    pub fn partition_of_cell(&self, cell: &Cell) -> Option<i32> {
+        let t = cell.as_int()?;
+        let micros = if self.columns[self.time_index].kind == ColumnKind::Date {
+            t.checked_mul(86_400_000_000)?
+        } else {
+            t
+        };
+        self.partitioning.partition_of(micros)
+    }
+
     pub fn delta_fields(&self) -> Result<Vec<StructField>> {
         let mut fields = self
             .columns

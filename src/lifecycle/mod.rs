@@ -204,7 +204,8 @@ pub async fn drop_chunks_gated(
             kind: "ChronoTable",
             name: table.to_string(),
         })?;
-    if ct.sync_enabled && sync.is_none() {
+    let registered = crate::sync::find_sync(&*client, table).await?.is_some();
+    if (ct.sync_enabled || registered) && sync.is_none() {
         // Registered as synced but no active sync: its initial copy is pending. Fail closed.
         let mut report = MoveReport::default();
         for c in chunks {

@@ -41,8 +41,9 @@ const FLUSH_BYTES: usize = 256 << 20;
 #[derive(Clone)]
 struct Layout {
     table: TableName,
-    /// Per Delta data column: the relation column it comes from.
-    sources: Vec<usize>,
+    /// Per Delta data column: the relation column it comes from (None: a column the
+    /// Delta table already has but this older shape of the relation does not, NULL).
+    sources: Vec<Option<usize>>,
     /// Delta data columns forming the replica identity.
     key_columns: Arc<Vec<usize>>,
 }
@@ -84,7 +85,23 @@ impl DeltaSink {
     /// Opens the Delta table of every active sync not open yet.
     async fn reload(&mut self) -> Result<()> {
         self.copying.clear();
-        for config in sync::list_syncs(&self.client).await? {
+        let syncs = sync::list_syncs(&self.client).await?;
+        // Mirrors of syncs disabled (or re-enabled elsewhere) since: forget them.
+        self.mirrors.retain(|table, mirror| {
+            let keep = syncs.iter().any(|s| {
+                &s.table == table
+                    && s.state == SyncState::Active
+                    && s.location.as_str().trim_end_matches('/')
+                        == mirror.table.table_url().as_str().trim_end_matches('/')
+            });
+            if !keep {
+                info!(table = %table, "no longer mirrored into {}", mirror.location());
+            }
+            keep
+        });
+        let mirrored: HashSet<TableName> = self.mirrors.keys().cloned().collect();
+        self.layouts.retain(|_, l| mirrored.contains(&l.table));
+        for config in syncs {
             if self.mirrors.contains_key(&config.table) {
                 continue;
             }
@@ -192,14 +209,22 @@ impl DeltaSink {
 
     /// Checks a relation against the Delta table: new columns are added to it; a
     /// dropped, renamed or retyped column stops the stream.
-    async fn learn_relation(&mut self, relation: &Relation) -> Result<()> {
+    /// `commit_lsn`: of the transaction carrying the relation. Before the table's durable
+    /// position (a replay after a restart), an older shape lacking columns the Delta table
+    /// already has is expected (ADD COLUMN came later): those read NULL.
+    async fn learn_relation(&mut self, relation: &Relation, commit_lsn: Lsn) -> Result<()> {
         let Some(mirror) = self.mirrors.get_mut(&relation.table) else {
             return Ok(());
         };
+        let replay = commit_lsn < mirror.skip_before;
         let mut sources = Vec::with_capacity(mirror.shape.columns.len());
         for column in &mirror.shape.columns {
-            let index = relation.column_index(&column.name).ok_or_else(|| {
-                Error::Unsupported(format!(
+            let Some(index) = relation.column_index(&column.name) else {
+                if replay {
+                    sources.push(None);
+                    continue;
+                }
+                return Err(Error::Unsupported(format!(
                     "column {:?} of {} is gone from PostgreSQL (dropped or renamed), but the \
                      Delta table at {} has it; the mirror cannot follow, so streaming stops \
                      here (nothing after this change is acknowledged). Add the column back, \
@@ -207,8 +232,8 @@ impl DeltaSink {
                     column.name,
                     relation.table,
                     mirror.location()
-                ))
-            })?;
+                )));
+            };
             let rc = &relation.columns[index];
             let kind = ColumnKind::for_postgres(rc.column_type, rc.type_modifier)?;
             if kind != column.kind {
@@ -223,11 +248,12 @@ impl DeltaSink {
                     column.kind
                 )));
             }
-            sources.push(index);
+            sources.push(Some(index));
         }
         let mut added = Vec::new();
         for (index, rc) in relation.columns.iter().enumerate() {
-            if sources.contains(&index) || Some(&rc.name) == mirror.shape.partition_column.as_ref()
+            if sources.contains(&Some(index))
+                || Some(&rc.name) == mirror.shape.partition_column.as_ref()
             {
                 continue;
             }
@@ -241,7 +267,7 @@ impl DeltaSink {
                 name: rc.name.clone(),
                 kind,
             });
-            sources.push(index);
+            sources.push(Some(index));
         }
         if !added.is_empty() {
             info!(table = %relation.table, columns = ?added.iter().map(|c| &c.name).collect::<Vec<_>>(), "adding columns to the Delta table");
@@ -253,7 +279,7 @@ impl DeltaSink {
             sources
                 .iter()
                 .enumerate()
-                .filter(|(_, ri)| relation.columns[**ri].is_key)
+                .filter(|(_, ri)| ri.is_some_and(|ri| relation.columns[ri].is_key))
                 .map(|(i, _)| i)
                 .collect()
         };
@@ -268,7 +294,7 @@ impl DeltaSink {
         Ok(())
     }
 
-    async fn layout(&mut self, relation: &Relation) -> Result<Option<Layout>> {
+    async fn layout(&mut self, relation: &Relation, commit_lsn: Lsn) -> Result<Option<Layout>> {
         if !self.mirrors.contains_key(&relation.table) {
             return Ok(None);
         }
@@ -277,7 +303,7 @@ impl DeltaSink {
             .get(&relation.id)
             .is_some_and(|l| l.table == relation.table);
         if !fresh {
-            self.learn_relation(relation).await?;
+            self.learn_relation(relation, commit_lsn).await?;
         }
         Ok(self.layouts.get(&relation.id).cloned())
     }
@@ -286,7 +312,7 @@ impl DeltaSink {
         let relation = match change {
             Change::Schema { relation, .. } => {
                 if self.mirrors.contains_key(&relation.table) {
-                    self.learn_relation(relation).await?;
+                    self.learn_relation(relation, commit_lsn).await?;
                 }
                 return Ok(());
             }
@@ -295,6 +321,9 @@ impl DeltaSink {
             | Change::Delete { relation, .. } => relation,
             Change::Truncate { relations, .. } => {
                 for r in relations {
+                    if self.copying.contains_key(&r.table) {
+                        self.await_copy(&r.table, commit_lsn).await?;
+                    }
                     if let Some(m) = self.mirrors.get_mut(&r.table)
                         && commit_lsn >= m.skip_before
                     {
@@ -309,7 +338,7 @@ impl DeltaSink {
         if self.copying.contains_key(&relation.table) {
             self.await_copy(&relation.table, commit_lsn).await?;
         }
-        let Some(layout) = self.layout(relation).await? else {
+        let Some(layout) = self.layout(relation, commit_lsn).await? else {
             return Ok(());
         };
         let mirror = self
@@ -324,7 +353,10 @@ impl DeltaSink {
                 .sources
                 .iter()
                 .zip(&mirror.shape.columns)
-                .map(|(&ri, column)| Cell::from_value(&values[ri], column))
+                .map(|(ri, column)| match ri {
+                    Some(ri) => Cell::from_value(&values[*ri], column),
+                    None => Ok(Cell::Null),
+                })
                 .collect()
         };
         let key_of = |row: &CellRow| -> CellRow {
@@ -368,16 +400,19 @@ impl Operator for DeltaSink {
     }
 
     async fn apply(&mut self, slice: &TxnSlice) -> Result<()> {
-        if slice.first {
-            let touches_unknown = slice.changes.iter().any(|c| match c {
-                Change::Insert { relation, .. }
-                | Change::Update { relation, .. }
-                | Change::Delete { relation, .. } => !self.mirrors.contains_key(&relation.table),
-                _ => false,
-            });
-            if touches_unknown {
-                self.reload().await?;
-            }
+        // A table synced (or being copied) since the last look: every slice, since a long
+        // transaction may reach it after its first slice.
+        let touches_unknown = slice.changes.iter().any(|c| match c {
+            Change::Insert { relation, .. }
+            | Change::Update { relation, .. }
+            | Change::Delete { relation, .. } => !self.mirrors.contains_key(&relation.table),
+            Change::Truncate { relations, .. } => relations
+                .iter()
+                .any(|r| !self.mirrors.contains_key(&r.table)),
+            _ => false,
+        });
+        if touches_unknown {
+            self.reload().await?;
         }
         for change in &slice.changes {
             self.apply_change(change, slice.commit_lsn).await?;
