@@ -352,34 +352,10 @@ async fn copy_snapshot(
         .await
         .pg_context(|| format!("releasing the lock on {table_name}"))?;
 
-    let select: Vec<String> = shape
-        .columns
-        .iter()
-        .map(|c| format!("{}::text", crate::ident::quote_ident(&c.name)))
-        .collect();
-    let types: Vec<ColumnType> = {
-        let rows = tx
-            .query(
-                "SELECT attname::text, atttypid::oid FROM pg_attribute
-                  WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-                &[&table_name.quoted()],
-            )
-            .await
-            .pg_context(|| format!("reading the columns of {table_name}"))?;
-        shape
-            .columns
-            .iter()
-            .map(|c| {
-                rows.iter()
-                    .find(|r| r.get::<_, &str>(0) == c.name)
-                    .map(|r| ColumnType::from_oid(r.get(1)))
-                    .ok_or_else(|| Error::Conflict(format!("column {:?} vanished", c.name)))
-            })
-            .collect::<Result<_>>()?
-    };
+    let (select, types) = text_select(&tx, table_name, shape).await?;
     let portal = tx
         .bind(
-            &format!("SELECT {} FROM {}", select.join(", "), table_name.quoted()),
+            &format!("SELECT {select} FROM {}", table_name.quoted()),
             &[],
         )
         .await
@@ -445,14 +421,7 @@ async fn copy_snapshot(
         .pg_context(|| "ending the snapshot transaction".into())?;
     // The copy replaces whatever an interrupted earlier copy committed (the stream never
     // writes to a table whose copy is pending), so running `enable` again never doubles.
-    let earlier: Vec<_> = {
-        use futures_util::TryStreamExt;
-        delta
-            .get_active_add_actions_by_partitions(&[])
-            .try_collect()
-            .await
-            .delta_context(|| "listing the files of an earlier copy".into())?
-    };
+    let earlier = crate::delta::read::active_files(delta).await?;
     let actions = earlier
         .iter()
         .map(|v| deltalake::kernel::Action::Remove(v.remove_action(true)))
@@ -482,6 +451,39 @@ async fn copy_snapshot(
         estimate: estimate_u,
     });
     Ok((start_lsn, copied))
+}
+
+/// The select list (`col::text, ...`, in the shape's order) and the columns' types.
+async fn text_select(
+    client: &impl GenericClient,
+    table_name: &TableName,
+    shape: &TableShape,
+) -> Result<(String, Vec<ColumnType>)> {
+    let rows = client
+        .query(
+            "SELECT attname::text, atttypid::oid FROM pg_attribute
+              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&table_name.quoted()],
+        )
+        .await
+        .pg_context(|| format!("reading the columns of {table_name}"))?;
+    let types = shape
+        .columns
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .find(|r| r.get::<_, &str>(0) == c.name)
+                .map(|r| ColumnType::from_oid(r.get(1)))
+                .ok_or_else(|| Error::Conflict(format!("{table_name} has no column {:?}", c.name)))
+        })
+        .collect::<Result<_>>()?;
+    let select = shape
+        .columns
+        .iter()
+        .map(|c| format!("{}::text", crate::ident::quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((select, types))
 }
 
 /// A row selected as `col::text, ...` (in a session with ISO dates in UTC) as cells.
@@ -515,33 +517,10 @@ pub async fn postgres_rows(
         )
         .await
         .pg_context(|| "preparing the session".into())?;
-    let type_rows = client
-        .query(
-            "SELECT attname::text, atttypid::oid FROM pg_attribute
-              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-            &[&table_name.quoted()],
-        )
-        .await
-        .pg_context(|| format!("reading the columns of {table_name}"))?;
-    let types: Vec<ColumnType> = shape
-        .columns
-        .iter()
-        .map(|c| {
-            type_rows
-                .iter()
-                .find(|r| r.get::<_, &str>(0) == c.name)
-                .map(|r| ColumnType::from_oid(r.get(1)))
-                .ok_or_else(|| Error::Conflict(format!("{table_name} has no column {:?}", c.name)))
-        })
-        .collect::<Result<_>>()?;
-    let select: Vec<String> = shape
-        .columns
-        .iter()
-        .map(|c| format!("{}::text", crate::ident::quote_ident(&c.name)))
-        .collect();
+    let (select, types) = text_select(client, table_name, shape).await?;
     client
         .query(
-            &format!("SELECT {} FROM {}", select.join(", "), table_name.quoted()),
+            &format!("SELECT {select} FROM {}", table_name.quoted()),
             &[],
         )
         .await

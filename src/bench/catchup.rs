@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::chronotable::{self, CreateOptions};
-use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::embedded::EmbeddedPostgres;
 use crate::error::{Error, PgResultExt, Result};
-use crate::interval::Interval;
 use crate::operators::chunk_tracker::ChunkTracker;
 use crate::operators::delta_sink::DeltaSink;
 use crate::wal::lsn::Lsn;
@@ -58,22 +56,7 @@ const PROTOCOLS: [(&str, bool); 2] = [("text", false), ("binary", true)];
 const CONSUMERS: [&str; 3] = ["recv", "lakets", "delta"];
 
 pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
-    let pg = tokio::task::spawn_blocking(|| EmbeddedPostgres::start(EmbeddedOptions::default()))
-        .await
-        .map_err(|e| Error::Embedded(e.to_string()))??;
-    let url = pg.create_database("lakets_bench").await?;
-    let mut client = crate::db::connect(&url).await?;
-    crate::catalog::migrate(&mut client).await?;
-    client
-        .batch_execute(
-            "CREATE TABLE stock_ticks (time timestamptz NOT NULL, symbol text NOT NULL,
-                                       price double precision NOT NULL, volume bigint NOT NULL)",
-        )
-        .await
-        .pg_context(|| "creating stock_ticks".into())?;
-    let mut create = CreateOptions::new("time");
-    create.chunk_interval = Interval::hours(1);
-    chronotable::create_chronotable(&mut client, "stock_ticks", &create).await?;
+    let (pg, url, client) = super::stock_ticks_database().await?;
     crate::wal::setup::ensure_publication(&client, "lakets").await?;
     let db_config = crate::db::parse_config(&url)?;
     let lake = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;

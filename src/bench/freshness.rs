@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::chronotable::{self, CreateOptions};
-use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::error::{Error, PgResultExt, Result};
-use crate::interval::Interval;
 use crate::wal::lsn::Lsn;
 use crate::wal::{PipelineConfig, PipelineStatus, SourceSettings};
 
@@ -58,22 +55,7 @@ pub struct FreshnessReport {
 const TXN_ROWS: u64 = 1000;
 
 pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
-    let pg = tokio::task::spawn_blocking(|| EmbeddedPostgres::start(EmbeddedOptions::default()))
-        .await
-        .map_err(|e| Error::Embedded(e.to_string()))??;
-    let url = pg.create_database("lakets_bench").await?;
-    let mut client = crate::db::connect(&url).await?;
-    crate::catalog::migrate(&mut client).await?;
-    client
-        .batch_execute(
-            "CREATE TABLE stock_ticks (time timestamptz NOT NULL, symbol text NOT NULL,
-                                       price double precision NOT NULL, volume bigint NOT NULL)",
-        )
-        .await
-        .pg_context(|| "creating stock_ticks".into())?;
-    let mut create = CreateOptions::new("time");
-    create.chunk_interval = Interval::hours(1);
-    chronotable::create_chronotable(&mut client, "stock_ticks", &create).await?;
+    let (pg, url, mut client) = super::stock_ticks_database().await?;
     crate::lvc::enable_lvc(
         &mut client,
         "stock_ticks",

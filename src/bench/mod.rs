@@ -6,3 +6,31 @@ pub mod freshness;
 
 pub use catchup::{CatchupOptions, CatchupReport, catchup, catchup_table};
 pub use freshness::{FreshnessOptions, FreshnessReport, freshness, freshness_table};
+
+use crate::chronotable::{self, CreateOptions};
+use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::error::{Error, PgResultExt, Result};
+use crate::interval::Interval;
+
+/// An embedded PostgreSQL with database `lakets_bench` holding `stock_ticks` as a
+/// ChronoTable with one-hour chunks, and a connection to it.
+pub(crate) async fn stock_ticks_database()
+-> Result<(EmbeddedPostgres, String, tokio_postgres::Client)> {
+    let pg = tokio::task::spawn_blocking(|| EmbeddedPostgres::start(EmbeddedOptions::default()))
+        .await
+        .map_err(|e| Error::Embedded(e.to_string()))??;
+    let url = pg.create_database("lakets_bench").await?;
+    let mut client = crate::db::connect(&url).await?;
+    crate::catalog::migrate(&mut client).await?;
+    client
+        .batch_execute(
+            "CREATE TABLE stock_ticks (time timestamptz NOT NULL, symbol text NOT NULL,
+                                       price double precision NOT NULL, volume bigint NOT NULL)",
+        )
+        .await
+        .pg_context(|| "creating stock_ticks".into())?;
+    let mut create = CreateOptions::new("time");
+    create.chunk_interval = Interval::hours(1);
+    chronotable::create_chronotable(&mut client, "stock_ticks", &create).await?;
+    Ok((pg, url, client))
+}

@@ -11,11 +11,10 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::DeltaWriter;
-use futures_util::TryStreamExt;
 use tracing::info;
 
-use super::batch::{CellRow, build_batch, cell_at};
-use super::schema::{Cell, TableShape};
+use super::batch::{CellRow, build_batch};
+use super::schema::TableShape;
 use super::table;
 use crate::error::{DeltaResultExt, Result};
 
@@ -50,11 +49,7 @@ pub async fn compact(
     small_bytes: i64,
 ) -> Result<CompactionOutcome> {
     let location = table::display_location(table.table_url());
-    let views: Vec<_> = table
-        .get_active_add_actions_by_partitions(&[])
-        .try_collect()
-        .await
-        .delta_context(|| format!("listing the files of {location}"))?;
+    let views = super::read::active_files(table).await?;
     let mut groups: HashMap<Vec<(String, Option<String>)>, Vec<_>> = HashMap::new();
     for view in views {
         if view.size() >= small_bytes {
@@ -73,20 +68,7 @@ pub async fn compact(
         for view in &files {
             let path = view.object_store_path().to_string();
             for batch in table::read_file(table, &path).await? {
-                let columns: Vec<_> = shape
-                    .columns
-                    .iter()
-                    .map(|c| batch.column_by_name(&c.name))
-                    .collect();
-                let mut rows: Vec<CellRow> = Vec::with_capacity(batch.num_rows());
-                for r in 0..batch.num_rows() {
-                    rows.push(
-                        columns
-                            .iter()
-                            .map(|c| c.map_or(Ok(Cell::Null), |a| cell_at(a.as_ref(), r)))
-                            .collect::<Result<_>>()?,
-                    );
-                }
+                let rows = super::read::batch_rows(&batch, shape)?;
                 outcome.rows += rows.len();
                 let refs: Vec<&CellRow> = rows.iter().collect();
                 writer

@@ -24,10 +24,9 @@ use deltalake::DeltaTable;
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use futures_util::TryStreamExt;
 use tracing::{debug, warn};
 
-use super::batch::{CellRow, build_batch, cell_at};
+use super::batch::{CellRow, build_batch};
 use super::schema::{Cell, ColumnKind, DataColumn, Partitioning, TableShape};
 use super::table;
 use crate::error::{DeltaResultExt, Error, Result};
@@ -466,13 +465,7 @@ impl TableMirror {
         };
 
         // Committed files: all go on TRUNCATE; otherwise those the deletes may touch.
-        let location = self.location();
-        let views: Vec<_> = self
-            .table
-            .get_active_add_actions_by_partitions(&[])
-            .try_collect()
-            .await
-            .delta_context(|| format!("listing the files of {location}"))?;
+        let views = super::read::active_files(&self.table).await?;
         let mut candidates: Vec<(FileRef, HashMap<String, Option<String>>)> = Vec::new();
         for view in views {
             if self.window.truncated_at.is_some() {
@@ -533,20 +526,7 @@ impl TableMirror {
             let mut kept: Vec<CellRow> = Vec::new();
             let mut removed_any = false;
             for batch in &batches {
-                let columns: Vec<Option<&arrow::array::ArrayRef>> = self
-                    .shape
-                    .columns
-                    .iter()
-                    .map(|c| batch.column_by_name(&c.name))
-                    .collect();
-                for r in 0..batch.num_rows() {
-                    let row: CellRow = columns
-                        .iter()
-                        .map(|c| match c {
-                            Some(a) => cell_at(a.as_ref(), r),
-                            None => Ok(Cell::Null),
-                        })
-                        .collect::<Result<_>>()?;
+                for row in super::read::batch_rows(batch, &self.shape)? {
                     let mut hit = None;
                     for (cols, keys) in by_key.iter_mut() {
                         let key: CellRow = cols.iter().map(|&i| row[i].clone()).collect();

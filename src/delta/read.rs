@@ -1,6 +1,7 @@
 //! Reading a Delta table back as rows of cells: for `lakets verify` and the tests, which
 //! compare it with the PostgreSQL table row for row.
 
+use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use futures_util::TryStreamExt;
 
@@ -9,32 +10,42 @@ use super::schema::{Cell, TableShape};
 use super::table;
 use crate::error::{DeltaResultExt, Result};
 
-/// Every row of the table's current version, in the shape's column order (the partition
-/// column left out), in no particular order.
-pub async fn scan(delta: &DeltaTable, shape: &TableShape) -> Result<Vec<CellRow>> {
+/// The files of the table's current version.
+pub async fn active_files(delta: &DeltaTable) -> Result<Vec<deltalake::kernel::LogicalFileView>> {
     let location = table::display_location(delta.table_url());
-    let views: Vec<_> = delta
+    delta
         .get_active_add_actions_by_partitions(&[])
         .try_collect()
         .await
-        .delta_context(|| format!("listing the files of {location}"))?;
+        .delta_context(|| format!("listing the files of {location}"))
+}
+
+/// The rows of a record batch read from a file of the table, as cells in the shape's
+/// column order (columns the file predates read NULL).
+pub fn batch_rows(batch: &RecordBatch, shape: &TableShape) -> Result<Vec<CellRow>> {
+    let columns: Vec<_> = shape
+        .columns
+        .iter()
+        .map(|c| batch.column_by_name(&c.name))
+        .collect();
+    (0..batch.num_rows())
+        .map(|r| {
+            columns
+                .iter()
+                .map(|c| c.map_or(Ok(Cell::Null), |a| cell_at(a.as_ref(), r)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Every row of the table's current version, in the shape's column order (the partition
+/// column left out), in no particular order.
+pub async fn scan(delta: &DeltaTable, shape: &TableShape) -> Result<Vec<CellRow>> {
     let mut rows = Vec::new();
-    for view in views {
+    for view in active_files(delta).await? {
         let path = view.object_store_path().to_string();
         for batch in table::read_file(delta, &path).await? {
-            let columns: Vec<_> = shape
-                .columns
-                .iter()
-                .map(|c| batch.column_by_name(&c.name))
-                .collect();
-            for r in 0..batch.num_rows() {
-                rows.push(
-                    columns
-                        .iter()
-                        .map(|c| c.map_or(Ok(Cell::Null), |a| cell_at(a.as_ref(), r)))
-                        .collect::<Result<_>>()?,
-                );
-            }
+            rows.extend(batch_rows(&batch, shape)?);
         }
     }
     Ok(rows)
@@ -50,12 +61,7 @@ pub async fn count_range(
     start: i64,
     end: i64,
 ) -> Result<u64> {
-    let location = table::display_location(delta.table_url());
-    let views: Vec<_> = delta
-        .get_active_add_actions_by_partitions(&[])
-        .try_collect()
-        .await
-        .delta_context(|| format!("listing the files of {location}"))?;
+    let views = active_files(delta).await?;
     let time_name = &shape.columns[shape.time_index].name;
     // A date time column holds days, not microseconds.
     let (start, end) = if shape.columns[shape.time_index].kind == super::schema::ColumnKind::Date {
