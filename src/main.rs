@@ -236,6 +236,14 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Insert latency into the current chunk, alone and while the durability gate holds
+    /// an old chunk of the same table locked.
+    Gate {
+        #[arg(long, default_value_t = 2000)]
+        inserts: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Commit -> received / stored in the LVC / committed to Delta, p50/p99/max, at a
     /// fixed ingest rate.
     Freshness {
@@ -504,6 +512,14 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 print!("{}", lakets::bench::catchup_table(&report));
+            }
+        }
+        Command::Bench(BenchCommand::Gate { inserts, json }) => {
+            let report = lakets::bench::gate(*inserts).await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{}", lakets::bench::gate_table(&report));
             }
         }
         Command::Bench(BenchCommand::Freshness {

@@ -56,7 +56,7 @@ const PROTOCOLS: [(&str, bool); 2] = [("text", false), ("binary", true)];
 const CONSUMERS: [&str; 3] = ["recv", "lakets", "delta"];
 
 pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
-    let (pg, url, client) = super::stock_ticks_database().await?;
+    let (pg, url, client) = super::stock_ticks_database(None).await?;
     crate::wal::setup::ensure_publication(&client, "lakets").await?;
     let db_config = crate::db::parse_config(&url)?;
     let lake = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;

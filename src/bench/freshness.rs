@@ -55,7 +55,7 @@ pub struct FreshnessReport {
 const TXN_ROWS: u64 = 1000;
 
 pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
-    let (pg, url, mut client) = super::stock_ticks_database().await?;
+    let (pg, url, mut client) = super::stock_ticks_database(None).await?;
     crate::lvc::enable_lvc(
         &mut client,
         "stock_ticks",
@@ -226,7 +226,7 @@ async fn monitor(
     out
 }
 
-fn stats(mut ms: Vec<f64>) -> Latency {
+pub(crate) fn stats(mut ms: Vec<f64>) -> Latency {
     if ms.is_empty() {
         return Latency::default();
     }

@@ -3,9 +3,11 @@
 
 pub mod catchup;
 pub mod freshness;
+pub mod gate;
 
 pub use catchup::{CatchupOptions, CatchupReport, catchup, catchup_table};
 pub use freshness::{FreshnessOptions, FreshnessReport, freshness, freshness_table};
+pub use gate::{GateReport, gate, gate_table};
 
 use crate::chronotable::{self, CreateOptions};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
@@ -13,9 +15,11 @@ use crate::error::{Error, PgResultExt, Result};
 use crate::interval::Interval;
 
 /// An embedded PostgreSQL with database `lakets_bench` holding `stock_ticks` as a
-/// ChronoTable with one-hour chunks, and a connection to it.
-pub(crate) async fn stock_ticks_database()
--> Result<(EmbeddedPostgres, String, tokio_postgres::Client)> {
+/// ChronoTable with one-hour chunks (with `history_hours_ago`, an hour of ticks that many
+/// hours back, in chunks of their own), and a connection to it.
+pub(crate) async fn stock_ticks_database(
+    history_hours_ago: Option<i32>,
+) -> Result<(EmbeddedPostgres, String, tokio_postgres::Client)> {
     let pg = tokio::task::spawn_blocking(|| EmbeddedPostgres::start(EmbeddedOptions::default()))
         .await
         .map_err(|e| Error::Embedded(e.to_string()))??;
@@ -29,6 +33,17 @@ pub(crate) async fn stock_ticks_database()
         )
         .await
         .pg_context(|| "creating stock_ticks".into())?;
+    if let Some(hours) = history_hours_ago {
+        client
+            .execute(
+                "INSERT INTO stock_ticks
+                 SELECT now() - make_interval(hours => $1) + g * interval '1 second', 'AAPL', 100, 1
+                   FROM generate_series(1, 3600) g",
+                &[&hours],
+            )
+            .await
+            .pg_context(|| "writing history".into())?;
+    }
     let mut create = CreateOptions::new("time");
     create.chunk_interval = Interval::hours(1);
     chronotable::create_chronotable(&mut client, "stock_ticks", &create).await?;
