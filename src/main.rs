@@ -594,16 +594,7 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                         *drop_after,
                     )
                     .await?;
-                    println!(
-                        "{}: tier after {}, drop after {}",
-                        p.table,
-                        p.tier_after
-                            .map(|i| i.to_string())
-                            .unwrap_or_else(|| "-".into()),
-                        p.drop_after
-                            .map(|i| i.to_string())
-                            .unwrap_or_else(|| "-".into())
-                    );
+                    println!("{}", policy_line(&p));
                 }
                 PolicyCommand::Show { json } => {
                     lakets::catalog::check_installed(&client).await?;
@@ -614,17 +605,7 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                         println!("no policies");
                     } else {
                         for p in policies {
-                            println!(
-                                "{}: tier after {}, drop after {}{}",
-                                p.table,
-                                p.tier_after
-                                    .map(|i| i.to_string())
-                                    .unwrap_or_else(|| "-".into()),
-                                p.drop_after
-                                    .map(|i| i.to_string())
-                                    .unwrap_or_else(|| "-".into()),
-                                if p.synced { " (synced)" } else { "" }
-                            );
+                            println!("{}", policy_line(&p));
                         }
                     }
                 }
@@ -754,6 +735,17 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn policy_line(p: &lakets::lifecycle::policy::Policy) -> String {
+    let or_dash = |i: Option<Interval>| i.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+    format!(
+        "{}: tier after {}, drop after {}{}",
+        p.table,
+        or_dash(p.tier_after),
+        or_dash(p.drop_after),
+        if p.synced { " (synced)" } else { "" }
+    )
 }
 
 fn print_move_report(

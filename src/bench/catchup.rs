@@ -59,15 +59,7 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
     let (pg, url, client) = super::stock_ticks_database(None).await?;
     crate::wal::setup::ensure_publication(&client, "lakets").await?;
     let db_config = crate::db::parse_config(&url)?;
-    let lake = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
-    crate::sync::enable_sync(
-        &db_config,
-        "stock_ticks",
-        &lake.path().join("stock_ticks").display().to_string(),
-        crate::delta::schema::Partitioning::Day,
-        |_| {},
-    )
-    .await?;
+    let _lake = super::sync_stock_ticks(&db_config).await?;
     // enable_sync made the service's default slot; the bench drains its own slots.
     let default_slot = crate::wal::setup::default_slot_name("lakets_bench");
     client

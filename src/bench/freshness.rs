@@ -64,15 +64,7 @@ pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
     )
     .await?;
     let db = crate::db::parse_config(&url)?;
-    let lake = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
-    crate::sync::enable_sync(
-        &db,
-        "stock_ticks",
-        &lake.path().join("stock_ticks").display().to_string(),
-        crate::delta::schema::Partitioning::Day,
-        |_| {},
-    )
-    .await?;
+    let _lake = super::sync_stock_ticks(&db).await?;
 
     let slot = crate::wal::setup::default_slot_name("lakets_bench");
     let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));

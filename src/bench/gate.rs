@@ -36,16 +36,7 @@ pub async fn gate(inserts: usize) -> Result<GateReport> {
         .await
         .pg_context(|| "finding an old chunk".into())?
         .map(|r| r.get(0));
-    let lake = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
-    let db = crate::db::parse_config(&url)?;
-    crate::sync::enable_sync(
-        &db,
-        "stock_ticks",
-        &lake.path().join("stock_ticks").display().to_string(),
-        crate::delta::schema::Partitioning::Day,
-        |_| {},
-    )
-    .await?;
+    let _lake = super::sync_stock_ticks(&crate::db::parse_config(&url)?).await?;
     lifecycle::policy::set_policy(
         &client,
         "stock_ticks",

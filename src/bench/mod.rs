@@ -49,3 +49,18 @@ pub(crate) async fn stock_ticks_database(
     chronotable::create_chronotable(&mut client, "stock_ticks", &create).await?;
     Ok((pg, url, client))
 }
+
+/// Syncs `stock_ticks` to a Delta table in a temporary directory (kept while the returned
+/// guard lives).
+pub(crate) async fn sync_stock_ticks(db: &tokio_postgres::Config) -> Result<tempfile::TempDir> {
+    let lake = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    crate::sync::enable_sync(
+        db,
+        "stock_ticks",
+        &lake.path().join("stock_ticks").display().to_string(),
+        crate::delta::schema::Partitioning::Day,
+        |_| {},
+    )
+    .await?;
+    Ok(lake)
+}
