@@ -53,15 +53,7 @@ async fn duckdb_reads_what_postgres_holds() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ticks");
-    let config = lakets::sync::enable_sync(
-        &lakets::db::parse_config(&db.url).unwrap(),
-        "ticks",
-        path.to_str().unwrap(),
-        Partitioning::Day,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let config = common::sync_to(&db, "ticks", path.to_str().unwrap()).await;
 
     // A few commits of the stream: appends, then updates and deletes (file rewrites).
     let slot = lakets::wal::setup::default_slot_name(&db.name);

@@ -15,16 +15,6 @@ use lakets::wal::lsn::Lsn;
 use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
 use tokio_util::sync::CancellationToken;
 
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_row_transaction_reaches_delta_in_bounded_memory() {
     const ROWS: i64 = 1_000_000;
@@ -37,15 +27,7 @@ async fn a_million_row_transaction_reaches_delta_in_bounded_memory() {
         .await
         .unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let sync = lakets::sync::enable_sync(
-        &lakets::db::parse_config(&db.url).unwrap(),
-        "big",
-        lake.path().join("big").to_str().unwrap(),
-        Partitioning::Day,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let sync = common::sync_to(&db, "big", lake.path().join("big").to_str().unwrap()).await;
     let slot = lakets::wal::setup::default_slot_name(&db.name);
     let mut pc = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
     pc.flush_interval = Duration::from_millis(200);
@@ -60,7 +42,7 @@ async fn a_million_row_transaction_reaches_delta_in_bounded_memory() {
             .run(shutdown.clone()),
     );
 
-    let before = peak_rss_bytes();
+    let before = common::peak_rss_bytes();
     db.exec(&format!(
         "INSERT INTO big SELECT now(), i, repeat(md5(i::text), 4) FROM generate_series(1, {ROWS}) i"
     ))
@@ -71,7 +53,7 @@ async fn a_million_row_transaction_reaches_delta_in_bounded_memory() {
         .parse()
         .unwrap();
     wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(600)).await;
-    let grown = peak_rss_bytes().saturating_sub(before);
+    let grown = common::peak_rss_bytes().saturating_sub(before);
     shutdown.cancel();
     run.await.unwrap().unwrap();
 

@@ -510,15 +510,7 @@ async fn a_failing_store_holds_the_slot_back_and_the_mirror_recovers_when_it_hea
     ticks_table(&mut db, 100).await;
     let dir = tempfile::tempdir().unwrap();
     let location = dir.path().join("t");
-    let config = lakets::sync::enable_sync(
-        &lakets::db::parse_config(&db.url).unwrap(),
-        "ticks",
-        location.to_str().unwrap(),
-        Partitioning::Day,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let config = common::sync_to(&db, "ticks", location.to_str().unwrap()).await;
     let slot = lakets::wal::setup::default_slot_name(&db.name);
     let shutdown = CancellationToken::new();
     let run = {
@@ -591,15 +583,7 @@ async fn maintenance_compacts_checkpoints_and_vacuums_without_changing_a_row() {
     let mut db = fresh_db("delta_maintenance").await;
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = lakets::sync::enable_sync(
-        &lakets::db::parse_config(&db.url).unwrap(),
-        "ticks",
-        dir.path().join("t").to_str().unwrap(),
-        Partitioning::Day,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
     let slot = lakets::wal::setup::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     // Many small commits: one file each.
@@ -687,15 +671,7 @@ async fn unchanged_toast_values_survive_repeated_updates_and_deletes_in_one_wind
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = lakets::sync::enable_sync(
-        &lakets::db::parse_config(&db.url).unwrap(),
-        "docs",
-        dir.path().join("docs").to_str().unwrap(),
-        Partitioning::Day,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let config = common::sync_to(&db, "docs", dir.path().join("docs").to_str().unwrap()).await;
     let slot = lakets::wal::setup::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     // The body (TOASTed, ~12 kB) is unchanged by these updates: pgoutput sends it as
@@ -831,15 +807,7 @@ async fn a_date_time_column_partitions_by_its_own_day() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    lakets::sync::enable_sync(
-        &lakets::db::parse_config(&db.url).unwrap(),
-        "daily",
-        dir.path().join("d").to_str().unwrap(),
-        Partitioning::Day,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    common::sync_to(&db, "daily", dir.path().join("d").to_str().unwrap()).await;
     let mut parts: Vec<String> = std::fs::read_dir(dir.path().join("d"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

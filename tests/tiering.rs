@@ -44,15 +44,7 @@ async fn synced_ticks(db: &mut TestDb, dir: &std::path::Path) -> lakets::sync::S
     lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
         .await
         .unwrap();
-    lakets::sync::enable_sync(
-        &lakets::db::parse_config(&db.url).unwrap(),
-        "ticks",
-        dir.join("ticks").to_str().unwrap(),
-        Partitioning::Day,
-        |_| {},
-    )
-    .await
-    .unwrap()
+    common::sync_to(db, "ticks", dir.join("ticks").to_str().unwrap()).await
 }
 
 async fn start(db: &TestDb) -> (CancellationToken, JoinHandle<lakets::Result<()>>) {

@@ -207,15 +207,7 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
         .await
         .unwrap();
     let lake = tempfile::tempdir().unwrap();
-    let sync = lakets::sync::enable_sync(
-        &lakets::db::parse_config(&db.url).unwrap(),
-        "events",
-        lake.path().join("events").to_str().unwrap(),
-        Partitioning::Day,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let sync = common::sync_to(&db, "events", lake.path().join("events").to_str().unwrap()).await;
 
     let work = {
         let db = fresh_handle(&db).await;

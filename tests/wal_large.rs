@@ -58,16 +58,6 @@ impl Operator for Counting {
     }
 }
 
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_row_transaction_streams_in_bounded_memory() {
     const ROWS: usize = 1_000_000;
@@ -88,7 +78,7 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
     ))
     .await;
 
-    let baseline = peak_rss_bytes();
+    let baseline = common::peak_rss_bytes();
     let counts = Arc::new(Counts::default());
     let db_config = lakets::db::parse_config(&db.url).unwrap();
     let shutdown = CancellationToken::new();
@@ -110,7 +100,7 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
     }
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    let growth = peak_rss_bytes().saturating_sub(baseline);
+    let growth = common::peak_rss_bytes().saturating_sub(baseline);
     eprintln!(
         "1M-row transaction: {} slices, largest {} changes, peak RSS growth {} MB",
         counts.slices.load(Ordering::SeqCst),

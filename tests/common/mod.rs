@@ -86,3 +86,27 @@ pub fn ts(text: &str) -> chrono::DateTime<chrono::Utc> {
         .unwrap_or_else(|e| panic!("{text}: {e}"))
         .with_timezone(&chrono::Utc)
 }
+
+/// Syncs `table` of `db` to a Delta table at `location` (partitioned by day).
+pub async fn sync_to(db: &TestDb, table: &str, location: &str) -> lakets::sync::SyncConfig {
+    lakets::sync::enable_sync(
+        &lakets::db::parse_config(&db.url).unwrap(),
+        table,
+        location,
+        lakets::delta::schema::Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap()
+}
+
+/// The process's peak resident set size.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
