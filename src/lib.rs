@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod lvc;
 pub mod operators;
 pub mod report;
+pub mod rollup;
 pub mod service;
 pub mod sync;
 pub mod verify;

@@ -100,6 +100,9 @@ enum Command {
     /// Last Value Cache: the latest row per key of a ChronoTable.
     #[command(subcommand)]
     Lvc(LvcCommand),
+    /// RollUps: incrementally refreshed aggregates (OHLCV candles and more) forming a DAG.
+    #[command(subcommand)]
+    Rollup(RollupCommand),
     /// Mirror a ChronoTable into a Delta Lake table (the cold tier).
     #[command(subcommand)]
     Sync(SyncCommand),
@@ -141,6 +144,10 @@ struct JobArgs {
     /// Partition manager interval (0 disables it).
     #[arg(long, default_value = "1 minute", value_parser = parse_interval)]
     partitions_every: Interval,
+    /// Rollup cascade refresh interval (0 disables it); each rollup also self-gates on its
+    /// refresh_lag.
+    #[arg(long, default_value = "1 minute", value_parser = parse_interval)]
+    rollups_every: Interval,
     /// Tiering interval (0 disables it).
     #[arg(long, default_value = "1 minute", value_parser = parse_interval)]
     tiering_every: Interval,
@@ -157,6 +164,7 @@ impl JobArgs {
         let every = |i: Interval| (!i.is_zero()).then(|| i.as_std());
         lakets::jobs::Schedule {
             partitions: every(self.partitions_every),
+            rollups: every(self.rollups_every),
             tiering: every(self.tiering_every),
             retention: every(self.retention_every),
             maintenance: every(self.maintenance_every),
@@ -199,6 +207,52 @@ enum LvcCommand {
         table: String,
         #[arg(required = true)]
         key: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RollupCommand {
+    /// Create a rollup of a ChronoTable or of another rollup; nothing is materialized until
+    /// the first refresh.
+    Create {
+        /// The rollup's name; its table is created under this name in the source's schema,
+        /// with a real-time view NAME_realtime.
+        name: String,
+        /// The ChronoTable or the rollup to aggregate.
+        #[arg(long)]
+        source: String,
+        /// Bucket width, such as '1 minute' (a multiple of the source rollup's bucket).
+        #[arg(long, value_parser = parse_interval)]
+        bucket: Interval,
+        /// Group-by columns, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "")]
+        group_by: Vec<String>,
+        /// Aggregates: ohlcv(price, volume), first(c), last(c), min(c), max(c), sum(c),
+        /// count(c), count(*), avg(c), comma-separated.
+        #[arg(long)]
+        aggregate: String,
+        /// Skip a refresh when the last one is more recent than this.
+        #[arg(long, default_value = "0 seconds", value_parser = parse_interval)]
+        refresh_lag: Interval,
+    },
+    /// List rollups: source, bucket, groups, watermark, pending invalidations.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop a rollup (refused while another rollup reads it).
+    Drop { name: String },
+    /// Refresh every rollup (or NAME; with --cascade, NAME and the rollups reading it),
+    /// sources before readers (refresh_rollup_cascade).
+    Refresh {
+        name: Option<String>,
+        #[arg(long)]
+        cascade: bool,
+        /// Ignore refresh_lag.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -555,6 +609,15 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                         c.delta_rows
                     );
                 }
+                for r in &report.rollups {
+                    println!(
+                        "{} rollup {}: {} differing row(s) below watermark {}",
+                        if r.ok { "ok  " } else { "DIFF" },
+                        r.rollup,
+                        r.differing_rows,
+                        r.watermark.as_deref().unwrap_or("(none)")
+                    );
+                }
                 if let Some(n) = report.lvc_differences {
                     println!(
                         "{} Last Value Cache: {n} differing row(s)",
@@ -664,6 +727,10 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Rollup(cmd) => {
+            let mut client = connect(&cli, from_argv).await?;
+            run_rollup(&mut client, cmd).await?;
         }
         Command::Sync(cmd) => {
             tokio::select! {
@@ -933,4 +1000,107 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
+}
+
+async fn run_rollup(
+    client: &mut tokio_postgres::Client,
+    cmd: &RollupCommand,
+) -> anyhow::Result<()> {
+    use lakets::rollup;
+    match cmd {
+        RollupCommand::Create {
+            name,
+            source,
+            bucket,
+            group_by,
+            aggregate,
+            refresh_lag,
+        } => {
+            let r = rollup::create_rollup(
+                client,
+                &rollup::CreateRollup {
+                    name: name.clone(),
+                    source: source.clone(),
+                    bucket: *bucket,
+                    group_by: group_by.clone(),
+                    aggregate: aggregate.clone(),
+                    refresh_lag: *refresh_lag,
+                },
+            )
+            .await?;
+            println!(
+                "rollup {} created: table {}, real-time view {}; columns {}",
+                r.name,
+                r.table,
+                r.view,
+                r.column_list().join(", ")
+            );
+        }
+        RollupCommand::Show { json } => {
+            lakets::catalog::check_installed(&*client).await?;
+            let rollups = rollup::list_rollups(&*client).await?;
+            if *json {
+                print_json(&rollups)?;
+            } else if rollups.is_empty() {
+                println!("no rollups");
+            } else {
+                for r in rollups {
+                    let source = match &r.source {
+                        rollup::Source::Table { table, .. } => table.to_string(),
+                        rollup::Source::Rollup { name, .. } => format!("rollup {name}"),
+                    };
+                    println!(
+                        "{} <- {source}: bucket {}, group by [{}], {}; watermark {}, {} pending invalidation(s), refresh_lag {}",
+                        r.name,
+                        r.bucket(),
+                        r.group_by.join(", "),
+                        r.aggregate,
+                        r.watermark
+                            .map(rollup::format_micros)
+                            .unwrap_or_else(|| "(none)".into()),
+                        r.pending_invalidations,
+                        r.refresh_lag
+                    );
+                }
+            }
+        }
+        RollupCommand::Drop { name } => {
+            let r = rollup::drop_rollup(client, name).await?;
+            println!(
+                "rollup {} dropped (table {} and view {})",
+                r.name, r.table, r.view
+            );
+        }
+        RollupCommand::Refresh {
+            name,
+            cascade,
+            force,
+            json,
+        } => {
+            let reports =
+                rollup::refresh::refresh(client, name.as_deref(), *cascade, *force).await?;
+            if *json {
+                print_json(&reports)?;
+            } else if reports.is_empty() {
+                println!("no rollups");
+            } else {
+                for r in reports {
+                    match &r.skipped {
+                        Some(why) => println!("{}: skipped, {why}", r.rollup),
+                        None => println!(
+                            "{}: watermark {} -> {}, {} invalidation(s) consumed, {} range(s) re-aggregated, {} row(s) written in {:.1} ms",
+                            r.rollup,
+                            r.watermark_before.as_deref().unwrap_or("(none)"),
+                            r.watermark_after.as_deref().unwrap_or("(none)"),
+                            r.invalidations_consumed,
+                            r.ranges_recomputed,
+                            r.rows_written,
+                            r.duration_ms
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }

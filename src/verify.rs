@@ -5,6 +5,8 @@
 //!   hash (the sum of per-row hashes), so duplicates and changed values show too. Rows of
 //!   dropped chunks live only in Delta and are not compared.
 //! - Last Value Cache: the cache table against the latest row per key recomputed.
+//! - Rollups built on the table: their materialized buckets (below the watermark) against
+//!   the same aggregation recomputed from scratch from the table.
 //!
 //! A user can run it at any time; rows written while it reads may show as differences
 //! (run it again, or when writes pause).
@@ -38,6 +40,8 @@ pub struct VerifyReport {
     /// Rows of the Last Value Cache that differ from the recomputed latest rows (when the
     /// table has one).
     pub lvc_differences: Option<i64>,
+    /// Every rollup built on the table.
+    pub rollups: Vec<crate::rollup::check::RollupCheck>,
     /// What disagrees, first things first.
     pub differences: Vec<String>,
 }
@@ -147,6 +151,29 @@ pub async fn verify(client: &Client, table: &str) -> Result<VerifyReport> {
         }
         report.lvc_differences = Some(n);
     }
+    for rollup in crate::rollup::list_rollups(client).await? {
+        if rollup.root != ct.table {
+            continue;
+        }
+        let check = crate::rollup::check::check_rollup(client, &rollup).await?;
+        if !check.ok {
+            report.differences.push(format!(
+                "rollup {} differs from its recomputation in {} (bucket, group) row(s), first: {}{}",
+                check.rollup,
+                check.differing_rows,
+                check.examples.join(", "),
+                if check.pending_invalidations > 0 {
+                    format!(
+                        " ({} invalidations pending: run `lakets rollup refresh` and verify again)",
+                        check.pending_invalidations
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        report.rollups.push(check);
+    }
     report.ok = report.differences.is_empty();
     Ok(report)
 }
@@ -162,7 +189,7 @@ async fn lvc_differences(
     let keys = keys.join(", ");
     let time = quote_ident(&lvc.time_column);
     let latest = format!(
-        "SELECT DISTINCT ON ({keys}) {cols} FROM {} ORDER BY {keys}, {time} DESC",
+        "(SELECT DISTINCT ON ({keys}) {cols} FROM {} ORDER BY {keys}, {time} DESC)",
         table.quoted()
     );
     let cache = format!("SELECT {cols} FROM {}", lvc.cache_table.quoted());

@@ -470,10 +470,46 @@ async fn run_streams_until_sigterm_and_slot_commands_report_and_protect() {
             "price",
         ],
     ));
+    assert_ok(&run(
+        &db.url,
+        &[
+            "rollup",
+            "create",
+            "ticks_1min",
+            "--source",
+            "ticks",
+            "--bucket",
+            "1 minute",
+            "--group-by",
+            "symbol",
+            "--aggregate",
+            "max(price), count(*)",
+        ],
+    ));
+    let bad = run(
+        &db.url,
+        &[
+            "rollup",
+            "create",
+            "x",
+            "--source",
+            "ticks",
+            "--bucket",
+            "soon",
+            "--aggregate",
+            "max(price)",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("invalid interval"),
+        "{}",
+        stderr(&bad)
+    );
     let mut child = lakets()
         .env("LAKETS_DATABASE_URL", &db.url)
         .env("LAKETS_LOG", "info")
-        .arg("run")
+        .args(["run", "--rollups-every", "1 second"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -514,6 +550,43 @@ async fn run_streams_until_sigterm_and_slot_commands_report_and_protect() {
     assert!(!missing.status.success());
     assert!(
         stderr(&missing).contains("no cached row for key ZZZ"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // A late row reaches the rollup through the invalidation operator and the scheduled
+    // cascade refresh.
+    db.exec("INSERT INTO ticks VALUES (now() - interval '10 minutes', 'B', 7)")
+        .await;
+    let mut rolled = 0i64;
+    for _ in 0..150 {
+        rolled = db
+            .scalar("SELECT count(*) FROM ticks_1min WHERE symbol = 'B' AND max_price = 7")
+            .await;
+        if rolled == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rolled, 1, "the late row's bucket was refreshed by the job");
+    let shown = run(&db.url, &["rollup", "show", "--json"]);
+    assert_ok(&shown);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(shown[0]["name"], "ticks_1min");
+    assert!(shown[0]["watermark"].is_i64(), "{shown}");
+    let refreshed = run(&db.url, &["rollup", "refresh", "--json"]);
+    assert_ok(&refreshed);
+    let verified = run(&db.url, &["verify", "ticks"]);
+    assert_ok(&verified);
+    assert!(
+        stdout(&verified).contains("ok   rollup ticks_1min"),
+        "{}",
+        stdout(&verified)
+    );
+    let missing = run(&db.url, &["rollup", "drop", "nope"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("rollup nope does not exist"),
         "{}",
         stderr(&missing)
     );

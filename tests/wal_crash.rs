@@ -3,7 +3,8 @@
 //! points (while decoding, applying, flushing, writing Parquet, committing to Delta or to
 //! PostgreSQL). After a final clean run, the recording operator holds every change exactly
 //! once, the chunk tracker stamped each chunk with its last writing transaction, the Last
-//! Value Cache equals the latest row per key, and the Delta table equals the table.
+//! Value Cache equals the latest row per key, every rollup (refreshed between crashes too)
+//! equals its recomputation from scratch, and the Delta table equals the table.
 //!
 //! The consumer is this test binary itself, re-executed to run `consumer_child`.
 
@@ -70,12 +71,18 @@ fn consumer_child() {
                     let lvc =
                         LastValueCache::new(lakets::db::connect_with(&db).await?, slot.clone())
                             .await?;
+                    let invalidations = lakets::operators::invalidations::Invalidations::new(
+                        lakets::db::connect_with(&db).await?,
+                        slot.clone(),
+                    )
+                    .await?;
                     let delta =
                         DeltaSink::new(lakets::db::connect_with(&db).await?, slot.clone()).await?;
                     Ok(Pipeline::new(db, config)
                         .operator(tracker)
                         .operator(recording)
                         .operator(lvc)
+                        .operator(invalidations)
                         .operator(delta))
                 }
             },
@@ -206,6 +213,24 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
     lakets::lvc::enable_lvc(&mut db.client, "events", &["id".into()], &["v".into()])
         .await
         .unwrap();
+    for (name, source, bucket) in [
+        ("ev_1min", "events", "1 minute"),
+        ("ev_1hour", "ev_1min", "1 hour"),
+    ] {
+        lakets::rollup::create_rollup(
+            &mut db.client,
+            &lakets::rollup::CreateRollup {
+                name: name.into(),
+                source: source.into(),
+                bucket: lakets::interval::Interval::parse(bucket).unwrap(),
+                group_by: vec![],
+                aggregate: "count(*), count(v), max(v), min(id)".into(),
+                refresh_lag: lakets::interval::Interval::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+    }
     let lake = tempfile::tempdir().unwrap();
     let sync = common::sync_to(&db, "events", lake.path().join("events").to_str().unwrap()).await;
 
@@ -223,6 +248,10 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
         }
         child.0.kill().unwrap();
         child.0.wait().unwrap();
+        // A refresh between the crash and the restart.
+        lakets::rollup::refresh::refresh(&mut db.client, None, true, false)
+            .await
+            .unwrap();
     }
     let expected = work.await.unwrap();
     let end = lsn_now(&db).await;
@@ -301,6 +330,21 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
         lvc_diff, 0,
         "the Last Value Cache differs from the latest rows"
     );
+
+    // The rollups: equal to their recomputation from scratch after one more refresh.
+    lakets::rollup::refresh::refresh(&mut db.client, None, true, false)
+        .await
+        .unwrap();
+    for rollup in lakets::rollup::list_rollups(&db.client).await.unwrap() {
+        let check = lakets::rollup::check::check_rollup(&db.client, &rollup)
+            .await
+            .unwrap();
+        assert!(
+            check.ok,
+            "rollup {} differs from its recomputation: {:?}",
+            rollup.name, check.examples
+        );
+    }
 
     // The Delta table: the table, row for row, no duplicates.
     let delta = lakets::delta::table::open(&sync.location)

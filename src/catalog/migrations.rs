@@ -174,6 +174,55 @@ CREATE INDEX _job_runs_job_started ON lakets._job_runs (job, started_at DESC);
 COMMENT ON TABLE lakets._job_runs IS 'History of the scheduled jobs of lakets run (partitions, tiering, retention, Delta maintenance)';
 "#,
     },
+    Migration {
+        version: 7,
+        name: "rollups",
+        sql: r#"
+CREATE TABLE lakets._rollup_registry (
+    rollup_name        text        PRIMARY KEY,
+    -- The materialized table is schema_name.rollup_name (the source's schema).
+    schema_name        text        NOT NULL,
+    source_schema      text        NOT NULL,
+    source_name        text        NOT NULL,
+    -- Set when the source is another rollup; a rollup with readers cannot be dropped.
+    source_rollup      text        REFERENCES lakets._rollup_registry (rollup_name),
+    source_time_column text        NOT NULL,
+    source_time_type   text        NOT NULL,
+    -- The ChronoTable at the bottom of the chain.
+    root_schema        text        NOT NULL,
+    root_name          text        NOT NULL,
+    root_time_column   text        NOT NULL,
+    root_time_type     text        NOT NULL,
+    bucket_type        text        NOT NULL CHECK (bucket_type IN ('timestamptz', 'timestamp')),
+    bucket_width       interval    NOT NULL CHECK (bucket_width > interval '0'),
+    group_by           text[]      NOT NULL DEFAULT '{}',
+    aggregate          text        NOT NULL,
+    -- The planned output columns: name, function, base column, source inputs.
+    columns            jsonb       NOT NULL,
+    refresh_lag        interval    NOT NULL DEFAULT '0' CHECK (refresh_lag >= interval '0'),
+    -- Buckets before the watermark are materialized (NULL: none yet).
+    watermark          timestamptz,
+    last_refresh_at    timestamptz,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    CHECK (source_rollup IS DISTINCT FROM rollup_name)
+);
+COMMENT ON TABLE lakets._rollup_registry IS 'RollUps: the DAG of incrementally refreshed aggregates and their watermarks';
+
+CREATE TABLE lakets._rollup_invalidation_log (
+    id          bigserial   PRIMARY KEY,
+    rollup_name text        NOT NULL REFERENCES lakets._rollup_registry (rollup_name) ON DELETE CASCADE,
+    -- Whole buckets [lo, hi) to re-aggregate.
+    lo          timestamptz NOT NULL,
+    hi          timestamptz NOT NULL,
+    -- The group-by values touched ({"symbol": "AAPL"}); NULL: every group.
+    group_key   jsonb,
+    logged_at   timestamptz NOT NULL DEFAULT now(),
+    CHECK (lo < hi)
+);
+CREATE INDEX _rollup_invalidation_log_rollup ON lakets._rollup_invalidation_log (rollup_name);
+COMMENT ON TABLE lakets._rollup_invalidation_log IS 'Rollup buckets touched since their last refresh, coalesced into ranges';
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

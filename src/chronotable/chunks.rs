@@ -182,7 +182,9 @@ pub async fn drop_chronotable(client: &mut Client, table: &str) -> Result<TableN
     crate::catalog::check_installed(&*client).await?;
     let ct = registry::find_chronotable(&*client, table).await?;
     let tx = ddl_transaction(client, &ct.table).await?;
-    // What later features created for the table goes first.
+    // What later features created for the table goes first: rollups (readers first), then
+    // the Last Value Cache.
+    crate::rollup::drop_rollups_of(&tx, &ct.table).await?;
     let cache: Option<String> = tx
         .query_opt(
             "SELECT cache_table FROM lakets._lvc_registry WHERE schema_name = $1 AND table_name = $2",

@@ -1,5 +1,5 @@
-//! The job scheduler of `lakets run`: the partition manager, tiering, retention and Delta
-//! maintenance, each on its own interval, run by one leader among the service instances
+//! The job scheduler of `lakets run`: the partition manager, the rollup cascade refresh,
+//! tiering, retention and Delta maintenance, each on its own interval, run by one leader among the service instances
 //! sharing a database. The leader holds a session advisory lock on a connection of its
 //! own; the others stand by and take over when it goes (its session ends, the lock with
 //! it). Every run is recorded in `lakets._job_runs`.
@@ -21,6 +21,7 @@ const LEADER_LOCK: i32 = 2;
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub partitions: Option<Duration>,
+    pub rollups: Option<Duration>,
     pub tiering: Option<Duration>,
     pub retention: Option<Duration>,
     pub maintenance: Option<Duration>,
@@ -33,6 +34,7 @@ impl Default for Schedule {
     fn default() -> Self {
         Schedule {
             partitions: Some(Duration::from_secs(60)),
+            rollups: Some(Duration::from_secs(60)),
             tiering: Some(Duration::from_secs(60)),
             retention: Some(Duration::from_secs(300)),
             maintenance: Some(Duration::from_secs(600)),
@@ -45,14 +47,16 @@ impl Default for Schedule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Job {
     Partitions,
+    Rollups,
     Tiering,
     Retention,
     Maintenance,
 }
 
 impl Job {
-    pub const ALL: [Job; 4] = [
+    pub const ALL: [Job; 5] = [
         Job::Partitions,
+        Job::Rollups,
         Job::Tiering,
         Job::Retention,
         Job::Maintenance,
@@ -61,6 +65,7 @@ impl Job {
     pub fn name(self) -> &'static str {
         match self {
             Job::Partitions => "partitions",
+            Job::Rollups => "rollup_refresh",
             Job::Tiering => "tiering",
             Job::Retention => "retention",
             Job::Maintenance => "delta_maintenance",
@@ -70,6 +75,7 @@ impl Job {
     fn every(self, s: &Schedule) -> Option<Duration> {
         match self {
             Job::Partitions => s.partitions,
+            Job::Rollups => s.rollups,
             Job::Tiering => s.tiering,
             Job::Retention => s.retention,
             Job::Maintenance => s.maintenance,
@@ -228,6 +234,14 @@ async fn run_job(client: &mut Client, job: Job, schedule: &Schedule) -> Result<R
             let created: usize = reports.iter().map(|r| r.created.len()).sum();
             Ok(RunOutcome {
                 rows_affected: created as i64,
+                deferred: false,
+                details: serde_json::to_value(&reports).unwrap_or_default(),
+            })
+        }
+        Job::Rollups => {
+            let reports = crate::rollup::refresh::refresh(client, None, true, false).await?;
+            Ok(RunOutcome {
+                rows_affected: reports.iter().map(|r| r.rows_written as i64).sum(),
                 deferred: false,
                 details: serde_json::to_value(&reports).unwrap_or_default(),
             })

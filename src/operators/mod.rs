@@ -11,6 +11,7 @@
 
 pub mod chunk_tracker;
 pub mod delta_sink;
+pub mod invalidations;
 pub mod last_value;
 pub mod progress;
 

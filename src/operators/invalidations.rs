@@ -1,0 +1,313 @@
+//! The rollup invalidation operator: every insert, update (old and new row), delete and
+//! truncate of a ChronoTable touches a bucket of each rollup that reads it; the touched
+//! buckets are collected per rollup and group key, coalesced into ranges of adjacent
+//! buckets, and written to `lakets._rollup_invalidation_log` once per flush, with the
+//! operator's durable LSN in the same SQL transaction. The refresh consumes them.
+//!
+//! The operator learns of new and dropped rollups from the logical message that
+//! `rollup create`/`drop` emit in their transaction, so it starts invalidating exactly at
+//! the position of the creation in the stream.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tokio_postgres::Client;
+
+use super::Operator;
+use super::progress;
+use crate::error::{Error, PgResultExt, Result};
+use crate::ident::TableName;
+use crate::rollup::{self, REGISTRY_MESSAGE_PREFIX, Source, bound_text};
+use crate::wal::lsn::Lsn;
+use crate::wal::relation::Relation;
+use crate::wal::transaction::{Change, TxnSlice};
+use crate::wal::value::Value;
+
+pub const NAME: &str = "invalidations";
+
+/// Beyond this many distinct group keys in one flush, a rollup's invalidations name whole
+/// buckets (all groups): per-group rows would cost more than they save.
+const MAX_GROUPS_PER_FLUSH: usize = 1024;
+
+/// Flush early when this many (rollup, group, bucket) entries are pending.
+const MAX_PENDING_BUCKETS: usize = 200_000;
+
+/// A rollup reading a ChronoTable.
+#[derive(Debug, Clone)]
+struct Target {
+    rollup: String,
+    width: i64,
+    time_column: String,
+    group_by: Vec<String>,
+}
+
+/// Where a target's columns sit in a relation's rows.
+#[derive(Debug, Clone)]
+struct Layout {
+    time: usize,
+    groups: Vec<usize>,
+}
+
+/// A group key as JSON text (`{"symbol": "AAPL"}`); None: all groups.
+type GroupKey = Option<String>;
+
+#[derive(Default)]
+struct Pending {
+    buckets: HashMap<GroupKey, BTreeSet<i64>>,
+    /// Too many groups: everything goes to the all-groups key.
+    collapsed: bool,
+    /// A TRUNCATE: every bucket.
+    everything: bool,
+}
+
+pub struct Invalidations {
+    client: Client,
+    slot: String,
+    targets: HashMap<TableName, Vec<Target>>,
+    layouts: HashMap<u32, Vec<Layout>>,
+    pending: HashMap<String, Pending>,
+    pending_buckets: usize,
+}
+
+impl Invalidations {
+    pub async fn new(client: Client, slot: impl Into<String>) -> Result<Self> {
+        super::prepare_session(&client, NAME).await?;
+        let mut op = Invalidations {
+            client,
+            slot: slot.into(),
+            targets: HashMap::new(),
+            layouts: HashMap::new(),
+            pending: HashMap::new(),
+            pending_buckets: 0,
+        };
+        op.reload().await?;
+        Ok(op)
+    }
+
+    async fn reload(&mut self) -> Result<()> {
+        self.targets.clear();
+        self.layouts.clear();
+        for r in rollup::list_rollups(&self.client).await? {
+            if let Source::Table {
+                table, time_column, ..
+            } = &r.source
+            {
+                self.targets.entry(table.clone()).or_default().push(Target {
+                    rollup: r.name.clone(),
+                    width: r.width_micros,
+                    time_column: time_column.clone(),
+                    group_by: r.group_by.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn layouts(&mut self, relation: &Relation) -> Result<Option<Vec<Layout>>> {
+        if let Some(l) = self.layouts.get(&relation.id) {
+            return Ok(Some(l.clone()));
+        }
+        let Some(targets) = self.targets.get(&relation.table) else {
+            return Ok(None);
+        };
+        let find = |name: &str, rollup: &str| {
+            relation.column_index(name).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "column {name:?} of {} (read by rollup {rollup}) is not in its replicated \
+                     rows (renamed or dropped?); streaming stops",
+                    relation.table
+                ))
+            })
+        };
+        let layouts = targets
+            .iter()
+            .map(|t| {
+                Ok(Layout {
+                    time: find(&t.time_column, &t.rollup)?,
+                    groups: t
+                        .group_by
+                        .iter()
+                        .map(|g| find(g, &t.rollup))
+                        .collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.layouts.insert(relation.id, layouts.clone());
+        Ok(Some(layouts))
+    }
+
+    /// Marks the buckets `row` lies in, for every rollup of its table. `old` fills values
+    /// an update did not send (unchanged TOAST).
+    fn touch(&mut self, relation: &Relation, row: &[Value], old: Option<&[Value]>) -> Result<()> {
+        let Some(layouts) = self.layouts(relation)? else {
+            return Ok(());
+        };
+        let targets = &self.targets[&relation.table];
+        for (target, layout) in targets.iter().zip(&layouts) {
+            let value = |i: usize| match row.get(i) {
+                Some(Value::UnchangedToast) => old.and_then(|o| o.get(i)),
+                v => v,
+            };
+            let Some(time) = value(layout.time).and_then(Value::as_time_micros) else {
+                continue; // a NULL time lands in no bucket
+            };
+            let bucket = rollup::floor(time, target.width);
+            let pending = self.pending.entry(target.rollup.clone()).or_default();
+            let key = if target.group_by.is_empty() || pending.collapsed {
+                None
+            } else {
+                let mut map = serde_json::Map::new();
+                let mut known = true;
+                for (g, i) in target.group_by.iter().zip(&layout.groups) {
+                    match value(*i) {
+                        Some(Value::UnchangedToast) | None => known = false,
+                        Some(v) => {
+                            map.insert(g.clone(), v.to_sql_text().into());
+                        }
+                    }
+                }
+                known.then(|| serde_json::Value::Object(map).to_string())
+            };
+            if key.is_some()
+                && !pending.buckets.contains_key(&key)
+                && pending.buckets.len() >= MAX_GROUPS_PER_FLUSH
+            {
+                pending.collapsed = true;
+                let before: usize = pending.buckets.values().map(BTreeSet::len).sum();
+                let mut all: BTreeSet<i64> = pending.buckets.drain().flat_map(|(_, b)| b).collect();
+                all.insert(bucket);
+                self.pending_buckets = self.pending_buckets - before + all.len();
+                pending.buckets.insert(None, all);
+                continue;
+            }
+            if pending.buckets.entry(key).or_default().insert(bucket) {
+                self.pending_buckets += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_change(&mut self, change: &Change) -> Result<()> {
+        match change {
+            Change::Insert { relation, new } => self.touch(relation, new, None),
+            Change::Update { relation, old, new } => {
+                if let Some(old) = old {
+                    self.touch(relation, &old.values, None)?;
+                }
+                self.touch(relation, new, old.as_ref().map(|o| o.values.as_slice()))
+            }
+            Change::Delete { relation, old } => self.touch(relation, &old.values, None),
+            Change::Truncate { relations, .. } => {
+                for r in relations {
+                    for t in self.targets.get(&r.table).into_iter().flatten() {
+                        self.pending.entry(t.rollup.clone()).or_default().everything = true;
+                    }
+                }
+                Ok(())
+            }
+            Change::Schema { relation, .. } => {
+                self.layouts.remove(&relation.id);
+                Ok(())
+            }
+            Change::Message { .. } => Ok(()),
+        }
+    }
+}
+
+impl Operator for Invalidations {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn durable_lsn(&mut self) -> Result<Lsn> {
+        progress::load(&self.client, &self.slot, NAME).await
+    }
+
+    async fn apply(&mut self, slice: &TxnSlice) -> Result<()> {
+        for change in &slice.changes {
+            if let Change::Message { prefix, .. } = change
+                && prefix == REGISTRY_MESSAGE_PREFIX
+            {
+                self.reload().await?;
+                continue;
+            }
+            self.apply_change(change)?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, through: Lsn) -> Result<()> {
+        let (mut rollups, mut los, mut his, mut keys) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let widths: HashMap<&str, i64> = self
+            .targets
+            .values()
+            .flatten()
+            .map(|t| (t.rollup.as_str(), t.width))
+            .collect();
+        for (name, pending) in &self.pending {
+            if pending.everything {
+                rollups.push(name.clone());
+                los.push(bound_text(i64::MIN));
+                his.push(bound_text(i64::MAX));
+                keys.push(None);
+                continue;
+            }
+            let Some(&width) = widths.get(name.as_str()) else {
+                continue; // dropped since
+            };
+            for (key, buckets) in &pending.buckets {
+                let mut run: Option<(i64, i64)> = None;
+                for &b in buckets {
+                    match &mut run {
+                        Some((_, hi)) if *hi == b => *hi = b.saturating_add(width),
+                        _ => {
+                            if let Some((lo, hi)) = run.take() {
+                                rollups.push(name.clone());
+                                los.push(bound_text(lo));
+                                his.push(bound_text(hi));
+                                keys.push(key.clone());
+                            }
+                            run = Some((b, b.saturating_add(width)));
+                        }
+                    }
+                }
+                if let Some((lo, hi)) = run {
+                    rollups.push(name.clone());
+                    los.push(bound_text(lo));
+                    his.push(bound_text(hi));
+                    keys.push(key.clone());
+                }
+            }
+        }
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .pg_context(|| "starting the invalidation transaction".into())?;
+        if !rollups.is_empty() {
+            // Rollups dropped since we loaded the registry are skipped.
+            tx.execute(
+                "INSERT INTO lakets._rollup_invalidation_log (rollup_name, lo, hi, group_key)
+                 SELECT u.r, u.lo::timestamptz, u.hi::timestamptz, u.k::jsonb
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(r, lo, hi, k)
+                  WHERE EXISTS (SELECT 1 FROM lakets._rollup_registry g WHERE g.rollup_name = u.r)",
+                &[&rollups, &los, &his, &keys],
+            )
+            .await
+            .pg_context(|| "writing rollup invalidations".into())?;
+        }
+        progress::store(&tx, &self.slot, NAME, through).await?;
+        tx.commit()
+            .await
+            .pg_context(|| "committing rollup invalidations".into())?;
+        metrics::counter!("lakets_rollup_invalidations_written_total")
+            .increment(rollups.len() as u64);
+        self.pending.clear();
+        self.pending_buckets = 0;
+        Ok(())
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.pending_buckets >= MAX_PENDING_BUCKETS
+    }
+}
