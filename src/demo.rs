@@ -2,9 +2,10 @@
 //!
 //! Today it covers what exists: an embedded PostgreSQL (unless `--database-url` is given),
 //! the `lakets` schema, `stock_ticks` as a ChronoTable with one-hour chunks and a few hours
-//! of synthetic history, its Last Value Cache, its Delta Lake mirror under the data
-//! directory, the WAL pipeline feeding both, a live trickle of ticks and the partition
-//! manager keeping chunks ahead of the clock. Rollups and tiering join it as they land.
+//! of synthetic history, its Last Value Cache, the OHLCV rollup DAG (1 minute -> 1 hour ->
+//! 1 day) refreshed every few seconds, its Delta Lake mirror under the data directory, the
+//! WAL pipeline feeding them, a live trickle of ticks and the partition manager keeping
+//! chunks ahead of the clock. Tiering policies join it with the config of `lakets run`.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -73,6 +74,7 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
         .await?;
         println!("Last Value Cache: lakets.lvc_{DEMO_TABLE} (latest price per symbol).");
     }
+    create_demo_rollups(&mut client).await?;
     let data_dir = std::path::absolute(&options.data_dir)
         .map_err(|e| Error::io("resolving the data directory", e))?;
     let delta_dir = data_dir.join("delta").join(DEMO_TABLE);
@@ -143,6 +145,10 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
         crate::delta::table::display_location(&sync.location)
     );
     println!("Latest prices:  SELECT * FROM lakets.lvc_{DEMO_TABLE};");
+    println!(
+        "Candles:        SELECT * FROM ohlcv_1min_realtime ORDER BY bucket DESC LIMIT 10; \
+         (also ohlcv_1hour, ohlcv_1day; `lakets rollup show`)"
+    );
     println!("Metrics:        http://{metrics_addr}/metrics (lakets_replication_lag_seconds, ...)");
     println!(
         "Streaming ticks for {} symbols; Ctrl-C to stop.\n",
@@ -171,6 +177,38 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
     }
     drop(client);
     drop(embedded);
+    Ok(())
+}
+
+/// The spec's three candle levels, each read from the one below it.
+async fn create_demo_rollups(client: &mut Client) -> Result<()> {
+    let existing: Vec<String> = crate::rollup::list_rollups(&*client)
+        .await?
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    for (name, source, bucket) in [
+        ("ohlcv_1min", DEMO_TABLE, Interval::from_secs(60)),
+        ("ohlcv_1hour", "ohlcv_1min", Interval::hours(1)),
+        ("ohlcv_1day", "ohlcv_1hour", Interval::days(1)),
+    ] {
+        if existing.iter().any(|e| e == name) {
+            continue;
+        }
+        crate::rollup::create_rollup(
+            client,
+            &crate::rollup::CreateRollup {
+                name: name.into(),
+                source: source.into(),
+                bucket,
+                group_by: vec!["symbol".into()],
+                aggregate: "ohlcv(price, volume)".into(),
+                refresh_lag: Interval::ZERO,
+            },
+        )
+        .await?;
+        println!("Rollup {name} <- {source} ({bucket} candles per symbol).");
+    }
     Ok(())
 }
 
@@ -219,7 +257,8 @@ async fn prepare_stock_ticks(client: &mut Client, history_hours: i32) -> Result<
     Ok(())
 }
 
-/// One tick per symbol per second, and the partition manager every 30 seconds.
+/// One tick per symbol per second, the rollup cascade every 5 seconds and the partition
+/// manager every 30 seconds.
 async fn live_ticks(
     client: &mut Client,
     status: &std::sync::Mutex<crate::wal::PipelineStatus>,
@@ -243,6 +282,24 @@ async fn live_ticks(
                 if !report.created.is_empty() {
                     println!("partition manager: created {}", report.created.join(", "));
                 }
+            }
+        }
+        if second % 5 == 0 {
+            let reports = crate::rollup::refresh::refresh(client, None, true, false).await?;
+            if second % 10 == 0 {
+                println!(
+                    "rollup cascade: {}",
+                    reports
+                        .iter()
+                        .map(|r| format!(
+                            "{} up to {} ({} invalidations re-aggregated)",
+                            r.rollup,
+                            r.watermark_after.as_deref().unwrap_or("-"),
+                            r.invalidations_consumed
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
             }
         }
         if second % 10 == 0 {

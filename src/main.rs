@@ -290,6 +290,25 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rollup refresh time with the same invalidations on a 1x and a 10x table, and the
+    /// apply rates of the LVC and invalidation operators.
+    Rollup {
+        /// Hours of history of the small table (the large one has ten times more).
+        #[arg(long, default_value_t = 4)]
+        hours: i32,
+        #[arg(long, default_value_t = 10)]
+        symbols: i32,
+        /// Late ticks written per repetition (into both tables).
+        #[arg(long, default_value_t = 200)]
+        late_ticks: i32,
+        #[arg(long, default_value_t = 5)]
+        repetitions: usize,
+        /// Rows of the backlog for the operator apply rates.
+        #[arg(long, default_value_t = 500_000)]
+        backlog_rows: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Insert latency into the current chunk, alone and while the durability gate holds
     /// an old chunk of the same table locked.
     Gate {
@@ -566,6 +585,28 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 print!("{}", lakets::bench::catchup_table(&report));
+            }
+        }
+        Command::Bench(BenchCommand::Rollup {
+            hours,
+            symbols,
+            late_ticks,
+            repetitions,
+            backlog_rows,
+            json,
+        }) => {
+            let report = lakets::bench::rollup_bench(&lakets::bench::RollupBenchOptions {
+                hours: (*hours).max(1),
+                symbols: (*symbols).max(1),
+                late_ticks: (*late_ticks).max(1),
+                repetitions: (*repetitions).max(1),
+                backlog_rows: *backlog_rows,
+            })
+            .await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{}", lakets::bench::rollup_bench_table(&report));
             }
         }
         Command::Bench(BenchCommand::Gate { inserts, json }) => {

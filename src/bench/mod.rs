@@ -4,10 +4,12 @@
 pub mod catchup;
 pub mod freshness;
 pub mod gate;
+pub mod rollup;
 
 pub use catchup::{CatchupOptions, CatchupReport, catchup, catchup_table};
 pub use freshness::{FreshnessOptions, FreshnessReport, freshness, freshness_table};
 pub use gate::{GateReport, gate, gate_table};
+pub use rollup::{RollupBenchOptions, RollupBenchReport, rollup_bench, rollup_bench_table};
 
 use crate::chronotable::{self, CreateOptions};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
