@@ -612,3 +612,84 @@ async fn bad_requests_are_refused_with_reasons_and_change_nothing() {
     );
     assert!(db.scalar::<bool>("SELECT to_regclass('m1') IS NULL").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamp_and_date_time_columns_bucket_as_utc() {
+    let mut db = fresh_db("rollup_types").await;
+    db.exec(
+        "CREATE TABLE readings (time timestamp NOT NULL, sensor int NOT NULL, value numeric(10,2));
+         INSERT INTO readings SELECT localtimestamp - i * interval '5 minutes', i % 3, i / 7.0
+           FROM generate_series(1, 600) i;
+         CREATE TABLE daily (day date NOT NULL, sensor int NOT NULL, value bigint);
+         INSERT INTO daily SELECT current_date - i, i % 2, i FROM generate_series(1, 60) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = Interval::hours(6);
+    lakets::chronotable::create_chronotable(&mut db.client, "readings", &opts)
+        .await
+        .unwrap();
+    let mut opts = lakets::chronotable::CreateOptions::new("day");
+    opts.chunk_interval = Interval::days(7);
+    lakets::chronotable::create_chronotable(&mut db.client, "daily", &opts)
+        .await
+        .unwrap();
+    for r in [
+        request(
+            "readings_15min",
+            "readings",
+            "15 minutes",
+            "sensor",
+            "avg(value), first(value), last(value), count(*)",
+        ),
+        request(
+            "readings_2h",
+            "readings_15min",
+            "2 hours",
+            "sensor",
+            "avg(value), first(value), last(value), count(*)",
+        ),
+        request(
+            "readings_6h",
+            "readings_15min",
+            "6 hours",
+            "",
+            "avg(value), count(*)",
+        ),
+        request(
+            "daily_week",
+            "daily",
+            "7 days",
+            "sensor",
+            "sum(value), min(value)",
+        ),
+    ] {
+        rollup::create_rollup(&mut db.client, &r).await.unwrap();
+    }
+    let (shutdown, run, slot) = start_pipeline(&db).await;
+    refresh(&mut db.client, None, true, false).await.unwrap();
+    assert_all_equal(&db, "first refresh").await;
+    db.exec(
+        "INSERT INTO readings VALUES (localtimestamp - interval '20 hours', 1, 999.99);
+         UPDATE readings SET value = -1 WHERE time = (SELECT min(time) FROM readings);
+         DELETE FROM readings WHERE sensor = 2 AND time < localtimestamp - interval '40 hours';
+         INSERT INTO daily VALUES (current_date - 30, 1, 1000000);
+         DELETE FROM daily WHERE day = current_date - 45;",
+    )
+    .await;
+    caught_up(&db, &slot).await;
+    let reports = refresh(&mut db.client, None, true, false).await.unwrap();
+    assert!(reports.iter().all(|r| r.skipped.is_none()));
+    assert_all_equal(&db, "after late rows, corrections and deletes").await;
+    let bucket_type: String = db
+        .scalar("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'daily_week'::regclass AND attname = 'bucket'")
+        .await;
+    assert_eq!(bucket_type, "timestamp without time zone");
+    let live: i64 = db.scalar("SELECT count(*) FROM readings_2h_realtime").await;
+    let expected: i64 = db
+        .scalar("SELECT count(DISTINCT (date_bin('2 hours', time, TIMESTAMP '1970-01-01'), sensor)) FROM readings")
+        .await;
+    assert_eq!(live, expected, "the real-time view covers every bucket");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}

@@ -262,7 +262,7 @@ async fn apply_rates(
         client
             .execute(
                 "INSERT INTO ticks_1x
-                 SELECT now() - interval '30 minutes' + ($1 * 1000 + g) * interval '1 ms',
+                 SELECT now() - interval '30 minutes' + ($1::bigint * 1000 + g) * interval '1 ms',
                         'S' || (g % 10), 100 + g % 7, 1
                    FROM generate_series(1, 1000) g",
                 &[&(b as i64)],

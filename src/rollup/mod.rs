@@ -29,7 +29,7 @@ use crate::catalog::registry::{self, TimeType};
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::{MAX_IDENT_BYTES, QualifiedName, TableName, parse_identifier, quote_ident};
 use crate::interval::Interval;
-use spec::{ColumnInfo, OutputColumn, SourceColumns};
+use spec::{ColumnInfo, Func, OutputColumn, SourceColumns};
 use sql::BucketType;
 
 /// Prefix of the logical message emitted with every change of the rollup registry.
@@ -399,6 +399,26 @@ pub async fn create_rollup(client: &mut Client, request: &CreateRollup) -> Resul
                     }
                 }
                 let columns = spec::plan(&calls, &RolledColumns(&src.columns), &src.name)?;
+                // first/last over a rollup order its buckets by time; buckets are unique
+                // only within one of its groups.
+                let merges_groups = src.group_by.iter().any(|g| !group_by.contains(g));
+                if let Some(c) = columns
+                    .iter()
+                    .find(|c| merges_groups && matches!(c.func, Func::First | Func::Last))
+                {
+                    return Err(Error::invalid(format!(
+                        "{} ({}) cannot be re-aggregated from {} across its groups: which group's \
+                         value comes first is unknown at its level; group by {} as well",
+                        c.name,
+                        if c.func == Func::First {
+                            "first"
+                        } else {
+                            "last"
+                        },
+                        src.name,
+                        src.group_by.join(", ")
+                    )));
+                }
                 (
                     Source::Rollup {
                         name: src.name.clone(),

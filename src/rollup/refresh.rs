@@ -24,6 +24,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use tracing::debug;
 
+use super::sql::BucketType;
 use super::{Rollup, bound_text, ceil, dag, find_rollup, floor, format_micros, list_rollups};
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::quote_ident;
@@ -289,13 +290,29 @@ async fn recompute(
     keys: Option<&[GroupKey]>,
     group_types: &[String],
 ) -> Result<u64> {
-    let bound = |i: usize| {
-        rollup
-            .bucket_type
-            .from_timestamptz(&format!("${i}::text::timestamptz"))
+    // Bounds are bound as typed values (not text cast in SQL), so that PostgreSQL prunes
+    // the source's chunks when planning: refresh cost must not grow with the chunk count.
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut bounds: Vec<(&str, usize)> = Vec::new();
+    for (t, op) in [(range.0, ">="), (range.1, "<")] {
+        if t == i64::MIN || t == i64::MAX {
+            continue; // infinite: no bound
+        }
+        let at = chrono::DateTime::from_timestamp_micros(t)
+            .ok_or_else(|| Error::invalid(format!("bucket bound {t} µs is out of range")))?;
+        match rollup.bucket_type {
+            BucketType::Timestamptz => params.push(Box::new(at)),
+            BucketType::Timestamp => params.push(Box::new(at.naive_utc())),
+        }
+        bounds.push((op, params.len()));
+    }
+    let range_filter = |column: &str| -> String {
+        bounds
+            .iter()
+            .map(|(op, i)| format!(" AND {column} {op} ${i}::{}", rollup.bucket_type.as_str()))
+            .collect()
     };
-    let (lo, hi) = (bound_text(range.0), bound_text(range.1));
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(lo), Box::new(hi)];
+    let first_key = params.len() + 1;
     if let Some(keys) = keys {
         for i in 0..rollup.group_by.len() {
             let column: Vec<Option<String>> = keys.iter().map(|k| k[i].clone()).collect();
@@ -310,7 +327,7 @@ async fn recompute(
             .map(|i| format!("k{i}"))
             .collect();
         let arrays: Vec<String> = (0..rollup.group_by.len())
-            .map(|i| format!("${}::text[]", 3 + i))
+            .map(|i| format!("${}::text[]", first_key + i))
             .collect();
         let matches: Vec<String> = rollup
             .group_by
@@ -339,10 +356,9 @@ async fn recompute(
         .collect();
     tx.execute(
         &format!(
-            "DELETE FROM {} m WHERE m.bucket >= {} AND m.bucket < {}{delete_keys}",
+            "DELETE FROM {} m WHERE true{}{delete_keys}",
             rollup.table.quoted(),
-            bound(1),
-            bound(2)
+            range_filter("m.bucket"),
         ),
         &refs,
     )
@@ -351,11 +367,7 @@ async fn recompute(
     let time = rollup.source_time();
     let select = rollup.select_from_source(
         &rollup.source_relation(),
-        &format!(
-            "WHERE {time} >= {} AND {time} < {}{source_keys}",
-            bound(1),
-            bound(2)
-        ),
+        &format!("WHERE true{}{source_keys}", range_filter(&time)),
     );
     let columns: Vec<String> = rollup
         .column_list()
