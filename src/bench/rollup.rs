@@ -172,12 +172,7 @@ pub async fn rollup_bench(options: &RollupBenchOptions) -> Result<RollupBenchRep
                 .await
                 .pg_context(|| format!("writing late ticks into {table}"))?;
         }
-        let end: Lsn = client
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .pg_context(|| "reading the WAL position".into())?
-            .get::<_, String>(0)
-            .parse()?;
+        let end = wal_insert_lsn(&client).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
         while status.lock().unwrap().acknowledged_lsn < end {
             if run.is_finished() || Instant::now() > deadline {
@@ -270,12 +265,7 @@ async fn apply_rates(
             .await
             .pg_context(|| "writing the backlog".into())?;
     }
-    let end: Lsn = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .pg_context(|| "reading the WAL position".into())?
-        .get::<_, String>(0)
-        .parse()?;
+    let end = wal_insert_lsn(client).await?;
     let mut out = Vec::new();
     for set in APPLY_SETS {
         let slot = slot_name(set);
@@ -322,6 +312,15 @@ async fn apply_rates(
             .pg_context(|| format!("dropping slot {slot}"))?;
     }
     Ok(out)
+}
+
+async fn wal_insert_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {
+    client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .pg_context(|| "reading the WAL position".into())?
+        .get::<_, String>(0)
+        .parse()
 }
 
 fn slot_name(set: &str) -> String {

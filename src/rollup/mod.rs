@@ -331,19 +331,7 @@ pub async fn create_rollup(client: &mut Client, request: &CreateRollup) -> Resul
     // Changes after the creation must reach the invalidation operator through a slot (a
     // slot cannot be created inside the transaction below).
     crate::wal::setup::ensure_default_consumer(&*client).await?;
-    let tx = client
-        .transaction()
-        .await
-        .pg_context(|| "starting a transaction".into())?;
-    tx.batch_execute("SET LOCAL lock_timeout = '10s'")
-        .await
-        .pg_context(|| "setting lock_timeout".into())?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1, $2)",
-        &[&ADVISORY_NAMESPACE, &REGISTRY_LOCK],
-    )
-    .await
-    .pg_context(|| "locking the rollup registry".into())?;
+    let tx = registry_transaction(client).await?;
     if tx
         .query_opt(
             "SELECT 1 FROM lakets._rollup_registry WHERE rollup_name = $1",
@@ -665,10 +653,8 @@ async fn announce(client: &impl GenericClient, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Drops a rollup (its view, table, registry row and pending invalidations); refused while
-/// another rollup reads it.
-pub async fn drop_rollup(client: &mut Client, name: &str) -> Result<Rollup> {
-    crate::catalog::check_installed(&*client).await?;
+/// A transaction holding the registry lock: creates and drops see a stable DAG.
+async fn registry_transaction(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>> {
     let tx = client
         .transaction()
         .await
@@ -682,6 +668,14 @@ pub async fn drop_rollup(client: &mut Client, name: &str) -> Result<Rollup> {
     )
     .await
     .pg_context(|| "locking the rollup registry".into())?;
+    Ok(tx)
+}
+
+/// Drops a rollup (its view, table, registry row and pending invalidations); refused while
+/// another rollup reads it.
+pub async fn drop_rollup(client: &mut Client, name: &str) -> Result<Rollup> {
+    crate::catalog::check_installed(&*client).await?;
+    let tx = registry_transaction(client).await?;
     let rollup = find_rollup(&tx, name).await?;
     let dependents: Vec<String> = tx
         .query(
