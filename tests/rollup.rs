@@ -12,8 +12,7 @@ use common::{TestDb, fresh_db};
 use lakets::interval::Interval;
 use lakets::operators::invalidations::Invalidations;
 use lakets::rollup::{self, CreateRollup, check::check_rollup, refresh::refresh};
-use lakets::wal::lsn::Lsn;
-use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
+use lakets::wal::Pipeline;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -105,10 +104,7 @@ async fn start_pipeline(
     db: &TestDb,
 ) -> (CancellationToken, JoinHandle<lakets::Result<()>>, String) {
     let slot = lakets::wal::setup::default_slot_name(&db.name);
-    let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
-    config.flush_interval = Duration::from_millis(50);
-    config.ack_interval = Duration::from_millis(50);
-    config.heartbeat_interval = Some(Duration::from_millis(200));
+    let config = common::wal::config(&slot);
     let op = Invalidations::new(db.connect().await, slot.clone())
         .await
         .unwrap();
@@ -122,11 +118,7 @@ async fn start_pipeline(
 }
 
 async fn caught_up(db: &TestDb, slot: &str) {
-    let end: Lsn = db
-        .scalar::<String>("SELECT pg_current_wal_insert_lsn()::text")
-        .await
-        .parse()
-        .unwrap();
+    let end = common::wal::lsn_now(db).await;
     wait_until_confirmed(&db.client, slot, end, Duration::from_secs(60)).await;
 }
 
