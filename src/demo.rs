@@ -1,11 +1,11 @@
 //! `lakets demo`: the spec's stock-tick demo with no setup.
 //!
-//! Today it covers what exists: an embedded PostgreSQL (unless `--database-url` is given),
-//! the `lakets` schema, `stock_ticks` as a ChronoTable with one-hour chunks and a few hours
-//! of synthetic history, its Last Value Cache, the OHLCV rollup DAG (1 minute -> 1 hour ->
-//! 1 day) refreshed every few seconds, its Delta Lake mirror under the data directory, the
-//! WAL pipeline feeding them, a live trickle of ticks and the partition manager keeping
-//! chunks ahead of the clock. Tiering policies join it with the config of `lakets run`.
+//! An embedded PostgreSQL (unless `--database-url` is given); `stock_ticks` as a ChronoTable
+//! with one-hour chunks and a few hours of synthetic history; then the same service as
+//! `lakets run`, configured in code: the Last Value Cache, the Delta mirror under the data
+//! directory, the OHLCV rollup DAG (1 minute -> 1 hour -> 1 day), a tiered retention policy
+//! with short intervals and every job on a demo-friendly schedule, so that chunks are
+//! pre-created, tiered and dropped within the first minutes; and the ingest streaming ticks.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,14 +15,12 @@ use tokio_postgres::Client;
 
 use crate::catalog::{self, registry};
 use crate::chronotable::{self, CreateOptions};
+use crate::config::{Config, LvcSpec, PolicySpec, RollupSpec, SyncSpec, TableSpec};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::error::{Error, PgResultExt, Result};
 use crate::interval::Interval;
 
 pub const DEMO_TABLE: &str = "stock_ticks";
-const SYMBOLS: &[&str] = &[
-    "AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "JPM", "V", "XOM",
-];
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -31,6 +29,10 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
     /// Hours of synthetic history written before the table is converted.
     pub history_hours: i32,
+    /// Symbols ticked (from stock_assets).
+    pub symbols: u32,
+    /// Live ticks per second.
+    pub rate: u64,
 }
 
 /// Runs the demo until `shutdown` resolves or the duration elapses.
@@ -56,81 +58,38 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
 
     let mut client = crate::db::connect(&url).await?;
     catalog::migrate(&mut client).await?;
-    prepare_stock_ticks(&mut client, options.history_hours).await?;
+    crate::ingest::load_assets(&client, options.symbols).await?;
+    prepare_stock_ticks(&mut client, options.history_hours, options.symbols).await?;
 
     let db = crate::db::parse_config(&url)?;
-    let table = crate::ident::TableName::new("public", DEMO_TABLE);
-    if !crate::lvc::list_lvc(&client)
-        .await?
-        .iter()
-        .any(|c| c.table == table)
-    {
-        crate::lvc::enable_lvc(
-            &mut client,
-            DEMO_TABLE,
-            &["symbol".to_string()],
-            &["price".to_string(), "volume".to_string()],
-        )
-        .await?;
-        println!("Last Value Cache: lakets.lvc_{DEMO_TABLE} (latest price per symbol).");
-    }
-    create_demo_rollups(&mut client).await?;
     let data_dir = std::path::absolute(&options.data_dir)
         .map_err(|e| Error::io("resolving the data directory", e))?;
     let delta_dir = data_dir.join("delta").join(DEMO_TABLE);
-    let sync = match crate::sync::find_sync(&client, &table).await? {
-        Some(s) if s.state == crate::sync::SyncState::Active => s,
-        _ => {
-            // A throwaway cluster starts empty: a Delta table left by an earlier run belongs
-            // to a database that no longer exists.
-            if embedded.is_some() && delta_dir.exists() {
-                println!(
-                    "Removing the Delta table of an earlier demo run at {}.",
-                    delta_dir.display()
-                );
-                std::fs::remove_dir_all(&delta_dir)
-                    .map_err(|e| Error::io(format!("removing {}", delta_dir.display()), e))?;
-            }
-            println!(
-                "Copying {DEMO_TABLE} into the Delta table at {}...",
-                delta_dir.display()
-            );
-            crate::sync::enable_sync(
-                &db,
-                DEMO_TABLE,
-                &delta_dir.display().to_string(),
-                crate::delta::schema::Partitioning::Day,
-                |p| println!("  copied {} rows", p.rows),
-            )
-            .await?
-        }
-    };
+    let table = crate::ident::TableName::new("public", DEMO_TABLE);
+    let synced = crate::sync::find_sync(&client, &table)
+        .await?
+        .is_some_and(|s| s.state == crate::sync::SyncState::Active);
+    // A throwaway cluster starts empty: a Delta table left by an earlier run belongs to a
+    // database that no longer exists.
+    if !synced && embedded.is_some() && delta_dir.exists() {
+        println!(
+            "Removing the Delta table of an earlier demo run at {}.",
+            delta_dir.display()
+        );
+        std::fs::remove_dir_all(&delta_dir)
+            .map_err(|e| Error::io(format!("removing {}", delta_dir.display()), e))?;
+    }
 
-    // The WAL pipeline: chunk tracker, Last Value Cache and Delta mirror.
-    let slot = crate::wal::setup::default_slot_name(db.get_dbname().unwrap_or("postgres"));
-    let config = crate::wal::PipelineConfig::new(crate::wal::SourceSettings::new(
-        &slot,
-        crate::wal::setup::DEFAULT_PUBLICATION,
-    ));
-    let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
-    let stop_pipeline = tokio_util::sync::CancellationToken::new();
-    let pipeline = {
-        let (db, status, stop) = (db.clone(), status.clone(), stop_pipeline.clone());
-        tokio::spawn(async move {
-            crate::wal::run_with_restarts(
-                || crate::service::standard_pipeline(&db, config.clone(), status.clone()),
-                stop,
-            )
-            .await
-        })
-    };
+    let config = demo_config(&url, &delta_dir);
+    println!("Applying the demo's configuration (LVC, Delta sync, policy, rollups)...");
+    let report = crate::config::reconcile::reconcile(&db, &config).await?;
+    for c in &report.created {
+        println!("  created {c}");
+    }
 
-    // Prometheus metrics on a free local port.
-    let (metrics_addr, metrics_task) = crate::http::serve(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        stop_pipeline.clone(),
-    )
-    .await?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let service = crate::service::start(&config, db.clone(), cancel.clone()).await?;
+    let state = service.state.clone();
 
     let chunks = chronotable::show_chunks(&mut client, DEMO_TABLE, false).await?;
     println!(
@@ -142,18 +101,45 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
     println!("Data directory: {}", data_dir.display());
     println!(
         "Delta table:    {} (read it with Spark, Databricks, DuckDB's delta_scan, ...)",
-        crate::delta::table::display_location(&sync.location)
+        delta_dir.display()
     );
     println!("Latest prices:  SELECT * FROM lakets.lvc_{DEMO_TABLE};");
     println!(
         "Candles:        SELECT * FROM ohlcv_1min_realtime ORDER BY bucket DESC LIMIT 10; \
          (also ohlcv_1hour, ohlcv_1day; `lakets rollup show`)"
     );
-    println!("Metrics:        http://{metrics_addr}/metrics (lakets_replication_lag_seconds, ...)");
+    if let Some(addr) = service.http_addr {
+        println!("Metrics:        http://{addr}/metrics (lakets_replication_lag_seconds, ...)");
+    }
+    if let Some(addr) = service.grpc_addr {
+        println!("gRPC:           {addr} (grpcurl -plaintext {addr} list)");
+    }
     println!(
-        "Streaming ticks for {} symbols; Ctrl-C to stop.\n",
-        SYMBOLS.len()
+        "Policy:         chunks tiered after {}, dropped after {}; `lakets status` shows them",
+        TIER_AFTER, DROP_AFTER
     );
+    println!(
+        "Streaming ticks for {} symbols at {} rows/s; Ctrl-C to stop.\n",
+        options.symbols, options.rate
+    );
+
+    let ingest = {
+        let db = db.clone();
+        let stop = cancel.clone();
+        let options = crate::ingest::IngestOptions {
+            profile: crate::ingest::IngestProfile {
+                symbols: options.symbols,
+                rate: options.rate,
+                burst: false,
+            },
+            duration: None,
+            method: crate::ingest::Method::Copy,
+            progress: false,
+        };
+        tokio::spawn(async move {
+            crate::ingest::run(&db, options, async move { stop.cancelled().await }).await
+        })
+    };
 
     let sleep = async {
         match options.duration {
@@ -162,57 +148,117 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
         }
     };
     tokio::select! {
-        result = live_ticks(&mut client, &status) => result?,
+        result = report_progress(&client, &state) => result?,
         _ = shutdown => println!("\nStopping."),
         _ = sleep => println!("\nDuration reached; stopping."),
     }
-    // Flush and acknowledge what the operators hold, then stop.
-    stop_pipeline.cancel();
-    match pipeline.await {
-        Ok(result) => result?,
-        Err(e) => return Err(Error::Operator(format!("the demo pipeline panicked: {e}"))),
-    }
-    if let Ok(Err(e)) = metrics_task.await {
-        tracing::warn!(error = %e, "the metrics endpoint failed");
-    }
+    // Stop writing first, then let the service flush and acknowledge what it holds.
+    cancel.cancel();
+    let ingested = match ingest.await {
+        Ok(r) => r?,
+        Err(e) => return Err(Error::Operator(format!("the demo ingest panicked: {e}"))),
+    };
+    service.wait().await?;
+    println!(
+        "Ingested {} live ticks ({:.0} rows/s).",
+        ingested.rows, ingested.rows_per_second
+    );
     drop(client);
     drop(embedded);
     Ok(())
 }
 
-/// The spec's three candle levels, each read from the one below it.
-async fn create_demo_rollups(client: &mut Client) -> Result<()> {
-    let existing: Vec<String> = crate::rollup::list_rollups(&*client)
-        .await?
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
+const TIER_AFTER: Interval = Interval::hours(1);
+const DROP_AFTER: Interval = Interval::hours(3);
+
+/// The demo's service configuration: what `lakets.toml` would say, with short intervals.
+fn demo_config(url: &str, delta_dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.database.url = Some(url.to_string());
+    // Free ports: the demo must not collide with a running service.
+    config.http.listen = "127.0.0.1:0".into();
+    config.grpc.listen = "127.0.0.1:0".into();
+    config.http.ready_max_lag = Interval::from_secs(60);
+    config.jobs.partitions_every = Interval::from_secs(30);
+    config.jobs.rollups_every = Interval::from_secs(5);
+    config.jobs.tiering_every = Interval::from_secs(10);
+    config.jobs.retention_every = Interval::from_secs(15);
+    config.jobs.maintenance_every = Interval::from_secs(300);
+    config.jobs.gate_wait = Interval::from_secs(5);
+    config.tables.push(TableSpec {
+        name: DEMO_TABLE.into(),
+        time_column: "time".into(),
+        chunk_interval: Interval::hours(1),
+        premake: crate::chronotable::DEFAULT_PREMAKE,
+        lvc: Some(LvcSpec {
+            key: vec!["symbol".into()],
+            columns: vec!["price".into(), "volume".into()],
+        }),
+        sync: Some(SyncSpec {
+            to: delta_dir.display().to_string(),
+            partition_by: "day".into(),
+        }),
+        policy: Some(PolicySpec {
+            tier_after: Some(TIER_AFTER),
+            drop_after: Some(DROP_AFTER),
+        }),
+    });
     for (name, source, bucket) in [
         ("ohlcv_1min", DEMO_TABLE, Interval::from_secs(60)),
         ("ohlcv_1hour", "ohlcv_1min", Interval::hours(1)),
         ("ohlcv_1day", "ohlcv_1hour", Interval::days(1)),
     ] {
-        if existing.iter().any(|e| e == name) {
-            continue;
-        }
-        crate::rollup::create_rollup(
-            client,
-            &crate::rollup::CreateRollup {
-                name: name.into(),
-                source: source.into(),
-                bucket,
-                group_by: vec!["symbol".into()],
-                aggregate: "ohlcv(price, volume)".into(),
-                refresh_lag: Interval::ZERO,
-            },
-        )
-        .await?;
-        println!("Rollup {name} <- {source} ({bucket} candles per symbol).");
+        config.rollups.push(RollupSpec {
+            name: name.into(),
+            source: source.into(),
+            bucket,
+            group_by: vec!["symbol".into()],
+            aggregate: "ohlcv(price, volume)".into(),
+            refresh_lag: Interval::ZERO,
+        });
     }
-    Ok(())
+    config
 }
 
-async fn prepare_stock_ticks(client: &mut Client, history_hours: i32) -> Result<()> {
+/// Every ten seconds: rows, lag, chunks by status, rollup watermarks.
+async fn report_progress(client: &Client, state: &crate::service::ServiceState) -> Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let live = state.status.lock().unwrap().clone();
+        let s = crate::status::collect(client, &state.slot, Some(&live)).await?;
+        let chunks = s
+            .tables
+            .iter()
+            .find(|t| t.table == format!("public.{DEMO_TABLE}"))
+            .map(|t| {
+                t.chunks
+                    .iter()
+                    .map(|(k, v)| format!("{v} {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let rollups = s
+            .rollups
+            .iter()
+            .map(|r| format!("{} at {}", r.name, r.watermark.as_deref().unwrap_or("-")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "{} changes streamed; lag {:.1} s; chunks: {chunks}; LVC keys: {}; rollups: {rollups}",
+            live.changes,
+            live.lag_seconds,
+            state
+                .lvc
+                .all(&crate::ident::TableName::new("public", DEMO_TABLE))
+                .len()
+        );
+    }
+}
+
+async fn prepare_stock_ticks(client: &mut Client, history_hours: i32, symbols: u32) -> Result<()> {
     let table = crate::ident::TableName::new("public", DEMO_TABLE);
     if registry::get_chronotable(&*client, &table).await?.is_some() {
         println!("{DEMO_TABLE} already exists as a ChronoTable; reusing it.");
@@ -234,13 +280,12 @@ async fn prepare_stock_ticks(client: &mut Client, history_hours: i32) -> Result<
         .execute(
             "INSERT INTO stock_ticks (time, symbol, price, volume)
              SELECT t, s.symbol,
-                    round((s.base * (1 + 0.02 * sin(extract(epoch FROM t) / 3600.0 + s.phase))
+                    round((s.base_price * (1 + 0.02 * sin(2 * pi() * extract(epoch FROM t) / 86400 + s.phase))
                            + random() - 0.5)::numeric, 2)::float8,
                     (100 + random() * 900)::bigint
                FROM generate_series(now() - make_interval(hours => $1), now(), interval '1 second') t,
-                    (SELECT sym AS symbol, 50 + 20 * ord AS base, ord AS phase
-                       FROM unnest($2::text[]) WITH ORDINALITY u(sym, ord)) s",
-            &[&history_hours, &SYMBOLS],
+                    (SELECT symbol, base_price, phase FROM stock_assets ORDER BY symbol LIMIT $2) s",
+            &[&history_hours, &(symbols as i64)],
         )
         .await
         .pg_context(|| "writing synthetic history".into())?;
@@ -254,67 +299,5 @@ async fn prepare_stock_ticks(client: &mut Client, history_hours: i32) -> Result<
         report.chunks.len(),
         report.chunk_interval
     );
-    Ok(())
-}
-
-/// One tick per symbol per second, the rollup cascade every 5 seconds and the partition
-/// manager every 30 seconds.
-async fn live_ticks(
-    client: &mut Client,
-    status: &std::sync::Mutex<crate::wal::PipelineStatus>,
-) -> Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut total: u64 = 0;
-    for second in 0u64.. {
-        tick.tick().await;
-        total += client
-            .execute(
-                "INSERT INTO stock_ticks (time, symbol, price, volume)
-                 SELECT now(), sym, round((60 + 20 * ord + random())::numeric, 2)::float8,
-                        (100 + random() * 900)::bigint
-                   FROM unnest($1::text[]) WITH ORDINALITY u(sym, ord)",
-                &[&SYMBOLS],
-            )
-            .await
-            .pg_context(|| "inserting live ticks".into())?;
-        if second % 30 == 0 {
-            for report in chronotable::ensure_partitions(client, Some(DEMO_TABLE), None).await? {
-                if !report.created.is_empty() {
-                    println!("partition manager: created {}", report.created.join(", "));
-                }
-            }
-        }
-        if second % 5 == 0 {
-            let reports = crate::rollup::refresh::refresh(client, None, true, false).await?;
-            if second % 10 == 0 {
-                println!(
-                    "rollup cascade: {}",
-                    reports
-                        .iter()
-                        .map(|r| format!(
-                            "{} up to {} ({} invalidations re-aggregated)",
-                            r.rollup,
-                            r.watermark_after.as_deref().unwrap_or("-"),
-                            r.invalidations_consumed
-                        ))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-            }
-        }
-        if second % 10 == 0 {
-            let st = status.lock().unwrap().clone();
-            println!(
-                "{total} live ticks inserted; replication lag {:.1} s ({}); operators durable at {}",
-                st.lag_seconds,
-                crate::report::human_bytes(st.lag_bytes as i64),
-                st.operators
-                    .iter()
-                    .map(|(name, lsn)| format!("{name} {lsn}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-    }
     Ok(())
 }

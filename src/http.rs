@@ -1,15 +1,17 @@
-//! The service's HTTP endpoint: Prometheus metrics (`GET /metrics`) and a liveness probe
-//! (`GET /healthz`).
+//! The service's HTTP endpoint: Prometheus metrics (`GET /metrics`), a liveness probe
+//! (`GET /healthz`: the process answers) and a readiness probe (`GET /readyz`: streaming,
+//! and not lagging beyond the configured bound; 503 with the reason otherwise).
 //!
 //! Metrics go through the `metrics` facade everywhere in lakets; this installs the
 //! Prometheus recorder once per process and renders it. Histograms get explicit buckets
 //! (seconds), so Prometheus can aggregate them across instances.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
@@ -49,11 +51,23 @@ pub fn prometheus() -> Result<PrometheusHandle> {
         .map_err(|e| Error::Operator(format!("installing the Prometheus recorder: {e}")))
 }
 
+/// Says whether the service is ready: Ok(what) or Err(why not).
+pub type Readiness = Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
+
 /// Binds `addr` and serves until `shutdown`; returns the bound address at once (port 0
-/// picks a free one) and the server task.
+/// picks a free one) and the server task. Without `ready`, `/readyz` answers like
+/// `/healthz`.
 pub async fn serve(
     addr: SocketAddr,
     shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
+    serve_with_readiness(addr, shutdown, Arc::new(|| Ok("ok".to_string()))).await
+}
+
+pub async fn serve_with_readiness(
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    ready: Readiness,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
     let handle = prometheus()?;
     let app = Router::new()
@@ -64,7 +78,22 @@ pub async fn serve(
                 async move { handle.render() }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready() {
+                        Ok(what) => (StatusCode::OK, format!("ready: {what}\n")),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io(format!("binding the metrics endpoint to {addr}"), e))?;

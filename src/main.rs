@@ -53,15 +53,45 @@ enum Command {
     /// Time-partitioned tables.
     #[command(subcommand)]
     Chronotable(ChronotableCommand),
-    /// Stream the WAL of the ChronoTables through the operators until Ctrl-C or SIGTERM.
+    /// The service: reconcile the database with the config, then stream the WAL through
+    /// the operators, run the jobs, and serve metrics and gRPC until Ctrl-C or SIGTERM.
     Run {
+        /// The config file (TOML); every key can also come from a LAKETS_* variable.
+        #[arg(long, env = "LAKETS_CONFIG")]
+        config: Option<PathBuf>,
         #[command(flatten)]
-        replication: ReplicationArgs,
-        #[command(flatten)]
-        jobs: JobArgs,
-        /// Where to serve Prometheus metrics (GET /metrics) and /healthz; `off` disables.
-        #[arg(long, env = "LAKETS_METRICS_ADDR", default_value = "127.0.0.1:9187")]
-        metrics_addr: String,
+        overrides: RunOverrides,
+    },
+    /// Slot, lag, operators, chunks, rollups and jobs; live figures from the running
+    /// service when its gRPC endpoint answers.
+    Status {
+        #[arg(long, env = "LAKETS_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the config, or reconcile the database with it without starting the service.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Stream synthetic stock ticks into stock_ticks (stream_ticks).
+    Ingest {
+        /// Symbols to tick (from stock_assets, filled if needed).
+        #[arg(long, default_value_t = 10)]
+        symbols: u32,
+        /// Rows per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Five times the rate for two seconds of every ten.
+        #[arg(long)]
+        burst: bool,
+        /// Stop after this long; default: until Ctrl-C.
+        #[arg(long, value_parser = parse_interval)]
+        duration: Option<Interval>,
+        #[arg(long, value_enum, default_value = "copy")]
+        method: lakets::ingest::Method,
+        /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Compare the Delta table and the Last Value Cache with the table; exits non-zero and
     /// names the first differences when anything disagrees.
@@ -120,57 +150,106 @@ enum Command {
         /// Where the demo keeps its files.
         #[arg(long, default_value = "lakets-data")]
         data_dir: PathBuf,
+        /// Hours of synthetic history written at start (so tiering and drops show early).
+        #[arg(long, default_value_t = 5)]
+        history_hours: i32,
+        /// Symbols to tick.
+        #[arg(long, default_value_t = 10)]
+        symbols: u32,
+        /// Live ticks per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
     },
 }
 
+/// Command-line overrides of the config (they win over the file and the environment).
 #[derive(clap::Args, Debug, Clone)]
-struct ReplicationArgs {
-    /// Replication slot name (default: lakets_<database>).
-    #[arg(long, env = "LAKETS_SLOT")]
+struct RunOverrides {
+    /// Replication slot name (service.slot; default lakets_<database>).
+    #[arg(long)]
     slot: Option<String>,
-    /// Publication name (lakets keeps it covering the ChronoTables).
-    #[arg(long, default_value = lakets::wal::setup::DEFAULT_PUBLICATION, env = "LAKETS_PUBLICATION")]
-    publication: String,
-    /// Receive values in text format instead of binary.
+    /// Publication name (service.publication).
+    #[arg(long)]
+    publication: Option<String>,
+    /// Receive values in text format instead of binary (service.protocol = "text").
     #[arg(long)]
     text_protocol: bool,
-}
-
-#[derive(clap::Args, Debug, Clone)]
-struct JobArgs {
-    /// Do not run the scheduled jobs (another instance, or cron, runs them).
+    /// Do not run the scheduled jobs (jobs.enabled = false).
     #[arg(long)]
     no_jobs: bool,
-    /// Partition manager interval (0 disables it).
-    #[arg(long, default_value = "1 minute", value_parser = parse_interval)]
-    partitions_every: Interval,
-    /// Rollup cascade refresh interval (0 disables it); each rollup also self-gates on its
-    /// refresh_lag.
-    #[arg(long, default_value = "1 minute", value_parser = parse_interval)]
-    rollups_every: Interval,
-    /// Tiering interval (0 disables it).
-    #[arg(long, default_value = "1 minute", value_parser = parse_interval)]
-    tiering_every: Interval,
-    /// Retention interval (0 disables it).
-    #[arg(long, default_value = "5 minutes", value_parser = parse_interval)]
-    retention_every: Interval,
-    /// Delta maintenance (compaction, checkpoint, vacuum) interval (0 disables it).
-    #[arg(long, default_value = "10 minutes", value_parser = parse_interval)]
-    maintenance_every: Interval,
+    /// Partition manager interval (jobs.partitions_every; 0 disables it).
+    #[arg(long, value_parser = parse_interval)]
+    partitions_every: Option<Interval>,
+    /// Rollup cascade refresh interval (jobs.rollups_every).
+    #[arg(long, value_parser = parse_interval)]
+    rollups_every: Option<Interval>,
+    /// Tiering interval (jobs.tiering_every).
+    #[arg(long, value_parser = parse_interval)]
+    tiering_every: Option<Interval>,
+    /// Retention interval (jobs.retention_every).
+    #[arg(long, value_parser = parse_interval)]
+    retention_every: Option<Interval>,
+    /// Delta maintenance interval (jobs.maintenance_every).
+    #[arg(long, value_parser = parse_interval)]
+    maintenance_every: Option<Interval>,
+    /// Metrics and probes address (http.listen; `off` disables).
+    #[arg(long, alias = "metrics-addr")]
+    http_listen: Option<String>,
+    /// gRPC address (grpc.listen; `off` disables).
+    #[arg(long)]
+    grpc_listen: Option<String>,
 }
 
-impl JobArgs {
-    fn schedule(&self) -> lakets::jobs::Schedule {
-        let every = |i: Interval| (!i.is_zero()).then(|| i.as_std());
-        lakets::jobs::Schedule {
-            partitions: every(self.partitions_every),
-            rollups: every(self.rollups_every),
-            tiering: every(self.tiering_every),
-            retention: every(self.retention_every),
-            maintenance: every(self.maintenance_every),
-            ..Default::default()
+impl RunOverrides {
+    fn apply(&self, c: &mut lakets::config::Config) {
+        if let Some(v) = &self.slot {
+            c.service.slot = Some(v.clone());
+        }
+        if let Some(v) = &self.publication {
+            c.service.publication = v.clone();
+        }
+        if self.text_protocol {
+            c.service.protocol = lakets::config::Protocol::Text;
+        }
+        if self.no_jobs {
+            c.jobs.enabled = false;
+        }
+        for (flag, key) in [
+            (self.partitions_every, &mut c.jobs.partitions_every),
+            (self.rollups_every, &mut c.jobs.rollups_every),
+            (self.tiering_every, &mut c.jobs.tiering_every),
+            (self.retention_every, &mut c.jobs.retention_every),
+            (self.maintenance_every, &mut c.jobs.maintenance_every),
+        ] {
+            if let Some(v) = flag {
+                *key = v;
+            }
+        }
+        if let Some(v) = &self.http_listen {
+            c.http.listen = v.clone();
+        }
+        if let Some(v) = &self.grpc_listen {
+            c.grpc.listen = v.clone();
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Parse and check the config (file + LAKETS_* environment); print it as resolved.
+    Check {
+        #[arg(long, env = "LAKETS_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create what the config names and is missing; report drift (changes nothing else).
+    Apply {
+        #[arg(long, env = "LAKETS_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -416,7 +495,17 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_logging(cli.log_format);
+    let mut log_format = cli.log_format;
+    if matches.value_source("log_format") == Some(ValueSource::DefaultValue)
+        && let Command::Run {
+            config: Some(path), ..
+        } = &cli.command
+        && let Ok(config) = lakets::config::Config::load(Some(path))
+        && config.log.format == lakets::config::LogFormat::Json
+    {
+        log_format = LogFormat::Json;
+    }
+    init_logging(log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -509,67 +598,104 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 _ = shutdown => bail!("interrupted; the open transaction was rolled back"),
             }
         }
-        Command::Run {
-            replication,
-            jobs,
-            metrics_addr,
+        Command::Run { config, overrides } => {
+            let config = load_config(&cli, from_argv, config.as_deref(), Some(overrides))?;
+            let db = config.database_config()?;
+            lakets::config::reconcile::reconcile(&db, &config).await?;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let service = lakets::service::start(&config, db, cancel.clone()).await?;
+            if let Some(addr) = service.http_addr {
+                eprintln!("metrics: http://{addr}/metrics");
+            }
+            if let Some(addr) = service.grpc_addr {
+                eprintln!("gRPC: {addr}");
+            }
+            tokio::spawn(async move {
+                shutdown.await;
+                cancel.cancel();
+            });
+            service.wait().await?;
+        }
+        Command::Status { config, json } => {
+            let config = load_config(&cli, from_argv, config.as_deref(), None)?;
+            let db = config.database_config()?;
+            let client = lakets::db::connect_with(&db).await?;
+            let slot = lakets::service::slot_name(&config, &db);
+            let mut status = lakets::status::collect(&client, &slot, None).await?;
+            overlay_live_status(&config, &mut status).await;
+            if *json {
+                print_json(&status)?;
+            } else {
+                print!("{}", lakets::status::render(&status));
+            }
+        }
+        Command::Config(ConfigCommand::Check { config, json }) => {
+            let config = load_config(&cli, from_argv, config.as_deref(), None)?;
+            if *json {
+                print_json(&config)?;
+            } else {
+                print!("{}", toml::to_string(&config)?);
+                eprintln!(
+                    "config OK: {} table(s), {} rollup(s)",
+                    config.tables.len(),
+                    config.rollups.len()
+                );
+            }
+        }
+        Command::Config(ConfigCommand::Apply { config, json }) => {
+            let config = load_config(&cli, from_argv, config.as_deref(), None)?;
+            let db = config.database_config()?;
+            let report = lakets::config::reconcile::reconcile(&db, &config).await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                for c in &report.created {
+                    println!("created: {c}");
+                }
+                for c in &report.changed {
+                    println!("changed: {c}");
+                }
+                for d in &report.drift {
+                    println!("drift (left unchanged): {d}");
+                }
+                println!("{} item(s) already as configured", report.unchanged);
+            }
+        }
+        Command::Ingest {
+            symbols,
+            rate,
+            burst,
+            duration,
+            method,
+            json,
         } => {
             let url = database_url(&cli, from_argv)?.context(
                 "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
             )?;
             let db = lakets::db::parse_config(&url)?;
-            let mut client = lakets::db::connect_with(&db).await?;
-            lakets::catalog::migrate(&mut client).await?;
-            drop(client);
-            let slot = replication.slot.clone().unwrap_or_else(|| {
-                lakets::wal::setup::default_slot_name(db.get_dbname().unwrap_or("postgres"))
-            });
-            let mut source = lakets::wal::SourceSettings::new(&slot, &replication.publication);
-            source.binary = !replication.text_protocol;
-            let config = lakets::wal::PipelineConfig::new(source);
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let on_signal = cancel.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                on_signal.cancel();
-            });
-            let metrics = if metrics_addr == "off" {
-                None
-            } else {
-                let addr: std::net::SocketAddr = metrics_addr.parse().map_err(|e| {
-                    lakets::Error::invalid(format!(
-                        "--metrics-addr {metrics_addr:?} is not an address like 127.0.0.1:9187 ({e})"
-                    ))
-                })?;
-                Some(lakets::http::serve(addr, cancel.clone()).await?.1)
-            };
-            let scheduler = (!jobs.no_jobs).then(|| {
-                let instance = format!(
-                    "{}:{}",
-                    std::env::var("HOSTNAME").unwrap_or_else(|_| "lakets".into()),
-                    std::process::id()
-                );
-                tokio::spawn(lakets::jobs::run_scheduler(
-                    db.clone(),
-                    jobs.schedule(),
-                    instance,
-                    cancel.clone(),
-                ))
-            });
-            let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
-            let streamed = lakets::wal::run_with_restarts(
-                || lakets::service::standard_pipeline(&db, config.clone(), status.clone()),
-                cancel.clone(),
+            let report = lakets::ingest::run(
+                &db,
+                lakets::ingest::IngestOptions {
+                    profile: lakets::ingest::IngestProfile {
+                        symbols: *symbols,
+                        rate: *rate,
+                        burst: *burst,
+                    },
+                    duration: duration.map(Interval::as_std),
+                    method: *method,
+                    progress: !*json,
+                },
+                shutdown,
             )
-            .await;
-            cancel.cancel();
-            if let Some(s) = scheduler {
-                s.await.context("the job scheduler panicked")??;
+            .await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "wrote {} ticks in {:.1} s ({:.0} rows/s, {:?})",
+                    report.rows, report.seconds, report.rows_per_second, report.method
+                );
             }
-            if let Some(m) = metrics {
-                m.await.context("the metrics endpoint panicked")??;
-            }
-            streamed?;
         }
         Command::Bench(BenchCommand::Catchup {
             rows,
@@ -832,17 +958,87 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Demo { duration, data_dir } => {
+        Command::Demo {
+            duration,
+            data_dir,
+            history_hours,
+            symbols,
+            rate,
+        } => {
             let options = lakets::demo::DemoOptions {
                 database_url: database_url(&cli, from_argv)?,
                 data_dir: data_dir.clone(),
                 duration: duration.map(Interval::as_std),
-                history_hours: 3,
+                history_hours: (*history_hours).clamp(0, 24 * 7),
+                symbols: (*symbols).clamp(1, 10_000),
+                rate: *rate,
             };
             lakets::demo::run(options, shutdown).await?;
         }
     }
     Ok(())
+}
+
+/// The config: file (if any) < LAKETS_* environment < --database-url < flags.
+fn load_config(
+    cli: &Cli,
+    from_argv: bool,
+    path: Option<&std::path::Path>,
+    overrides: Option<&RunOverrides>,
+) -> anyhow::Result<lakets::config::Config> {
+    let mut config = lakets::config::Config::load(path)?;
+    if let Some(url) = database_url(cli, from_argv)? {
+        config.database.url = Some(url);
+    }
+    if let Some(o) = overrides {
+        o.apply(&mut config);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Adds the running service's live figures (lag in seconds, received position, last
+/// error) when its gRPC endpoint answers within a second.
+async fn overlay_live_status(
+    config: &lakets::config::Config,
+    status: &mut lakets::status::ServiceStatus,
+) {
+    use lakets::grpc::proto::admin_client::AdminClient;
+    if config.grpc.listen == "off" || config.grpc.tls_cert_file.is_some() {
+        return;
+    }
+    let addr = config.grpc.listen.replace("0.0.0.0", "127.0.0.1");
+    let live = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .connect()
+            .await
+            .ok()?;
+        let mut request = tonic::Request::new(lakets::grpc::proto::StatusRequest {});
+        if let Ok(Some(token)) = config.admin_token() {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().ok()?);
+        }
+        AdminClient::new(channel)
+            .status(request)
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    };
+    let Ok(Some(live)) = tokio::time::timeout(std::time::Duration::from_secs(2), live).await else {
+        return;
+    };
+    if live.slot != status.slot {
+        return;
+    }
+    status.lag_seconds = Some(live.lag_seconds);
+    status.streaming = Some(live.streaming);
+    status.received_lsn = live.received_lsn.parse().ok();
+    if !live.last_error.is_empty() {
+        status.last_error = Some(live.last_error);
+    }
 }
 
 fn policy_line(p: &lakets::lifecycle::policy::Policy) -> String {

@@ -845,7 +845,7 @@ async fn commands_refuse_a_database_without_the_lakets_schema() {
     // And init is idempotent.
     let first = lakets::catalog::migrate(&mut db.client).await.unwrap();
     let second = lakets::catalog::migrate(&mut db.client).await.unwrap();
-    assert_eq!(first, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(first, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     assert!(second.is_empty());
 }
 

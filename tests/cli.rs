@@ -382,7 +382,9 @@ fn start_demo(data_dir: &std::path::Path) -> Demo {
     let mut lines = stdout.lines();
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
-        if let Some(rest) = line.split("127.0.0.1:").nth(1) {
+        if line.starts_with("Connect with:")
+            && let Some(rest) = line.split("127.0.0.1:").nth(1)
+        {
             port = rest.split('/').next().and_then(|p| p.parse().ok());
         }
         if line.starts_with("Streaming ticks") {
@@ -509,7 +511,15 @@ async fn run_streams_until_sigterm_and_slot_commands_report_and_protect() {
     let mut child = lakets()
         .env("LAKETS_DATABASE_URL", &db.url)
         .env("LAKETS_LOG", "info")
-        .args(["run", "--rollups-every", "1 second"])
+        .args([
+            "run",
+            "--rollups-every",
+            "1 second",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -59,7 +59,7 @@ async fn start(db: &TestDb) -> (CancellationToken, JoinHandle<lakets::Result<()>
     let stop = shutdown.clone();
     let run = tokio::spawn(async move {
         lakets::wal::run_with_restarts(
-            || lakets::service::standard_pipeline(&db_config, config.clone(), status.clone()),
+            || lakets::service::standard_pipeline(&db_config, config.clone(), status.clone(), None),
             stop,
         )
         .await

@@ -77,7 +77,7 @@ pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
         let (db, status, stop) = (db.clone(), status.clone(), stop.clone());
         tokio::spawn(async move {
             crate::wal::run_with_restarts(
-                || crate::service::standard_pipeline(&db, config.clone(), status.clone()),
+                || crate::service::standard_pipeline(&db, config.clone(), status.clone(), None),
                 stop,
             )
             .await

@@ -223,6 +223,23 @@ CREATE INDEX _rollup_invalidation_log_rollup ON lakets._rollup_invalidation_log 
 COMMENT ON TABLE lakets._rollup_invalidation_log IS 'Rollup buckets touched since their last refresh, coalesced into ranges';
 "#,
     },
+    Migration {
+        version: 8,
+        name: "ingest_profile",
+        sql: r#"
+CREATE TABLE lakets._ingest_profile (
+    name          text             PRIMARY KEY,
+    symbols       integer          NOT NULL CHECK (symbols BETWEEN 1 AND 100000),
+    rate          bigint           NOT NULL CHECK (rate >= 0),
+    burst         boolean          NOT NULL DEFAULT false,
+    updated_at    timestamptz      NOT NULL DEFAULT now(),
+    achieved_rate double precision,
+    total_rows    bigint           NOT NULL DEFAULT 0,
+    reported_at   timestamptz
+);
+COMMENT ON TABLE lakets._ingest_profile IS 'What lakets ingest produces (symbols, rows/s, burst); changed through the gRPC API, picked up by the running ingest within a second';
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

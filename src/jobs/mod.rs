@@ -194,7 +194,10 @@ pub async fn run_recorded(
         .await
         .pg_context(|| "recording a job run".into())?
         .get(0);
+    let started = Instant::now();
     let outcome = run_job(client, job, schedule).await;
+    metrics::histogram!("lakets_job_duration_seconds", "job_name" => job.name())
+        .record(started.elapsed().as_secs_f64());
     let (status, error, rows, details) = match &outcome {
         Ok(o) => (
             if o.deferred { "deferred" } else { "ok" },
@@ -204,7 +207,7 @@ pub async fn run_recorded(
         ),
         Err(e) => ("failed", Some(e.to_string()), None, None),
     };
-    metrics::counter!("lakets_job_runs_total", "job" => job.name(), "outcome" => status)
+    metrics::counter!("lakets_job_runs_total", "job_name" => job.name(), "outcome" => status)
         .increment(1);
     if let Err(e) = &outcome {
         warn!(job = job.name(), error = %e, "job failed");

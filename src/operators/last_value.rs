@@ -9,6 +9,7 @@
 //! (`start_lsn`) are skipped.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use tokio_postgres::Client;
 
@@ -17,6 +18,7 @@ use super::progress;
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::{TableName, quote_ident};
 use crate::lvc::{self, LvcConfig};
+use crate::lvc_view::{LastValue, LvcView};
 use crate::wal::lsn::Lsn;
 use crate::wal::relation::Relation;
 use crate::wal::transaction::{Change, TxnSlice};
@@ -46,6 +48,8 @@ struct Cache {
     entries: HashMap<Key, Entry>,
     /// Keys changed since the last flush (absent from `entries` = deleted).
     dirty: HashSet<Key>,
+    /// Keys changed by the slice being applied, for the view.
+    touched: Vec<Key>,
 }
 
 pub struct LastValueCache {
@@ -54,6 +58,8 @@ pub struct LastValueCache {
     caches: HashMap<TableName, Cache>,
     /// Per relation id: indexes of the key, time and value columns in its rows.
     layouts: HashMap<u32, Layout>,
+    /// Where the service reads the cache from (API, subscriptions).
+    view: Option<Arc<LvcView>>,
 }
 
 #[derive(Clone)]
@@ -72,9 +78,25 @@ impl LastValueCache {
             slot: slot.into(),
             caches: HashMap::new(),
             layouts: HashMap::new(),
+            view: None,
         };
         op.reload().await?;
         Ok(op)
+    }
+
+    /// Publishes every cached row, and each change as it is applied, to `view`.
+    pub fn with_view(mut self, view: Arc<LvcView>) -> Self {
+        for cache in self.caches.values() {
+            view.register(&cache.config.table);
+            view.publish(
+                cache
+                    .entries
+                    .iter()
+                    .map(|(key, entry)| last_value(&cache.config, key, Some(entry), entry.lsn)),
+            );
+        }
+        self.view = Some(view);
+        self
     }
 
     /// Picks up caches enabled since (cheap: one small query).
@@ -97,6 +119,14 @@ impl LastValueCache {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
+            if let Some(view) = &self.view {
+                view.register(&config.table);
+                view.publish(
+                    entries
+                        .iter()
+                        .map(|(key, entry)| last_value(&config, key, Some(entry), entry.lsn)),
+                );
+            }
             self.caches.insert(
                 config.table.clone(),
                 Cache {
@@ -104,6 +134,7 @@ impl LastValueCache {
                     column_types,
                     entries,
                     dirty: HashSet::new(),
+                    touched: Vec::new(),
                 },
             );
         }
@@ -228,7 +259,8 @@ impl LastValueCache {
                 for r in relations {
                     if let Some(cache) = self.caches.get_mut(&r.table) {
                         let keys: Vec<Key> = cache.entries.keys().cloned().collect();
-                        cache.dirty.extend(keys);
+                        cache.dirty.extend(keys.iter().cloned());
+                        cache.touched.extend(keys);
                         cache.entries.clear();
                     }
                 }
@@ -288,6 +320,7 @@ impl LastValueCache {
                         cache.entries.remove(&old_key);
                     }
                 }
+                cache.touched.push(old_key.clone());
                 cache.dirty.insert(old_key);
             }
         }
@@ -326,8 +359,37 @@ impl LastValueCache {
                 lsn,
             },
         );
+        cache.touched.push(key.clone());
         cache.dirty.insert(key);
         Ok(())
+    }
+
+    /// Hands the keys the slice changed to the view.
+    fn publish_touched(&mut self, lsn: Lsn, commit_time: i64) {
+        let Some(view) = &self.view else {
+            for cache in self.caches.values_mut() {
+                cache.touched.clear();
+            }
+            return;
+        };
+        let mut any = false;
+        for cache in self.caches.values_mut() {
+            if cache.touched.is_empty() {
+                continue;
+            }
+            any = true;
+            let touched = std::mem::take(&mut cache.touched);
+            view.publish(
+                touched
+                    .iter()
+                    .map(|key| last_value(&cache.config, key, cache.entries.get(key), lsn)),
+            );
+        }
+        if any {
+            let now = chrono::Utc::now().timestamp_micros();
+            metrics::histogram!("lakets_lvc_update_latency_seconds")
+                .record((now - commit_time).max(0) as f64 / 1e6);
+        }
     }
 
     /// The cached row of a key, from memory (for the service's API).
@@ -337,6 +399,26 @@ impl LastValueCache {
             .entries
             .get(key)
             .map(|e| (e.time_text.clone(), e.values.clone()))
+    }
+}
+
+/// The view's form of a cached row (`entry` None: the key is gone).
+fn last_value(config: &LvcConfig, key: &Key, entry: Option<&Entry>, lsn: Lsn) -> LastValue {
+    LastValue {
+        table: config.table.clone(),
+        key: key.clone(),
+        time: entry.map(|e| e.time_text.clone()).unwrap_or_default(),
+        values: match entry {
+            Some(e) => config
+                .value_columns
+                .iter()
+                .cloned()
+                .zip(e.values.iter().cloned())
+                .collect(),
+            None => Vec::new(),
+        },
+        lsn: entry.map_or(lsn, |e| e.lsn.max(lsn)),
+        deleted: entry.is_none(),
     }
 }
 
@@ -369,6 +451,7 @@ impl Operator for LastValueCache {
         for change in &slice.changes {
             self.apply_change(change, slice.commit_lsn).await?;
         }
+        self.publish_touched(slice.commit_lsn, slice.commit_time);
         Ok(())
     }
 

@@ -31,6 +31,22 @@ pub async fn check_rollup(client: &impl GenericClient, rollup: &Rollup) -> Resul
         .map(format_micros)
         .unwrap_or_else(|| "-infinity".into());
     let bound = rollup.bucket_type.from_timestamptz("$1::text::timestamptz");
+    // Rows of dropped chunks are gone from the source but stay aggregated in the rollup (it
+    // outlives the raw data): compare only buckets wholly after the last dropped chunk.
+    let dropped_until: Option<i64> = client
+        .query_one(
+            "SELECT max((extract(epoch FROM range_end) * 1000000)::bigint)
+               FROM lakets._chunk_metadata
+              WHERE schema_name = $1 AND table_name = $2 AND status = 'dropped'",
+            &[&rollup.root.schema, &rollup.root.name],
+        )
+        .await
+        .pg_context(|| format!("reading the dropped chunks of {}", rollup.root))?
+        .get(0);
+    let retained_from = dropped_until
+        .map(|t| format_micros(super::ceil(t, rollup.width_micros)))
+        .unwrap_or_else(|| "-infinity".into());
+    let lower = rollup.bucket_type.from_timestamptz("$2::text::timestamptz");
     let types = client
         .query(
             "SELECT a.attname::text, a.atttypid IN (700, 701)
@@ -74,7 +90,7 @@ pub async fn check_rollup(client: &impl GenericClient, rollup: &Rollup) -> Resul
         .collect();
     let time = format!("s.{}", quote_ident(&rollup.root_time_column));
     let sql = format!(
-        "WITH m AS (SELECT * FROM {table} WHERE bucket < {bound}),
+        "WITH m AS (SELECT * FROM {table} WHERE bucket < {bound} AND bucket >= {lower}),
               r AS ({scratch})
          SELECT concat_ws(' ', {label}),
                 CASE WHEN m.bucket IS NULL THEN 'missing'
@@ -83,7 +99,7 @@ pub async fn check_rollup(client: &impl GenericClient, rollup: &Rollup) -> Resul
           WHERE m.bucket IS NULL OR r.bucket IS NULL OR {differs}
           ORDER BY 1",
         table = rollup.table.quoted(),
-        scratch = rollup.select_from_root(&format!("WHERE {time} < {bound}")),
+        scratch = rollup.select_from_root(&format!("WHERE {time} < {bound} AND {time} >= {lower}")),
         label = label.join(", "),
         join = join.join(" AND "),
         differs = if differs.is_empty() {
@@ -93,7 +109,7 @@ pub async fn check_rollup(client: &impl GenericClient, rollup: &Rollup) -> Resul
         },
     );
     let rows = client
-        .query(&sql, &[&watermark])
+        .query(&sql, &[&watermark, &retained_from])
         .await
         .pg_context(|| format!("recomputing rollup {} from scratch", rollup.name))?;
     let pending: i64 = client

@@ -91,6 +91,10 @@ pub struct PipelineStatus {
     pub lag_seconds: f64,
     pub transactions: u64,
     pub changes: u64,
+    /// Connected to the walsender and streaming.
+    pub streaming: bool,
+    /// Why the last run of the pipeline ended, if it failed.
+    pub last_error: Option<String>,
 }
 
 struct OperatorHandle {
@@ -191,6 +195,11 @@ impl Pipeline {
         drop(client);
 
         let mut source = WalSource::start(&db, &config.source).await?;
+        {
+            let mut st = status.lock().unwrap();
+            st.streaming = true;
+            st.last_error = None;
+        }
         let mut assembler = Assembler::new(config.source.binary, config.max_slice_changes);
         info!(slot = %slot, binary = config.source.binary, operators = operators.len(), "streaming the WAL");
 
@@ -275,6 +284,11 @@ impl Pipeline {
             && let Err(e) = source.acknowledge(min).await
         {
             warn!(error = %e, "final acknowledgement failed; the slot resumes a little earlier");
+        }
+        {
+            let mut st = status.lock().unwrap();
+            st.streaming = false;
+            st.last_error = final_error.as_ref().map(|e| e.to_string());
         }
         match final_error {
             Some(e) => Err(e),

@@ -32,6 +32,23 @@ pub fn default_slot_name(database: &str) -> String {
     name
 }
 
+/// PostgreSQL's rule for slot names: lower-case letters, digits and `_`, at most 63 bytes.
+pub fn check_slot_name(name: &str) -> crate::error::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= crate::ident::MAX_IDENT_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::error::Error::invalid(format!(
+            "{name:?} is not a valid replication slot name: use 1 to 63 lower-case letters, \
+             digits and underscores"
+        )))
+    }
+}
+
 /// What `pg_replication_slots` says about our slot.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SlotState {

@@ -56,6 +56,8 @@ pub struct WalSource {
     stream: LogicalReplicationStream,
     wake: Arc<Mutex<CancellationToken>>,
     ticker: tokio::task::JoinHandle<()>,
+    /// The end of the latest data frame read.
+    received: Lsn,
 }
 
 impl Drop for WalSource {
@@ -121,6 +123,7 @@ impl WalSource {
             stream,
             wake,
             ticker,
+            received: Lsn::ZERO,
         })
     }
 
@@ -128,11 +131,14 @@ impl WalSource {
     pub async fn next_frame(&mut self) -> Result<Option<WalFrame>> {
         let token = self.wake.lock().unwrap().clone();
         match self.stream.next_raw_event(&token).await {
-            Ok(raw) => Ok(Some(WalFrame {
-                wal_start: Lsn(raw.wal_start.0),
-                wal_end: Lsn(raw.wal_end.0),
-                data: raw.data,
-            })),
+            Ok(raw) => {
+                self.received = self.received.max(Lsn(raw.wal_end.0.max(raw.wal_start.0)));
+                Ok(Some(WalFrame {
+                    wal_start: Lsn(raw.wal_start.0),
+                    wal_end: Lsn(raw.wal_end.0),
+                    data: raw.data,
+                }))
+            }
             Err(ReplicationError::Cancelled(_)) => {
                 *self.wake.lock().unwrap() = CancellationToken::new();
                 Ok(None)
@@ -143,7 +149,8 @@ impl WalSource {
 
     /// The highest WAL position the server has told us about (data or keepalive).
     pub fn received_lsn(&self) -> Lsn {
-        Lsn(self.stream.current_lsn())
+        // The transport tracks keepalives only on its own event path; data frames we count.
+        self.received.max(Lsn(self.stream.current_lsn()))
     }
 
     /// Confirms `flushed` to the server: the slot may release WAL before it.
