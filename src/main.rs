@@ -388,6 +388,17 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rows/s of `lakets ingest`'s two writers, COPY and a multi-row INSERT, interleaved.
+    Ingest {
+        /// Rows per batch (one statement or one COPY each).
+        #[arg(long, default_value_t = 1000)]
+        batch_rows: usize,
+        /// Seconds of writing per method.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Insert latency into the current chunk, alone and while the durability gate holds
     /// an old chunk of the same table locked.
     Gate {
@@ -733,6 +744,32 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 print!("{}", lakets::bench::rollup_bench_table(&report));
+            }
+        }
+        Command::Bench(BenchCommand::Ingest {
+            batch_rows,
+            seconds,
+            json,
+        }) => {
+            let pg = tokio::task::spawn_blocking(|| {
+                lakets::embedded::EmbeddedPostgres::start(Default::default())
+            })
+            .await??;
+            let url = pg.create_database("lakets_bench").await?;
+            let db = lakets::db::parse_config(&url)?;
+            let report =
+                lakets::ingest::compare_methods(&db, (*batch_rows).max(1), seconds.max(1.0))
+                    .await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "batches of {} rows: COPY {:.0} rows/s, INSERT ... SELECT unnest {:.0} rows/s; COPY/INSERT {:.2}x",
+                    report.batch_rows,
+                    report.copy_rows_per_second,
+                    report.insert_rows_per_second,
+                    report.copy_over_insert
+                );
             }
         }
         Command::Bench(BenchCommand::Gate { inserts, json }) => {

@@ -59,7 +59,14 @@ fn after_deferral(settings: GateSettings, reason: &str) -> GateSettings {
 
 async fn record_deferral(client: &Client, chunk: &Chunk, reason: &str) -> Result<()> {
     warn!(chunk = %chunk.chunk_name, reason, "chunk deferred");
-    metrics::counter!("lakets_chunk_deferrals_total").increment(1);
+    // The reason's kind ("lagging", "count mismatch", ...) is the label; details go to the log.
+    let kind = reason
+        .split(':')
+        .next()
+        .unwrap_or("other")
+        .trim()
+        .replace(' ', "_");
+    metrics::counter!("lakets_chunk_deferrals_total", "reason" => kind).increment(1);
     client
         .execute(
             "UPDATE lakets._chunk_metadata SET deferred_reason = $3, deferred_at = now()

@@ -428,9 +428,10 @@ impl Operator for DeltaSink {
                 continue;
             }
             let outcome = mirror.flush(through).await?;
-            metrics::counter!("lakets_delta_rows_written_total")
+            metrics::counter!("lakets_delta_rows_written_total", "table" => name.to_string())
                 .increment(outcome.rows_written as u64);
-            metrics::counter!("lakets_delta_commits_total").increment(1);
+            metrics::counter!("lakets_delta_commits_total", "table" => name.to_string())
+                .increment(1);
             committed.insert(name.clone());
         }
         progress::store(&self.client, &self.slot, NAME, through).await?;
