@@ -265,14 +265,7 @@ async fn prepare_stock_ticks(client: &mut Client, history_hours: i32, symbols: u
         return Ok(());
     }
     client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS stock_ticks (
-                 time   timestamptz      NOT NULL,
-                 symbol text             NOT NULL,
-                 price  double precision NOT NULL,
-                 volume bigint           NOT NULL
-             )",
-        )
+        .batch_execute(crate::ingest::TICKS_DDL)
         .await
         .pg_context(|| "creating stock_ticks".into())?;
     // A sinusoidal intraday path per symbol plus noise, one tick per symbol per second.

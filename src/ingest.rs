@@ -20,6 +20,13 @@ use tokio_postgres::Client;
 use crate::error::{Error, PgResultExt, Result};
 
 pub const TICKS_TABLE: &str = "stock_ticks";
+/// The spec's tick table.
+pub const TICKS_DDL: &str = "CREATE TABLE IF NOT EXISTS stock_ticks (
+    time   timestamptz      NOT NULL,
+    symbol text             NOT NULL,
+    price  double precision NOT NULL,
+    volume bigint           NOT NULL
+)";
 const PROFILE_NAME: &str = "default";
 const BATCHES_PER_SECOND: u64 = 10;
 const BURST_FACTOR: u64 = 5;
@@ -213,14 +220,7 @@ pub async fn ensure_ticks_table(client: &mut Client) -> Result<bool> {
         return Ok(false);
     }
     client
-        .batch_execute(
-            "CREATE TABLE stock_ticks (
-                 time   timestamptz      NOT NULL,
-                 symbol text             NOT NULL,
-                 price  double precision NOT NULL,
-                 volume bigint           NOT NULL
-             )",
-        )
+        .batch_execute(TICKS_DDL)
         .await
         .pg_context(|| "creating stock_ticks".into())?;
     let mut options = crate::chronotable::CreateOptions::new("time");

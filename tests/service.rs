@@ -142,13 +142,6 @@ async fn demo_with_duration_runs_every_stage_end_to_end() {
     // Every dropped chunk's rows are in Delta, and gone from PostgreSQL.
     let location = data.path().join("delta").join("stock_ticks");
     let url = lakets::delta::table::parse_location(&location.display().to_string()).unwrap();
-    let delta = lakets::delta::table::open(&url)
-        .await
-        .unwrap()
-        .expect("the Delta table exists");
-    let shape =
-        lakets::delta::mirror::shape_of(&delta, "time", lakets::delta::schema::Partitioning::Day)
-            .unwrap();
     for row in db
         .client
         .query(
@@ -162,9 +155,7 @@ async fn demo_with_duration_runs_every_stage_end_to_end() {
     {
         let (name, rows): (String, i64) = (row.get(0), row.get(1));
         assert!(rows > 0, "{name} held history");
-        let in_delta = lakets::delta::read::count_range(&delta, &shape, row.get(2), row.get(3))
-            .await
-            .unwrap();
+        let in_delta = common::delta_rows_in(&url, row.get(2), row.get(3)).await;
         assert_eq!(
             in_delta, rows as u64,
             "Delta holds every row of dropped chunk {name}"

@@ -85,17 +85,6 @@ async fn status_of(db: &TestDb, status: &str) -> Vec<String> {
         .collect()
 }
 
-async fn delta_rows_in(sync: &lakets::sync::SyncConfig, start: i64, end: i64) -> u64 {
-    let delta = lakets::delta::table::open(&sync.location)
-        .await
-        .unwrap()
-        .unwrap();
-    let shape = lakets::delta::mirror::shape_of(&delta, "time", Partitioning::Day).unwrap();
-    lakets::delta::read::count_range(&delta, &shape, start, end)
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
     let _serial = SERIAL.lock().await;
@@ -186,7 +175,7 @@ async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
             .get(0);
         assert!(!exists, "{name} still exists");
         assert_eq!(
-            delta_rows_in(&sync, row.get(2), row.get(3)).await,
+            common::delta_rows_in(&sync.location, row.get(2), row.get(3)).await,
             rows as u64,
             "Delta holds every row of dropped chunk {name}"
         );

@@ -110,3 +110,18 @@ pub fn peak_rss_bytes() -> u64 {
         .unwrap();
     kb * 1024
 }
+
+/// Rows of the Delta table at `location` (day-partitioned, time column `time`) in
+/// `[start, end)`, microseconds since the epoch.
+pub async fn delta_rows_in(location: &url::Url, start: i64, end: i64) -> u64 {
+    let delta = lakets::delta::table::open(location)
+        .await
+        .unwrap()
+        .expect("the Delta table exists");
+    let shape =
+        lakets::delta::mirror::shape_of(&delta, "time", lakets::delta::schema::Partitioning::Day)
+            .unwrap();
+    lakets::delta::read::count_range(&delta, &shape, start, end)
+        .await
+        .unwrap()
+}
