@@ -133,7 +133,7 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
                 burst: false,
             },
             duration: None,
-            method: crate::ingest::Method::Copy,
+            method: crate::ingest::Method::Insert,
             progress: false,
         };
         tokio::spawn(async move {

@@ -87,7 +87,9 @@ enum Command {
         /// Stop after this long; default: until Ctrl-C.
         #[arg(long, value_parser = parse_interval)]
         duration: Option<Interval>,
-        #[arg(long, value_enum, default_value = "copy")]
+        /// How rows are written: a multi-row INSERT of bound arrays (faster here, see
+        /// `lakets bench ingest`) or COPY.
+        #[arg(long, value_enum, default_value = "insert")]
         method: lakets::ingest::Method,
         /// Print the final report as JSON.
         #[arg(long)]
