@@ -114,10 +114,10 @@ ALTER ROLE :"lakets_role" WITH LOGIN REPLICATION INHERIT
 --   * CREATE PUBLICATION requires CREATE on the database; lakets creates `lakets` (or the
 --     configured publication) on the first `lakets run` and must own it to ALTER
 --     PUBLICATION ... ADD TABLE whenever a new ChronoTable is created.
---   * every `lakets run` and `lakets init` applies the migrations, which begin with
---     CREATE SCHEMA IF NOT EXISTS lakets; PostgreSQL checks CREATE on the database before
---     it looks whether the schema exists, so even a pre-created schema does not avoid it
---     (verified on PostgreSQL 15: "permission denied for database app").
+--   * installing or upgrading the lakets schema runs CREATE SCHEMA IF NOT EXISTS lakets,
+--     which PostgreSQL checks against CREATE on the database even when the schema exists.
+--     A start with the schema already current runs no DDL, so this part matters for
+--     installs and upgrades only.
 --   Without it: "permission denied for database <name>" at start-up.
 -- CREATE on the database lets a role create schemas, publications and trusted extensions;
 -- it gives no access to other schemas' objects.

@@ -255,6 +255,29 @@ const MIGRATION_LOCK: i32 = 1;
 
 /// Installs or upgrades the `lakets` schema. Returns the versions it applied.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
+    // Already current: no DDL and no lock, so a role without CREATE on the database (see
+    // deploy/postgresql/grants.sql) can run lakets once the schema is installed.
+    let installed: bool = client
+        .query_one(
+            "SELECT to_regclass('lakets._schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .pg_context(|| "looking for the lakets schema".into())?
+        .get(0);
+    if installed {
+        let current: i32 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM lakets._schema_migrations",
+                &[],
+            )
+            .await
+            .pg_context(|| "reading the schema version".into())?
+            .get(0);
+        if current == latest_version() {
+            return Ok(Vec::new());
+        }
+    }
     let mut applied = Vec::new();
     for migration in MIGRATIONS {
         let tx = client

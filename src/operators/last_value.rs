@@ -378,7 +378,10 @@ impl LastValueCache {
                 continue;
             }
             any = true;
-            let touched = std::mem::take(&mut cache.touched);
+            let mut touched = std::mem::take(&mut cache.touched);
+            // A key changed several times in one transaction is published once, as it ended.
+            touched.sort_unstable();
+            touched.dedup();
             view.publish(
                 touched
                     .iter()
