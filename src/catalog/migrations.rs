@@ -257,26 +257,8 @@ const MIGRATION_LOCK: i32 = 1;
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
     // Already current: no DDL and no lock, so a role without CREATE on the database (see
     // deploy/postgresql/grants.sql) can run lakets once the schema is installed.
-    let installed: bool = client
-        .query_one(
-            "SELECT to_regclass('lakets._schema_migrations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .pg_context(|| "looking for the lakets schema".into())?
-        .get(0);
-    if installed {
-        let current: i32 = client
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM lakets._schema_migrations",
-                &[],
-            )
-            .await
-            .pg_context(|| "reading the schema version".into())?
-            .get(0);
-        if current == latest_version() {
-            return Ok(Vec::new());
-        }
+    if installed_version(&*client).await? == Some(latest_version()) {
+        return Ok(Vec::new());
     }
     let mut applied = Vec::new();
     for migration in MIGRATIONS {
@@ -300,14 +282,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
         )
         .await
         .pg_context(|| "creating the lakets schema".into())?;
-        let current: i32 = tx
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM lakets._schema_migrations",
-                &[],
-            )
-            .await
-            .pg_context(|| "reading the schema version".into())?
-            .get(0);
+        let current = installed_version(&tx).await?.unwrap_or(0);
         if current > latest_version() {
             return Err(Error::NotReady(format!(
                 "the lakets schema in this database is at version {current}, newer than this \
@@ -343,21 +318,20 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
     Ok(applied)
 }
 
-/// Refuses to work on a database whose `lakets` schema is missing or at another version.
-pub async fn check_installed(client: &impl tokio_postgres::GenericClient) -> Result<()> {
-    let row = client
+/// The version of the installed `lakets` schema; None when it is not installed.
+async fn installed_version(client: &impl tokio_postgres::GenericClient) -> Result<Option<i32>> {
+    let installed: bool = client
         .query_one(
             "SELECT to_regclass('lakets._schema_migrations') IS NOT NULL",
             &[],
         )
         .await
-        .pg_context(|| "checking for the lakets schema".into())?;
-    if !row.get::<_, bool>(0) {
-        return Err(Error::NotReady(
-            "the lakets schema is not installed in this database; run `lakets init` first".into(),
-        ));
+        .pg_context(|| "checking for the lakets schema".into())?
+        .get(0);
+    if !installed {
+        return Ok(None);
     }
-    let current: i32 = client
+    let version: i32 = client
         .query_one(
             "SELECT coalesce(max(version), 0) FROM lakets._schema_migrations",
             &[],
@@ -365,6 +339,16 @@ pub async fn check_installed(client: &impl tokio_postgres::GenericClient) -> Res
         .await
         .pg_context(|| "reading the schema version".into())?
         .get(0);
+    Ok(Some(version))
+}
+
+/// Refuses to work on a database whose `lakets` schema is missing or at another version.
+pub async fn check_installed(client: &impl tokio_postgres::GenericClient) -> Result<()> {
+    let Some(current) = installed_version(client).await? else {
+        return Err(Error::NotReady(
+            "the lakets schema is not installed in this database; run `lakets init` first".into(),
+        ));
+    };
     let latest = latest_version();
     if current < latest {
         return Err(Error::NotReady(format!(
