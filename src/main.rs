@@ -569,11 +569,16 @@ fn database_url(cli: &Cli, from_argv: bool) -> anyhow::Result<Option<String>> {
     Ok(url)
 }
 
-async fn connect(cli: &Cli, from_argv: bool) -> anyhow::Result<tokio_postgres::Client> {
+/// The connection settings of the required database.
+fn database_config(cli: &Cli, from_argv: bool) -> anyhow::Result<tokio_postgres::Config> {
     let url = database_url(cli, from_argv)?.context(
         "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
     )?;
-    Ok(lakets::db::connect(&url).await?)
+    Ok(lakets::db::parse_config(&url)?)
+}
+
+async fn connect(cli: &Cli, from_argv: bool) -> anyhow::Result<tokio_postgres::Client> {
+    Ok(lakets::db::connect_with(&database_config(cli, from_argv)?).await?)
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -682,10 +687,7 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
             method,
             json,
         } => {
-            let url = database_url(&cli, from_argv)?.context(
-                "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
-            )?;
-            let db = lakets::db::parse_config(&url)?;
+            let db = database_config(&cli, from_argv)?;
             let report = lakets::ingest::run(
                 &db,
                 lakets::ingest::IngestOptions {
@@ -1118,10 +1120,7 @@ async fn run_sync(cli: &Cli, from_argv: bool, cmd: &SyncCommand) -> anyhow::Resu
             to,
             partition_by,
         } => {
-            let url = database_url(cli, from_argv)?.context(
-                "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
-            )?;
-            let db = lakets::db::parse_config(&url)?;
+            let db = database_config(cli, from_argv)?;
             let partitioning = lakets::delta::schema::Partitioning::parse(partition_by)?;
             let config =
                 lakets::sync::enable_sync(&db, table, to, partitioning, |p| match p.estimate {

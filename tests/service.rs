@@ -142,30 +142,19 @@ async fn demo_with_duration_runs_every_stage_end_to_end() {
     // Every dropped chunk's rows are in Delta, and gone from PostgreSQL.
     let location = data.path().join("delta").join("stock_ticks");
     let url = lakets::delta::table::parse_location(&location.display().to_string()).unwrap();
-    for row in db
-        .client
-        .query(
-            "SELECT chunk_name, row_count, (extract(epoch FROM range_start) * 1000000)::bigint,
-                    (extract(epoch FROM range_end) * 1000000)::bigint
-               FROM lakets._chunk_metadata WHERE status = 'dropped'",
-            &[],
-        )
-        .await
-        .unwrap()
-    {
-        let (name, rows): (String, i64) = (row.get(0), row.get(1));
-        assert!(rows > 0, "{name} held history");
-        let in_delta = common::delta_rows_in(&url, row.get(2), row.get(3)).await;
+    for chunk in common::dropped_chunks(&db).await {
+        let name = &chunk.name;
+        assert!(chunk.rows > 0, "{name} held history");
+        let in_delta = common::delta_rows_in(&url, chunk.start, chunk.end).await;
         assert_eq!(
-            in_delta, rows as u64,
+            in_delta, chunk.rows as u64,
             "Delta holds every row of dropped chunk {name}"
         );
         let left: i64 = db
             .scalar(&format!(
                 "SELECT count(*) FROM stock_ticks WHERE time >= to_timestamp({}::float8 / 1e6)
                    AND time < to_timestamp({}::float8 / 1e6)",
-                row.get::<_, i64>(2),
-                row.get::<_, i64>(3)
+                chunk.start, chunk.end
             ))
             .await;
         assert_eq!(left, 0, "{name} is gone from PostgreSQL");

@@ -155,28 +155,18 @@ async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
     assert!(report.deferred.is_empty(), "{report:?}");
     let dropped = status_of(&db, "dropped").await;
     assert!(dropped.len() >= 5, "{dropped:?}");
-    for row in db
-        .client
-        .query(
-            "SELECT chunk_name, row_count, (extract(epoch FROM range_start) * 1000000)::bigint,
-                    (extract(epoch FROM range_end) * 1000000)::bigint
-               FROM lakets._chunk_metadata WHERE status = 'dropped'",
-            &[],
-        )
-        .await
-        .unwrap()
-    {
-        let (name, rows): (String, i64) = (row.get(0), row.get(1));
+    for chunk in common::dropped_chunks(&db).await {
+        let name = &chunk.name;
         let exists: bool = db
             .client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[name])
             .await
             .unwrap()
             .get(0);
         assert!(!exists, "{name} still exists");
         assert_eq!(
-            common::delta_rows_in(&sync.location, row.get(2), row.get(3)).await,
-            rows as u64,
+            common::delta_rows_in(&sync.location, chunk.start, chunk.end).await,
+            chunk.rows as u64,
             "Delta holds every row of dropped chunk {name}"
         );
     }

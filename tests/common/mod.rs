@@ -125,3 +125,32 @@ pub async fn delta_rows_in(location: &url::Url, start: i64, end: i64) -> u64 {
         .await
         .unwrap()
 }
+
+/// A chunk `status = 'dropped'` in `_chunk_metadata`: name, rows when dropped, and range
+/// (microseconds since the epoch).
+pub struct DroppedChunk {
+    pub name: String,
+    pub rows: i64,
+    pub start: i64,
+    pub end: i64,
+}
+
+pub async fn dropped_chunks(db: &TestDb) -> Vec<DroppedChunk> {
+    db.client
+        .query(
+            "SELECT chunk_name, row_count, (extract(epoch FROM range_start) * 1000000)::bigint,
+                    (extract(epoch FROM range_end) * 1000000)::bigint
+               FROM lakets._chunk_metadata WHERE status = 'dropped' ORDER BY range_start",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| DroppedChunk {
+            name: r.get(0),
+            rows: r.get(1),
+            start: r.get(2),
+            end: r.get(3),
+        })
+        .collect()
+}
