@@ -80,7 +80,7 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
             .map_err(|e| Error::io(format!("removing {}", delta_dir.display()), e))?;
     }
 
-    let config = demo_config(&url, &delta_dir);
+    let config = stock_ticks_config(&url, &delta_dir, Interval::hours(1), TIER_AFTER, DROP_AFTER);
     println!("Applying the demo's configuration (LVC, Delta sync, policy, rollups)...");
     let report = crate::config::reconcile::reconcile(&db, &config).await?;
     for c in &report.created {
@@ -172,7 +172,16 @@ const TIER_AFTER: Interval = Interval::hours(1);
 const DROP_AFTER: Interval = Interval::hours(3);
 
 /// The demo's service configuration: what `lakets.toml` would say, with short intervals.
-fn demo_config(url: &str, delta_dir: &std::path::Path) -> Config {
+/// The demo's service configuration for `stock_ticks` (also the soak benchmark's): LVC,
+/// the Delta mirror at `delta_dir`, a tiered retention policy, the OHLCV DAG and short
+/// job intervals, on free ports.
+pub(crate) fn stock_ticks_config(
+    url: &str,
+    delta_dir: &std::path::Path,
+    chunk_interval: Interval,
+    tier_after: Interval,
+    drop_after: Interval,
+) -> Config {
     let mut config = Config::default();
     config.database.url = Some(url.to_string());
     // Free ports: the demo must not collide with a running service.
@@ -188,7 +197,7 @@ fn demo_config(url: &str, delta_dir: &std::path::Path) -> Config {
     config.tables.push(TableSpec {
         name: DEMO_TABLE.into(),
         time_column: "time".into(),
-        chunk_interval: Interval::hours(1),
+        chunk_interval,
         premake: crate::chronotable::DEFAULT_PREMAKE,
         lvc: Some(LvcSpec {
             key: vec!["symbol".into()],
@@ -199,8 +208,8 @@ fn demo_config(url: &str, delta_dir: &std::path::Path) -> Config {
             partition_by: "day".into(),
         }),
         policy: Some(PolicySpec {
-            tier_after: Some(TIER_AFTER),
-            drop_after: Some(DROP_AFTER),
+            tier_after: Some(tier_after),
+            drop_after: Some(drop_after),
         }),
     });
     for (name, source, bucket) in [

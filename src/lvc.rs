@@ -75,32 +75,9 @@ pub async fn enable_lvc(
         )));
     }
 
-    // The cache is filled as of a WAL position; every change after it must be in a slot.
-    crate::wal::setup::ensure_default_consumer(&*client).await?;
-    let tx = client
-        .transaction()
-        .await
-        .pg_context(|| "starting a transaction".into())?;
-    tx.batch_execute("SET LOCAL lock_timeout = '10s'")
-        .await
-        .pg_context(|| "setting lock_timeout".into())?;
-    if tx
-        .query_opt(
-            "SELECT 1 FROM lakets._lvc_registry WHERE schema_name = $1 AND table_name = $2",
-            &[&ct.table.schema, &ct.table.name],
-        )
-        .await
-        .pg_context(|| "reading the LVC registry".into())?
-        .is_some()
-    {
-        return Err(Error::Conflict(format!(
-            "{} already has a Last Value Cache",
-            ct.table
-        )));
-    }
-
+    // Every check that needs no slot comes first: a refused request changes nothing.
     // Column types, NOT NULL, and whether the key travels with updates and deletes.
-    let rows = tx
+    let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                     a.attnum = ANY (coalesce((SELECT i.indkey::int2[] FROM pg_index i
@@ -144,6 +121,30 @@ pub async fn enable_lvc(
         }
         definitions.push(format!("{} {sql_type}", quote_ident(name)));
     }
+    // The cache is filled as of a WAL position; every change after it must be in a slot.
+    crate::wal::setup::ensure_default_consumer(&*client).await?;
+    let tx = client
+        .transaction()
+        .await
+        .pg_context(|| "starting a transaction".into())?;
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'")
+        .await
+        .pg_context(|| "setting lock_timeout".into())?;
+    if tx
+        .query_opt(
+            "SELECT 1 FROM lakets._lvc_registry WHERE schema_name = $1 AND table_name = $2",
+            &[&ct.table.schema, &ct.table.name],
+        )
+        .await
+        .pg_context(|| "reading the LVC registry".into())?
+        .is_some()
+    {
+        return Err(Error::Conflict(format!(
+            "{} already has a Last Value Cache",
+            ct.table
+        )));
+    }
+
     definitions.push("lsn pg_lsn NOT NULL".into());
     let cache = cache_table_name(&ct.table);
     let key_list = keys

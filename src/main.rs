@@ -361,6 +361,54 @@ enum SyncCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Every figure of the design in one run, against its target: the write path (bare,
+    /// with the service streaming, with the spec's triggers), catch-up vs pg_recvlogical,
+    /// freshness, peak memory over N and 10N rows, and the sustained rate. About 15 min.
+    All {
+        /// Tiny sizes: checks that every phase runs (seconds, not figures).
+        #[arg(long)]
+        quick: bool,
+        /// Rows of the catch-up backlog.
+        #[arg(long)]
+        catchup_rows: Option<u64>,
+        /// Seconds per write-path run.
+        #[arg(long)]
+        write_seconds: Option<f64>,
+        /// Ingest rate of the freshness phase, rows/s (also the sustained-rate target).
+        #[arg(long)]
+        freshness_rate: Option<u64>,
+        /// N of the memory phase (it drains N and 10N rows).
+        #[arg(long)]
+        memory_rows: Option<u64>,
+        /// Seconds per sustained-rate step.
+        #[arg(long)]
+        sustain_seconds: Option<u64>,
+        /// Also write the JSON report to this file.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole service at a moderate rate for a long stretch (chunks tiered and dropped
+    /// under load): lag and memory over time, then `verify`.
+    Soak {
+        /// How long to write.
+        #[arg(long, default_value = "30 minutes", value_parser = parse_interval)]
+        duration: Interval,
+        /// Rows per second.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 50)]
+        symbols: u32,
+        #[arg(long, default_value = "30 seconds", value_parser = parse_interval)]
+        sample_every: Interval,
+        /// Chunk width (tiered after two widths, dropped after three).
+        #[arg(long, default_value = "5 minutes", value_parser = parse_interval)]
+        chunk_interval: Interval,
+        #[arg(long)]
+        json: bool,
+    },
     /// Catch-up rows/s of lakets vs pg_recvlogical over the same backlog, text and binary.
     Catchup {
         #[arg(long, default_value_t = 2_000_000)]
@@ -710,6 +758,81 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                     "wrote {} ticks in {:.1} s ({:.0} rows/s, {:?})",
                     report.rows, report.seconds, report.rows_per_second, report.method
                 );
+            }
+        }
+        Command::Bench(BenchCommand::All {
+            quick,
+            catchup_rows,
+            write_seconds,
+            freshness_rate,
+            memory_rows,
+            sustain_seconds,
+            output,
+            json,
+        }) => {
+            let mut options = if *quick {
+                lakets::bench::SuiteOptions::quick()
+            } else {
+                lakets::bench::SuiteOptions::full()
+            };
+            if let Some(rows) = catchup_rows {
+                options.catchup.rows = (*rows).max(1000);
+            }
+            if let Some(seconds) = write_seconds {
+                options.write.seconds = seconds.max(0.5);
+            }
+            if let Some(rate) = freshness_rate {
+                options.freshness.rate = (*rate).max(1000);
+            }
+            if let Some(rows) = memory_rows {
+                options.memory_rows = (*rows).max(1000);
+            }
+            if let Some(seconds) = sustain_seconds {
+                options.sustained.seconds = (*seconds).max(3);
+            }
+            let report = lakets::bench::suite(&options).await?;
+            if let Some(path) = output {
+                let text = serde_json::to_string_pretty(&report)?;
+                std::fs::write(path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{}", lakets::bench::suite_table(&report));
+            }
+        }
+        Command::Bench(BenchCommand::Soak {
+            duration,
+            rate,
+            symbols,
+            sample_every,
+            chunk_interval,
+            json,
+        }) => {
+            if duration.is_zero()
+                || sample_every.is_zero()
+                || chunk_interval.as_std().as_secs() < 60
+            {
+                bail!(
+                    "--duration and --sample-every must be positive and --chunk-interval at least a minute"
+                );
+            }
+            let report = lakets::bench::soak(&lakets::bench::SoakOptions {
+                duration: duration.as_std(),
+                rate: (*rate).max(1),
+                symbols: (*symbols).max(1),
+                sample_every: sample_every.as_std(),
+                chunk_interval: *chunk_interval,
+            })
+            .await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{}", lakets::bench::soak_table(&report));
+            }
+            if !report.verify_ok {
+                std::process::exit(1);
             }
         }
         Command::Bench(BenchCommand::Catchup {

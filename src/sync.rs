@@ -264,20 +264,32 @@ pub async fn postgres_shape(
     time_column: &str,
     partitioning: Partitioning,
 ) -> Result<TableShape> {
-    let columns: Vec<(String, ColumnType, i32)> = client
+    let rows = client
         .query(
-            "SELECT attname::text, atttypid::oid, atttypmod FROM pg_attribute
+            "SELECT attname::text, atttypid::oid, atttypmod, format_type(atttypid, atttypmod)
+               FROM pg_attribute
               WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
               ORDER BY attnum",
             &[&table.quoted()],
         )
         .await
-        .pg_context(|| format!("reading the columns of {table}"))?
+        .pg_context(|| format!("reading the columns of {table}"))?;
+    let columns: Vec<(String, ColumnType, i32)> = rows
         .iter()
         .map(|r| (r.get(0), ColumnType::from_oid(r.get(1)), r.get(2)))
         .collect();
     TableShape::new(&columns, time_column, partitioning).map_err(|e| match e {
-        Error::Unsupported(m) => Error::Unsupported(format!("cannot sync {table}: {m}")),
+        Error::Unsupported(mut m) => {
+            // Name the types as the user declared them, not by their oids.
+            for ((name, ty, _), row) in columns.iter().zip(&rows) {
+                let declared: String = row.get(3);
+                m = m.replace(
+                    &format!("{name} ({})", ty.name()),
+                    &format!("{name} ({declared})"),
+                );
+            }
+            Error::Unsupported(format!("cannot sync {table}: {m}"))
+        }
         other => other,
     })
 }

@@ -4,12 +4,19 @@
 pub mod catchup;
 pub mod freshness;
 pub mod gate;
+pub mod memory;
 pub mod rollup;
+pub mod soak;
+pub mod suite;
+pub mod sustained;
+pub mod write_path;
 
 pub use catchup::{CatchupOptions, CatchupReport, catchup, catchup_table};
 pub use freshness::{FreshnessOptions, FreshnessReport, freshness, freshness_table};
 pub use gate::{GateReport, gate, gate_table};
 pub use rollup::{RollupBenchOptions, RollupBenchReport, rollup_bench, rollup_bench_table};
+pub use soak::{SoakOptions, SoakReport, soak, soak_table};
+pub use suite::{SuiteOptions, SuiteReport, suite, suite_table};
 
 use crate::chronotable::{self, CreateOptions};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
@@ -65,4 +72,192 @@ pub(crate) async fn sync_stock_ticks(db: &tokio_postgres::Config) -> Result<temp
     )
     .await?;
     Ok(lake)
+}
+
+/// Gives `stock_ticks` every operator of the service: a Last Value Cache per symbol, a
+/// one-minute OHLCV rollup (for the invalidation operator) and a Delta mirror in a
+/// temporary directory (kept while the returned guard lives). The service's default slot,
+/// made by enable_sync, is dropped: the benchmarks stream from slots of their own.
+pub(crate) async fn attach_operators(
+    client: &mut tokio_postgres::Client,
+    db: &tokio_postgres::Config,
+) -> Result<tempfile::TempDir> {
+    crate::lvc::enable_lvc(
+        client,
+        "stock_ticks",
+        &["symbol".into()],
+        &["price".into(), "volume".into()],
+    )
+    .await?;
+    crate::rollup::create_rollup(
+        client,
+        &crate::rollup::CreateRollup {
+            name: "ohlcv_1min".into(),
+            source: "stock_ticks".into(),
+            bucket: Interval::from_secs(60),
+            group_by: vec!["symbol".into()],
+            aggregate: "ohlcv(price, volume)".into(),
+            refresh_lag: Interval::ZERO,
+        },
+    )
+    .await?;
+    let lake = sync_stock_ticks(db).await?;
+    crate::wal::setup::ensure_publication(&*client, "lakets").await?;
+    let default_slot = crate::wal::setup::default_slot_name("lakets_bench");
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE slot_name = $1",
+            &[&default_slot],
+        )
+        .await
+        .pg_context(|| format!("dropping slot {default_slot}"))?;
+    Ok(lake)
+}
+
+/// Settles a freshly written backlog (the insert-triggered autovacuum and the next
+/// checkpoint would otherwise slow whichever consumer runs first).
+pub(crate) async fn settle_backlog(client: &tokio_postgres::Client) -> Result<()> {
+    for statement in ["VACUUM (ANALYZE) stock_ticks", "CHECKPOINT"] {
+        client
+            .batch_execute(statement)
+            .await
+            .pg_context(|| format!("settling the backlog ({statement})"))?;
+    }
+    Ok(())
+}
+
+/// Creates a pgoutput slot at the current WAL position.
+pub(crate) async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .pg_context(|| format!("creating slot {slot}"))?;
+    Ok(())
+}
+
+/// Drops a slot, waiting (up to 10 s) for the walsender of a consumer that just
+/// disconnected to let it go.
+pub(crate) async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && started.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).pg_context(|| format!("dropping slot {slot}")),
+        }
+    }
+}
+
+/// Writes a logical message and returns its position: a consumer that acknowledged it has
+/// stored everything written before.
+pub(crate) async fn end_marker(client: &tokio_postgres::Client) -> Result<crate::wal::lsn::Lsn> {
+    let lsn: String = client
+        .query_one(
+            "SELECT pg_logical_emit_message(false, 'lakets_bench_end', '')::text",
+            &[],
+        )
+        .await
+        .pg_context(|| "writing the end marker".into())?
+        .get(0);
+    lsn.parse()
+}
+
+/// The service's pipeline (chunk tracker, LVC, invalidations, Delta) on `slot`, running
+/// until `stop`; its status is shared.
+pub(crate) fn spawn_service_pipeline(
+    db: &tokio_postgres::Config,
+    slot: &str,
+    binary: bool,
+    flush_interval: std::time::Duration,
+    view: Option<std::sync::Arc<crate::lvc_view::LvcView>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> (
+    std::sync::Arc<std::sync::Mutex<crate::wal::PipelineStatus>>,
+    tokio::task::JoinHandle<Result<()>>,
+) {
+    let mut source = crate::wal::SourceSettings::new(slot, "lakets");
+    source.binary = binary;
+    let mut config = crate::wal::PipelineConfig::new(source);
+    config.flush_interval = flush_interval;
+    // The status (which the benchmarks poll) is refreshed with every acknowledgement.
+    config.ack_interval = std::time::Duration::from_millis(5);
+    let status: std::sync::Arc<std::sync::Mutex<crate::wal::PipelineStatus>> =
+        std::sync::Arc::default();
+    let task = {
+        let (db, status) = (db.clone(), status.clone());
+        tokio::spawn(async move {
+            crate::wal::run_with_restarts(
+                || {
+                    crate::service::standard_pipeline(
+                        &db,
+                        config.clone(),
+                        status.clone(),
+                        view.clone(),
+                    )
+                },
+                stop,
+            )
+            .await
+        })
+    };
+    (status, task)
+}
+
+/// The oldest position every operator has made durable (zero before the first report).
+pub(crate) fn min_durable(status: &crate::wal::PipelineStatus) -> crate::wal::lsn::Lsn {
+    status
+        .operators
+        .iter()
+        .map(|(_, lsn)| *lsn)
+        .min()
+        .unwrap_or(crate::wal::lsn::Lsn::ZERO)
+}
+
+/// Waits until the pipeline acknowledged `end` (everything before it is durable in every
+/// operator), or fails after `limit`.
+pub(crate) async fn wait_acknowledged(
+    status: &std::sync::Mutex<crate::wal::PipelineStatus>,
+    task: &tokio::task::JoinHandle<Result<()>>,
+    end: crate::wal::lsn::Lsn,
+    limit: std::time::Duration,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        {
+            let st = status.lock().unwrap();
+            if st.acknowledged_lsn >= end {
+                return Ok(());
+            }
+            if task.is_finished() || started.elapsed() > limit {
+                return Err(Error::Operator(format!(
+                    "the pipeline did not acknowledge {end} within {limit:?} (at {}, last error: {})",
+                    st.acknowledged_lsn,
+                    st.last_error.as_deref().unwrap_or("none")
+                )));
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Stops a pipeline started by `spawn_service_pipeline` and returns its result.
+pub(crate) async fn stop_pipeline(
+    stop: &tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+) -> Result<()> {
+    stop.cancel();
+    task.await
+        .map_err(|e| Error::Operator(format!("pipeline task: {e}")))?
 }

@@ -59,6 +59,14 @@ const KEYS: &[(&str, Kind)] = &[
     ("rollups.*.refresh_lag", Kind::Text),
 ];
 
+/// The config's sections: a variable under one of them must name a key.
+const SECTIONS: &[&str] = &[
+    "DATABASE", "SERVICE", "LOG", "HTTP", "GRPC", "JOBS", "TABLES", "ROLLUPS",
+];
+
+/// Variables under a section's prefix that are not config keys.
+const NOT_KEYS: &[&str] = &["LAKETS_GRPC_ADMIN_TOKEN"];
+
 /// The environment variable of a key path such as `jobs.tiering_every` (`*` stays `*`).
 pub fn variable_name(path: &str) -> String {
     format!("LAKETS_{}", path.replace('.', "_").to_ascii_uppercase())
@@ -78,6 +86,23 @@ pub fn apply(doc: &mut toml_edit::DocumentMut, vars: &[(String, String)]) -> Res
     sorted.sort(); // deterministic order, whatever the environment's
     for (name, value) in sorted {
         let Some((path, kind)) = match_key(name) else {
+            // A misspelt override would otherwise be ignored without a word.
+            if SECTIONS
+                .iter()
+                .any(|section| name.starts_with(&format!("LAKETS_{section}_")))
+                && !NOT_KEYS.contains(&name.as_str())
+            {
+                let hint = if name == "LAKETS_DATABASE_PASSWORD" {
+                    "a password is read from PGPASSWORD or from the file named by \
+                     LAKETS_DATABASE_PASSWORD_FILE"
+                } else {
+                    "the variables are listed in the README's config reference; unset it or \
+                     correct its name"
+                };
+                return Err(Error::invalid(format!(
+                    "{name} is not a config key ({hint})"
+                )));
+            }
             continue;
         };
         set(doc, &path, kind, value, name)?;
@@ -209,6 +234,21 @@ mod tests {
     const FILE: &str = "[jobs]\ntiering_every = \"1 minute\"\n\n[[tables]]\nname = \"t\"\ntime_column = \"time\"\n[tables.sync]\nto = \"/tmp/d\"\n";
 
     #[test]
+    fn a_misspelt_variable_under_a_section_is_refused_by_name() {
+        for (var, hint) in [
+            ("LAKETS_SERVICE_SLOTT", "not a config key"),
+            ("LAKETS_TABLES_0_NAMES", "not a config key"),
+            ("LAKETS_DATABASE_PASSWORD", "PGPASSWORD"),
+        ] {
+            let err = Config::parse_with_env(FILE, "f", &env(&[(var, "x")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(var) && err.contains(hint), "{var}: {err}");
+            assert!(!err.contains("\"x\""), "the value is not echoed: {err}");
+        }
+    }
+
+    #[test]
     fn overrides_scalars_nested_and_indexed_keys() {
         let c = Config::parse_with_env(
             FILE,
@@ -222,8 +262,8 @@ mod tests {
                 ("LAKETS_TABLES_0_POLICY_TIER_AFTER", "1 day"),
                 ("LAKETS_TABLES_0_LVC_KEY", "symbol, venue"),
                 ("LAKETS_TABLES_0_LVC_COLUMNS", "price"),
-                ("LAKETS_LOG", "debug"), // not a config key: ignored
-                ("LAKETS_DATABASE_PASSWORD", "x"), // not a config key: ignored
+                ("LAKETS_LOG", "debug"), // not under a section: ignored
+                ("LAKETS_GRPC_ADMIN_TOKEN", "x"), // a secret, not a key: ignored
             ]),
         )
         .unwrap();

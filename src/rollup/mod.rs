@@ -309,6 +309,23 @@ async fn check_identity(
 /// transaction. Nothing is materialized until the first refresh.
 pub async fn create_rollup(client: &mut Client, request: &CreateRollup) -> Result<Rollup> {
     crate::catalog::check_installed(&*client).await?;
+    // Changes after the creation must reach the invalidation operator through a slot,
+    // which cannot be made inside the creating transaction. When there is none yet, the
+    // creation is rehearsed (and rolled back) first, so that a refused request leaves no
+    // slot behind.
+    if !crate::wal::setup::has_consumer(&*client).await? {
+        create_in_transaction(client, request, false).await?;
+        crate::wal::setup::ensure_default_consumer(&*client).await?;
+    }
+    create_in_transaction(client, request, true).await
+}
+
+/// The creation in one transaction, committed only when `commit`.
+async fn create_in_transaction(
+    client: &mut Client,
+    request: &CreateRollup,
+    commit: bool,
+) -> Result<Rollup> {
     let name = parse_identifier(request.name.trim())?;
     if name.len() + REALTIME_SUFFIX.len() > MAX_IDENT_BYTES {
         return Err(Error::invalid(format!(
@@ -328,9 +345,6 @@ pub async fn create_rollup(client: &mut Client, request: &CreateRollup) -> Resul
         .map(parse_identifier)
         .collect::<Result<_>>()?;
 
-    // Changes after the creation must reach the invalidation operator through a slot (a
-    // slot cannot be created inside the transaction below).
-    crate::wal::setup::ensure_default_consumer(&*client).await?;
     let tx = registry_transaction(client).await?;
     if tx
         .query_opt(
@@ -566,10 +580,12 @@ pub async fn create_rollup(client: &mut Client, request: &CreateRollup) -> Resul
     .await
     .pg_context(|| format!("registering rollup {name}"))?;
     announce(&tx, &name).await?;
-    tx.commit()
-        .await
-        .pg_context(|| format!("committing rollup {name}"))?;
-    info!(rollup = %name, source = %request.source, bucket = %request.bucket, "created rollup");
+    if commit {
+        tx.commit()
+            .await
+            .pg_context(|| format!("committing rollup {name}"))?;
+        info!(rollup = %name, source = %request.source, bucket = %request.bucket, "created rollup");
+    }
     Ok(rollup)
 }
 

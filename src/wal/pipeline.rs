@@ -203,6 +203,20 @@ impl Pipeline {
         let mut assembler = Assembler::new(config.source.binary, config.max_slice_changes);
         info!(slot = %slot, binary = config.source.binary, operators = operators.len(), "streaming the WAL");
 
+        // An operator that made a position durable wakes the loop, so the acknowledgement
+        // (and the status) follows at once instead of at the next idle tick.
+        let durable_watchers: Vec<_> = operators
+            .iter()
+            .map(|op| {
+                let mut durable = op.durable.clone();
+                let wake = source.waker();
+                tokio::spawn(async move {
+                    while durable.changed().await.is_ok() {
+                        wake();
+                    }
+                })
+            })
+            .collect();
         let heartbeat = config.heartbeat_interval.map(|every| {
             let client_db = db.clone();
             tokio::spawn(async move { heartbeat_loop(client_db, every).await })
@@ -222,7 +236,7 @@ impl Pipeline {
                         let event = match out {
                             Assembled::Slice(slice) => {
                                 debug!(slot = %slot, xid = slice.xid, commit = %slice.commit_lsn, changes = slice.changes.len(), last = slice.end_lsn.is_some(), "slice");
-                                count_changes(&slice, &status);
+                                count_changes(&slice, source.received_lsn(), &status);
                                 if let Some(end) = slice.end_lsn {
                                     lag.committed(end, slice.commit_time);
                                 }
@@ -247,6 +261,9 @@ impl Pipeline {
 
         if let Some(h) = heartbeat {
             h.abort();
+        }
+        for watcher in durable_watchers {
+            watcher.abort();
         }
         // Let the operators store what they have, then acknowledge it.
         let mut final_error = result.err();
@@ -300,12 +317,24 @@ impl Pipeline {
     }
 }
 
-fn count_changes(slice: &TxnSlice, status: &Arc<Mutex<PipelineStatus>>) {
-    let mut st = status.lock().unwrap();
+fn count_changes(slice: &TxnSlice, received: Lsn, status: &Arc<Mutex<PipelineStatus>>) {
+    // One registry lookup per kind and slice, not per change (this runs for every row).
+    let mut kinds: [(&'static str, u64); 6] = [("", 0); 6];
     for change in &slice.changes {
-        metrics::counter!("lakets_wal_changes_total", "kind" => change.kind()).increment(1);
+        let kind = change.kind();
+        if let Some(slot) = kinds.iter_mut().find(|(k, n)| *k == kind || *n == 0) {
+            slot.0 = kind;
+            slot.1 += 1;
+        }
     }
+    for (kind, n) in kinds {
+        if n > 0 {
+            metrics::counter!("lakets_wal_changes_total", "kind" => kind).increment(n);
+        }
+    }
+    let mut st = status.lock().unwrap();
     st.changes += slice.changes.len() as u64;
+    st.received_lsn = st.received_lsn.max(received);
     if slice.end_lsn.is_some() {
         st.transactions += 1;
         metrics::counter!("lakets_wal_transactions_total").increment(1);

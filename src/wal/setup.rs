@@ -270,16 +270,7 @@ pub async fn ensure_publication(client: &impl GenericClient, publication: &str) 
 /// fill, a snapshot) call this first: changes after that position must be in a slot, even
 /// if `lakets run` has never started. Must run outside a transaction that wrote anything.
 pub async fn ensure_default_consumer(client: &impl GenericClient) -> Result<()> {
-    let registered: i64 = client
-        .query_one(
-            "SELECT count(*) FROM lakets._replication r
-               JOIN pg_replication_slots s ON s.slot_name = r.slot_name",
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the registered slots".into())?
-        .get(0);
-    if registered > 0 {
+    if has_consumer(client).await? {
         return Ok(());
     }
     let database: String = client
@@ -293,6 +284,20 @@ pub async fn ensure_default_consumer(client: &impl GenericClient) -> Result<()> 
     register_consumer(client, &slot, DEFAULT_PUBLICATION).await?;
     ensure_slot(client, &slot).await?;
     Ok(())
+}
+
+/// Whether a registered lakets consumer slot exists.
+pub async fn has_consumer(client: &impl GenericClient) -> Result<bool> {
+    let registered: i64 = client
+        .query_one(
+            "SELECT count(*) FROM lakets._replication r
+               JOIN pg_replication_slots s ON s.slot_name = r.slot_name",
+            &[],
+        )
+        .await
+        .pg_context(|| "reading the registered slots".into())?
+        .get(0);
+    Ok(registered > 0)
 }
 
 /// Records which publication a slot streams, so that new ChronoTables join it at once.

@@ -147,6 +147,13 @@ impl WalSource {
         }
     }
 
+    /// Makes a pending (or the next) `next_frame` return `None` at once: something other
+    /// than the stream needs the consumer's attention.
+    pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let wake = self.wake.clone();
+        move || wake.lock().unwrap().cancel()
+    }
+
     /// The highest WAL position the server has told us about (data or keepalive).
     pub fn received_lsn(&self) -> Lsn {
         // The transport tracks keepalives only on its own event path; data frames we count.

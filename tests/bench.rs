@@ -1,0 +1,133 @@
+//! `lakets bench all --quick` from the binary: every phase runs on its own embedded
+//! PostgreSQL and the JSON report holds every figure the README quotes, each consistent
+//! with the work done. Sizes are tiny; this checks the command, not the speed.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn bench_all_reports_every_figure_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_lakets"))
+        .args(["bench", "all", "--quick", "--output"])
+        .arg(&report_path)
+        .env("LAKETS_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench all failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for section in [
+        "-- write path",
+        "-- catch-up",
+        "-- freshness",
+        "-- memory",
+        "-- sustained rate",
+        "-- targets",
+    ] {
+        assert!(stdout.contains(section), "no {section:?} in:\n{stdout}");
+    }
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap())
+        .expect("the --output file is JSON");
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+
+    // Write path: 2 and 4 writers, three scenarios each, every rate measured.
+    let ratios = report["write_path"]["ratios"].as_array().unwrap();
+    assert_eq!(
+        ratios
+            .iter()
+            .map(|r| r["writers"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+    for r in ratios {
+        for key in [
+            "bare_rows_per_second",
+            "lakets_rows_per_second",
+            "triggers_rows_per_second",
+        ] {
+            assert!(f(&r[key]) > 0.0, "{key} in {r}");
+        }
+        assert!(f(&r["lakets_ratio"]) > 0.0 && f(&r["triggers_ratio"]) > 0.0);
+    }
+    // Commit latency at a fixed rate, per scenario.
+    let latencies = report["write_path"]["latencies"].as_array().unwrap();
+    assert_eq!(latencies.len(), 3);
+    for l in latencies {
+        assert!(l["latency"]["samples"].as_u64().unwrap() > 0, "{l}");
+        assert!(f(&l["latency"]["p99_ms"]) >= f(&l["latency"]["p50_ms"]));
+    }
+    // The spec's CDF-mirror trigger copied exactly the rows of the trigger runs.
+    let trigger_rows: u64 = report["write_path"]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(latencies)
+        .filter(|r| r["scenario"] == "triggers")
+        .map(|r| r["rows"].as_u64().unwrap())
+        .sum();
+    assert!(trigger_rows > 0);
+    assert_eq!(
+        report["write_path"]["spec_shadow_rows"].as_u64(),
+        Some(trigger_rows)
+    );
+
+    // Catch-up: pg_recvlogical (text, binary), lakets (text, binary), the split pair.
+    let rows = report["catchup"]["rows"].as_u64().unwrap();
+    let measurements = report["catchup"]["measurements"].as_array().unwrap();
+    assert_eq!(measurements.len(), 5, "{measurements:?}");
+    for m in measurements {
+        assert!(f(&m["rows_per_second"]) > 0.0);
+        if m["consumer"].as_str().unwrap().starts_with("lakets") {
+            assert!(m["changes_seen"].as_u64().unwrap() >= rows, "{m}");
+        }
+    }
+    for key in ["ratio_text", "ratio_binary", "split_over_single"] {
+        assert!(f(&report["catchup"][key]) > 0.0, "{key}");
+    }
+
+    // Freshness: every measure resolved every transaction, in a plausible order.
+    let fresh = &report["freshness"];
+    let samples = fresh["lvc_visible"]["samples"].as_u64().unwrap();
+    assert!(samples >= 5, "{fresh}");
+    for key in ["received", "lvc_durable", "delta_durable"] {
+        assert_eq!(fresh[key]["samples"].as_u64(), Some(samples), "{key}");
+    }
+    assert!(f(&fresh["lvc_visible"]["p50_ms"]) <= f(&fresh["delta_durable"]["p50_ms"]));
+
+    // Memory: N and 10N, each peak at least its baseline.
+    let runs = report["memory"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        runs[1]["rows"].as_u64().unwrap(),
+        10 * runs[0]["rows"].as_u64().unwrap()
+    );
+    for r in runs {
+        assert!(
+            f(&r["peak_rss_mib"]) >= f(&r["baseline_rss_mib"]) && f(&r["baseline_rss_mib"]) > 1.0
+        );
+    }
+
+    // Sustained: at least one step, each with a lag sample per second.
+    let steps = report["sustained"]["steps"].as_array().unwrap();
+    assert!(!steps.is_empty());
+    for s in steps {
+        assert!(s["lag_bytes"].as_array().unwrap().len() >= 2, "{s}");
+    }
+
+    // Eight targets, each with a verdict.
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 8);
+    assert!(targets.iter().all(|t| t["met"].is_boolean()));
+    assert!(
+        report["postgres"]
+            .as_str()
+            .unwrap()
+            .starts_with("PostgreSQL")
+    );
+}
