@@ -536,3 +536,108 @@ async fn a_failing_store_defers_tiering_and_a_racing_late_insert_ends_up_in_delt
     .await;
     stop(shutdown, run).await;
 }
+
+/// Chunks changed behind lakets' back are never dropped: one detached by hand (it leaves
+/// the publication, so later writes to it would never reach Delta) and then updated with
+/// its row count unchanged, and one dropped by hand. Both defer with the reason, at every
+/// run, and the Delta table keeps every row of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_detached_or_dropped_by_hand_defer_and_lose_nothing() {
+    let _serial = SERIAL.lock().await;
+    common::init_test_logging();
+    let mut db = fresh_db("tier_by_hand").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sync = synced_ticks(&mut db, dir.path()).await;
+    lifecycle::policy::set_policy(
+        &db.client,
+        "ticks",
+        Some(Interval::hours(2)),
+        Some(Interval::hours(4)),
+    )
+    .await
+    .unwrap();
+    let old: Vec<(String, i64, i64)> = db
+        .client
+        .query(
+            "SELECT chunk_name, (extract(epoch FROM range_start) * 1000000)::bigint,
+                    (extract(epoch FROM range_end) * 1000000)::bigint
+               FROM lakets._chunk_metadata
+              WHERE range_end < now() - interval '5 hours' ORDER BY range_start DESC LIMIT 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let [(detached, d_start, d_end), (dropped, x_start, x_end)] = &old[..] else {
+        panic!("two old chunks expected: {old:?}");
+    };
+    let (shutdown, run) = start(&db).await;
+    // Everything so far reaches Delta (the first tier run waits for it), then the two
+    // chunks are changed by hand.
+    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(report.deferred.is_empty(), "{report:?}");
+    let in_delta_detached = common::delta_rows_in(&sync.location, *d_start, *d_end).await;
+    let in_delta_dropped = common::delta_rows_in(&sync.location, *x_start, *x_end).await;
+    assert!(in_delta_detached > 0 && in_delta_dropped > 0);
+    db.exec(&format!(
+        "ALTER TABLE ticks DETACH PARTITION {detached};
+         UPDATE {detached} SET price = price + 1000;
+         DROP TABLE {dropped};"
+    ))
+    .await;
+
+    for _ in 0..2 {
+        let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+            .await
+            .unwrap();
+        let reason = |chunk: &str| {
+            report
+                .deferred
+                .iter()
+                .find(|(c, _)| c.contains(chunk))
+                .map(|(_, r)| r.clone())
+                .unwrap_or_else(|| panic!("{chunk} was not deferred: {report:?}"))
+        };
+        assert!(
+            reason(detached).contains("no longer a partition"),
+            "{report:?}"
+        );
+        assert!(reason(dropped).contains("missing"), "{report:?}");
+        assert!(
+            !report
+                .moved
+                .iter()
+                .any(|c| c.contains(detached.as_str()) || c.contains(dropped.as_str())),
+            "{report:?}"
+        );
+    }
+    let statuses: Vec<String> = db
+        .client
+        .query(
+            "SELECT status FROM lakets._chunk_metadata WHERE chunk_name = ANY($1) ORDER BY 1",
+            &[&vec![detached.clone(), dropped.clone()]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(statuses, vec!["tiered", "tiered"], "neither is dropped");
+    let still_there: bool = db
+        .scalar(&format!("SELECT to_regclass('{detached}') IS NOT NULL"))
+        .await;
+    assert!(still_there, "the detached chunk is left to its owner");
+    stop(shutdown, run).await;
+    assert_eq!(
+        common::delta_rows_in(&sync.location, *d_start, *d_end).await,
+        in_delta_detached
+    );
+    assert_eq!(
+        common::delta_rows_in(&sync.location, *x_start, *x_end).await,
+        in_delta_dropped
+    );
+}

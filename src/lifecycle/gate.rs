@@ -4,7 +4,8 @@
 //!
 //! Inside the caller's transaction:
 //! 1. Writes to the chunk are blocked (EXCLUSIVE lock, bounded by `lock_timeout`: a busy
-//!    chunk defers instead of stalling its writers; other chunks are never touched).
+//!    chunk defers instead of stalling its writers; other chunks are never touched). A
+//!    chunk that is missing, or no longer a partition of its table, defers.
 //! 2. The WAL insert position `L` is read: every transaction that wrote to the chunk
 //!    committed before `L`. A heartbeat message makes the WAL move past `L` even when
 //!    nothing else is written.
@@ -22,6 +23,7 @@ use tokio_postgres::types::PgLsn;
 use crate::catalog::registry::Chunk;
 use crate::delta::mirror::shape_of;
 use crate::error::{PgResultExt, Result};
+use crate::ident::TableName;
 use crate::sync::SyncConfig;
 use crate::wal::lsn::Lsn;
 use crate::wal::transaction::HEARTBEAT_PREFIX;
@@ -79,6 +81,26 @@ pub async fn check(
             _ => return Err(e).pg_context(|| format!("locking chunk {target}")),
         };
         return Ok(Gate::Defer(reason));
+    }
+    // A chunk detached outside lakets has left the publication: writes to it no longer
+    // reach the WAL consumer, so neither the confirmed position nor the row count can
+    // vouch for it.
+    let parent = TableName::new(chunk.schema_name.clone(), chunk.table_name.clone());
+    let attached: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits
+                             WHERE inhrelid = $1::text::regclass
+                               AND inhparent = $2::text::regclass)",
+            &[&target.quoted(), &parent.quoted()],
+        )
+        .await
+        .pg_context(|| format!("checking that {target} is a partition of {parent}"))?
+        .get(0);
+    if !attached {
+        return Ok(Gate::Defer(format!(
+            "the chunk is no longer a partition of {parent} (detached outside lakets); \
+             attach it again or drop it yourself"
+        )));
     }
     let lock_lsn: Lsn = tx
         .query_one("SELECT pg_current_wal_insert_lsn()", &[])
