@@ -277,7 +277,7 @@ fn synthesize(assets: &mut [Asset], rows: usize, start: usize, rng: &mut Rng) ->
         let price = asset.base * (1.0 + 0.02 * wave + asset.walk);
         batch
             .times
-            .push(now + chrono::Duration::microseconds(i as i64 % 1000));
+            .push(now + chrono::Duration::microseconds(i as i64));
         batch.symbols.push(asset.symbol.clone());
         batch.prices.push((price * 100.0).round() / 100.0);
         batch.volumes.push(100 + (rng.next() % 900) as i64);

@@ -188,15 +188,20 @@ async fn lvc_differences(
     let keys: Vec<String> = lvc.key_columns.iter().map(|c| quote_ident(c)).collect();
     let keys = keys.join(", ");
     let time = quote_ident(&lvc.time_column);
+    // Rows of one key may share the latest time; the cache holds one of them (the last
+    // committed), and any of them is right.
     let latest = format!(
-        "(SELECT DISTINCT ON ({keys}) {cols} FROM {} ORDER BY {keys}, {time} DESC)",
-        table.quoted()
+        "SELECT {cols} FROM {table} WHERE ({keys}, {time}) IN
+           (SELECT {keys}, max({time}) FROM {table} GROUP BY {keys})",
+        table = table.quoted()
     );
     let cache = format!("SELECT {cols} FROM {}", lvc.cache_table.quoted());
     Ok(client
         .query_one(
             &format!(
-                "SELECT count(*) FROM (({cache} EXCEPT ALL {latest}) UNION ALL ({latest} EXCEPT ALL {cache})) d"
+                "SELECT (SELECT count(*) FROM ({cache} EXCEPT ALL ({latest})) wrong)
+                      + (SELECT count(*) FROM (SELECT DISTINCT {keys} FROM ({latest}) l
+                                               EXCEPT SELECT {keys} FROM ({cache}) c) missing)"
             ),
             &[],
         )

@@ -296,3 +296,38 @@ async fn enabling_a_cache_refuses_bad_requests_clearly() {
             .await
     );
 }
+
+/// `verify` accepts any of the rows that share a key's latest time (the cache keeps one of
+/// them), and still counts a wrong cached value or a missing key.
+#[tokio::test]
+async fn verify_accepts_ties_at_the_latest_time_and_catches_wrong_values() {
+    let mut db = fresh_db("lvc_ties").await;
+    ticks_table(&mut db).await;
+    db.exec(
+        "INSERT INTO ticks VALUES (date_trunc('second', now()), 'S0', 1, 1),
+                                  (date_trunc('second', now()), 'S0', 2, 2)",
+    )
+    .await;
+    lakets::lvc::enable_lvc(
+        &mut db.client,
+        "ticks",
+        &["symbol".into()],
+        &["price".into(), "volume".into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(lvc_differences(&db).await, Some(0));
+    db.exec("UPDATE lakets.lvc_ticks SET price = 99 WHERE symbol = 'S1'")
+        .await;
+    assert_eq!(lvc_differences(&db).await, Some(1));
+    db.exec("DELETE FROM lakets.lvc_ticks WHERE symbol = 'S2'")
+        .await;
+    assert_eq!(lvc_differences(&db).await, Some(2));
+}
+
+async fn lvc_differences(db: &TestDb) -> Option<i64> {
+    lakets::verify::verify(&db.client, "ticks")
+        .await
+        .unwrap()
+        .lvc_differences
+}

@@ -641,3 +641,108 @@ async fn chunks_detached_or_dropped_by_hand_defer_and_lose_nothing() {
         in_delta_dropped
     );
 }
+
+/// TRUNCATE of a table whose oldest chunks were dropped empties the hot table, and the
+/// Delta rows and candles of the hot chunks go with it; but the dropped chunks' rows live
+/// only in the cold tier, so they stay in Delta, their candles stay in the rollup, and
+/// `verify` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_keeps_the_history_of_dropped_chunks() {
+    let _serial = SERIAL.lock().await;
+    common::init_test_logging();
+    let mut db = fresh_db("tier_truncate").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sync = synced_ticks(&mut db, dir.path()).await;
+    lakets::rollup::create_rollup(
+        &mut db.client,
+        &lakets::rollup::CreateRollup {
+            name: "ticks_1h".into(),
+            source: "ticks".into(),
+            bucket: Interval::hours(1),
+            group_by: vec!["symbol".into()],
+            aggregate: "count(*)".into(),
+            refresh_lag: Interval::ZERO,
+        },
+    )
+    .await
+    .unwrap();
+    lakets::rollup::refresh::refresh(&mut db.client, Some("ticks_1h"), true, true)
+        .await
+        .unwrap();
+    lifecycle::policy::set_policy(
+        &db.client,
+        "ticks",
+        Some(Interval::hours(2)),
+        Some(Interval::hours(4)),
+    )
+    .await
+    .unwrap();
+    let (shutdown, run) = start(&db).await;
+    lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+        .await
+        .unwrap();
+    lifecycle::retention(&mut db.client, None, PATIENT, None)
+        .await
+        .unwrap();
+    let dropped = common::dropped_chunks(&db).await;
+    assert!(dropped.len() >= 4, "{} chunks dropped", dropped.len());
+    let cutoff = dropped.iter().map(|c| c.end).max().unwrap();
+    for c in &dropped {
+        assert_eq!(
+            common::delta_rows_in(&sync.location, c.start, c.end).await,
+            c.rows as u64
+        );
+    }
+    let cold_rows: i64 = dropped.iter().map(|c| c.rows).sum();
+    let candles = |below: bool| {
+        format!(
+            "SELECT count(*) FROM ticks_1h WHERE (bucket < to_timestamp({cutoff} / 1e6)) = {below}"
+        )
+    };
+    let cold_candles: i64 = db.scalar(&candles(true)).await;
+    let hot_candles: i64 = db.scalar(&candles(false)).await;
+    assert!(cold_candles > 0 && hot_candles > 0);
+    let hot_rows: i64 = db.scalar("SELECT count(*) FROM ticks").await;
+    assert!(hot_rows > 0);
+
+    db.exec("TRUNCATE ticks").await;
+    let started = std::time::Instant::now();
+    while common::delta_rows_in(&sync.location, i64::MIN / 2, i64::MAX / 2).await
+        != cold_rows as u64
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the TRUNCATE did not reach Delta, or took the cold history with it: {} rows",
+            common::delta_rows_in(&sync.location, i64::MIN / 2, i64::MAX / 2).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for c in &dropped {
+        assert_eq!(
+            common::delta_rows_in(&sync.location, c.start, c.end).await,
+            c.rows as u64,
+            "chunk {} keeps its rows in Delta",
+            c.name
+        );
+    }
+    // The invalidation reaches the log once the operator flushed; then a refresh empties
+    // the hot candles and keeps the cold ones.
+    let started = std::time::Instant::now();
+    loop {
+        lakets::rollup::refresh::refresh(&mut db.client, Some("ticks_1h"), true, true)
+            .await
+            .unwrap();
+        if db.scalar::<i64>(&candles(false)).await == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "hot candles stay after the TRUNCATE"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(db.scalar::<i64>(&candles(true)).await, cold_candles);
+    stop(shutdown, run).await;
+    let report = lakets::verify::verify(&db.client, "ticks").await.unwrap();
+    assert!(report.ok, "{:?}", report.differences);
+}

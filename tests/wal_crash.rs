@@ -1,5 +1,5 @@
 //! Exactly once per operator across kill -9: a mixed workload (inserts, late rows, updates,
-//! deletes, multi-slice transactions) runs while the consumer process is killed at random
+//! deletes, multi-slice transactions, a schema change halfway) runs while the consumer process is killed at random
 //! points (while decoding, applying, flushing, writing Parquet, committing to Delta or to
 //! PostgreSQL). After a final clean run, the recording operator holds every change exactly
 //! once, the chunk tracker stamped each chunk with its last writing transaction, the Last
@@ -146,7 +146,16 @@ async fn workload(db: &TestDb, seed: u64, transactions: usize) -> BTreeMap<(Stri
     let mut expected: BTreeMap<(String, i64), i64> = BTreeMap::new();
     let mut live: Vec<i64> = Vec::new();
     let mut next_id = 1i64;
-    for _ in 0..transactions {
+    for t in 0..transactions {
+        // Halfway, a schema change: later rows carry a new column (earlier ones read NULL
+        // in PostgreSQL and in Delta alike).
+        if t == transactions / 2 {
+            client
+                .batch_execute("ALTER TABLE events ADD COLUMN note text")
+                .await
+                .unwrap();
+        }
+        let noted = t >= transactions / 2;
         let mut sql = String::from("BEGIN;");
         let statements = 1 + rng.below(4);
         for _ in 0..statements {
@@ -160,8 +169,13 @@ async fn workload(db: &TestDb, seed: u64, transactions: usize) -> BTreeMap<(Stri
                             1 => 1800,
                             _ => 0,
                         };
+                        let note = if noted {
+                            format!(", 'n{next_id}'")
+                        } else {
+                            String::new()
+                        };
                         sql.push_str(&format!(
-                            "INSERT INTO events VALUES (now() + {offset} * interval '1 second', {next_id}, 'v');"
+                            "INSERT INTO events VALUES (now() + {offset} * interval '1 second', {next_id}, 'v'{note});"
                         ));
                         *expected.entry(("insert".into(), next_id)).or_default() += 1;
                         live.push(next_id);
@@ -372,6 +386,10 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
         lake_rows == hot_rows,
         "Delta rows differ from PostgreSQL rows"
     );
+
+    // And `lakets verify`, as a user would run it, agrees on everything.
+    let report = lakets::verify::verify(&db.client, "events").await.unwrap();
+    assert!(report.ok, "{:?}", report.differences);
 }
 
 async fn sorted_rows(mut rows: Vec<lakets::delta::batch::CellRow>) -> Vec<String> {

@@ -1,6 +1,8 @@
 //! PostgreSQL restarted (and crashed) mid-stream: the consumer reconnects with backoff and
-//! resumes from the slot, and every committed change reaches the operators exactly once.
-//! Its own test binary: it restarts the cluster, which would disturb other tests.
+//! resumes from the slot, and every committed change reaches the operators exactly once;
+//! with the service's operators, the Delta table, the Last Value Cache and the rollup end
+//! equal to the table (`lakets verify`). Its own test binary: it restarts the cluster,
+//! which would disturb other tests (and its tests take turns).
 
 mod common;
 
@@ -14,8 +16,12 @@ use lakets::wal::lsn::Lsn;
 use lakets::wal::{Pipeline, PipelineConfig, SourceSettings, run_with_restarts};
 use tokio_util::sync::CancellationToken;
 
+/// The tests restart the shared cluster: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarts_and_crashes_mid_stream_lose_nothing_and_double_nothing() {
+    let _serial = SERIAL.lock().await;
     let mut db = fresh_db("restart").await;
     // The stream starts at the slot's creation: created before the first change.
     setup_streaming(&mut db).await;
@@ -112,4 +118,156 @@ async fn postgres_restarts_and_crashes_mid_stream_lose_nothing_and_double_nothin
     assert_eq!(phantom, 0, "nothing recorded that did not commit");
     assert_eq!(distinct, recorded, "no duplicates");
     assert_eq!(recorded, in_table, "every committed row recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_with_every_operator_on_leave_delta_lvc_and_rollup_equal_to_the_table() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("restart_all").await;
+    db.exec(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8,
+                             PRIMARY KEY (symbol, time));
+         INSERT INTO ticks SELECT now() - i * interval '1 minute', 'S' || (i % 4), i
+           FROM generate_series(1, 300) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(1);
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+    lakets::lvc::enable_lvc(
+        &mut db.client,
+        "ticks",
+        &["symbol".into()],
+        &["price".into()],
+    )
+    .await
+    .unwrap();
+    lakets::rollup::create_rollup(
+        &mut db.client,
+        &lakets::rollup::CreateRollup {
+            name: "ticks_1min".into(),
+            source: "ticks".into(),
+            bucket: lakets::interval::Interval::from_secs(60),
+            group_by: vec!["symbol".into()],
+            aggregate: "first(price), last(price), max(price), count(*)".into(),
+            refresh_lag: lakets::interval::Interval::ZERO,
+        },
+    )
+    .await
+    .unwrap();
+    lakets::rollup::refresh::refresh(&mut db.client, None, true, true)
+        .await
+        .unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    common::sync_to(&db, "ticks", lake.path().join("ticks").to_str().unwrap()).await;
+
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
+    config.flush_interval = Duration::from_millis(100);
+    config.ack_interval = Duration::from_millis(50);
+    config.heartbeat_interval = Some(Duration::from_millis(200));
+    let shutdown = CancellationToken::new();
+    let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let consumer = tokio::spawn(run_with_restarts(
+        move || {
+            let (db, config, status) = (db_config.clone(), config.clone(), status.clone());
+            async move { lakets::service::standard_pipeline(&db, config, status, None).await }
+        },
+        shutdown.clone(),
+    ));
+
+    // New ticks, late ticks into older buckets, corrections and deletes, through outages.
+    let url = db.url.clone();
+    let writer = tokio::spawn(async move {
+        let mut round = 0i64;
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < deadline {
+            let Ok(client) = lakets::db::connect(&url).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            loop {
+                round += 1;
+                let sql = format!(
+                    "INSERT INTO ticks SELECT clock_timestamp() + i * interval '1 microsecond',
+                                              'S' || (i % 4), {round} FROM generate_series(0, 9) i;
+                     INSERT INTO ticks VALUES (now() - interval '{late} seconds', 'LATE{round}', 1)
+                       ON CONFLICT DO NOTHING;
+                     UPDATE ticks SET price = price + 0.5
+                      WHERE symbol = 'S{s}' AND time < now() - interval '{late} seconds'
+                        AND time > now() - interval '{late} seconds' - interval '2 minutes';
+                     DELETE FROM ticks WHERE symbol = 'LATE{old}';",
+                    late = 600 + round * 7 % 3000,
+                    s = round % 4,
+                    old = round - 5,
+                );
+                if client.batch_execute(&sql).await.is_err() || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::spawn_blocking(|| cluster().restart_server())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::spawn_blocking(|| {
+        cluster().crash_server()?;
+        cluster().start_server()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    writer.await.unwrap();
+
+    let mut client = db.connect().await;
+    let end: Lsn = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    wait_until_confirmed(&client, &slot, end, Duration::from_secs(90)).await;
+    shutdown.cancel();
+    consumer.await.unwrap().expect("consumer stops cleanly");
+    lakets::rollup::refresh::refresh(&mut client, None, true, true)
+        .await
+        .unwrap();
+
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM ticks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(rows > 400, "the workload ran: {rows} rows");
+    let report = lakets::verify::verify(&client, "ticks").await.unwrap();
+    if !report.ok {
+        let diff: Vec<String> = client
+            .query(
+                "(SELECT 'cache only', row(symbol, time, price)::text FROM lakets.lvc_ticks
+                  EXCEPT SELECT 'cache only', row(symbol, time, price)::text FROM ticks
+                   WHERE (symbol, time) IN (SELECT symbol, max(time) FROM ticks GROUP BY symbol))
+                 UNION ALL
+                 (SELECT 'latest', row(t.*)::text FROM (SELECT DISTINCT ON (symbol) symbol, time, price
+                    FROM ticks ORDER BY symbol, time DESC) t
+                  WHERE (symbol, time, price) NOT IN (SELECT symbol, time, price FROM lakets.lvc_ticks))",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{}: {}", r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        panic!("{:?}\n{diff:#?}", report.differences);
+    }
+    assert!(report.lvc_differences == Some(0), "{report:?}");
+    assert_eq!(report.rollups.len(), 1, "{report:?}");
 }

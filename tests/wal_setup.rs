@@ -57,3 +57,26 @@ async fn setup_errors_say_what_to_change() {
         .unwrap();
     assert_eq!(slot_active(&db).await, None, "gone");
 }
+
+/// A publication made by hand that leaves out operations (or publishes partitions as
+/// themselves) is completed, so no change silently misses the operators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_made_publication_is_completed() {
+    let mut db = fresh_db("handmade_pub").await;
+    setup(&mut db).await;
+    db.exec(
+        "CREATE PUBLICATION handmade FOR TABLE events
+           WITH (publish = 'insert', publish_via_partition_root = false)",
+    )
+    .await;
+    lakets::wal::setup::ensure_publication(&db.client, "handmade")
+        .await
+        .unwrap();
+    let complete: bool = db
+        .scalar(
+            "SELECT pubviaroot AND pubinsert AND pubupdate AND pubdelete AND pubtruncate
+               FROM pg_publication WHERE pubname = 'handmade'",
+        )
+        .await;
+    assert!(complete);
+}

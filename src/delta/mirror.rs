@@ -77,8 +77,13 @@ struct Window {
     deletes: Vec<PendingDelete>,
     /// New rows of updates waiting for an unchanged TOAST value from delete `.0`.
     toast_rows: Vec<(usize, CellRow)>,
-    /// A TRUNCATE came: every committed file goes, and staged files before `.0`.
+    /// A TRUNCATE came: every committed file goes (but the rows of `truncate_keeps`),
+    /// and staged files before `.0`.
     truncated_at: Option<usize>,
+    /// Time ranges (microseconds, end exclusive) whose rows a TRUNCATE leaves in the
+    /// table: those of chunks already dropped from PostgreSQL, which only the cold tier
+    /// holds (a TRUNCATE removes the rows PostgreSQL has, like a DELETE of all of them).
+    truncate_keeps: Vec<(i64, i64)>,
     changes: usize,
     /// Rows inserted (for metrics).
     inserted: usize,
@@ -237,7 +242,9 @@ impl TableMirror {
         self.insert(new).await
     }
 
-    pub async fn truncate(&mut self) -> Result<()> {
+    /// Mirrors a TRUNCATE: every row leaves the table but those in `keep` (time ranges in
+    /// microseconds, end exclusive).
+    pub async fn truncate(&mut self, keep: Vec<(i64, i64)>) -> Result<()> {
         // Rows written before the TRUNCATE must be in files it can drop.
         if self.unsealed {
             self.seal().await?;
@@ -252,6 +259,7 @@ impl TableMirror {
         }
         self.window.toast_rows.clear();
         self.window.truncated_at = Some(self.window.staged.len());
+        self.window.truncate_keeps = keep;
         Ok(())
     }
 
@@ -464,12 +472,21 @@ impl TableMirror {
             }
         };
 
-        // Committed files: all go on TRUNCATE; otherwise those the deletes may touch.
+        // Committed files: all go on TRUNCATE (those that may hold kept rows are filtered);
+        // otherwise those the deletes may touch.
         let views = super::read::active_files(&self.table).await?;
         let mut candidates: Vec<(FileRef, HashMap<String, Option<String>>)> = Vec::new();
+        let mut truncated_files: Vec<(String, Remove)> = Vec::new();
         for view in views {
             if self.window.truncated_at.is_some() {
-                removes.push(view.remove_action(true));
+                if self.may_hold_kept_rows(&view.partition_values_map()) {
+                    truncated_files.push((
+                        view.object_store_path().to_string(),
+                        view.remove_action(true),
+                    ));
+                } else {
+                    removes.push(view.remove_action(true));
+                }
                 continue;
             }
             if live.is_empty() {
@@ -562,6 +579,10 @@ impl TableMirror {
                 self.write_rows(&refs).await?;
             }
         }
+        for (path, remove) in truncated_files {
+            self.keep_after_truncate(&path, remove, removes, outcome)
+                .await?;
+        }
         self.seal().await?;
         outcome.deletes_unmatched = self.window.deletes.iter().filter(|d| !d.done).count();
         if outcome.deletes_unmatched > 0 {
@@ -573,6 +594,75 @@ impl TableMirror {
                 "rows deleted or updated in PostgreSQL were not found in the Delta table \
                  (removed behind lakets' back?); run `lakets verify`"
             );
+        }
+        Ok(())
+    }
+}
+
+impl TableMirror {
+    /// Whether a committed file (by its partition values) may hold rows a TRUNCATE keeps.
+    fn may_hold_kept_rows(&self, values: &HashMap<String, Option<String>>) -> bool {
+        let keeps = &self.window.truncate_keeps;
+        if keeps.is_empty() {
+            return false;
+        }
+        const DAY: i64 = 86_400_000_000;
+        let day = match (&self.shape.partitioning, &self.shape.partition_column) {
+            (Partitioning::Day, Some(col)) => values
+                .get(col)
+                .and_then(|v| v.as_deref())
+                .and_then(parse_partition_date),
+            _ => None,
+        };
+        match day {
+            Some(d) => {
+                let (start, end) = (d as i64 * DAY, (d as i64 + 1) * DAY);
+                keeps.iter().any(|&(s, e)| s < end && start < e)
+            }
+            None => true,
+        }
+    }
+
+    /// Rewrites a committed file after a TRUNCATE: only its rows in the kept ranges stay.
+    async fn keep_after_truncate(
+        &mut self,
+        path: &str,
+        remove: Remove,
+        removes: &mut Vec<Remove>,
+        outcome: &mut FlushOutcome,
+    ) -> Result<()> {
+        let time = self.shape.time_index;
+        let scale = match self.shape.columns[time].kind {
+            ColumnKind::Date => 86_400_000_000,
+            _ => 1,
+        };
+        let keeps = self.window.truncate_keeps.clone();
+        let batches = table::read_file(&self.table, path).await?;
+        let mut kept: Vec<CellRow> = Vec::new();
+        let mut total = 0usize;
+        for batch in &batches {
+            for row in super::read::batch_rows(batch, &self.shape)? {
+                total += 1;
+                let keep = match row[time] {
+                    Cell::Int(t) => {
+                        let micros = t.saturating_mul(scale);
+                        keeps.iter().any(|&(s, e)| s <= micros && micros < e)
+                    }
+                    _ => false,
+                };
+                if keep {
+                    kept.push(row);
+                }
+            }
+        }
+        if kept.len() == total {
+            return Ok(()); // wholly cold history: the file stays as it is
+        }
+        removes.push(remove);
+        if !kept.is_empty() {
+            outcome.rows_written += kept.len();
+            let refs: Vec<&CellRow> = kept.iter().collect();
+            self.write_rows(&refs).await?;
         }
         Ok(())
     }

@@ -213,6 +213,31 @@ impl Invalidations {
     }
 }
 
+/// What a TRUNCATE of `table` invalidates: everything, or, once chunks have been
+/// dropped, the ranges of the chunks still in PostgreSQL. The candles of dropped chunks
+/// stay, as the cold tier keeps their rows.
+async fn hot_ranges(client: &Client, table: &TableName) -> Result<Vec<(i64, i64)>> {
+    let rows = client
+        .query(
+            "SELECT (extract(epoch FROM range_start) * 1000000)::bigint,
+                    (extract(epoch FROM range_end) * 1000000)::bigint,
+                    status = 'dropped'
+               FROM lakets._chunk_metadata
+              WHERE schema_name = $1 AND table_name = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .pg_context(|| format!("reading the chunks of {table}"))?;
+    if !rows.iter().any(|r| r.get::<_, bool>(2)) {
+        return Ok(vec![(i64::MIN, i64::MAX)]);
+    }
+    Ok(rows
+        .iter()
+        .filter(|r| !r.get::<_, bool>(2))
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 impl Operator for Invalidations {
     fn name(&self) -> &str {
         NAME
@@ -246,10 +271,21 @@ impl Operator for Invalidations {
             .collect();
         for (name, pending) in &self.pending {
             if pending.everything {
-                rollups.push(name.clone());
-                los.push(bound_text(i64::MIN));
-                his.push(bound_text(i64::MAX));
-                keys.push(None);
+                let table = self
+                    .targets
+                    .iter()
+                    .find(|(_, ts)| ts.iter().any(|t| &t.rollup == name))
+                    .map(|(table, _)| table);
+                let ranges = match table {
+                    Some(table) => hot_ranges(&self.client, table).await?,
+                    None => vec![(i64::MIN, i64::MAX)],
+                };
+                for (lo, hi) in ranges {
+                    rollups.push(name.clone());
+                    los.push(bound_text(lo));
+                    his.push(bound_text(hi));
+                    keys.push(None);
+                }
                 continue;
             }
             let Some(&width) = widths.get(name.as_str()) else {

@@ -60,6 +60,9 @@ pub struct LastValueCache {
     layouts: HashMap<u32, Layout>,
     /// Where the service reads the cache from (API, subscriptions).
     view: Option<Arc<LvcView>>,
+    /// The transaction of the slice being applied, and whether it is known visible.
+    slice_xid: u32,
+    slice_visible: bool,
 }
 
 #[derive(Clone)]
@@ -79,6 +82,8 @@ impl LastValueCache {
             caches: HashMap::new(),
             layouts: HashMap::new(),
             view: None,
+            slice_xid: 0,
+            slice_visible: false,
         };
         op.reload().await?;
         Ok(op)
@@ -216,6 +221,42 @@ impl LastValueCache {
     /// The latest remaining row for a key, read from the table (after an update or delete
     /// of the cached row). It may already include later transactions; they will arrive
     /// and apply idempotently.
+    /// Waits until the slice's transaction is visible to new snapshots. The walsender can
+    /// send a transaction as soon as its commit is in the WAL, a moment before its writer
+    /// makes it visible; a fallback read in that moment would still see the row the
+    /// transaction deleted or moved, and keep it in the cache.
+    async fn wait_until_visible(&mut self) -> Result<()> {
+        if self.slice_visible {
+            return Ok(());
+        }
+        let xid = i64::from(self.slice_xid);
+        let started = std::time::Instant::now();
+        loop {
+            // The 32-bit xid widened with the epoch of the current snapshot (the
+            // transaction is at most one wraparound behind it).
+            let visible: bool = self
+                .client
+                .query_one(
+                    "WITH s AS (SELECT pg_current_snapshot() AS snap,
+                                       pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax)
+                     SELECT pg_visible_in_snapshot(
+                              ((((xmax >> 32) - CASE WHEN $1 > (xmax & 4294967295) THEN 1 ELSE 0 END) << 32)
+                               | $1)::text::xid8,
+                              snap)
+                       FROM s",
+                    &[&xid],
+                )
+                .await
+                .pg_context(|| "checking that a transaction is visible".into())?
+                .get(0);
+            if visible || started.elapsed() > std::time::Duration::from_secs(5) {
+                self.slice_visible = true;
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     async fn latest_from_table(&self, config: &LvcConfig, key: &Key) -> Result<Option<Entry>> {
         let (predicate, params) = lvc::key_predicate(&config.key_columns, key);
         let values: Vec<String> = config
@@ -257,6 +298,11 @@ impl LastValueCache {
             Change::Delete { relation, old } => (relation, Some(&old.values), None),
             Change::Truncate { relations, .. } => {
                 for r in relations {
+                    // A TRUNCATE the cache's initial fill already reflects (a replay) must
+                    // not empty it.
+                    if commit_before_start(&self.caches, &r.table, lsn) {
+                        continue;
+                    }
                     if let Some(cache) = self.caches.get_mut(&r.table) {
                         let keys: Vec<Key> = cache.entries.keys().cloned().collect();
                         cache.dirty.extend(keys.iter().cloned());
@@ -309,6 +355,7 @@ impl LastValueCache {
                 .is_some_and(|e| e.time == old_time);
             if moved && was_cached {
                 let config = cache.config.clone();
+                self.wait_until_visible().await?;
                 let fallback = self.latest_from_table(&config, &old_key).await?;
                 let cache = self.caches.get_mut(&relation.table).expect("cache exists");
                 match fallback {
@@ -451,6 +498,8 @@ impl Operator for LastValueCache {
                 self.reload().await?;
             }
         }
+        self.slice_xid = slice.xid;
+        self.slice_visible = false;
         for change in &slice.changes {
             self.apply_change(change, slice.commit_lsn).await?;
         }

@@ -6,7 +6,7 @@
 //! `force` even then.
 
 use tokio_postgres::GenericClient;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::lsn::Lsn;
 use crate::catalog::registry;
@@ -198,7 +198,8 @@ pub async fn ensure_publication(client: &impl GenericClient, publication: &str) 
     let tables = registry::list_chronotables(client).await?;
     let exists = client
         .query_opt(
-            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+            "SELECT pubviaroot, pubinsert AND pubupdate AND pubdelete AND pubtruncate
+               FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
@@ -234,6 +235,20 @@ pub async fn ensure_publication(client: &impl GenericClient, publication: &str) 
                     ))
                     .await
                     .pg_context(|| format!("updating publication {publication}"))?;
+            }
+            // A publication made by hand may leave out an operation: its changes would
+            // never reach the operators (a TRUNCATE would stay in Delta, say).
+            if !row.get::<_, bool>(1) {
+                client
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {quoted_pub} SET (publish = 'insert, update, delete, truncate')"
+                    ))
+                    .await
+                    .pg_context(|| format!("updating publication {publication}"))?;
+                warn!(
+                    publication,
+                    "the publication left out some operations; it now publishes all of them"
+                );
             }
             let members: Vec<(String, String)> = client
                 .query(
