@@ -47,6 +47,17 @@ async fn synced_ticks(db: &mut TestDb, dir: &std::path::Path) -> lakets::sync::S
     common::sync_to(db, "ticks", dir.join("ticks").to_str().unwrap()).await
 }
 
+async fn tier_after_2h_drop_after_4h(db: &TestDb) {
+    lifecycle::policy::set_policy(
+        &db.client,
+        "ticks",
+        Some(Interval::hours(2)),
+        Some(Interval::hours(4)),
+    )
+    .await
+    .unwrap();
+}
+
 async fn start(db: &TestDb) -> (CancellationToken, JoinHandle<lakets::Result<()>>) {
     let slot = lakets::wal::setup::default_slot_name(&db.name);
     let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
@@ -92,14 +103,7 @@ async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
     let mut db = fresh_db("tier_gate").await;
     let dir = tempfile::tempdir().unwrap();
     let sync = synced_ticks(&mut db, dir.path()).await;
-    lifecycle::policy::set_policy(
-        &db.client,
-        "ticks",
-        Some(Interval::hours(2)),
-        Some(Interval::hours(4)),
-    )
-    .await
-    .unwrap();
+    tier_after_2h_drop_after_4h(&db).await;
 
     // The Delta operator never ran: nothing is tiered, and each chunk says why.
     let report = lifecycle::tier(&mut db.client, None, None, QUICK, None)
@@ -548,14 +552,7 @@ async fn chunks_detached_or_dropped_by_hand_defer_and_lose_nothing() {
     let mut db = fresh_db("tier_by_hand").await;
     let dir = tempfile::tempdir().unwrap();
     let sync = synced_ticks(&mut db, dir.path()).await;
-    lifecycle::policy::set_policy(
-        &db.client,
-        "ticks",
-        Some(Interval::hours(2)),
-        Some(Interval::hours(4)),
-    )
-    .await
-    .unwrap();
+    tier_after_2h_drop_after_4h(&db).await;
     let old: Vec<(String, i64, i64)> = db
         .client
         .query(
@@ -669,14 +666,7 @@ async fn truncate_keeps_the_history_of_dropped_chunks() {
     lakets::rollup::refresh::refresh(&mut db.client, Some("ticks_1h"), true, true)
         .await
         .unwrap();
-    lifecycle::policy::set_policy(
-        &db.client,
-        "ticks",
-        Some(Interval::hours(2)),
-        Some(Interval::hours(4)),
-    )
-    .await
-    .unwrap();
+    tier_after_2h_drop_after_4h(&db).await;
     let (shutdown, run) = start(&db).await;
     lifecycle::tier(&mut db.client, None, None, PATIENT, None)
         .await

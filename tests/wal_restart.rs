@@ -72,19 +72,7 @@ async fn postgres_restarts_and_crashes_mid_stream_lose_nothing_and_double_nothin
         }
     });
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    tokio::task::spawn_blocking(|| cluster().restart_server())
-        .await
-        .unwrap()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    tokio::task::spawn_blocking(|| {
-        cluster().crash_server()?;
-        cluster().start_server()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    restart_then_crash_the_server().await;
     writer.await.unwrap();
 
     let client = db.connect().await;
@@ -212,19 +200,7 @@ async fn restarts_with_every_operator_on_leave_delta_lvc_and_rollup_equal_to_the
         }
     });
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    tokio::task::spawn_blocking(|| cluster().restart_server())
-        .await
-        .unwrap()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    tokio::task::spawn_blocking(|| {
-        cluster().crash_server()?;
-        cluster().start_server()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    restart_then_crash_the_server().await;
     writer.await.unwrap();
 
     let mut client = db.connect().await;
@@ -270,4 +246,21 @@ async fn restarts_with_every_operator_on_leave_delta_lvc_and_rollup_equal_to_the
     }
     assert!(report.lvc_differences == Some(0), "{report:?}");
     assert_eq!(report.rollups.len(), 1, "{report:?}");
+}
+
+/// Mid-workload: a clean restart of PostgreSQL, then a crash (immediate stop) and start.
+async fn restart_then_crash_the_server() {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::spawn_blocking(|| cluster().restart_server())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::spawn_blocking(|| {
+        cluster().crash_server()?;
+        cluster().start_server()
+    })
+    .await
+    .unwrap()
+    .unwrap();
 }
