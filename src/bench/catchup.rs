@@ -56,6 +56,10 @@ pub struct CatchupReport {
 const PROTOCOLS: [(&str, bool); 2] = [("text", false), ("binary", true)];
 /// pg_recvlogical, the service's pipeline, and two pg_recvlogical on split publications.
 const CONSUMERS: [&str; 3] = ["recv", "lakets", "split"];
+/// The consumers' names in the report.
+const RECV: &str = "pg_recvlogical";
+const SPLIT: &str = "pg_recvlogical x2 split";
+const LAKETS: &str = "lakets (all operators)";
 const SPLIT_PUBLICATIONS: [(&str, &str); 2] = [
     ("lakets_bench_split_a", "symbol < 'JPM'"),
     ("lakets_bench_split_b", "symbol >= 'JPM'"),
@@ -140,10 +144,11 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
             let seconds = started.elapsed().as_secs_f64();
             measurements.push(Measurement {
                 consumer: match who {
-                    "recv" => "pg_recvlogical".into(),
-                    "split" => "pg_recvlogical x2 split".into(),
-                    _ => "lakets (all operators)".into(),
-                },
+                    "recv" => RECV,
+                    "split" => SPLIT,
+                    _ => LAKETS,
+                }
+                .into(),
                 protocol: name.into(),
                 repetition: rep,
                 rows: options.rows,
@@ -165,21 +170,14 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
     let best = |consumer: &str, protocol: &str| {
         measurements
             .iter()
-            .filter(|m| m.consumer.starts_with(consumer) && m.protocol == protocol)
+            .filter(|m| m.consumer == consumer && m.protocol == protocol)
             .map(|m| m.rows_per_second)
             .fold(0.0, f64::max)
     };
-    let recv = |protocol: &str| {
-        measurements
-            .iter()
-            .filter(|m| m.consumer == "pg_recvlogical" && m.protocol == protocol)
-            .map(|m| m.rows_per_second)
-            .fold(0.0, f64::max)
-    };
-    let ratio_text = best("lakets", "text") / recv("text");
-    let ratio_binary = best("lakets", "binary") / recv("binary");
-    let binary_over_text = best("lakets", "binary") / best("lakets", "text");
-    let split_over_single = best("pg_recvlogical x2", "text") / recv("text");
+    let ratio_text = best(LAKETS, "text") / best(RECV, "text");
+    let ratio_binary = best(LAKETS, "binary") / best(RECV, "binary");
+    let binary_over_text = best(LAKETS, "binary") / best(LAKETS, "text");
+    let split_over_single = best(SPLIT, "text") / best(RECV, "text");
     drop(client);
     tokio::task::spawn_blocking(move || drop(pg))
         .await

@@ -597,9 +597,7 @@ impl TableMirror {
         }
         Ok(())
     }
-}
 
-impl TableMirror {
     /// Whether a committed file (by its partition values) may hold rows a TRUNCATE keeps.
     fn may_hold_kept_rows(&self, values: &HashMap<String, Option<String>>) -> bool {
         let keeps = &self.window.truncate_keeps;
