@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::wal::wait_until_confirmed;
+use common::wal::{wait_slot_released, wait_until_confirmed};
 use common::{TestDb, fresh_db};
 use lakets::delta::batch::CellRow;
 use lakets::delta::mirror::shape_of;
@@ -753,6 +753,7 @@ async fn a_replay_from_before_add_column_is_followed_and_a_second_enable_never_d
 
     // As after a crash between the Delta commits and the acknowledgement: the slot and the
     // operator's progress are back before the ALTER; the Delta table already has `venue`.
+    wait_slot_released(&db, &slot).await;
     db.exec(&format!(
         "SELECT pg_drop_replication_slot('{slot}');
          SELECT pg_copy_logical_replication_slot('before_alter', '{slot}');

@@ -115,6 +115,28 @@ pub async fn slot_active(db: &TestDb) -> Option<bool> {
         .get(0)
 }
 
+/// Waits until no walsender holds `slot`: a walsender exits a moment after its client
+/// hangs up, and a slot cannot be dropped or replaced while it is active.
+pub async fn wait_slot_released(db: &TestDb, slot: &str) {
+    wait_for(
+        &format!("slot {slot} is released"),
+        Duration::from_secs(30),
+        async || {
+            let active: Option<bool> = db
+                .client
+                .query_one(
+                    "SELECT (SELECT active FROM pg_replication_slots WHERE slot_name = $1)",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            active != Some(true)
+        },
+    )
+    .await;
+}
+
 pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check().await {
