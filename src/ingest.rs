@@ -323,7 +323,7 @@ async fn write_batch(client: &Client, batch: &Batch, method: Method) -> Result<u
 
 /// Streams ticks until `shutdown`, the duration, or an error.
 pub async fn run(
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     options: IngestOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<IngestReport> {
@@ -442,7 +442,7 @@ pub struct MethodComparison {
 }
 
 pub async fn compare_methods(
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     batch_rows: usize,
     seconds: f64,
 ) -> Result<MethodComparison> {

@@ -618,7 +618,7 @@ fn database_url(cli: &Cli, from_argv: bool) -> anyhow::Result<Option<String>> {
 }
 
 /// The connection settings of the required database.
-fn database_config(cli: &Cli, from_argv: bool) -> anyhow::Result<tokio_postgres::Config> {
+fn database_config(cli: &Cli, from_argv: bool) -> anyhow::Result<lakets::db::DbConfig> {
     let url = database_url(cli, from_argv)?.context(
         "no database given: pass --database-url or set LAKETS_DATABASE_URL (or DATABASE_URL)",
     )?;

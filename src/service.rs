@@ -27,7 +27,7 @@ const COLLECT_EVERY: Duration = Duration::from_secs(15);
 /// the Delta mirror, each on its own connection, reporting into `status` (kept across
 /// restarts) and, when given, publishing the LVC to `view`.
 pub async fn standard_pipeline(
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     config: PipelineConfig,
     status: Arc<Mutex<PipelineStatus>>,
     view: Option<Arc<LvcView>>,
@@ -51,7 +51,7 @@ pub async fn standard_pipeline(
 
 /// What the API and the probes read.
 pub struct ServiceState {
-    pub db: tokio_postgres::Config,
+    pub db: crate::db::DbConfig,
     pub slot: String,
     pub status: Arc<Mutex<PipelineStatus>>,
     pub lvc: Arc<LvcView>,
@@ -71,7 +71,7 @@ pub struct Service {
 }
 
 /// The slot a config streams from.
-pub fn slot_name(config: &Config, db: &tokio_postgres::Config) -> String {
+pub fn slot_name(config: &Config, db: &crate::db::DbConfig) -> String {
     config.service.slot.clone().unwrap_or_else(|| {
         crate::wal::setup::default_slot_name(db.get_dbname().unwrap_or("postgres"))
     })
@@ -81,7 +81,7 @@ pub fn slot_name(config: &Config, db: &tokio_postgres::Config) -> String {
 /// acknowledges and stops) or the pipeline fails for good.
 pub async fn start(
     config: &Config,
-    db: tokio_postgres::Config,
+    db: crate::db::DbConfig,
     cancel: CancellationToken,
 ) -> Result<Service> {
     let slot = slot_name(config, &db);

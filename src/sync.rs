@@ -128,7 +128,7 @@ pub struct CopyProgress {
 /// Running it again after an interruption resumes (the copy starts over; a half-written
 /// copy was never committed).
 pub async fn enable_sync(
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     table: &str,
     location: &str,
     partitioning: Partitioning,
@@ -300,7 +300,7 @@ const FETCH_ROWS: i32 = 10_000;
 const SEAL_ROWS: u64 = 1_000_000;
 
 async fn copy_snapshot(
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     client: &Client,
     table_name: &TableName,
     shape: &TableShape,

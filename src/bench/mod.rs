@@ -61,7 +61,7 @@ pub(crate) async fn stock_ticks_database(
 
 /// Syncs `stock_ticks` to a Delta table in a temporary directory (kept while the returned
 /// guard lives).
-pub(crate) async fn sync_stock_ticks(db: &tokio_postgres::Config) -> Result<tempfile::TempDir> {
+pub(crate) async fn sync_stock_ticks(db: &crate::db::DbConfig) -> Result<tempfile::TempDir> {
     let lake = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
     crate::sync::enable_sync(
         db,
@@ -80,7 +80,7 @@ pub(crate) async fn sync_stock_ticks(db: &tokio_postgres::Config) -> Result<temp
 /// made by enable_sync, is dropped: the benchmarks stream from slots of their own.
 pub(crate) async fn attach_operators(
     client: &mut tokio_postgres::Client,
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
 ) -> Result<tempfile::TempDir> {
     crate::lvc::enable_lvc(
         client,
@@ -177,7 +177,7 @@ pub(crate) async fn end_marker(client: &tokio_postgres::Client) -> Result<crate:
 /// The service's pipeline (chunk tracker, LVC, invalidations, Delta) on `slot`, running
 /// until `stop`; its status is shared.
 pub(crate) fn spawn_service_pipeline(
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     slot: &str,
     binary: bool,
     flush_interval: std::time::Duration,

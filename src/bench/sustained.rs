@@ -90,7 +90,7 @@ pub async fn sustained(options: &SustainedOptions) -> Result<SustainedReport> {
 
 async fn run_step(
     client: &tokio_postgres::Client,
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     slot: &str,
     rate: u64,
     options: &SustainedOptions,
@@ -159,7 +159,7 @@ async fn run_step(
 /// `writers` connections share `rate` rows/s in 1,000-row transactions for `seconds`;
 /// returns the rows written and each transaction's latency (ms).
 pub(crate) async fn paced_insert(
-    db: tokio_postgres::Config,
+    db: crate::db::DbConfig,
     writers: usize,
     rate: u64,
     seconds: f64,

@@ -189,7 +189,7 @@ async fn set_triggers(client: &tokio_postgres::Client, attach: bool) -> Result<(
 /// pipeline has caught up before the writers start.
 async fn in_scenario<T>(
     client: &tokio_postgres::Client,
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     scenario: &str,
     write: impl Future<Output = Result<T>>,
 ) -> Result<T> {
@@ -242,7 +242,7 @@ async fn in_scenario<T>(
 /// `writers` connections insert 1,000-row transactions for `seconds`; returns the rows
 /// written and the seconds it took.
 pub(crate) async fn insert_for(
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     writers: usize,
     seconds: f64,
 ) -> Result<(u64, f64)> {

@@ -472,7 +472,7 @@ impl Config {
 
     /// The connection settings, with the password from `database.password_file` or the
     /// environment.
-    pub fn database_config(&self) -> Result<tokio_postgres::Config> {
+    pub fn database_config(&self) -> Result<crate::db::DbConfig> {
         let url = self.database_url().ok_or_else(|| {
             Error::invalid(
                 "no database given: set database.url in the config, LAKETS_DATABASE_URL, \

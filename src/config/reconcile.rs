@@ -39,7 +39,7 @@ impl ReconcileReport {
 }
 
 /// Brings the database in line with `config` (installs the lakets schema first).
-pub async fn reconcile(db: &tokio_postgres::Config, config: &Config) -> Result<ReconcileReport> {
+pub async fn reconcile(db: &crate::db::DbConfig, config: &Config) -> Result<ReconcileReport> {
     let mut client = crate::db::connect_with(db).await?;
     crate::catalog::migrate(&mut client).await?;
     let mut report = ReconcileReport::default();
@@ -72,7 +72,7 @@ pub async fn reconcile(db: &tokio_postgres::Config, config: &Config) -> Result<R
 }
 
 async fn reconcile_table(
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     client: &mut Client,
     table: &TableName,
     spec: &TableSpec,

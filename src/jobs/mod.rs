@@ -93,7 +93,7 @@ pub struct RunOutcome {
 
 /// Runs the schedule until `shutdown`, as leader or standing by.
 pub async fn run_scheduler(
-    db: tokio_postgres::Config,
+    db: crate::db::DbConfig,
     schedule: Schedule,
     instance: String,
     shutdown: CancellationToken,
@@ -117,7 +117,7 @@ pub async fn run_scheduler(
 
 /// Becomes leader (or waits to), then runs due jobs until shutdown or a lost connection.
 async fn lead(
-    db: &tokio_postgres::Config,
+    db: &crate::db::DbConfig,
     schedule: &Schedule,
     instance: &str,
     shutdown: &CancellationToken,

@@ -128,13 +128,13 @@ impl OperatorHandle {
 /// A set of operators ready to run against one slot.
 pub struct Pipeline {
     config: PipelineConfig,
-    db: tokio_postgres::Config,
+    db: crate::db::DbConfig,
     operators: Vec<OperatorHandle>,
     status: Arc<Mutex<PipelineStatus>>,
 }
 
 impl Pipeline {
-    pub fn new(db: tokio_postgres::Config, config: PipelineConfig) -> Self {
+    pub fn new(db: crate::db::DbConfig, config: PipelineConfig) -> Self {
         let status = PipelineStatus {
             slot: config.source.slot.clone(),
             ..Default::default()
@@ -467,7 +467,7 @@ impl LagTracker {
     }
 }
 
-async fn heartbeat_loop(db: tokio_postgres::Config, every: Duration) {
+async fn heartbeat_loop(db: crate::db::DbConfig, every: Duration) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client = None;

@@ -15,10 +15,10 @@ use pg_walstream::{
     CancellationToken, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions,
     ReplicationStreamConfig, StreamingMode,
 };
-use tokio_postgres::Config;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
 use super::lsn::Lsn;
+use crate::db::DbConfig;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ fn replication_error(context: &str, e: ReplicationError) -> Error {
 impl WalSource {
     /// Connects and starts streaming from the slot's confirmed position. The slot and the
     /// publication must exist (see [`super::setup`]). Needs a multi-threaded runtime.
-    pub async fn start(config: &Config, settings: &SourceSettings) -> Result<Self> {
+    pub async fn start(config: &DbConfig, settings: &SourceSettings) -> Result<Self> {
         // On a current-thread runtime pg_walstream reads through a worker thread whose
         // buffered frames are dropped when a read is cancelled, which our idle tick does.
         if tokio::runtime::Handle::current().runtime_flavor()
@@ -99,9 +99,10 @@ impl WalSource {
                 snapshot: Some("nothing".into()),
                 ..Default::default()
             });
-        let mut stream = LogicalReplicationStream::new(&conninfo, stream_config)
-            .await
-            .map_err(|e| replication_error("opening the replication connection", e))?;
+        let mut stream = match LogicalReplicationStream::new(&conninfo, stream_config).await {
+            Ok(stream) => stream,
+            Err(e) => return Err(explain_connect_failure(config, e).await),
+        };
         // None: the server resumes at the slot's confirmed_flush_lsn, and nothing is
         // acknowledged until the operators report durable positions.
         stream
@@ -174,8 +175,23 @@ impl WalSource {
     }
 }
 
-/// A libpq key=value string for the replication connection (`replication=database`).
-fn replication_conninfo(config: &Config) -> Result<String> {
+/// pg_walstream retries a failed handshake until its timeout and then reports only the
+/// timeout. When that happens, an SQL connection with the same settings says why (a TLS
+/// certificate refused, a password, pg_hba.conf).
+async fn explain_connect_failure(config: &DbConfig, e: ReplicationError) -> Error {
+    let transient = !e.is_permanent();
+    match crate::db::connect_with(config).await {
+        Err(cause) => Error::Replication {
+            transient,
+            message: format!("opening the replication connection: {e}; {cause}"),
+        },
+        Ok(_) => replication_error("opening the replication connection", e),
+    }
+}
+
+/// A libpq key=value string for the replication connection (`replication=database`), with
+/// the same TLS options as the SQL connections.
+fn replication_conninfo(config: &DbConfig) -> Result<String> {
     fn quote(v: &str) -> String {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
     }
@@ -207,25 +223,27 @@ fn replication_conninfo(config: &Config) -> Result<String> {
     if let Some(pw) = config.get_password() {
         parts.push(format!("password={}", quote(&String::from_utf8_lossy(pw))));
     }
-    parts.push(
-        match config.get_ssl_mode() {
-            SslMode::Disable => "sslmode=disable",
-            SslMode::Require => "sslmode=require",
-            _ => "sslmode=prefer",
-        }
-        .to_owned(),
-    );
+    let tls = config.tls();
+    let mode = tls.effective_mode();
+    parts.push(format!("sslmode={}", mode.as_str()));
+    if mode.verifies() {
+        // Always explicit: without it pg_walstream would trust the public web roots,
+        // where libpq (and our SQL connections) read ~/.postgresql/root.crt.
+        parts.push(format!(
+            "sslrootcert={}",
+            quote(&tls.root_cert_path()?.to_string_lossy())
+        ));
+    }
     Ok(parts.join(" "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
     #[test]
     fn conninfo_quotes_values_and_refuses_sockets() {
-        let c = Config::from_str("postgres://o'neil:p%20w'@db.example:6543/my db").unwrap();
+        let c = crate::db::parse_config("postgres://o'neil:p%20w'@db.example:6543/my db").unwrap();
         let s = replication_conninfo(&c).unwrap();
         assert!(
             s.contains("host='db.example' port=6543 replication=database"),
@@ -234,12 +252,37 @@ mod tests {
         assert!(s.contains("user='o\\'neil'"), "{s}");
         assert!(s.contains("password='p w\\''"), "{s}");
         assert!(s.contains("dbname='my db'"), "{s}");
-        let sock = Config::from_str("host=/tmp dbname=x").unwrap();
+        let sock = crate::db::parse_config("host=/tmp dbname=x").unwrap();
         assert!(
             replication_conninfo(&sock)
                 .unwrap_err()
                 .to_string()
                 .contains("TCP")
+        );
+    }
+
+    #[test]
+    fn conninfo_carries_the_tls_options() {
+        let c = crate::db::parse_config(
+            "postgres://u@db.example/x?sslmode=verify-full&sslrootcert=/etc/my%20ca.pem",
+        )
+        .unwrap();
+        let s = replication_conninfo(&c).unwrap();
+        assert!(
+            s.ends_with("sslmode=verify-full sslrootcert='/etc/my ca.pem'"),
+            "{s}"
+        );
+        let c = crate::db::parse_config("postgres://u@db.example/x?sslmode=require").unwrap();
+        assert!(
+            replication_conninfo(&c)
+                .unwrap()
+                .ends_with("sslmode=require")
+        );
+        let c = crate::db::parse_config("postgres://u@db.example/x").unwrap();
+        assert!(
+            replication_conninfo(&c)
+                .unwrap()
+                .ends_with("sslmode=prefer")
         );
     }
 }
