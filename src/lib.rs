@@ -23,6 +23,7 @@ pub mod lvc;
 pub mod lvc_view;
 pub mod operators;
 pub mod report;
+pub mod resync;
 pub mod rollup;
 pub mod service;
 pub mod status;

@@ -233,6 +233,64 @@ pub fn key_predicate<'a>(
     (predicate, params)
 }
 
+/// Refills a registered cache from its table, as of a WAL position recorded while writers
+/// are held off (`lakets resync`: the stream missed changes, so the cache cannot be
+/// trusted). The stream then applies only changes after that position. One transaction.
+pub async fn refill(client: &mut Client, config: &LvcConfig) -> Result<(u64, Lsn)> {
+    let tx = client
+        .transaction()
+        .await
+        .pg_context(|| "starting a transaction".into())?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN SHARE MODE",
+        config.table.quoted()
+    ))
+    .await
+    .pg_context(|| format!("holding writes to {} for the refill", config.table))?;
+    let start: String = tx
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .pg_context(|| "reading the WAL position".into())?
+        .get(0);
+    tx.batch_execute(&format!("DELETE FROM {}", config.cache_table.quoted()))
+        .await
+        .pg_context(|| format!("emptying the cache of {}", config.table))?;
+    let keys: Vec<String> = config.key_columns.iter().map(|k| quote_ident(k)).collect();
+    let columns: Vec<String> = config
+        .cache_columns()
+        .into_iter()
+        .map(quote_ident)
+        .collect();
+    let filled = tx
+        .execute(
+            &format!(
+                "INSERT INTO {cache} ({columns}, lsn)
+                 SELECT DISTINCT ON ({keys}) {columns}, $1::text::pg_lsn
+                   FROM {source} ORDER BY {keys}, {time} DESC",
+                cache = config.cache_table.quoted(),
+                columns = columns.join(", "),
+                keys = keys.join(", "),
+                source = config.table.quoted(),
+                time = quote_ident(&config.time_column),
+            ),
+            &[&start],
+        )
+        .await
+        .pg_context(|| format!("refilling the cache of {}", config.table))?;
+    tx.execute(
+        "UPDATE lakets._lvc_registry SET start_lsn = $3::text::pg_lsn
+          WHERE schema_name = $1 AND table_name = $2",
+        &[&config.table.schema, &config.table.name, &start],
+    )
+    .await
+    .pg_context(|| "recording the refill position".into())?;
+    tx.commit()
+        .await
+        .pg_context(|| format!("committing the refill of {}", config.table))?;
+    info!(table = %config.table, keys = filled, start_lsn = %start, "Last Value Cache refilled");
+    Ok((filled, start.parse()?))
+}
+
 /// All registered caches.
 pub async fn list_lvc(client: &impl GenericClient) -> Result<Vec<LvcConfig>> {
     let rows = client

@@ -102,6 +102,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Close a gap in the WAL stream (slot invalidated or dropped): recreate the slot,
+    /// re-copy the hot rows into Delta (keeping dropped chunks' history), refill the
+    /// caches, invalidate the rollups. Run it with the service stopped.
+    Resync {
+        /// Re-copy even when no gap is recorded.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Tiered retention policies (add_tiered_retention_policy).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -923,6 +933,33 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 print!("{}", lakets::bench::freshness_table(&report));
+            }
+        }
+        Command::Resync { force, json } => {
+            let report = lakets::resync::resync(&database_config(&cli, from_argv)?, *force).await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                for g in &report.gaps {
+                    println!("gap closed: slot {} was {}", g.slot_name, g.reason);
+                }
+                for slot in &report.slots_created {
+                    println!("slot {slot} created: the stream resumes from here");
+                }
+                for t in &report.tables {
+                    println!(
+                        "{}: {} hot rows re-copied into Delta (stream from {}), {} dropped \
+                         chunk range(s) kept",
+                        t.table, t.rows, t.start_lsn, t.kept_ranges
+                    );
+                }
+                for c in &report.caches {
+                    println!("{}: Last Value Cache refilled, {} keys", c.table, c.keys);
+                }
+                for r in &report.rollups {
+                    println!("rollup {r}: hot range invalidated, the next refresh recomputes it");
+                }
+                println!("resync done; start `lakets run` again");
             }
         }
         Command::Verify { table, json } => {

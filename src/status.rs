@@ -31,6 +31,8 @@ pub struct ServiceStatus {
     pub received_lsn: Option<Lsn>,
     pub streaming: Option<bool>,
     pub last_error: Option<String>,
+    /// Gaps in the WAL stream: streaming and drops wait for `lakets resync`.
+    pub stream_gaps: Vec<crate::wal::setup::StreamGap>,
     pub tables: Vec<TableStatus>,
     pub rollups: Vec<RollupStatus>,
     pub jobs: Vec<JobStatus>,
@@ -216,6 +218,7 @@ pub async fn collect(
         received_lsn: live.map(|l| l.received_lsn),
         streaming: live.map(|l| l.streaming),
         last_error: live.and_then(|l| l.last_error.clone()),
+        stream_gaps: crate::wal::setup::list_gaps(client).await?,
         tables,
         rollups,
         jobs,
@@ -260,6 +263,17 @@ pub fn render(s: &ServiceStatus) -> String {
     );
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last pipeline error: {e}");
+    }
+    for g in &s.stream_gaps {
+        let _ = writeln!(
+            out,
+            "STREAM GAP: slot {} was {} (since {}, detected {}); streaming and drops wait \
+             for `lakets resync`",
+            g.slot_name,
+            g.reason,
+            lsn(g.since_lsn),
+            g.detected_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
     }
     for o in &s.operators {
         let _ = writeln!(

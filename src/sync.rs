@@ -307,6 +307,92 @@ async fn copy_snapshot(
     delta: &mut deltalake::DeltaTable,
     progress: &mut impl FnMut(CopyProgress),
 ) -> Result<(Lsn, u64)> {
+    let mut writer = table::writer(delta)?;
+    let mut adds = Vec::new();
+    let mut since_seal: u64 = 0;
+    let (start_lsn, copied) = read_snapshot(
+        db,
+        client,
+        table_name,
+        shape,
+        progress,
+        async |rows: Vec<CellRow>| {
+            let refs: Vec<&CellRow> = rows.iter().collect();
+            writer
+                .write(build_batch(shape, &refs)?)
+                .await
+                .delta_context(|| "writing the initial snapshot".into())?;
+            since_seal += rows.len() as u64;
+            if since_seal >= SEAL_ROWS {
+                adds.extend(
+                    writer
+                        .flush()
+                        .await
+                        .delta_context(|| "writing the initial snapshot".into())?,
+                );
+                since_seal = 0;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    adds.extend(
+        writer
+            .flush()
+            .await
+            .delta_context(|| "writing the initial snapshot".into())?,
+    );
+    // The copy replaces whatever an interrupted earlier copy committed (the stream never
+    // writes to a table whose copy is pending), so running `enable` again never doubles.
+    let earlier = crate::delta::read::active_files(delta).await?;
+    let actions = earlier
+        .iter()
+        .map(|v| deltalake::kernel::Action::Remove(v.remove_action(true)))
+        .chain(adds.into_iter().map(deltalake::kernel::Action::Add))
+        .collect();
+    table::commit(
+        delta,
+        actions,
+        DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: shape.partition_column.clone().map(|p| vec![p]),
+            predicate: None,
+        },
+        Some((&snapshot_app_id(table_name), start_lsn)),
+    )
+    .await?;
+    record_copied(client, table_name, copied).await?;
+    Ok((start_lsn, copied))
+}
+
+pub(crate) async fn record_copied(
+    client: &Client,
+    table_name: &TableName,
+    rows: u64,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._sync_registry SET rows_copied = $3, updated_at = now()
+              WHERE schema_name = $1 AND table_name = $2",
+            &[&table_name.schema, &table_name.name, &(rows as i64)],
+        )
+        .await
+        .pg_context(|| "recording the copy".into())?;
+    Ok(())
+}
+
+/// Reads every row of `table_name` as of a snapshot that meets the WAL stream exactly
+/// (see the module docs), handing them to `each` in batches. The snapshot's position is
+/// recorded as the sync's `start_lsn` while writers are held off. Returns the position
+/// and the number of rows.
+pub(crate) async fn read_snapshot(
+    db: &crate::db::DbConfig,
+    client: &Client,
+    table_name: &TableName,
+    shape: &TableShape,
+    progress: &mut impl FnMut(CopyProgress),
+    mut each: impl AsyncFnMut(Vec<CellRow>) -> Result<()>,
+) -> Result<(Lsn, u64)> {
     // Both connections first: writers wait only while the snapshot is taken.
     let mut reader = crate::db::connect_with(db).await?;
     reader
@@ -372,13 +458,9 @@ async fn copy_snapshot(
         )
         .await
         .pg_context(|| format!("reading {table_name}"))?;
-
-    let mut writer = table::writer(delta)?;
-    let mut adds = Vec::new();
     let mut copied: u64 = 0;
-    let mut since_seal: u64 = 0;
     let mut last_report = Instant::now();
-    let estimate_u = (estimate > 0).then_some(estimate as u64);
+    let estimate = (estimate > 0).then_some(estimate as u64);
     loop {
         let rows = tx
             .query_portal(&portal, FETCH_ROWS)
@@ -387,31 +469,18 @@ async fn copy_snapshot(
         if rows.is_empty() {
             break;
         }
-        let cells: Vec<CellRow> = rows
-            .iter()
-            .map(|row| text_row_cells(row, &types, shape))
-            .collect::<Result<_>>()?;
-        let refs: Vec<&CellRow> = cells.iter().collect();
-        writer
-            .write(build_batch(shape, &refs)?)
-            .await
-            .delta_context(|| "writing the initial snapshot".into())?;
         copied += rows.len() as u64;
-        since_seal += rows.len() as u64;
-        if since_seal >= SEAL_ROWS {
-            adds.extend(
-                writer
-                    .flush()
-                    .await
-                    .delta_context(|| "writing the initial snapshot".into())?,
-            );
-            since_seal = 0;
-        }
+        each(
+            rows.iter()
+                .map(|row| text_row_cells(row, &types, shape))
+                .collect::<Result<_>>()?,
+        )
+        .await?;
         if last_report.elapsed() >= Duration::from_secs(2) {
             last_report = Instant::now();
             progress(CopyProgress {
                 rows: copied,
-                estimate: estimate_u,
+                estimate,
             });
             let _ = client
                 .execute(
@@ -422,45 +491,12 @@ async fn copy_snapshot(
                 .await;
         }
     }
-    adds.extend(
-        writer
-            .flush()
-            .await
-            .delta_context(|| "writing the initial snapshot".into())?,
-    );
     tx.commit()
         .await
         .pg_context(|| "ending the snapshot transaction".into())?;
-    // The copy replaces whatever an interrupted earlier copy committed (the stream never
-    // writes to a table whose copy is pending), so running `enable` again never doubles.
-    let earlier = crate::delta::read::active_files(delta).await?;
-    let actions = earlier
-        .iter()
-        .map(|v| deltalake::kernel::Action::Remove(v.remove_action(true)))
-        .chain(adds.into_iter().map(deltalake::kernel::Action::Add))
-        .collect();
-    table::commit(
-        delta,
-        actions,
-        DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: shape.partition_column.clone().map(|p| vec![p]),
-            predicate: None,
-        },
-        Some((&snapshot_app_id(table_name), start_lsn)),
-    )
-    .await?;
-    client
-        .execute(
-            "UPDATE lakets._sync_registry SET rows_copied = $3, updated_at = now()
-              WHERE schema_name = $1 AND table_name = $2",
-            &[&table_name.schema, &table_name.name, &(copied as i64)],
-        )
-        .await
-        .pg_context(|| "recording the copy".into())?;
     progress(CopyProgress {
         rows: copied,
-        estimate: estimate_u,
+        estimate,
     });
     Ok((start_lsn, copied))
 }

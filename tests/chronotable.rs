@@ -845,7 +845,11 @@ async fn commands_refuse_a_database_without_the_lakets_schema() {
     // And init is idempotent.
     let first = lakets::catalog::migrate(&mut db.client).await.unwrap();
     let second = lakets::catalog::migrate(&mut db.client).await.unwrap();
-    assert_eq!(first, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        first,
+        (1..=lakets::catalog::latest_version()).collect::<Vec<_>>()
+    );
+    assert_eq!(lakets::catalog::latest_version(), 9);
     assert!(second.is_empty());
 }
 

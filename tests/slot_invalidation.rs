@@ -1,14 +1,16 @@
 //! The slot invalidated by `max_slot_wal_keep_size` while the service is stopped: the WAL
 //! it still needed is gone, so the stream has a gap. The service must not stream into the
 //! gap (it refuses to start, saying why and what to do), and no chunk may be tiered or
-//! dropped on the strength of the lost slot. Its own test binary: it changes a setting of
-//! the cluster.
+//! dropped on the strength of the lost slot, nor after the slot is dropped by hand. Then
+//! `lakets resync` closes the gap: the Delta table, the cache and the rollup equal the
+//! table again (`verify`), the dropped chunks' history stays in Delta, and the stream and
+//! the drops resume. Its own test binary: it changes a setting of the cluster.
 
 mod common;
 
 use std::time::Duration;
 
-use common::fresh_db;
+use common::{dropped_chunks, fresh_db};
 use lakets::interval::Interval;
 use lakets::lifecycle::{self, GateSettings};
 use lakets::wal::{PipelineConfig, SourceSettings};
@@ -18,12 +20,40 @@ const QUICK: GateSettings = GateSettings {
     lock_timeout: Duration::from_secs(2),
     wait: Duration::from_secs(2),
 };
+const PATIENT: GateSettings = GateSettings {
+    lock_timeout: Duration::from_secs(2),
+    wait: Duration::from_secs(30),
+};
+
+async fn status_counts(db: &common::TestDb) -> Vec<(String, i64)> {
+    db.client
+        .query(
+            "SELECT status, count(*) FROM lakets._chunk_metadata GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn lakets_cli(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lakets"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("LAKETS_DATABASE_URL", url)
+        .env("LAKETS_LOG", "warn")
+        .output()
+        .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalidated_slot_stops_the_stream_and_every_drop() {
+async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
     let mut db = fresh_db("slot_lost").await;
     db.exec(
-        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8);
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8,
+                             PRIMARY KEY (symbol, time));
          INSERT INTO ticks SELECT now() - i * interval '1 minute', 'S' || (i % 4), i
            FROM generate_series(1, 600) i;",
     )
@@ -34,7 +64,28 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    common::sync_to(&db, "ticks", dir.path().join("ticks").to_str().unwrap()).await;
+    let sync = common::sync_to(&db, "ticks", dir.path().join("ticks").to_str().unwrap()).await;
+    lakets::lvc::enable_lvc(
+        &mut db.client,
+        "ticks",
+        &["symbol".into()],
+        &["price".into()],
+    )
+    .await
+    .unwrap();
+    lakets::rollup::create_rollup(
+        &mut db.client,
+        &lakets::rollup::CreateRollup {
+            name: "ticks_1min".into(),
+            source: "ticks".into(),
+            bucket: Interval::from_secs(60),
+            group_by: vec!["symbol".into()],
+            aggregate: "first(price), last(price), max(price), count(*)".into(),
+            refresh_lag: Interval::ZERO,
+        },
+    )
+    .await
+    .unwrap();
     lifecycle::policy::set_policy(
         &db.client,
         "ticks",
@@ -58,17 +109,35 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop() {
         }
     };
 
-    // The service streams for a while, then stops; writes go on; the server recycles
-    // the WAL the slot still needs.
+    // The service streams; the oldest chunks are tiered and dropped (their rows then live
+    // only in Delta); it stops; writes go on (a new row, corrections, deletes); the server
+    // recycles the WAL the slot still needs.
     let cancel = CancellationToken::new();
     let running = tokio::spawn(pipeline(cancel.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // As of two hours ago, so that chunks are still due when the gap opens.
+    let earlier = Some(chrono::Utc::now() - chrono::Duration::hours(2));
+    lifecycle::tier(&mut db.client, None, None, PATIENT, earlier)
+        .await
+        .unwrap();
+    let report = lifecycle::retention(&mut db.client, None, PATIENT, earlier)
+        .await
+        .unwrap();
+    assert!(!report.moved.is_empty(), "{report:?}");
+    let dropped = dropped_chunks(&db).await;
+    let mut cold = Vec::new();
+    for c in &dropped {
+        cold.push(common::delta_rows_in(&sync.location, c.start, c.end).await);
+    }
     cancel.cancel();
     running.await.unwrap().unwrap();
+    let before_gap = status_counts(&db).await;
     for statement in [
         "ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'",
         "SELECT pg_reload_conf()",
-        "INSERT INTO ticks SELECT now() - interval '7 hours', 'GAP', 1",
+        "INSERT INTO ticks SELECT now() - interval '3 hours', 'GAP', 1",
+        "UPDATE ticks SET price = price + 1000 WHERE symbol = 'S1' AND time > now() - interval '2 hours'",
+        "DELETE FROM ticks WHERE symbol = 'S2' AND time > now() - interval '30 minutes'",
+        "INSERT INTO ticks VALUES (now(), 'S3', -1)",
         "CREATE TABLE filler (x text)",
     ] {
         db.exec(statement).await;
@@ -127,10 +196,11 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop() {
             .unwrap();
         assert!(report.moved.is_empty(), "{report:?}");
     }
-    let gone: i64 = db
-        .scalar("SELECT count(*) FROM lakets._chunk_metadata WHERE status <> 'active'")
-        .await;
-    assert_eq!(gone, 0, "nothing tiered or dropped");
+    assert_eq!(
+        status_counts(&db).await,
+        before_gap,
+        "nothing tiered or dropped"
+    );
     let gap_row: i64 = db
         .scalar("SELECT count(*) FROM ticks WHERE symbol = 'GAP'")
         .await;
@@ -138,4 +208,106 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop() {
         gap_row, 1,
         "the row written into the gap is still in PostgreSQL"
     );
+
+    // Dropping the lost slot by hand does not open the door: the gap stays recorded, and
+    // a slot that vanished with progress stored is recognised as a gap on its own.
+    lakets::wal::setup::drop_slot(&db.client, &slot, "lakets", true)
+        .await
+        .unwrap();
+    db.exec("DELETE FROM lakets._stream_gaps").await;
+    for _ in 0..2 {
+        let err = pipeline(CancellationToken::new())
+            .await
+            .expect_err("streaming after the lost slot was dropped")
+            .to_string();
+        assert!(
+            err.contains("dropped while lakets operators depended on it")
+                && err.contains("lakets resync"),
+            "{err}"
+        );
+    }
+    let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+        .await
+        .unwrap();
+    assert!(report.moved.is_empty(), "{report:?}");
+    // Tiered chunks due for the drop wait for the resync (others wait for tiering).
+    assert!(
+        report
+            .deferred
+            .iter()
+            .any(|(_, why)| why.contains("lakets resync"))
+            && report.deferred.iter().all(|(_, why)| {
+                why.contains("lakets resync") || why.starts_with("not tiered yet")
+            }),
+        "{report:?}"
+    );
+
+    // `lakets resync` closes the gap.
+    let out = lakets_cli(&db.url, &["resync", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hot: i64 = db.scalar("SELECT count(*) FROM ticks").await;
+    assert_eq!(report["tables"][0]["rows"], hot, "{report}");
+    assert_eq!(
+        report["tables"][0]["kept_ranges"],
+        dropped.len(),
+        "{report}"
+    );
+    assert_eq!(report["caches"][0]["keys"], 5, "{report}");
+    assert_eq!(report["rollups"][0], "ticks_1min", "{report}");
+    assert_eq!(report["slots_created"][0], slot.as_str(), "{report}");
+    let again = lakets_cli(&db.url, &["resync"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("nothing to resync"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // The stream resumes from the new slot; later changes land on the resynced state.
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(pipeline(cancel.clone()));
+    db.exec(
+        "INSERT INTO ticks VALUES (now() + interval '1 second', 'AFTER', 7);
+         UPDATE ticks SET price = price + 1 WHERE symbol = 'GAP';",
+    )
+    .await;
+    let end: lakets::wal::Lsn = db
+        .scalar::<String>("SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .parse()
+        .unwrap();
+    common::wal::wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(60)).await;
+    lakets::rollup::refresh::refresh(&mut db.client, None, true, true)
+        .await
+        .unwrap();
+    let verified = lakets::verify::verify(&db.client, "ticks").await.unwrap();
+    assert!(verified.ok, "{:?}", verified.differences);
+    assert_eq!(verified.lvc_differences, Some(0), "{verified:?}");
+    assert_eq!(verified.rollups.len(), 1, "{verified:?}");
+    for (c, rows) in dropped.iter().zip(&cold) {
+        assert_eq!(
+            common::delta_rows_in(&sync.location, c.start, c.end).await,
+            *rows,
+            "the history of dropped chunk {} stays in Delta",
+            c.name
+        );
+    }
+    // And the chunks held back by the gap move again.
+    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(!report.moved.is_empty(), "{report:?}");
+    assert!(report.deferred.is_empty(), "{report:?}");
+    let report = lifecycle::retention(&mut db.client, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(!report.moved.is_empty(), "{report:?}");
+    assert!(report.deferred.is_empty(), "{report:?}");
+    cancel.cancel();
+    running.await.unwrap().unwrap();
 }

@@ -59,6 +59,15 @@ async fn tier_after_2h_drop_after_4h(db: &TestDb) {
 }
 
 async fn start(db: &TestDb) -> (CancellationToken, JoinHandle<lakets::Result<()>>) {
+    let (shutdown, run, _) = start_with_status(db).await;
+    (shutdown, run)
+}
+
+type Status = std::sync::Arc<std::sync::Mutex<lakets::wal::PipelineStatus>>;
+
+async fn start_with_status(
+    db: &TestDb,
+) -> (CancellationToken, JoinHandle<lakets::Result<()>>, Status) {
     let slot = lakets::wal::setup::default_slot_name(&db.name);
     let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
     config.flush_interval = Duration::from_millis(100);
@@ -66,16 +75,17 @@ async fn start(db: &TestDb) -> (CancellationToken, JoinHandle<lakets::Result<()>
     config.heartbeat_interval = Some(Duration::from_millis(300));
     let shutdown = CancellationToken::new();
     let db_config = lakets::db::parse_config(&db.url).unwrap();
-    let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let status: Status = Default::default();
     let stop = shutdown.clone();
+    let shared = status.clone();
     let run = tokio::spawn(async move {
         lakets::wal::run_with_restarts(
-            || lakets::service::standard_pipeline(&db_config, config.clone(), status.clone(), None),
+            || lakets::service::standard_pipeline(&db_config, config.clone(), shared.clone(), None),
             stop,
         )
         .await
     });
-    (shutdown, run)
+    (shutdown, run, status)
 }
 
 async fn stop(shutdown: CancellationToken, run: JoinHandle<lakets::Result<()>>) {
@@ -735,4 +745,157 @@ async fn truncate_keeps_the_history_of_dropped_chunks() {
     stop(shutdown, run).await;
     let report = lakets::verify::verify(&db.client, "ticks").await.unwrap();
     assert!(report.ok, "{:?}", report.differences);
+}
+
+/// A tmpfs of a given size, mounted for the test (needs root, which CI has) and
+/// unmounted when dropped, whatever the test's outcome.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (the test is skipped, and says so) when not root.
+    fn mount(size: &str) -> Option<SmallDisk> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        Self::mount_command(dir.path(), &format!("size={size}"));
+        Some(SmallDisk { dir })
+    }
+
+    fn grow(&self, size: &str) {
+        Self::mount_command(self.dir.path(), &format!("remount,size={size}"));
+    }
+
+    fn mount_command(path: &std::path::Path, options: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount -o {options}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The disk under the Delta table fills up: nothing is acknowledged past what Delta took,
+/// the Delta log stays readable, the chunk whose late write is stuck is not dropped, and
+/// once space returns the stream catches up by itself, `verify` passes and the drop goes
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_delta_holds_the_slot_and_the_drops_back_until_space_returns() {
+    let _serial = SERIAL.lock().await;
+    common::init_test_logging();
+    let Some(disk) = SmallDisk::mount("4m") else {
+        return;
+    };
+    let mut db = fresh_db("tier_disk_full").await;
+    let sync = synced_ticks(&mut db, disk.path()).await;
+    tier_after_2h_drop_after_4h(&db).await;
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (shutdown, run, status) = start_with_status(&db).await;
+    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(report.deferred.is_empty(), "{report:?}");
+    let oldest: String = db
+        .scalar("SELECT chunk_name FROM lakets._chunk_metadata ORDER BY range_start LIMIT 1")
+        .await;
+
+    // About 10 MB of Parquet (random hex compresses only about 2:1), then a late row into
+    // the oldest chunk, which therefore cannot reach Delta either.
+    db.exec(
+        "INSERT INTO ticks
+           SELECT now() + i * interval '1 ms',
+                  (SELECT string_agg(md5(random()::text || i || j), '') FROM generate_series(1, 50) j),
+                  i
+             FROM generate_series(1, 12000) i",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO ticks VALUES (now() - interval '9 hours 59 minutes 30 seconds', 'LATE', 1)",
+    )
+    .await;
+    let end: lakets::wal::Lsn = db
+        .scalar::<String>("SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .parse()
+        .unwrap();
+    common::wal::wait_for(
+        "a Delta write refused for want of space",
+        Duration::from_secs(60),
+        async || {
+            let status = status.lock().unwrap();
+            status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("No space left on device"))
+        },
+    )
+    .await;
+    let confirmed = common::wal::slot_confirmed(&db.client, &slot).await;
+    assert!(
+        confirmed < end,
+        "acknowledged {confirmed}, past changes a full disk refused (end {end})"
+    );
+    assert!(!run.is_finished(), "a full disk is retried, not fatal");
+    let delta = lakets::delta::table::open(&sync.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = lakets::delta::mirror::shape_of(&delta, "time", Partitioning::Day).unwrap();
+    lakets::delta::read::scan(&delta, &shape)
+        .await
+        .expect("the Delta table stays readable on a full disk");
+
+    let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+        .await
+        .unwrap();
+    assert!(
+        !report.moved.iter().any(|c| c.contains(&oldest)),
+        "dropped a chunk whose late write is not in Delta: {report:?}"
+    );
+    let reason = report
+        .deferred
+        .iter()
+        .find(|(c, _)| c.contains(&oldest))
+        .map(|(_, r)| r.as_str())
+        .unwrap_or_default();
+    assert!(reason.starts_with("lagging"), "{report:?}");
+
+    // Space returns: the pipeline's retries get through without help.
+    disk.grow("256m");
+    common::wal::wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(90)).await;
+    let verified = lakets::verify::verify(&db.client, "ticks").await.unwrap();
+    assert!(verified.ok, "{:?}", verified.differences);
+    let report = lifecycle::retention(&mut db.client, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(
+        report.moved.iter().any(|c| c.contains(&oldest)),
+        "{report:?}"
+    );
+    stop(shutdown, run).await;
+    // Every row ever written (600 + 12,000 + 1; nothing was deleted) is in Delta, the
+    // dropped chunks' only copy.
+    let in_delta = common::delta_rows_in(&sync.location, i64::MIN, i64::MAX).await;
+    assert_eq!(in_delta, 12_601);
 }

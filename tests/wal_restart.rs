@@ -1,7 +1,8 @@
 //! PostgreSQL restarted (and crashed) mid-stream: the consumer reconnects with backoff and
 //! resumes from the slot, and every committed change reaches the operators exactly once;
 //! with the service's operators, the Delta table, the Last Value Cache and the rollup end
-//! equal to the table (`lakets verify`). Its own test binary: it restarts the cluster,
+//! equal to the table (`lakets verify`); the same when the replication connection, then
+//! every connection of the service, is cut. Its own test binary: it restarts the cluster,
 //! which would disturb other tests (and its tests take turns).
 
 mod common;
@@ -110,8 +111,46 @@ async fn postgres_restarts_and_crashes_mid_stream_lose_nothing_and_double_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_with_every_operator_on_leave_delta_lvc_and_rollup_equal_to_the_table() {
+    every_operator_through("restart_all", async |_| {
+        restart_then_crash_the_server().await
+    })
+    .await;
+}
+
+/// The replication connection is cut on its own (the walsender terminated, PostgreSQL
+/// stays up), then every session of the service at once (the operators' SQL connections
+/// too): the pipeline rebuilds itself, and nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_with_every_operator_on_leave_delta_lvc_and_rollup_equal_to_the_table() {
+    every_operator_through("cut_all", async |slot| {
+        for round in 0..4 {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let admin = lakets::db::connect(&cluster().url("postgres"))
+                .await
+                .unwrap();
+            let target = if round == 2 {
+                // Every lakets session but the writer's own statement is cut; the writer
+                // reconnects like any client would.
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE application_name = 'lakets' AND pid <> pg_backend_pid()"
+            } else {
+                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots
+                  WHERE slot_name = $1 AND active_pid IS NOT NULL"
+            };
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                if round == 2 { vec![] } else { vec![&slot] };
+            let cut: i64 = admin.query_one(target, &params).await.unwrap().get(0);
+            assert!(cut > 0, "round {round}: nothing to cut");
+        }
+    })
+    .await;
+}
+
+/// Streams a mixed workload (new ticks, late ticks, corrections, deletes) through every
+/// operator while `fault` runs, then checks Delta, the LVC and a rollup with `verify`.
+async fn every_operator_through(label: &str, fault: impl AsyncFnOnce(String)) {
     let _serial = SERIAL.lock().await;
-    let mut db = fresh_db("restart_all").await;
+    let mut db = fresh_db(label).await;
     db.exec(
         "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8,
                              PRIMARY KEY (symbol, time));
@@ -200,7 +239,7 @@ async fn restarts_with_every_operator_on_leave_delta_lvc_and_rollup_equal_to_the
         }
     });
 
-    restart_then_crash_the_server().await;
+    fault(slot.clone()).await;
     writer.await.unwrap();
 
     let mut client = db.connect().await;

@@ -240,6 +240,20 @@ CREATE TABLE lakets._ingest_profile (
 COMMENT ON TABLE lakets._ingest_profile IS 'What lakets ingest produces (symbols, rows/s, burst); changed through the gRPC API, picked up by the running ingest within a second';
 "#,
     },
+    Migration {
+        version: 9,
+        name: "stream_gaps",
+        sql: r#"
+CREATE TABLE lakets._stream_gaps (
+    slot_name   text        NOT NULL,
+    since_lsn   pg_lsn,
+    reason      text        NOT NULL,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot_name, reason)
+);
+COMMENT ON TABLE lakets._stream_gaps IS 'Changes the stream missed (a slot invalidated, or dropped while lakets operators depended on it): streaming and every chunk drop wait until `lakets resync` has re-copied the hot data';
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

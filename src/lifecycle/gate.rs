@@ -102,6 +102,15 @@ pub async fn check(
              attach it again or drop it yourself"
         )));
     }
+    // A gap in the stream: the Delta table may lack changes of any chunk, whatever the
+    // counts say (an UPDATE keeps them).
+    let gaps = crate::wal::setup::list_gaps(tx).await?;
+    if let Some(g) = gaps.first() {
+        return Ok(Gate::Defer(format!(
+            "the WAL stream has a gap (slot {} was {}); run `lakets resync`",
+            g.slot_name, g.reason
+        )));
+    }
     let lock_lsn: Lsn = tx
         .query_one("SELECT pg_current_wal_insert_lsn()", &[])
         .await

@@ -460,7 +460,7 @@ impl Operator for DeltaSink {
 }
 
 /// The time ranges (microseconds) of a table's dropped chunks.
-async fn dropped_ranges(client: &Client, table: &TableName) -> Result<Vec<(i64, i64)>> {
+pub(crate) async fn dropped_ranges(client: &Client, table: &TableName) -> Result<Vec<(i64, i64)>> {
     let rows = client
         .query(
             "SELECT (extract(epoch FROM range_start) * 1000000)::bigint,

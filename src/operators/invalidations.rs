@@ -216,7 +216,7 @@ impl Invalidations {
 /// What a TRUNCATE of `table` invalidates: everything, or, once chunks have been
 /// dropped, the ranges of the chunks still in PostgreSQL. The candles of dropped chunks
 /// stay, as the cold tier keeps their rows.
-async fn hot_ranges(client: &Client, table: &TableName) -> Result<Vec<(i64, i64)>> {
+pub(crate) async fn hot_ranges(client: &Client, table: &TableName) -> Result<Vec<(i64, i64)>> {
     let rows = client
         .query(
             "SELECT (extract(epoch FROM range_start) * 1000000)::bigint,

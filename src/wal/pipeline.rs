@@ -188,6 +188,7 @@ impl Pipeline {
         let slot = config.source.slot.clone();
         let client = crate::db::connect_with(&db).await?;
         crate::catalog::check_installed(&client).await?;
+        setup::refuse_if_gap(&client, &slot).await?;
         setup::preflight(&client, &slot).await?;
         setup::ensure_publication(&client, &config.source.publication).await?;
         setup::register_consumer(&client, &slot, &config.source.publication).await?;

@@ -146,15 +146,8 @@ pub async fn preflight(client: &impl GenericClient, slot: &str) -> Result<()> {
                 )));
             }
             if s.wal_status.as_deref() == Some("lost") {
-                return Err(Error::NotReady(format!(
-                    "replication slot {slot} was invalidated: the server removed WAL it still \
-                     needed (max_slot_wal_keep_size). Changes since {} are gone from the \
-                     stream; nothing will be dropped from the hot tier. Recreate the slot \
-                     with `lakets slot drop {slot} --force` and resync",
-                    s.confirmed_flush_lsn
-                        .map(|l| l.to_string())
-                        .unwrap_or_default()
-                )));
+                record_gap(client, slot, s.confirmed_flush_lsn, GAP_INVALIDATED).await?;
+                return Err(gap_error(&list_gaps(client).await?));
             }
         }
         None => {
@@ -174,6 +167,129 @@ pub async fn preflight(client: &impl GenericClient, slot: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Why a slot's stream has a gap (`lakets._stream_gaps.reason`).
+pub const GAP_INVALIDATED: &str = "invalidated: the server removed WAL it still needed \
+                                   (max_slot_wal_keep_size)";
+pub const GAP_DROPPED: &str = "dropped while lakets operators depended on it";
+pub const GAP_RESYNCING: &str = "being resynced (`lakets resync` has not finished)";
+
+/// A stretch of the WAL the stream never delivered to the operators.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamGap {
+    pub slot_name: String,
+    /// Where the operators' knowledge ends: changes after it were missed.
+    pub since_lsn: Option<Lsn>,
+    pub reason: String,
+    pub detected_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn list_gaps(client: &impl GenericClient) -> Result<Vec<StreamGap>> {
+    Ok(client
+        .query(
+            "SELECT slot_name, since_lsn::text, reason, detected_at
+               FROM lakets._stream_gaps ORDER BY detected_at, slot_name",
+            &[],
+        )
+        .await
+        .pg_context(|| "reading the recorded stream gaps".into())?
+        .iter()
+        .map(|r| StreamGap {
+            slot_name: r.get(0),
+            since_lsn: r.get::<_, Option<String>>(1).and_then(|l| l.parse().ok()),
+            reason: r.get(2),
+            detected_at: r.get(3),
+        })
+        .collect())
+}
+
+pub(crate) async fn record_gap(
+    client: &impl GenericClient,
+    slot: &str,
+    since: Option<Lsn>,
+    reason: &str,
+) -> Result<()> {
+    let inserted = client
+        .execute(
+            "INSERT INTO lakets._stream_gaps (slot_name, since_lsn, reason)
+             VALUES ($1, $2::text::pg_lsn, $3) ON CONFLICT DO NOTHING",
+            &[&slot, &since.map(|l| l.to_string()), &reason],
+        )
+        .await
+        .pg_context(|| format!("recording the gap in the stream of slot {slot}"))?;
+    if inserted > 0 {
+        warn!(slot, since = ?since.map(|l| l.to_string()), reason, "the stream has a gap; run `lakets resync`");
+    }
+    Ok(())
+}
+
+/// The error for a stream with a gap: what happened, what is safe, what to run.
+pub fn gap_error(gaps: &[StreamGap]) -> Error {
+    let what = gaps
+        .iter()
+        .map(|g| {
+            format!(
+                "replication slot {} was {}{}",
+                g.slot_name,
+                g.reason,
+                g.since_lsn
+                    .map(|l| format!(", and changes after {l} never reached the operators"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Error::NotReady(format!(
+        "the WAL stream has a gap: {what}. The Delta tables, Last Value Caches and rollups \
+         may lack those changes, so nothing will be dropped from the hot tier and streaming \
+         will not resume until `lakets resync` (run with the service stopped) re-copies the \
+         hot data and recreates the slot"
+    ))
+}
+
+/// Looks for a gap in `slot`'s stream and records it: the slot invalidated, or gone while
+/// lakets operators have stored progress through it and still have work (a sync, a cache
+/// or a rollup) that depends on an unbroken stream.
+pub async fn detect_gap(client: &impl GenericClient, slot: &str) -> Result<()> {
+    match slot_state(client, slot).await? {
+        Some(s) if s.wal_status.as_deref() == Some("lost") => {
+            record_gap(client, slot, s.confirmed_flush_lsn, GAP_INVALIDATED).await
+        }
+        Some(_) => Ok(()),
+        None => {
+            let row = client
+                .query_one(
+                    "SELECT (SELECT max(durable_lsn)::text FROM lakets._sink_progress
+                              WHERE slot_name = $1),
+                            EXISTS (SELECT 1 FROM lakets._sync_registry)
+                         OR EXISTS (SELECT 1 FROM lakets._lvc_registry)
+                         OR EXISTS (SELECT 1 FROM lakets._rollup_registry)",
+                    &[&slot],
+                )
+                .await
+                .pg_context(|| format!("checking what depended on slot {slot}"))?;
+            let progress: Option<String> = row.get(0);
+            let depended: bool = row.get(1);
+            match progress {
+                Some(lsn) if depended => {
+                    record_gap(client, slot, lsn.parse().ok(), GAP_DROPPED).await
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// Refuses to stream from `slot` while any stream gap is recorded (see [`gap_error`]).
+pub async fn refuse_if_gap(client: &impl GenericClient, slot: &str) -> Result<()> {
+    detect_gap(client, slot).await?;
+    let gaps = list_gaps(client).await?;
+    if gaps.is_empty() {
+        Ok(())
+    } else {
+        Err(gap_error(&gaps))
+    }
 }
 
 /// Creates the slot if it does not exist. Returns whether it was created.
@@ -294,6 +410,8 @@ pub async fn ensure_default_consumer(client: &impl GenericClient) -> Result<()> 
         .pg_context(|| "reading the database name".into())?
         .get(0);
     let slot = default_slot_name(&database);
+    // A new slot would silently start after whatever the vanished one never delivered.
+    refuse_if_gap(client, &slot).await?;
     preflight(client, &slot).await?;
     ensure_publication(client, DEFAULT_PUBLICATION).await?;
     register_consumer(client, &slot, DEFAULT_PUBLICATION).await?;
