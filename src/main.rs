@@ -560,6 +560,7 @@ fn parse_interval(text: &str) -> Result<Interval, String> {
 }
 
 fn main() -> ExitCode {
+    lakets::install_crypto_provider();
     let matches = Cli::command().get_matches();
     let from_argv = matches.value_source("database_url") == Some(ValueSource::CommandLine);
     let cli = match Cli::from_arg_matches(&matches) {

@@ -137,12 +137,9 @@ pub async fn resync(db: &DbConfig, force: bool) -> Result<ResyncReport> {
         }
     }
 
-    let names: Vec<String> = slots.iter().map(|(s, _)| s.clone()).collect();
+    // Every table, cache and rollup was rebuilt, whichever slot's gap it was.
     client
-        .execute(
-            "DELETE FROM lakets._stream_gaps WHERE slot_name = ANY($1)",
-            &[&names],
-        )
+        .execute("DELETE FROM lakets._stream_gaps", &[])
         .await
         .pg_context(|| "clearing the stream gaps".into())?;
     info!(

@@ -3,7 +3,8 @@
 //! CLI and the WAL pipeline connect with `sslmode=verify-full`; an untrusted CA, a host
 //! name the certificate does not carry, and a plaintext attempt are each refused with an
 //! error that says so. Both kinds of connection (SQL and walsender) are checked to be
-//! encrypted on the server side, in `pg_stat_ssl`.
+//! encrypted on the server side, in `pg_stat_ssl`. The service's gRPC API serves TLS with
+//! a certificate from the same CA (and server reflection over it).
 
 mod common;
 
@@ -29,6 +30,9 @@ struct Pki {
     _dir: tempfile::TempDir,
     ca: PathBuf,
     other_ca: PathBuf,
+    /// The server certificate (for `localhost`) and its key, also for gRPC.
+    server_cert: PathBuf,
+    server_key: PathBuf,
 }
 
 fn make_ca(name: &str) -> (CertificateParams, KeyPair, String) {
@@ -50,24 +54,28 @@ async fn pki() -> &'static Pki {
         let (ca_params, ca_key, ca_pem) = make_ca("lakets test CA");
         let (_, _, other_pem) = make_ca("some other CA");
         let issuer = Issuer::from_params(&ca_params, &ca_key);
-        let server_key = KeyPair::generate().unwrap();
+        let server_key_pair = KeyPair::generate().unwrap();
         let mut server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
         server
             .distinguished_name
             .push(DnType::CommonName, "localhost");
-        let server_pem = server.signed_by(&server_key, &issuer).unwrap().pem();
+        let server_pem = server.signed_by(&server_key_pair, &issuer).unwrap().pem();
 
         let ca = dir.path().join("ca.pem");
         let other_ca = dir.path().join("other-ca.pem");
+        let server_cert = dir.path().join("server.crt");
+        let server_key = dir.path().join("server.key");
         std::fs::write(&ca, ca_pem).unwrap();
         std::fs::write(&other_ca, other_pem).unwrap();
+        std::fs::write(&server_cert, &server_pem).unwrap();
+        std::fs::write(&server_key, server_key_pair.serialize_pem()).unwrap();
 
         // The server reads its key as its own OS user, and insists on mode 0600.
         let data = pg.root_dir().join("data");
         let owner = std::fs::metadata(&data).unwrap();
         for (name, text) in [
             ("server.crt", server_pem),
-            ("server.key", server_key.serialize_pem()),
+            ("server.key", server_key_pair.serialize_pem()),
         ] {
             let path = data.join(name);
             std::fs::write(&path, text).unwrap();
@@ -112,6 +120,8 @@ async fn pki() -> &'static Pki {
             _dir: dir,
             ca,
             other_ca,
+            server_cert,
+            server_key,
         }
     })
     .await
@@ -337,4 +347,125 @@ async fn untrusted_certificates_wrong_names_and_plaintext_are_refused() {
     assert!(!out.status.success());
     assert!(stderr.contains("UnknownIssuer"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_api_serves_tls_and_reflection() {
+    use lakets::grpc::proto;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let pki = pki().await;
+    let db = fresh_db("tls_grpc").await;
+    db.exec(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8);
+         INSERT INTO ticks VALUES (now(), 'A', 1.5);",
+    )
+    .await;
+    let text = format!(
+        r#"
+[http]
+listen = "off"
+[grpc]
+listen = "127.0.0.1:0"
+tls_cert_file = "{}"
+tls_key_file = "{}"
+[jobs]
+enabled = false
+[[tables]]
+name = "ticks"
+time_column = "time"
+chunk_interval = "1 hour"
+[tables.lvc]
+key = ["symbol"]
+columns = ["price"]
+"#,
+        pki.server_cert.display(),
+        pki.server_key.display()
+    );
+    let mut config = lakets::config::Config::parse_with_env(&text, "test", &[]).unwrap();
+    config.database.url = Some(db.url.clone());
+    let dbc = config.database_config().unwrap();
+    lakets::config::reconcile::reconcile(&dbc, &config)
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let service = lakets::service::start(&config, dbc, cancel.clone())
+        .await
+        .unwrap();
+    let addr = service.grpc_addr.unwrap();
+    let tls = |ca: &Path| {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+            .domain_name("localhost")
+    };
+
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls(&pki.ca))
+        .unwrap()
+        .connect()
+        .await
+        .expect("a TLS client trusting the CA connects");
+    let status = proto::admin_client::AdminClient::new(channel.clone())
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.slot, lakets::wal::setup::default_slot_name(&db.name));
+
+    // Reflection, over the same TLS channel: a client discovers the services.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert!(
+        names.contains(&"lakets.v1.Admin".to_owned())
+            && names.contains(&"lakets.v1.LastValueCache".to_owned()),
+        "{names:?}"
+    );
+
+    // Plaintext, and a client that does not trust the server's CA, get nowhere.
+    let plain = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        proto::admin_client::AdminClient::new(plain)
+            .status(proto::StatusRequest {})
+            .await
+            .expect_err("a plaintext call to a TLS endpoint");
+    }
+    let untrusted = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls(&pki.other_ca))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(untrusted) = untrusted {
+        proto::admin_client::AdminClient::new(untrusted)
+            .status(proto::StatusRequest {})
+            .await
+            .expect_err("a call from a client that does not trust the server");
+    }
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), service.wait())
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -40,6 +40,7 @@ pub async fn serve(
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))
         };
+        crate::install_crypto_provider();
         let identity = Identity::from_pem(read(cert)?, read(key)?);
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(identity))
