@@ -381,6 +381,45 @@ const CASES: &[Case] = &[
         expect: "contains a password",
     },
     Case {
+        what: "an unknown sslmode",
+        args: &[
+            "--database-url",
+            "postgres://127.0.0.1:1/db?sslmode=verify",
+            "chronotable",
+            "show-chunks",
+            "ct",
+        ],
+        env: &[],
+        config: None,
+        expect: "invalid sslmode \"verify\"",
+    },
+    Case {
+        what: "a client certificate in the URL",
+        args: &[
+            "--database-url",
+            "postgres://127.0.0.1:1/db?sslcert=/tmp/client.pem",
+            "chronotable",
+            "show-chunks",
+            "ct",
+        ],
+        env: &[],
+        config: None,
+        expect: "client certificates are not supported",
+    },
+    Case {
+        what: "verify-full with a CA file that is not there",
+        args: &[
+            "--database-url",
+            "postgres://127.0.0.1:1/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "chronotable",
+            "show-chunks",
+            "ct",
+        ],
+        env: &[],
+        config: None,
+        expect: "reading sslrootcert /nonexistent/ca.pem",
+    },
+    Case {
         what: "an unparsable database URL",
         args: &[
             "--database-url",

@@ -65,27 +65,7 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sync = common::sync_to(&db, "ticks", dir.path().join("ticks").to_str().unwrap()).await;
-    lakets::lvc::enable_lvc(
-        &mut db.client,
-        "ticks",
-        &["symbol".into()],
-        &["price".into()],
-    )
-    .await
-    .unwrap();
-    lakets::rollup::create_rollup(
-        &mut db.client,
-        &lakets::rollup::CreateRollup {
-            name: "ticks_1min".into(),
-            source: "ticks".into(),
-            bucket: Interval::from_secs(60),
-            group_by: vec!["symbol".into()],
-            aggregate: "first(price), last(price), max(price), count(*)".into(),
-            refresh_lag: Interval::ZERO,
-        },
-    )
-    .await
-    .unwrap();
+    common::lvc_and_minute_rollup(&mut db).await;
     lifecycle::policy::set_policy(
         &db.client,
         "ticks",

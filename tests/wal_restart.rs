@@ -129,8 +129,8 @@ async fn cut_connections_with_every_operator_on_leave_delta_lvc_and_rollup_equal
                 .await
                 .unwrap();
             let target = if round == 2 {
-                // Every lakets session but the writer's own statement is cut; the writer
-                // reconnects like any client would.
+                // Every lakets session but this one: the walsender, the operators' SQL
+                // connections and the writer (which reconnects like any client would).
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                   WHERE application_name = 'lakets' AND pid <> pg_backend_pid()"
             } else {
@@ -163,27 +163,7 @@ async fn every_operator_through(label: &str, fault: impl AsyncFnOnce(String)) {
     lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
         .await
         .unwrap();
-    lakets::lvc::enable_lvc(
-        &mut db.client,
-        "ticks",
-        &["symbol".into()],
-        &["price".into()],
-    )
-    .await
-    .unwrap();
-    lakets::rollup::create_rollup(
-        &mut db.client,
-        &lakets::rollup::CreateRollup {
-            name: "ticks_1min".into(),
-            source: "ticks".into(),
-            bucket: lakets::interval::Interval::from_secs(60),
-            group_by: vec!["symbol".into()],
-            aggregate: "first(price), last(price), max(price), count(*)".into(),
-            refresh_lag: lakets::interval::Interval::ZERO,
-        },
-    )
-    .await
-    .unwrap();
+    common::lvc_and_minute_rollup(&mut db).await;
     lakets::rollup::refresh::refresh(&mut db.client, None, true, true)
         .await
         .unwrap();

@@ -11,6 +11,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::DeltaWriter;
+use futures_util::TryStreamExt;
 use tracing::info;
 
 use super::batch::{CellRow, build_batch};
@@ -67,7 +68,13 @@ pub async fn compact(
         outcome.partitions += 1;
         for view in &files {
             let path = view.object_store_path().to_string();
-            for batch in table::read_file(table, &path).await? {
+            // Batch by batch: a whole file decoded at once is several times its size.
+            let mut batches = table::open_file(table, &path).await?;
+            while let Some(batch) = batches
+                .try_next()
+                .await
+                .delta_context(|| format!("reading Delta file {path}"))?
+            {
                 let rows = super::read::batch_rows(&batch, shape)?;
                 outcome.rows += rows.len();
                 let refs: Vec<&CellRow> = rows.iter().collect();

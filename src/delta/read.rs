@@ -82,8 +82,16 @@ pub async fn count_range(
                 continue;
             }
         }
+        // A file straddling the range: its time column only, a batch at a time (a
+        // compacted file decoded whole, every column, is several times its size).
         let path = view.object_store_path().to_string();
-        for batch in table::read_file(delta, &path).await? {
+        let mut batches =
+            table::open_file_columns(delta, &path, Some(&[time_name.as_str()])).await?;
+        while let Some(batch) = batches
+            .try_next()
+            .await
+            .delta_context(|| format!("reading Delta file {path}"))?
+        {
             let Some(times) = batch.column_by_name(time_name) else {
                 continue;
             };

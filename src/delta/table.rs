@@ -214,22 +214,48 @@ pub async fn txn_lsn(table: &DeltaTable, app_id: &str) -> Result<Option<Lsn>> {
     Ok(version.map(|v| Lsn(v as u64)))
 }
 
-#[allow(deprecated)]
 /// Reads one data file of the table whole (files are bounded by [`TARGET_FILE_BYTES`]).
 pub async fn read_file(table: &DeltaTable, path: &str) -> Result<Vec<RecordBatch>> {
+    open_file(table, path)
+        .await?
+        .try_collect()
+        .await
+        .delta_context(|| format!("reading Delta file {path}"))
+}
+
+/// A data file's record batches, read one at a time.
+#[allow(deprecated)] // ParquetObjectReader, as at the import
+pub type FileBatches = parquet::arrow::async_reader::ParquetRecordBatchStream<ParquetObjectReader>;
+
+/// A data file's record batches, one at a time (64k rows each): only one is in memory.
+pub async fn open_file(table: &DeltaTable, path: &str) -> Result<FileBatches> {
+    open_file_columns(table, path, None).await
+}
+
+/// As [`open_file`], decoding only the named columns when `columns` is given.
+#[allow(deprecated)]
+pub async fn open_file_columns(
+    table: &DeltaTable,
+    path: &str,
+    columns: Option<&[&str]>,
+) -> Result<FileBatches> {
     let store = table.object_store();
     let object_path = object_store::path::Path::parse(path)
         .delta_context(|| format!("Delta file path {path}"))?;
     let reader = ParquetObjectReader::new(Arc::clone(&store), object_path);
-    let stream = ParquetRecordBatchStreamBuilder::new(reader)
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .delta_context(|| format!("opening Delta file {path}"))?
-        .with_batch_size(64 * 1024)
+        .with_batch_size(64 * 1024);
+    if let Some(columns) = columns {
+        let mask = parquet::arrow::ProjectionMask::columns(
+            builder.parquet_schema(),
+            columns.iter().copied(),
+        );
+        builder = builder.with_projection(mask);
+    }
+    builder
         .build()
-        .delta_context(|| format!("reading Delta file {path}"))?;
-    stream
-        .try_collect()
-        .await
         .delta_context(|| format!("reading Delta file {path}"))
 }
 

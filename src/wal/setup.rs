@@ -260,7 +260,7 @@ pub async fn detect_gap(client: &impl GenericClient, slot: &str) -> Result<()> {
         None => {
             let row = client
                 .query_one(
-                    "SELECT (SELECT max(durable_lsn)::text FROM lakets._sink_progress
+                    "SELECT (SELECT min(durable_lsn)::text FROM lakets._sink_progress
                               WHERE slot_name = $1),
                             EXISTS (SELECT 1 FROM lakets._sync_registry)
                          OR EXISTS (SELECT 1 FROM lakets._lvc_registry)

@@ -111,6 +111,32 @@ pub fn peak_rss_bytes() -> u64 {
     kb * 1024
 }
 
+/// On `ticks (time, symbol, price)`: a Last Value Cache per symbol and the rollup
+/// `ticks_1min` (first, last and max price, count), for tests that `verify` every operator.
+pub async fn lvc_and_minute_rollup(db: &mut TestDb) {
+    lakets::lvc::enable_lvc(
+        &mut db.client,
+        "ticks",
+        &["symbol".into()],
+        &["price".into()],
+    )
+    .await
+    .unwrap();
+    lakets::rollup::create_rollup(
+        &mut db.client,
+        &lakets::rollup::CreateRollup {
+            name: "ticks_1min".into(),
+            source: "ticks".into(),
+            bucket: lakets::interval::Interval::from_secs(60),
+            group_by: vec!["symbol".into()],
+            aggregate: "first(price), last(price), max(price), count(*)".into(),
+            refresh_lag: lakets::interval::Interval::ZERO,
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// Rows of the Delta table at `location` (day-partitioned, time column `time`) in
 /// `[start, end)`, microseconds since the epoch.
 pub async fn delta_rows_in(location: &url::Url, start: i64, end: i64) -> u64 {
