@@ -61,6 +61,15 @@ pub async fn check(
     sync: &SyncConfig,
     settings: GateSettings,
 ) -> Result<Gate> {
+    // A gap in the stream: the Delta table may lack changes of any chunk, whatever the
+    // counts say (an UPDATE keeps them). Checked before the lock: writers need not wait.
+    let gaps = crate::wal::setup::list_gaps(tx).await?;
+    if let Some(g) = gaps.first() {
+        return Ok(Gate::Defer(format!(
+            "the WAL stream has a gap (slot {} was {}); run `lakets resync`",
+            g.slot_name, g.reason
+        )));
+    }
     let target = chunk.chunk_table();
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '{}ms'",
@@ -100,15 +109,6 @@ pub async fn check(
         return Ok(Gate::Defer(format!(
             "the chunk is no longer a partition of {parent} (detached outside lakets); \
              attach it again or drop it yourself"
-        )));
-    }
-    // A gap in the stream: the Delta table may lack changes of any chunk, whatever the
-    // counts say (an UPDATE keeps them).
-    let gaps = crate::wal::setup::list_gaps(tx).await?;
-    if let Some(g) = gaps.first() {
-        return Ok(Gate::Defer(format!(
-            "the WAL stream has a gap (slot {} was {}); run `lakets resync`",
-            g.slot_name, g.reason
         )));
     }
     let lock_lsn: Lsn = tx
