@@ -824,3 +824,30 @@ async fn a_date_time_column_partitions_by_its_own_day() {
         ]
     );
 }
+
+/// A column dropped in PostgreSQL stops the stream with the reason (a replay of an older
+/// shape, whose column PostgreSQL still has, does not: see the crash test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_column_stops_the_stream() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_drop_column").await;
+    ticks_table(&mut db, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (_shutdown, run) = start(&db, &slot).await;
+    db.exec("ALTER TABLE ticks DROP COLUMN note").await;
+    db.exec("INSERT INTO ticks VALUES (now() + interval '1 second', 'A', 1, 1)")
+        .await;
+    let err = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the pipeline stops")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, lakets::Error::Unsupported(_))
+            && err.to_string().contains("column \"note\"")
+            && err.to_string().contains("is gone from PostgreSQL"),
+        "{err}"
+    );
+}

@@ -213,14 +213,31 @@ impl DeltaSink {
     /// position (a replay after a restart), an older shape lacking columns the Delta table
     /// already has is expected (ADD COLUMN came later): those read NULL.
     async fn learn_relation(&mut self, relation: &Relation, commit_lsn: Lsn) -> Result<()> {
-        let Some(mirror) = self.mirrors.get_mut(&relation.table) else {
+        let Some(mirror) = self.mirrors.get(&relation.table) else {
             return Ok(());
         };
         let replay = commit_lsn < mirror.skip_before;
+        // A column the relation lacks but PostgreSQL still has: an older shape, replayed
+        // after a restart from before its ADD COLUMN. The position alone misses a crash
+        // between the schema's commit to Delta and the next data commit.
+        let lacks_columns = mirror
+            .shape
+            .columns
+            .iter()
+            .any(|c| relation.column_index(&c.name).is_none());
+        let in_postgres = if lacks_columns && !replay {
+            current_columns(&self.client, &relation.table).await?
+        } else {
+            HashSet::new()
+        };
+        let mirror = self
+            .mirrors
+            .get_mut(&relation.table)
+            .expect("looked up above");
         let mut sources = Vec::with_capacity(mirror.shape.columns.len());
         for column in &mirror.shape.columns {
             let Some(index) = relation.column_index(&column.name) else {
-                if replay {
+                if replay || in_postgres.contains(&column.name) {
                     sources.push(None);
                     continue;
                 }
@@ -457,6 +474,21 @@ impl Operator for DeltaSink {
             .sum::<usize>()
             >= FLUSH_BYTES
     }
+}
+
+/// The columns a table has now.
+async fn current_columns(client: &Client, table: &TableName) -> Result<HashSet<String>> {
+    Ok(client
+        .query(
+            "SELECT attname::text FROM pg_attribute
+              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&table.quoted()],
+        )
+        .await
+        .pg_context(|| format!("reading the columns of {table}"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// The time ranges (microseconds) of a table's dropped chunks.
