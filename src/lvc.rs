@@ -159,32 +159,21 @@ pub async fn enable_lvc(
     ))
     .await
     .pg_context(|| format!("creating the cache table {cache}"))?;
-    tx.batch_execute(&format!("LOCK TABLE {} IN SHARE MODE", ct.table.quoted()))
-        .await
-        .pg_context(|| format!("holding writes to {} for the initial fill", ct.table))?;
-    let start: String = tx
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .pg_context(|| "reading the WAL position".into())?
-        .get(0);
-    let cols: Vec<String> = std::iter::once(key_list.clone())
-        .chain(std::iter::once(quote_ident(&ct.time_column)))
-        .chain(values.iter().map(|v| quote_ident(v)))
+    let cache_columns: Vec<&str> = keys
+        .iter()
+        .chain(std::iter::once(&ct.time_column))
+        .chain(values.iter())
+        .map(String::as_str)
         .collect();
-    let filled = tx
-        .execute(
-            &format!(
-                "INSERT INTO {cache} SELECT DISTINCT ON ({key_list}) {cols}, $1::text::pg_lsn
-                   FROM {source} ORDER BY {key_list}, {time} DESC",
-                cache = cache.quoted(),
-                cols = cols.join(", "),
-                source = ct.table.quoted(),
-                time = quote_ident(&ct.time_column),
-            ),
-            &[&start],
-        )
-        .await
-        .pg_context(|| format!("filling the cache of {}", ct.table))?;
+    let (filled, start) = fill_as_of_now(
+        &tx,
+        &ct.table,
+        &cache,
+        &keys,
+        &ct.time_column,
+        &cache_columns,
+    )
+    .await?;
     tx.execute(
         "INSERT INTO lakets._lvc_registry
              (schema_name, table_name, key_columns, value_columns, cache_table, start_lsn)
@@ -212,6 +201,46 @@ pub async fn enable_lvc(
         cache_table: cache,
         start_lsn: start.parse()?,
     })
+}
+
+/// Holds writes to `source` off (a SHARE lock, to the end of `tx`), reads the WAL position,
+/// and fills `cache` with the latest row per key as of it: the stream takes over from that
+/// position exactly. Returns the keys filled and the position.
+async fn fill_as_of_now(
+    tx: &tokio_postgres::Transaction<'_>,
+    source: &TableName,
+    cache: &TableName,
+    key_columns: &[String],
+    time_column: &str,
+    cache_columns: &[&str],
+) -> Result<(u64, String)> {
+    tx.batch_execute(&format!("LOCK TABLE {} IN SHARE MODE", source.quoted()))
+        .await
+        .pg_context(|| format!("holding writes to {source} to fill its cache"))?;
+    let start: String = tx
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .pg_context(|| "reading the WAL position".into())?
+        .get(0);
+    let keys: Vec<String> = key_columns.iter().map(|k| quote_ident(k)).collect();
+    let columns: Vec<String> = cache_columns.iter().map(|c| quote_ident(c)).collect();
+    let filled = tx
+        .execute(
+            &format!(
+                "INSERT INTO {cache} ({columns}, lsn)
+                 SELECT DISTINCT ON ({keys}) {columns}, $1::text::pg_lsn
+                   FROM {source} ORDER BY {keys}, {time} DESC",
+                cache = cache.quoted(),
+                columns = columns.join(", "),
+                keys = keys.join(", "),
+                source = source.quoted(),
+                time = quote_ident(time_column),
+            ),
+            &[&start],
+        )
+        .await
+        .pg_context(|| format!("filling the cache of {source}"))?;
+    Ok((filled, start))
 }
 
 /// `"k1"::text = $1 AND "k2"::text = $2 ...` for a key given as text (works for any key
@@ -242,41 +271,20 @@ pub async fn refill(client: &mut Client, config: &LvcConfig) -> Result<(u64, Lsn
         .await
         .pg_context(|| "starting a transaction".into())?;
     tx.batch_execute(&format!(
-        "SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN SHARE MODE",
-        config.table.quoted()
+        "SET LOCAL lock_timeout = '10s'; DELETE FROM {}",
+        config.cache_table.quoted()
     ))
     .await
-    .pg_context(|| format!("holding writes to {} for the refill", config.table))?;
-    let start: String = tx
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .pg_context(|| "reading the WAL position".into())?
-        .get(0);
-    tx.batch_execute(&format!("DELETE FROM {}", config.cache_table.quoted()))
-        .await
-        .pg_context(|| format!("emptying the cache of {}", config.table))?;
-    let keys: Vec<String> = config.key_columns.iter().map(|k| quote_ident(k)).collect();
-    let columns: Vec<String> = config
-        .cache_columns()
-        .into_iter()
-        .map(quote_ident)
-        .collect();
-    let filled = tx
-        .execute(
-            &format!(
-                "INSERT INTO {cache} ({columns}, lsn)
-                 SELECT DISTINCT ON ({keys}) {columns}, $1::text::pg_lsn
-                   FROM {source} ORDER BY {keys}, {time} DESC",
-                cache = config.cache_table.quoted(),
-                columns = columns.join(", "),
-                keys = keys.join(", "),
-                source = config.table.quoted(),
-                time = quote_ident(&config.time_column),
-            ),
-            &[&start],
-        )
-        .await
-        .pg_context(|| format!("refilling the cache of {}", config.table))?;
+    .pg_context(|| format!("emptying the cache of {}", config.table))?;
+    let (filled, start) = fill_as_of_now(
+        &tx,
+        &config.table,
+        &config.cache_table,
+        &config.key_columns,
+        &config.time_column,
+        &config.cache_columns(),
+    )
+    .await?;
     tx.execute(
         "UPDATE lakets._lvc_registry SET start_lsn = $3::text::pg_lsn
           WHERE schema_name = $1 AND table_name = $2",

@@ -400,6 +400,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What the writers pay: insert rows/s bare, with the service streaming, and with the
+    /// spec's triggers; with the cores shared and split; commit latency at a fixed rate.
+    WritePath {
+        /// Writer connections, one run each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "2,4")]
+        writers: Vec<usize>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 8.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2)]
+        repetitions: usize,
+        /// Rows/s of the commit-latency runs (2 writers).
+        #[arg(long, default_value_t = 10_000)]
+        latency_rate: u64,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The whole service at a moderate rate for a long stretch (chunks tiered and dropped
     /// under load): lag and memory over time, then `verify`.
     Soak {
@@ -470,9 +488,12 @@ enum BenchCommand {
     /// Commit -> received / stored in the LVC / committed to Delta, p50/p99/max, at a
     /// fixed ingest rate.
     Freshness {
-        /// Target ingest rate, rows per second (1,000-row transactions).
+        /// Target ingest rate, rows per second.
         #[arg(long, default_value_t = 50_000)]
         rate: u64,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        txn_rows: u64,
         #[arg(long, default_value_t = 30)]
         seconds: u64,
         /// The operators' flush interval.
@@ -918,8 +939,29 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 print!("{}", lakets::bench::gate_table(&report));
             }
         }
+        Command::Bench(BenchCommand::WritePath {
+            writers,
+            seconds,
+            repetitions,
+            latency_rate,
+            json,
+        }) => {
+            let report = lakets::bench::write_path(&lakets::bench::WritePathOptions {
+                writers: writers.iter().map(|w| (*w).max(1)).collect(),
+                seconds: seconds.max(0.5),
+                repetitions: (*repetitions).max(1),
+                latency_rate: (*latency_rate).max(1000),
+            })
+            .await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{}", lakets::bench::write_path_table(&report));
+            }
+        }
         Command::Bench(BenchCommand::Freshness {
             rate,
+            txn_rows,
             seconds,
             flush_interval,
             json,
@@ -928,6 +970,7 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                 rate: *rate,
                 seconds: *seconds,
                 flush_interval: flush_interval.as_std(),
+                txn_rows: *txn_rows,
             })
             .await?;
             if *json {

@@ -77,6 +77,22 @@ fn bench_all_reports_every_figure_in_one_run() {
         Some(trigger_rows)
     );
 
+    // Cores split (CI has 2 CPUs): both runs measured, the pinning worked.
+    let split = &report["write_path"]["split"];
+    assert!(
+        split.is_object(),
+        "split-core runs skipped: {}",
+        report["write_path"]["split_skipped"]
+    );
+    assert_ne!(split["writer_cpu"], split["decoder_cpu"]);
+    for key in [
+        "bare_rows_per_second",
+        "lakets_rows_per_second",
+        "lakets_ratio",
+    ] {
+        assert!(f(&split[key]) > 0.0, "{key} in {split}");
+    }
+
     // Catch-up: pg_recvlogical (text, binary), lakets (text, binary), the split pair.
     let rows = report["catchup"]["rows"].as_u64().unwrap();
     let measurements = report["catchup"]["measurements"].as_array().unwrap();
@@ -91,14 +107,27 @@ fn bench_all_reports_every_figure_in_one_run() {
         assert!(f(&report["catchup"][key]) > 0.0, "{key}");
     }
 
-    // Freshness: every measure resolved every transaction, in a plausible order.
-    let fresh = &report["freshness"];
-    let samples = fresh["lvc_visible"]["samples"].as_u64().unwrap();
-    assert!(samples >= 5, "{fresh}");
-    for key in ["received", "lvc_durable", "delta_durable"] {
-        assert_eq!(fresh[key]["samples"].as_u64(), Some(samples), "{key}");
+    // Freshness, per transaction size: every measure resolved every transaction, in a
+    // plausible order, and the smaller transactions were as many times more.
+    let fresh = report["freshness"].as_array().unwrap();
+    assert_eq!(
+        fresh
+            .iter()
+            .map(|r| r["rows_per_transaction"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1000, 100]
+    );
+    for r in fresh {
+        let samples = r["lvc_visible"]["samples"].as_u64().unwrap();
+        assert!(samples >= 5, "{r}");
+        for key in ["received", "lvc_durable", "delta_durable"] {
+            assert_eq!(r[key]["samples"].as_u64(), Some(samples), "{key}");
+        }
+        assert!(f(&r["lvc_visible"]["p50_ms"]) <= f(&r["delta_durable"]["p50_ms"]));
     }
-    assert!(f(&fresh["lvc_visible"]["p50_ms"]) <= f(&fresh["delta_durable"]["p50_ms"]));
+    assert!(
+        fresh[1]["lvc_visible"]["samples"].as_u64() > fresh[0]["lvc_visible"]["samples"].as_u64()
+    );
 
     // Memory: N and 10N, each peak at least its baseline.
     let runs = report["memory"]["runs"].as_array().unwrap();
@@ -120,9 +149,9 @@ fn bench_all_reports_every_figure_in_one_run() {
         assert!(s["lag_bytes"].as_array().unwrap().len() >= 2, "{s}");
     }
 
-    // Eight targets, each with a verdict.
+    // Eleven targets (the split write path, two per freshness size), each with a verdict.
     let targets = report["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 8);
+    assert_eq!(targets.len(), 11, "{targets:?}");
     assert!(targets.iter().all(|t| t["met"].is_boolean()));
     assert!(
         report["postgres"]

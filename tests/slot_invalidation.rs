@@ -51,20 +51,8 @@ fn lakets_cli(url: &str, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
     let mut db = fresh_db("slot_lost").await;
-    db.exec(
-        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8,
-                             PRIMARY KEY (symbol, time));
-         INSERT INTO ticks SELECT now() - i * interval '1 minute', 'S' || (i % 4), i
-           FROM generate_series(1, 600) i;",
-    )
-    .await;
-    let mut opts = lakets::chronotable::CreateOptions::new("time");
-    opts.chunk_interval = Interval::hours(1);
-    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let sync = common::sync_to(&db, "ticks", dir.path().join("ticks").to_str().unwrap()).await;
+    let sync = common::synced_ticks(&mut db, dir.path(), None).await;
     common::lvc_and_minute_rollup(&mut db).await;
     lifecycle::policy::set_policy(
         &db.client,

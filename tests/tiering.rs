@@ -30,23 +30,6 @@ const PATIENT: GateSettings = GateSettings {
     wait: Duration::from_secs(30),
 };
 
-async fn synced_ticks(db: &mut TestDb, dir: &std::path::Path) -> lakets::sync::SyncConfig {
-    db.exec(
-        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8,
-                             PRIMARY KEY (symbol, time));
-         INSERT INTO ticks SELECT now() - i * interval '1 minute', 'S' || (i % 4), i
-           FROM generate_series(1, 600) i;",
-    )
-    .await;
-    let mut opts = lakets::chronotable::CreateOptions::new("time");
-    opts.chunk_interval = Interval::hours(1);
-    opts.premake = 2;
-    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
-        .await
-        .unwrap();
-    common::sync_to(db, "ticks", dir.join("ticks").to_str().unwrap()).await
-}
-
 async fn tier_after_2h_drop_after_4h(db: &TestDb) {
     lifecycle::policy::set_policy(
         &db.client,
@@ -112,7 +95,7 @@ async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
     common::init_test_logging();
     let mut db = fresh_db("tier_gate").await;
     let dir = tempfile::tempdir().unwrap();
-    let sync = synced_ticks(&mut db, dir.path()).await;
+    let sync = common::synced_ticks(&mut db, dir.path(), Some(2)).await;
     tier_after_2h_drop_after_4h(&db).await;
 
     // The Delta operator never ran: nothing is tiered, and each chunk says why.
@@ -206,7 +189,7 @@ async fn a_count_mismatch_blocks_the_drop() {
     let _serial = SERIAL.lock().await;
     let mut db = fresh_db("tier_mismatch").await;
     let dir = tempfile::tempdir().unwrap();
-    let sync = synced_ticks(&mut db, dir.path()).await;
+    let sync = common::synced_ticks(&mut db, dir.path(), Some(2)).await;
     lifecycle::policy::set_policy(
         &db.client,
         "ticks",
@@ -298,7 +281,7 @@ async fn drop_chunks_on_a_synced_table_goes_through_the_gate_and_current_writers
     let _serial = SERIAL.lock().await;
     let mut db = fresh_db("tier_drop_chunks").await;
     let dir = tempfile::tempdir().unwrap();
-    synced_ticks(&mut db, dir.path()).await;
+    common::synced_ticks(&mut db, dir.path(), Some(2)).await;
     // No consumer: drop-chunks defers (it does not fail, and drops nothing).
     let report =
         lakets::chronotable::drop_chunks(&mut db.client, "ticks", Interval::hours(3), None)
@@ -468,7 +451,7 @@ async fn a_failing_store_defers_tiering_and_a_racing_late_insert_ends_up_in_delt
     let _serial = SERIAL.lock().await;
     let mut db = fresh_db("tier_store").await;
     let dir = tempfile::tempdir().unwrap();
-    let sync = synced_ticks(&mut db, dir.path()).await;
+    let sync = common::synced_ticks(&mut db, dir.path(), Some(2)).await;
     lifecycle::policy::set_policy(&db.client, "ticks", Some(Interval::hours(2)), None)
         .await
         .unwrap();
@@ -561,7 +544,7 @@ async fn chunks_detached_or_dropped_by_hand_defer_and_lose_nothing() {
     common::init_test_logging();
     let mut db = fresh_db("tier_by_hand").await;
     let dir = tempfile::tempdir().unwrap();
-    let sync = synced_ticks(&mut db, dir.path()).await;
+    let sync = common::synced_ticks(&mut db, dir.path(), Some(2)).await;
     tier_after_2h_drop_after_4h(&db).await;
     let old: Vec<(String, i64, i64)> = db
         .client
@@ -659,7 +642,7 @@ async fn truncate_keeps_the_history_of_dropped_chunks() {
     common::init_test_logging();
     let mut db = fresh_db("tier_truncate").await;
     let dir = tempfile::tempdir().unwrap();
-    let sync = synced_ticks(&mut db, dir.path()).await;
+    let sync = common::synced_ticks(&mut db, dir.path(), Some(2)).await;
     lakets::rollup::create_rollup(
         &mut db.client,
         &lakets::rollup::CreateRollup {
@@ -808,7 +791,7 @@ async fn a_full_disk_under_delta_holds_the_slot_and_the_drops_back_until_space_r
         return;
     };
     let mut db = fresh_db("tier_disk_full").await;
-    let sync = synced_ticks(&mut db, disk.path()).await;
+    let sync = common::synced_ticks(&mut db, disk.path(), Some(2)).await;
     tier_after_2h_drop_after_4h(&db).await;
     let slot = lakets::wal::setup::default_slot_name(&db.name);
     let (shutdown, run, status) = start_with_status(&db).await;

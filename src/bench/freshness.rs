@@ -1,7 +1,8 @@
 //! `lakets bench freshness`: how long after a commit its rows are in lakets, at a fixed
 //! ingest rate.
 //!
-//! A writer inserts stock ticks in 1,000-row transactions at the target rate into a
+//! A writer inserts stock ticks in transactions of a fixed size (1,000 rows by default) at
+//! the target rate into a
 //! ChronoTable with a Last Value Cache, a rollup and a Delta mirror, while the service's
 //! pipeline (chunk tracker, LVC, invalidations, Delta) streams the WAL. For each transaction it notes the WAL
 //! position inside it and the instant its COMMIT returned; a monitor notes when the
@@ -29,6 +30,9 @@ pub struct FreshnessOptions {
     pub seconds: u64,
     /// The operators' flush interval.
     pub flush_interval: Duration,
+    /// Rows per transaction. pgoutput sends a transaction once its commit is decoded, and
+    /// the walsender then decodes all its rows: the latency grows with the size.
+    pub txn_rows: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -45,6 +49,7 @@ pub struct FreshnessReport {
     pub achieved_rows_per_second: f64,
     pub seconds: u64,
     pub flush_interval_ms: u64,
+    pub rows_per_transaction: u64,
     /// Commit -> the pipeline has received the transaction.
     pub received: Latency,
     /// Commit -> the Last Value Cache serves it (gRPC Get and Subscribe read this view).
@@ -55,8 +60,6 @@ pub struct FreshnessReport {
     pub delta_durable: Latency,
     pub machine: String,
 }
-
-const TXN_ROWS: u64 = 1000;
 
 pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
     let (pg, url, mut client) = super::stock_ticks_database(None).await?;
@@ -126,42 +129,52 @@ pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
         tokio::spawn(async move { monitor(status, pending, resolved, stop).await })
     };
 
-    let writer = crate::db::connect(&url).await?;
-    let interval = Duration::from_secs_f64(TXN_ROWS as f64 / options.rate.max(1) as f64);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let run_started = Instant::now();
-    let mut rows = 0u64;
-    let mut i = 0i64;
-    while run_started.elapsed() < Duration::from_secs(options.seconds) {
-        ticker.tick().await;
-        let tx_rows = writer
-            .simple_query(&format!(
-                "BEGIN;
-                 INSERT INTO stock_ticks
-                 SELECT now(), (ARRAY['AAPL','MSFT','NVDA','AMZN','GOOG','META','TSLA','JPM','V','XOM'])[1 + (g % 10)],
-                        100 + ((g + {i}) % 1000) * 0.01, 100 + g % 900
-                   FROM generate_series(1, {TXN_ROWS}) g;
-                 SELECT pg_current_wal_insert_lsn()::text;
-                 COMMIT;"
-            ))
-            .await
-            .pg_context(|| "writing ticks".into())?;
-        let committed = Instant::now();
-        let lsn = tx_rows
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .ok_or_else(|| Error::Operator("no WAL position returned".into()))?
-            .parse()?;
-        pending.lock().unwrap().push_back((lsn, committed));
-        visible_pending.lock().unwrap().push_back((lsn, committed));
-        rows += TXN_ROWS;
-        i += 1;
-    }
-    let achieved = rows as f64 / run_started.elapsed().as_secs_f64();
+    // The writer runs on a thread of its own, like an application: on the pipeline's
+    // runtime its commit instants would wait behind the pipeline's work.
+    let txn_rows = options.txn_rows.max(1);
+    let (rate, seconds) = (options.rate.max(1), options.seconds);
+    let (writer_pending, writer_visible) = (pending.clone(), visible_pending.clone());
+    let writer_url = url.clone();
+    let (i, achieved) = super::on_writer_thread(None, async move {
+        let (pending, visible_pending, url) = (writer_pending, writer_visible, writer_url);
+        let writer = crate::db::connect(&url).await?;
+        let interval = Duration::from_secs_f64(txn_rows as f64 / rate as f64);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let run_started = Instant::now();
+        let mut rows = 0u64;
+        let mut i = 0i64;
+        while run_started.elapsed() < Duration::from_secs(seconds) {
+            ticker.tick().await;
+            let tx_rows = writer
+                .simple_query(&format!(
+                    "BEGIN;
+                     INSERT INTO stock_ticks
+                     SELECT now(), (ARRAY['AAPL','MSFT','NVDA','AMZN','GOOG','META','TSLA','JPM','V','XOM'])[1 + (g % 10)],
+                            100 + ((g + {i}) % 1000) * 0.01, 100 + g % 900
+                       FROM generate_series(1, {txn_rows}) g;
+                     SELECT pg_current_wal_insert_lsn()::text;
+                     COMMIT;"
+                ))
+                .await
+                .pg_context(|| "writing ticks".into())?;
+            let committed = Instant::now();
+            let lsn = tx_rows
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .ok_or_else(|| Error::Operator("no WAL position returned".into()))?
+                .parse()?;
+            pending.lock().unwrap().push_back((lsn, committed));
+            visible_pending.lock().unwrap().push_back((lsn, committed));
+            rows += txn_rows;
+            i += 1;
+        }
+        Ok((i, rows as f64 / run_started.elapsed().as_secs_f64()))
+    })
+    .await?;
     // Let the last transactions arrive everywhere.
     let drain = Instant::now();
     while resolved.load(Ordering::SeqCst) < i as usize && drain.elapsed() < Duration::from_secs(30)
@@ -178,7 +191,6 @@ pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
     pipeline
         .await
         .map_err(|e| Error::Operator(format!("pipeline task: {e}")))??;
-    drop(writer);
     drop(client);
     tokio::task::spawn_blocking(move || drop(pg))
         .await
@@ -188,6 +200,7 @@ pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
         achieved_rows_per_second: achieved,
         seconds: options.seconds,
         flush_interval_ms: options.flush_interval.as_millis() as u64,
+        rows_per_transaction: txn_rows,
         received: stats(received),
         lvc_visible: stats(visible),
         lvc_durable: stats(lvc),
@@ -260,11 +273,12 @@ pub(crate) fn stats(mut ms: Vec<f64>) -> Latency {
 
 pub fn freshness_table(report: &FreshnessReport) -> String {
     let mut out = format!(
-        "freshness at {} rows/s target ({:.0} achieved) for {} s, 1,000-row transactions, \
+        "freshness at {} rows/s target ({:.0} achieved) for {} s, {}-row transactions, \
          flush interval {} ms, {}\n\n",
         report.target_rows_per_second,
         report.achieved_rows_per_second,
         report.seconds,
+        report.rows_per_transaction,
         report.flush_interval_ms,
         report.machine
     );

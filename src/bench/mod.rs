@@ -1,6 +1,7 @@
 //! `lakets bench`: end-to-end measurements on an embedded PostgreSQL, each figure measured
 //! against a baseline or a target in the same run.
 
+mod affinity;
 pub mod catchup;
 pub mod freshness;
 pub mod gate;
@@ -17,11 +18,43 @@ pub use gate::{GateReport, gate, gate_table};
 pub use rollup::{RollupBenchOptions, RollupBenchReport, rollup_bench, rollup_bench_table};
 pub use soak::{SoakOptions, SoakReport, soak, soak_table};
 pub use suite::{SuiteOptions, SuiteReport, suite, suite_table};
+pub use write_path::{WritePathOptions, WritePathReport, write_path, write_path_table};
 
 use crate::chronotable::{self, CreateOptions};
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::error::{Error, PgResultExt, Result};
 use crate::interval::Interval;
+
+/// Runs a benchmark's writers on a thread and runtime of their own (pinned to `pin`, when
+/// given), as separate applications would be. On the pipeline's runtime a writer woken by
+/// its commit waits behind the pipeline's work: measured, that cut the writers' rate 3-4x
+/// with the service on, a cost of the benchmark, not of the design.
+pub(crate) async fn on_writer_thread<T, F>(pin: Option<affinity::CpuSet>, writers: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-writers".into())
+        .spawn(move || {
+            let run = || {
+                if let Some(cpus) = &pin {
+                    cpus.pin(0)?; // this thread
+                }
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Operator(format!("starting the writers' runtime: {e}")))?
+                    .block_on(writers)
+            };
+            let _ = done.send(run());
+        })
+        .map_err(|e| Error::Operator(format!("starting the writers' thread: {e}")))?;
+    result
+        .await
+        .map_err(|_| Error::Operator("the writers' thread panicked".into()))?
+}
 
 /// An embedded PostgreSQL with database `lakets_bench` holding `stock_ticks` as a
 /// ChronoTable with one-hour chunks (with `history_hours_ago`, an hour of ticks that many

@@ -164,6 +164,15 @@ pub(crate) async fn paced_insert(
     rate: u64,
     seconds: f64,
 ) -> Result<(u64, Vec<f64>)> {
+    super::on_writer_thread(None, paced_writers(db, writers, rate, seconds)).await
+}
+
+async fn paced_writers(
+    db: crate::db::DbConfig,
+    writers: usize,
+    rate: u64,
+    seconds: f64,
+) -> Result<(u64, Vec<f64>)> {
     let writers = writers.max(1);
     let per_writer = rate as f64 / writers as f64;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);

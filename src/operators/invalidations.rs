@@ -9,6 +9,7 @@
 //! the position of the creation in the stream.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use tokio_postgres::Client;
 
@@ -33,11 +34,21 @@ const MAX_PENDING_BUCKETS: usize = 200_000;
 
 /// A rollup reading a ChronoTable.
 #[derive(Debug, Clone)]
-struct Target {
-    rollup: String,
-    width: i64,
-    time_column: String,
-    group_by: Vec<String>,
+pub struct Target {
+    pub rollup: String,
+    /// Bucket width, microseconds.
+    pub width: i64,
+    pub time_column: String,
+    pub group_by: Vec<String>,
+}
+
+/// A run of adjacent invalidated buckets of one rollup (and group key, None: all groups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidatedRange {
+    pub rollup: String,
+    pub lo: i64,
+    pub hi: i64,
+    pub group_key: Option<String>,
 }
 
 /// Where a target's columns sit in a relation's rows.
@@ -47,8 +58,9 @@ struct Layout {
     groups: Vec<usize>,
 }
 
-/// A group key as JSON text (`{"symbol": "AAPL"}`); None: all groups.
-type GroupKey = Option<String>;
+/// A group key: the text of each group column (None: NULL), turned into JSON
+/// (`{"symbol": "AAPL"}`) only when written; None: all groups.
+type GroupKey = Option<Vec<Option<String>>>;
 
 #[derive(Default)]
 struct Pending {
@@ -62,8 +74,15 @@ struct Pending {
 pub struct Invalidations {
     client: Client,
     slot: String,
+    coalescer: Coalescer,
+}
+
+/// The operator's work without I/O: the buckets each change touches, collected per
+/// rollup and group key, and coalesced into ranges when they are written.
+#[derive(Default)]
+pub struct Coalescer {
     targets: HashMap<TableName, Vec<Target>>,
-    layouts: HashMap<u32, Vec<Layout>>,
+    layouts: HashMap<u32, Arc<[Layout]>>,
     pending: HashMap<String, Pending>,
     pending_buckets: usize,
 }
@@ -74,35 +93,51 @@ impl Invalidations {
         let mut op = Invalidations {
             client,
             slot: slot.into(),
-            targets: HashMap::new(),
-            layouts: HashMap::new(),
-            pending: HashMap::new(),
-            pending_buckets: 0,
+            coalescer: Coalescer::default(),
         };
         op.reload().await?;
         Ok(op)
     }
 
     async fn reload(&mut self) -> Result<()> {
-        self.targets.clear();
-        self.layouts.clear();
-        for r in rollup::list_rollups(&self.client).await? {
-            if let Source::Table {
-                table, time_column, ..
-            } = &r.source
-            {
-                self.targets.entry(table.clone()).or_default().push(Target {
-                    rollup: r.name.clone(),
-                    width: r.width_micros,
-                    time_column: time_column.clone(),
-                    group_by: r.group_by.clone(),
-                });
-            }
-        }
+        let targets = rollup::list_rollups(&self.client)
+            .await?
+            .into_iter()
+            .filter_map(|r| match r.source {
+                Source::Table {
+                    table, time_column, ..
+                } => Some((
+                    table,
+                    Target {
+                        rollup: r.name,
+                        width: r.width_micros,
+                        time_column,
+                        group_by: r.group_by,
+                    },
+                )),
+                _ => None,
+            });
+        self.coalescer.set_targets(targets);
         Ok(())
     }
+}
 
-    fn layouts(&mut self, relation: &Relation) -> Result<Option<Vec<Layout>>> {
+impl Coalescer {
+    /// Replaces the rollups to invalidate (pending buckets stay).
+    pub fn set_targets(&mut self, targets: impl IntoIterator<Item = (TableName, Target)>) {
+        self.targets.clear();
+        self.layouts.clear();
+        for (table, target) in targets {
+            self.targets.entry(table).or_default().push(target);
+        }
+    }
+
+    /// (rollup, group, bucket) entries waiting to be written.
+    pub fn pending_buckets(&self) -> usize {
+        self.pending_buckets
+    }
+
+    fn layouts(&mut self, relation: &Relation) -> Result<Option<Arc<[Layout]>>> {
         if let Some(l) = self.layouts.get(&relation.id) {
             return Ok(Some(l.clone()));
         }
@@ -130,7 +165,7 @@ impl Invalidations {
                         .collect::<Result<_>>()?,
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Arc<[_]>>>()?;
         self.layouts.insert(relation.id, layouts.clone());
         Ok(Some(layouts))
     }
@@ -142,7 +177,7 @@ impl Invalidations {
             return Ok(());
         };
         let targets = &self.targets[&relation.table];
-        for (target, layout) in targets.iter().zip(&layouts) {
+        for (target, layout) in targets.iter().zip(layouts.iter()) {
             let value = |i: usize| match row.get(i) {
                 Some(Value::UnchangedToast) => old.and_then(|o| o.get(i)),
                 v => v,
@@ -151,21 +186,23 @@ impl Invalidations {
                 continue; // a NULL time lands in no bucket
             };
             let bucket = rollup::floor(time, target.width);
-            let pending = self.pending.entry(target.rollup.clone()).or_default();
+            if !self.pending.contains_key(&target.rollup) {
+                self.pending
+                    .insert(target.rollup.clone(), Pending::default());
+            }
+            let pending = self.pending.get_mut(&target.rollup).expect("inserted");
             let key = if target.group_by.is_empty() || pending.collapsed {
                 None
             } else {
-                let mut map = serde_json::Map::new();
-                let mut known = true;
-                for (g, i) in target.group_by.iter().zip(&layout.groups) {
-                    match value(*i) {
-                        Some(Value::UnchangedToast) | None => known = false,
-                        Some(v) => {
-                            map.insert(g.clone(), v.to_sql_text().into());
-                        }
-                    }
-                }
-                known.then(|| serde_json::Value::Object(map).to_string())
+                // A group value not sent (unchanged TOAST) leaves the key unknown.
+                layout
+                    .groups
+                    .iter()
+                    .map(|i| match value(*i) {
+                        Some(Value::UnchangedToast) | None => None,
+                        Some(v) => Some(v.to_sql_text()),
+                    })
+                    .collect()
             };
             if key.is_some()
                 && !pending.buckets.contains_key(&key)
@@ -186,7 +223,8 @@ impl Invalidations {
         Ok(())
     }
 
-    fn apply_change(&mut self, change: &Change) -> Result<()> {
+    /// Marks what one change touches.
+    pub fn apply(&mut self, change: &Change) -> Result<()> {
         match change {
             Change::Insert { relation, new } => self.touch(relation, new, None),
             Change::Update { relation, old, new } => {
@@ -210,6 +248,83 @@ impl Invalidations {
             }
             Change::Message { .. } => Ok(()),
         }
+    }
+
+    /// The pending buckets as ranges of adjacent buckets, per rollup and group key.
+    pub fn ranges(&self) -> Vec<InvalidatedRange> {
+        let targets: HashMap<&str, &Target> = self
+            .targets
+            .values()
+            .flatten()
+            .map(|t| (t.rollup.as_str(), t))
+            .collect();
+        let mut out = Vec::new();
+        for (name, pending) in &self.pending {
+            if pending.everything {
+                continue; // see `truncated`
+            }
+            let Some(target) = targets.get(name.as_str()) else {
+                continue; // dropped since
+            };
+            let width = target.width;
+            for (key, buckets) in &pending.buckets {
+                let group_key = key.as_ref().map(|values| {
+                    let map: serde_json::Map<String, serde_json::Value> = target
+                        .group_by
+                        .iter()
+                        .cloned()
+                        .zip(values.iter().map(|v| v.clone().into()))
+                        .collect();
+                    serde_json::Value::Object(map).to_string()
+                });
+                let mut push = |(lo, hi): (i64, i64)| {
+                    out.push(InvalidatedRange {
+                        rollup: name.clone(),
+                        lo,
+                        hi,
+                        group_key: group_key.clone(),
+                    })
+                };
+                let mut run: Option<(i64, i64)> = None;
+                for &b in buckets {
+                    match &mut run {
+                        Some((_, hi)) if *hi == b => *hi = b.saturating_add(width),
+                        _ => {
+                            if let Some(done) = run.take() {
+                                push(done);
+                            }
+                            run = Some((b, b.saturating_add(width)));
+                        }
+                    }
+                }
+                if let Some(done) = run {
+                    push(done);
+                }
+            }
+        }
+        out
+    }
+
+    /// Rollups invalidated whole by a TRUNCATE, with the table they read (None: the
+    /// rollup was dropped since).
+    pub fn truncated(&self) -> impl Iterator<Item = (&str, Option<&TableName>)> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.everything)
+            .map(|(name, _)| {
+                let table = self
+                    .targets
+                    .iter()
+                    .find(|(_, ts)| ts.iter().any(|t| &t.rollup == name))
+                    .map(|(table, _)| table);
+                (name.as_str(), table)
+            })
+    }
+
+    /// Forgets what was written.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+        self.pending_buckets = 0;
     }
 }
 
@@ -255,7 +370,7 @@ impl Operator for Invalidations {
                 self.reload().await?;
                 continue;
             }
-            self.apply_change(change)?;
+            self.coalescer.apply(change)?;
         }
         Ok(())
     }
@@ -263,57 +378,23 @@ impl Operator for Invalidations {
     async fn flush(&mut self, through: Lsn) -> Result<()> {
         let (mut rollups, mut los, mut his, mut keys) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let widths: HashMap<&str, i64> = self
-            .targets
-            .values()
-            .flatten()
-            .map(|t| (t.rollup.as_str(), t.width))
-            .collect();
-        for (name, pending) in &self.pending {
-            if pending.everything {
-                let table = self
-                    .targets
-                    .iter()
-                    .find(|(_, ts)| ts.iter().any(|t| &t.rollup == name))
-                    .map(|(table, _)| table);
-                let ranges = match table {
-                    Some(table) => hot_ranges(&self.client, table).await?,
-                    None => vec![(i64::MIN, i64::MAX)],
-                };
-                for (lo, hi) in ranges {
-                    rollups.push(name.clone());
-                    los.push(bound_text(lo));
-                    his.push(bound_text(hi));
-                    keys.push(None);
-                }
-                continue;
-            }
-            let Some(&width) = widths.get(name.as_str()) else {
-                continue; // dropped since
+        for (name, table) in self.coalescer.truncated() {
+            let ranges = match table {
+                Some(table) => hot_ranges(&self.client, table).await?,
+                None => vec![(i64::MIN, i64::MAX)],
             };
-            for (key, buckets) in &pending.buckets {
-                let mut run: Option<(i64, i64)> = None;
-                for &b in buckets {
-                    match &mut run {
-                        Some((_, hi)) if *hi == b => *hi = b.saturating_add(width),
-                        _ => {
-                            if let Some((lo, hi)) = run.take() {
-                                rollups.push(name.clone());
-                                los.push(bound_text(lo));
-                                his.push(bound_text(hi));
-                                keys.push(key.clone());
-                            }
-                            run = Some((b, b.saturating_add(width)));
-                        }
-                    }
-                }
-                if let Some((lo, hi)) = run {
-                    rollups.push(name.clone());
-                    los.push(bound_text(lo));
-                    his.push(bound_text(hi));
-                    keys.push(key.clone());
-                }
+            for (lo, hi) in ranges {
+                rollups.push(name.to_owned());
+                los.push(bound_text(lo));
+                his.push(bound_text(hi));
+                keys.push(None);
             }
+        }
+        for r in self.coalescer.ranges() {
+            rollups.push(r.rollup);
+            los.push(bound_text(r.lo));
+            his.push(bound_text(r.hi));
+            keys.push(r.group_key);
         }
         let tx = self
             .client
@@ -338,12 +419,11 @@ impl Operator for Invalidations {
             .pg_context(|| "committing rollup invalidations".into())?;
         metrics::counter!("lakets_rollup_invalidations_written_total")
             .increment(rollups.len() as u64);
-        self.pending.clear();
-        self.pending_buckets = 0;
+        self.coalescer.clear();
         Ok(())
     }
 
     fn wants_flush(&self) -> bool {
-        self.pending_buckets >= MAX_PENDING_BUCKETS
+        self.coalescer.pending_buckets() >= MAX_PENDING_BUCKETS
     }
 }

@@ -55,9 +55,7 @@ struct Cache {
 pub struct LastValueCache {
     client: Client,
     slot: String,
-    caches: HashMap<TableName, Cache>,
-    /// Per relation id: indexes of the key, time and value columns in its rows.
-    layouts: HashMap<u32, Layout>,
+    caches: CacheSet,
     /// Where the service reads the cache from (API, subscriptions).
     view: Option<Arc<LvcView>>,
     /// The transaction of the slice being applied, and whether it is known visible.
@@ -79,8 +77,7 @@ impl LastValueCache {
         let mut op = LastValueCache {
             client,
             slot: slot.into(),
-            caches: HashMap::new(),
-            layouts: HashMap::new(),
+            caches: CacheSet::default(),
             view: None,
             slice_xid: 0,
             slice_visible: false,
@@ -91,7 +88,7 @@ impl LastValueCache {
 
     /// Publishes every cached row, and each change as it is applied, to `view`.
     pub fn with_view(mut self, view: Arc<LvcView>) -> Self {
-        for cache in self.caches.values() {
+        for cache in self.caches.caches.values() {
             view.register(&cache.config.table);
             view.publish(
                 cache
@@ -107,7 +104,7 @@ impl LastValueCache {
     /// Picks up caches enabled since (cheap: one small query).
     async fn reload(&mut self) -> Result<()> {
         for config in lvc::list_lvc(&self.client).await? {
-            if self.caches.contains_key(&config.table) {
+            if self.caches.caches.contains_key(&config.table) {
                 continue;
             }
             let entries = self.load_entries(&config).await?;
@@ -132,16 +129,7 @@ impl LastValueCache {
                         .map(|(key, entry)| last_value(&config, key, Some(entry), entry.lsn)),
                 );
             }
-            self.caches.insert(
-                config.table.clone(),
-                Cache {
-                    config,
-                    column_types,
-                    entries,
-                    dirty: HashSet::new(),
-                    touched: Vec::new(),
-                },
-            );
+            self.caches.insert(config, column_types, entries);
         }
         Ok(())
     }
@@ -181,41 +169,6 @@ impl LastValueCache {
             entries.insert(key, entry);
         }
         Ok(entries)
-    }
-
-    fn layout(&mut self, relation: &Relation) -> Result<Option<Layout>> {
-        if let Some(layout) = self.layouts.get(&relation.id) {
-            return Ok(Some(layout.clone()));
-        }
-        let Some(cache) = self.caches.get(&relation.table) else {
-            return Ok(None);
-        };
-        let find = |name: &str| {
-            relation.column_index(name).ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "column {name:?} of {} (cached by its Last Value Cache) is not in its \
-                     replicated rows (renamed or dropped?); streaming stops",
-                    relation.table
-                ))
-            })
-        };
-        let layout = Layout {
-            keys: cache
-                .config
-                .key_columns
-                .iter()
-                .map(|c| find(c))
-                .collect::<Result<_>>()?,
-            time: find(&cache.config.time_column)?,
-            values: cache
-                .config
-                .value_columns
-                .iter()
-                .map(|c| find(c))
-                .collect::<Result<_>>()?,
-        };
-        self.layouts.insert(relation.id, layout.clone());
-        Ok(Some(layout))
     }
 
     /// The latest remaining row for a key, read from the table (after an update or delete
@@ -297,82 +250,226 @@ impl LastValueCache {
             }
             Change::Delete { relation, old } => (relation, Some(&old.values), None),
             Change::Truncate { relations, .. } => {
-                for r in relations {
-                    // A TRUNCATE the cache's initial fill already reflects (a replay) must
-                    // not empty it.
-                    if commit_before_start(&self.caches, &r.table, lsn) {
-                        continue;
-                    }
-                    if let Some(cache) = self.caches.get_mut(&r.table) {
-                        let keys: Vec<Key> = cache.entries.keys().cloned().collect();
-                        cache.dirty.extend(keys.iter().cloned());
-                        cache.touched.extend(keys);
-                        cache.entries.clear();
-                    }
-                }
+                self.caches.truncate(relations, lsn);
                 return Ok(());
             }
             Change::Schema { relation, .. } => {
-                self.layouts.remove(&relation.id);
+                self.caches.layouts.remove(&relation.id);
                 return Ok(());
             }
             Change::Message { .. } => return Ok(()),
         };
-        if commit_before_start(&self.caches, &relation.table, lsn) {
+        if let Some(old) = old
+            && let Some(key) =
+                self.caches
+                    .displaced_key(relation, old, new.map(Vec::as_slice), lsn)?
+        {
+            let config = self.caches.caches[&relation.table].config.clone();
+            self.wait_until_visible().await?;
+            let fallback = self.latest_from_table(&config, &key).await?;
+            self.caches
+                .set_fallback(&relation.table, key, fallback, lsn);
+        }
+        match new {
+            Some(new) => self.caches.apply_new_row(relation, new, lsn),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the keys the slice changed to the view.
+    fn publish_touched(&mut self, lsn: Lsn, commit_time: i64) {
+        if self.caches.publish_touched(self.view.as_deref(), lsn) {
+            let now = chrono::Utc::now().timestamp_micros();
+            metrics::histogram!("lakets_lvc_update_latency_seconds")
+                .record((now - commit_time).max(0) as f64 / 1e6);
+        }
+    }
+
+    /// The cached row of a key, from memory (for the service's API).
+    pub fn get(&self, table: &TableName, key: &[String]) -> Option<(String, Vec<Option<String>>)> {
+        self.caches
+            .caches
+            .get(table)?
+            .entries
+            .get(key)
+            .map(|e| (e.time_text.clone(), e.values.clone()))
+    }
+}
+
+/// The caches in memory, and the operator's work on them without I/O: the operator
+/// around it reads the table when a cached row is displaced, and stores the dirty keys.
+#[derive(Default)]
+pub struct CacheSet {
+    caches: HashMap<TableName, Cache>,
+    /// Per relation id: indexes of the key, time and value columns in its rows.
+    layouts: HashMap<u32, Arc<Layout>>,
+}
+
+impl CacheSet {
+    /// Adds an empty cache (the operator adds the stored rows of each).
+    pub fn add_empty(&mut self, config: LvcConfig) {
+        self.insert(config, Vec::new(), HashMap::new());
+    }
+
+    fn insert(
+        &mut self,
+        config: LvcConfig,
+        column_types: Vec<String>,
+        entries: HashMap<Key, Entry>,
+    ) {
+        self.caches.insert(
+            config.table.clone(),
+            Cache {
+                config,
+                column_types,
+                entries,
+                dirty: HashSet::new(),
+                touched: Vec::new(),
+            },
+        );
+    }
+
+    /// Keys with unsaved changes.
+    pub fn dirty_keys(&self) -> usize {
+        self.caches.values().map(|c| c.dirty.len()).sum()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Cache> {
+        self.caches.values()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Cache> {
+        self.caches.values_mut()
+    }
+
+    fn contains_key(&self, table: &TableName) -> bool {
+        self.caches.contains_key(table)
+    }
+
+    /// Whether `lsn` committed before the cache of `table` was filled (its effects are in
+    /// the fill already).
+    fn before_start(&self, table: &TableName, lsn: Lsn) -> bool {
+        self.caches
+            .get(table)
+            .is_some_and(|c| lsn < c.config.start_lsn)
+    }
+
+    fn layout(&mut self, relation: &Relation) -> Result<Option<Arc<Layout>>> {
+        if let Some(layout) = self.layouts.get(&relation.id) {
+            return Ok(Some(layout.clone()));
+        }
+        let Some(cache) = self.caches.get(&relation.table) else {
+            return Ok(None);
+        };
+        let find = |name: &str| {
+            relation.column_index(name).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "column {name:?} of {} (cached by its Last Value Cache) is not in its \
+                     replicated rows (renamed or dropped?); streaming stops",
+                    relation.table
+                ))
+            })
+        };
+        let layout = Layout {
+            keys: cache
+                .config
+                .key_columns
+                .iter()
+                .map(|c| find(c))
+                .collect::<Result<_>>()?,
+            time: find(&cache.config.time_column)?,
+            values: cache
+                .config
+                .value_columns
+                .iter()
+                .map(|c| find(c))
+                .collect::<Result<_>>()?,
+        };
+        let layout = Arc::new(layout);
+        self.layouts.insert(relation.id, layout.clone());
+        Ok(Some(layout))
+    }
+
+    fn truncate(&mut self, relations: &[Arc<Relation>], lsn: Lsn) {
+        for r in relations {
+            // A TRUNCATE the cache's initial fill already reflects (a replay) must not
+            // empty it.
+            if self.before_start(&r.table, lsn) {
+                continue;
+            }
+            if let Some(cache) = self.caches.get_mut(&r.table) {
+                let keys: Vec<Key> = cache.entries.keys().cloned().collect();
+                cache.dirty.extend(keys.iter().cloned());
+                cache.touched.extend(keys);
+                cache.entries.clear();
+            }
+        }
+    }
+
+    /// The key whose cached row the old row of an update or delete was, when that row
+    /// left its key or time: the cache must fall back to the latest row left in the table.
+    fn displaced_key(
+        &mut self,
+        relation: &Relation,
+        old: &[Value],
+        new: Option<&[Value]>,
+        lsn: Lsn,
+    ) -> Result<Option<Key>> {
+        if self.before_start(&relation.table, lsn) {
+            return Ok(None);
+        }
+        let Some(layout) = self.layout(relation)? else {
+            return Ok(None);
+        };
+        let (Some(old_key), Some(old_time)) = (layout.key_of(old), layout.time_of(old)) else {
+            return Err(Error::Unsupported(format!(
+                "an update or delete on {} did not carry the cache key and time",
+                relation.table
+            )));
+        };
+        let moved = match new {
+            Some(new) => {
+                layout.key_of(new).as_ref() != Some(&old_key)
+                    || layout.time_of(new) != Some(old_time)
+            }
+            None => true,
+        };
+        let was_cached = self.caches[&relation.table]
+            .entries
+            .get(&old_key)
+            .is_some_and(|e| e.time == old_time);
+        Ok((moved && was_cached).then_some(old_key))
+    }
+
+    /// Puts the row read from the table for a displaced key in the cache (None: the key
+    /// has no row left).
+    fn set_fallback(&mut self, table: &TableName, key: Key, fallback: Option<Entry>, lsn: Lsn) {
+        let Some(cache) = self.caches.get_mut(table) else {
+            return;
+        };
+        match fallback {
+            Some(mut entry) => {
+                entry.lsn = lsn;
+                cache.entries.insert(key.clone(), entry);
+            }
+            None => {
+                cache.entries.remove(&key);
+            }
+        }
+        cache.touched.push(key.clone());
+        cache.dirty.insert(key);
+    }
+
+    /// Applies the new row of an insert or update committed at `lsn`: it becomes its
+    /// key's cached row unless the cached one is newer.
+    pub fn apply_new_row(&mut self, relation: &Relation, new: &[Value], lsn: Lsn) -> Result<()> {
+        if self.before_start(&relation.table, lsn) {
             return Ok(());
         }
         let Some(layout) = self.layout(relation)? else {
             return Ok(());
         };
-        let key_of = |row: &[Value]| -> Option<Key> {
-            layout
-                .keys
-                .iter()
-                .map(|i| row.get(*i).and_then(Value::to_sql_text))
-                .collect()
-        };
-        let time_of = |row: &[Value]| row.get(layout.time).and_then(Value::as_time_micros);
-
-        // The old row left its key (or changed time): if it was the cached row, fall back.
-        if let Some(old) = old {
-            let (Some(old_key), Some(old_time)) = (key_of(old), time_of(old)) else {
-                return Err(Error::Unsupported(format!(
-                    "an update or delete on {} did not carry the cache key and time",
-                    relation.table
-                )));
-            };
-            let moved = match new {
-                Some(new) => key_of(new) != Some(old_key.clone()) || time_of(new) != Some(old_time),
-                None => true,
-            };
-            let cache = self
-                .caches
-                .get_mut(&relation.table)
-                .expect("layout implies a cache");
-            let was_cached = cache
-                .entries
-                .get(&old_key)
-                .is_some_and(|e| e.time == old_time);
-            if moved && was_cached {
-                let config = cache.config.clone();
-                self.wait_until_visible().await?;
-                let fallback = self.latest_from_table(&config, &old_key).await?;
-                let cache = self.caches.get_mut(&relation.table).expect("cache exists");
-                match fallback {
-                    Some(mut entry) => {
-                        entry.lsn = lsn;
-                        cache.entries.insert(old_key.clone(), entry);
-                    }
-                    None => {
-                        cache.entries.remove(&old_key);
-                    }
-                }
-                cache.touched.push(old_key.clone());
-                cache.dirty.insert(old_key);
-            }
-        }
-        let Some(new) = new else { return Ok(()) };
-        let (Some(key), Some(time)) = (key_of(new), time_of(new)) else {
+        let (Some(key), Some(time)) = (layout.key_of(new), layout.time_of(new)) else {
             return Ok(()); // NOT NULL keys are checked when the cache is enabled
         };
         let cache = self
@@ -411,14 +508,9 @@ impl LastValueCache {
         Ok(())
     }
 
-    /// Hands the keys the slice changed to the view.
-    fn publish_touched(&mut self, lsn: Lsn, commit_time: i64) {
-        let Some(view) = &self.view else {
-            for cache in self.caches.values_mut() {
-                cache.touched.clear();
-            }
-            return;
-        };
+    /// Hands the keys changed since the last call to `view`, each once, as it ended;
+    /// whether any changed.
+    pub fn publish_touched(&mut self, view: Option<&LvcView>, lsn: Lsn) -> bool {
         let mut any = false;
         for cache in self.caches.values_mut() {
             if cache.touched.is_empty() {
@@ -426,7 +518,7 @@ impl LastValueCache {
             }
             any = true;
             let mut touched = std::mem::take(&mut cache.touched);
-            // A key changed several times in one transaction is published once, as it ended.
+            let Some(view) = view else { continue };
             touched.sort_unstable();
             touched.dedup();
             view.publish(
@@ -435,20 +527,20 @@ impl LastValueCache {
                     .map(|key| last_value(&cache.config, key, cache.entries.get(key), lsn)),
             );
         }
-        if any {
-            let now = chrono::Utc::now().timestamp_micros();
-            metrics::histogram!("lakets_lvc_update_latency_seconds")
-                .record((now - commit_time).max(0) as f64 / 1e6);
-        }
+        any
+    }
+}
+
+impl Layout {
+    fn key_of(&self, row: &[Value]) -> Option<Key> {
+        self.keys
+            .iter()
+            .map(|i| row.get(*i).and_then(Value::to_sql_text))
+            .collect()
     }
 
-    /// The cached row of a key, from memory (for the service's API).
-    pub fn get(&self, table: &TableName, key: &[String]) -> Option<(String, Vec<Option<String>>)> {
-        self.caches
-            .get(table)?
-            .entries
-            .get(key)
-            .map(|e| (e.time_text.clone(), e.values.clone()))
+    fn time_of(&self, row: &[Value]) -> Option<i64> {
+        row.get(self.time).and_then(Value::as_time_micros)
     }
 }
 
@@ -470,10 +562,6 @@ fn last_value(config: &LvcConfig, key: &Key, entry: Option<&Entry>, lsn: Lsn) ->
         lsn: entry.map_or(lsn, |e| e.lsn.max(lsn)),
         deleted: entry.is_none(),
     }
-}
-
-fn commit_before_start(caches: &HashMap<TableName, Cache>, table: &TableName, lsn: Lsn) -> bool {
-    caches.get(table).is_some_and(|c| lsn < c.config.start_lsn)
 }
 
 impl Operator for LastValueCache {
@@ -530,7 +618,7 @@ impl Operator for LastValueCache {
     }
 
     fn wants_flush(&self) -> bool {
-        self.caches.values().map(|c| c.dirty.len()).sum::<usize>() >= MAX_DIRTY_KEYS
+        self.caches.dirty_keys() >= MAX_DIRTY_KEYS
     }
 }
 

@@ -100,6 +100,32 @@ pub async fn sync_to(db: &TestDb, table: &str, location: &str) -> lakets::sync::
     .unwrap()
 }
 
+/// `ticks` (time, symbol, price; PRIMARY KEY (symbol, time)) holding 600 rows, one a
+/// minute up to now over 4 symbols: a ChronoTable of 1-hour chunks (`premake` future ones,
+/// None: the default) synced to a Delta table under `dir`.
+pub async fn synced_ticks(
+    db: &mut TestDb,
+    dir: &std::path::Path,
+    premake: Option<i32>,
+) -> lakets::sync::SyncConfig {
+    db.exec(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8,
+                             PRIMARY KEY (symbol, time));
+         INSERT INTO ticks SELECT now() - i * interval '1 minute', 'S' || (i % 4), i
+           FROM generate_series(1, 600) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(1);
+    if let Some(premake) = premake {
+        opts.premake = premake;
+    }
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+    sync_to(db, "ticks", dir.join("ticks").to_str().unwrap()).await
+}
+
 /// The process's peak resident set size.
 pub fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
