@@ -373,7 +373,7 @@ enum SyncCommand {
 enum BenchCommand {
     /// Every figure of the design in one run, against its target: the write path (bare,
     /// with the service streaming, with the spec's triggers), catch-up vs pg_recvlogical,
-    /// freshness, peak memory over N and 10N rows, and the sustained rate. About 15 min.
+    /// freshness, peak memory over N and 10N rows, and the sustained rate. About 12 min.
     All {
         /// Tiny sizes: checks that every phase runs (seconds, not figures).
         #[arg(long)]

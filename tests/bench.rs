@@ -93,17 +93,23 @@ fn bench_all_reports_every_figure_in_one_run() {
         assert!(f(&split[key]) > 0.0, "{key} in {split}");
     }
 
-    // Catch-up: pg_recvlogical (text, binary), lakets (text, binary), the split pair.
+    // Catch-up: pg_recvlogical (text, binary), lakets (text, binary), the split pair,
+    // pg_recvlogical over the Unix socket (text, binary).
     let rows = report["catchup"]["rows"].as_u64().unwrap();
     let measurements = report["catchup"]["measurements"].as_array().unwrap();
-    assert_eq!(measurements.len(), 5, "{measurements:?}");
+    assert_eq!(measurements.len(), 7, "{measurements:?}");
     for m in measurements {
         assert!(f(&m["rows_per_second"]) > 0.0);
         if m["consumer"].as_str().unwrap().starts_with("lakets") {
             assert!(m["changes_seen"].as_u64().unwrap() >= rows, "{m}");
         }
     }
-    for key in ["ratio_text", "ratio_binary", "split_over_single"] {
+    for key in [
+        "ratio_text",
+        "ratio_binary",
+        "split_over_single",
+        "recv_unix_over_tcp",
+    ] {
         assert!(f(&report["catchup"][key]) > 0.0, "{key}");
     }
 

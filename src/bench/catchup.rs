@@ -7,7 +7,9 @@
 //! protocol both, repeated and interleaved.
 //!
 //! It also answers whether several slots lift the walsender's ceiling: two
-//! `pg_recvlogical` drain two publications that split the table by a row filter, at once.
+//! `pg_recvlogical` drain two publications that split the table by a row filter, at once;
+//! and what the transport costs the walsender: `pg_recvlogical` over the server's Unix
+//! socket instead of TCP on loopback.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -50,16 +52,20 @@ pub struct CatchupReport {
     /// Two slots on row-filtered halves, drained at once, over one slot (pg_recvlogical,
     /// text): above 1 when several slots lift the ceiling.
     pub split_over_single: f64,
+    /// pg_recvlogical over the Unix socket / over TCP (text, best of each).
+    pub recv_unix_over_tcp: f64,
     pub machine: String,
 }
 
 const PROTOCOLS: [(&str, bool); 2] = [("text", false), ("binary", true)];
-/// pg_recvlogical, the service's pipeline, and two pg_recvlogical on split publications.
-const CONSUMERS: [&str; 3] = ["recv", "lakets", "split"];
+/// pg_recvlogical, the service's pipeline, two pg_recvlogical on split publications, and
+/// pg_recvlogical over the Unix socket (pg_walstream's transport speaks TCP only).
+const CONSUMERS: [&str; 4] = ["recv", "lakets", "split", "recv_unix"];
 /// The consumers' names in the report.
 const RECV: &str = "pg_recvlogical";
 const SPLIT: &str = "pg_recvlogical x2 split";
 const LAKETS: &str = "lakets (all operators)";
+const RECV_UNIX: &str = "pg_recvlogical, unix socket";
 const SPLIT_PUBLICATIONS: [(&str, &str); 2] = [
     ("lakets_bench_split_a", "symbol < 'JPM'"),
     ("lakets_bench_split_b", "symbol >= 'JPM'"),
@@ -113,24 +119,29 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
         for (who, name, binary) in runs {
             let started = Instant::now();
             let changes_seen = match who {
-                "recv" => {
-                    let slot = format!("bench_recv_{name}_{rep}");
-                    run_pg_recvlogical(&pg, &slot, "lakets", binary, marker).await?;
+                "recv" | "recv_unix" => {
+                    let slot = format!("bench_{who}_{name}_{rep}");
+                    let host = match who {
+                        "recv" => pg.host().to_owned(),
+                        _ => pg.root_dir().display().to_string(),
+                    };
+                    run_pg_recvlogical(&pg, &host, &slot, "lakets", binary, marker).await?;
                     None
                 }
                 "split" => {
                     let a = format!("bench_split_a_{rep}");
                     let b = format!("bench_split_b_{rep}");
+                    let publications = SPLIT_PUBLICATIONS.map(|(p, _)| p);
                     let (ra, rb) = tokio::join!(
-                        run_pg_recvlogical(&pg, &a, SPLIT_PUBLICATIONS[0].0, binary, marker),
-                        run_pg_recvlogical(&pg, &b, SPLIT_PUBLICATIONS[1].0, binary, marker)
+                        run_pg_recvlogical(&pg, pg.host(), &a, publications[0], binary, marker),
+                        run_pg_recvlogical(&pg, pg.host(), &b, publications[1], binary, marker)
                     );
                     ra?;
                     rb?;
                     None
                 }
                 _ => {
-                    let slot = format!("bench_lakets_{name}_{rep}");
+                    let slot = format!("bench_{who}_{name}_{rep}");
                     let seen = run_lakets(&db_config, &slot, binary, marker).await?;
                     if seen < options.rows {
                         return Err(Error::Operator(format!(
@@ -146,6 +157,7 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
                 consumer: match who {
                     "recv" => RECV,
                     "split" => SPLIT,
+                    "recv_unix" => RECV_UNIX,
                     _ => LAKETS,
                 }
                 .into(),
@@ -178,6 +190,7 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
     let ratio_binary = best(LAKETS, "binary") / best(RECV, "binary");
     let binary_over_text = best(LAKETS, "binary") / best(LAKETS, "text");
     let split_over_single = best(SPLIT, "text") / best(RECV, "text");
+    let recv_unix_over_tcp = best(RECV_UNIX, "text") / best(RECV, "text");
     drop(client);
     tokio::task::spawn_blocking(move || drop(pg))
         .await
@@ -190,6 +203,7 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
         ratio_binary,
         binary_over_text,
         split_over_single,
+        recv_unix_over_tcp,
         machine: machine_description(),
     })
 }
@@ -217,15 +231,18 @@ pub(crate) async fn write_backlog(client: &tokio_postgres::Client, rows: u64) ->
     super::end_marker(client).await
 }
 
+/// Drains `slot` to `end` with pg_recvlogical, connected to `host` (an address, or the
+/// directory of the Unix socket).
 async fn run_pg_recvlogical(
     pg: &EmbeddedPostgres,
+    host: &str,
     slot: &str,
     publication: &str,
     binary: bool,
     end: Lsn,
 ) -> Result<()> {
     let conninfo = format!(
-        "host=127.0.0.1 port={} dbname=lakets_bench user={}",
+        "host={host} port={} dbname=lakets_bench user={}",
         pg.port(),
         crate::embedded::SUPERUSER
     );
@@ -310,12 +327,12 @@ pub fn catchup_table(report: &CatchupReport) -> String {
         report.rows, report.repetitions, report.machine
     );
     out.push_str(&format!(
-        "{:<16} {:<8} {:>4} {:>10} {:>12}\n",
+        "{:<28} {:<8} {:>4} {:>10} {:>12}\n",
         "consumer", "protocol", "rep", "seconds", "rows/s"
     ));
     for m in &report.measurements {
         out.push_str(&format!(
-            "{:<16} {:<8} {:>4} {:>10.2} {:>12.0}\n",
+            "{:<28} {:<8} {:>4} {:>10.2} {:>12.0}\n",
             m.consumer, m.protocol, m.repetition, m.seconds, m.rows_per_second
         ));
     }
@@ -324,6 +341,10 @@ pub fn catchup_table(report: &CatchupReport) -> String {
          (target >= 0.9x)\nlakets binary / text: {:.2}x\n\
          two slots on row-filtered halves at once / one slot (pg_recvlogical, text): {:.2}x\n",
         report.ratio_text, report.ratio_binary, report.binary_over_text, report.split_over_single
+    ));
+    out.push_str(&format!(
+        "pg_recvlogical over the Unix socket / over TCP (text): {:.2}x\n",
+        report.recv_unix_over_tcp
     ));
     out
 }

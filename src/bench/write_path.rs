@@ -327,7 +327,9 @@ async fn in_scenario<T>(
     }
 }
 
-/// Moves this process and the slot's walsender to the decoder's CPU.
+/// Moves this process, the slot's walsender and every other session open now (the
+/// pipeline's operators write through theirs) to the decoder's CPU; the writers connect
+/// afterwards.
 async fn pin_decoding(client: &tokio_postgres::Client, split: Option<&Cpus>) -> Result<()> {
     let Some(cpus) = split else { return Ok(()) };
     let walsender: Option<i32> = client
@@ -338,9 +340,20 @@ async fn pin_decoding(client: &tokio_postgres::Client, split: Option<&Cpus>) -> 
         .await
         .pg_context(|| format!("finding the walsender of slot {SLOT}"))?
         .get(0);
-    let walsender =
-        walsender.ok_or_else(|| Error::Operator(format!("slot {SLOT} has no walsender")))?;
-    cpus.decoder.pin(walsender)?;
+    if walsender.is_none() {
+        return Err(Error::Operator(format!("slot {SLOT} has no walsender")));
+    }
+    let sessions = client
+        .query(
+            "SELECT pid FROM pg_stat_activity
+              WHERE backend_type IN ('client backend', 'walsender')",
+            &[],
+        )
+        .await
+        .pg_context(|| "listing the sessions".into())?;
+    for row in sessions {
+        cpus.decoder.pin(row.get(0))?;
+    }
     cpus.decoder.pin_this_process()
 }
 
