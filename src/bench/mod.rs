@@ -27,7 +27,7 @@ use crate::interval::Interval;
 
 /// Runs a benchmark's writers on a thread and runtime of their own (pinned to `pin`, when
 /// given), as separate applications would be. On the pipeline's runtime a writer woken by
-/// its commit waits behind the pipeline's work: measured, that cut the writers' rate 3-4x
+/// its commit waits behind the pipeline's work: measured, that halved the writers' rate
 /// with the service on, a cost of the benchmark, not of the design.
 pub(crate) async fn on_writer_thread<T, F>(pin: Option<affinity::CpuSet>, writers: F) -> Result<T>
 where
