@@ -280,13 +280,13 @@ async fn prepare_stock_ticks(client: &mut Client, history_hours: i32, symbols: u
     // A sinusoidal intraday path per symbol plus noise, one tick per symbol per second.
     let rows = client
         .execute(
-            "INSERT INTO stock_ticks (time, symbol, price, volume)
+            "INSERT INTO public.stock_ticks (time, symbol, price, volume)
              SELECT t, s.symbol,
                     round((s.base_price * (1 + 0.02 * sin(2 * pi() * extract(epoch FROM t) / 86400 + s.phase))
                            + random() - 0.5)::numeric, 2)::float8,
                     (100 + random() * 900)::bigint
                FROM generate_series(now() - make_interval(hours => $1), now(), interval '1 second') t,
-                    (SELECT symbol, base_price, phase FROM stock_assets ORDER BY symbol LIMIT $2) s",
+                    (SELECT symbol, base_price, phase FROM public.stock_assets ORDER BY symbol LIMIT $2) s",
             &[&history_hours, &(symbols as i64)],
         )
         .await

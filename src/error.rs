@@ -54,9 +54,14 @@ pub enum Error {
     #[error("{0}")]
     Operator(String),
 
-    /// A column type or schema change an operator cannot carry.
+    /// A column type, value or schema change an operator cannot carry (definite).
     #[error("{0}")]
     Unsupported(String),
+
+    /// The mirror no longer matches PostgreSQL: a row PostgreSQL changed is not where the
+    /// mirror has it, or a value it must keep is gone. Retrying cannot heal it (definite).
+    #[error("{0}")]
+    Diverged(String),
 
     /// The Delta table or its object store failed (retried: stores heal).
     #[error("{context}: {message}")]
@@ -96,6 +101,57 @@ impl Error {
             self,
             Error::InvalidInput(_) | Error::NotFound { .. } | Error::Conflict(_)
         )
+    }
+
+    /// Errors by meaning, as Materialize has them: a transient error (a connection, a
+    /// server restarting, a store failing, a lock held too long) may heal, so the work is
+    /// retried with backoff; a definite one (data the mirror cannot represent, a missing
+    /// replica identity, a mirror that diverged, a wrong setup) will not, so retrying it
+    /// forever would only hide it: the stream stops with the reason instead.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Replication { transient, .. } => *transient,
+            Error::Postgres { source, code, .. } => {
+                source.is_closed()
+                    || source.as_db_error().is_none()
+                    || code.as_deref().is_some_and(|c| {
+                        c.starts_with("08")
+                            || c.starts_with("57P")
+                            || matches!(
+                                c,
+                                "53300" | "55006" | "40P01" | "40001" | "55P03" | "57014"
+                            )
+                    })
+            }
+            Error::Io { .. } | Error::Operator(_) | Error::Delta { .. } => true,
+            Error::InvalidInput(_)
+            | Error::NotFound { .. }
+            | Error::Conflict(_)
+            | Error::NotReady(_)
+            | Error::Embedded(_)
+            | Error::Protocol(_)
+            | Error::Unsupported(_)
+            | Error::Diverged(_) => false,
+        }
+    }
+
+    /// A short, stable label for what kind of definite error this is (a metric label).
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Error::InvalidInput(_) => "invalid_input",
+            Error::NotFound { .. } => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::NotReady(_) => "setup",
+            Error::Postgres { .. } => "postgres",
+            Error::Embedded(_) => "embedded",
+            Error::Protocol(_) => "protocol",
+            Error::Replication { .. } => "replication",
+            Error::Operator(_) => "operator",
+            Error::Unsupported(_) => "unsupported",
+            Error::Diverged(_) => "diverged",
+            Error::Delta { .. } => "delta",
+            Error::Io { .. } => "io",
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! SQL identifiers: parsing user-supplied names and quoting them for DDL.
 //!
-//! Names typed by users follow PostgreSQL's rules: an unquoted part is folded to lower
-//! case and may hold only letters, digits, `_` and `$`; a part in double quotes is taken
+//! Names typed by users follow PostgreSQL's rules: an unquoted part has its ASCII letters
+//! folded to lower case (others are kept as written, as PostgreSQL does) and may hold
+//! only letters, digits, `_` and `$`; a part in double quotes is taken
 //! verbatim (`""` is a quote). Anything else is refused here, before it reaches SQL, and
 //! every identifier we put into a statement goes through [`quote_ident`].
 
@@ -20,7 +21,15 @@ pub struct QualifiedName {
     pub name: String,
 }
 
+/// The schema of a name typed without one.
+pub const DEFAULT_SCHEMA: &str = "public";
+
 impl QualifiedName {
+    /// The schema the name is resolved in: the one it names, else [`DEFAULT_SCHEMA`].
+    pub fn schema_or_default(&self) -> &str {
+        self.schema.as_deref().unwrap_or(DEFAULT_SCHEMA)
+    }
+
     pub fn parse(input: &str) -> Result<Self> {
         let parts = split_identifier_parts(input)?;
         match parts.as_slice() {
@@ -49,7 +58,7 @@ impl fmt::Display for QualifiedName {
 }
 
 /// A table resolved against the catalog: schema and name exactly as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TableName {
     pub schema: String,
     pub name: String,
@@ -134,7 +143,8 @@ fn split_identifier_parts(input: &str) -> Result<Vec<String>> {
                          digits, _ and $ (put the name in double quotes to use other characters)"
                     )));
                 }
-                part.extend(c.to_lowercase());
+                // PostgreSQL folds ASCII letters only: `Äpfel` stays `Äpfel`.
+                part.push(c.to_ascii_lowercase());
                 chars.next();
             }
             if part.is_empty() {
@@ -175,14 +185,20 @@ pub fn quote_ident(ident: &str) -> String {
 }
 
 /// Quotes a string literal for DDL, where parameters cannot be bound (COMMENT ON, bounds).
-/// Assumes `standard_conforming_strings = on`, the default since PostgreSQL 9.1; the
-/// sessions that run DDL set it explicitly.
+/// A plain literal's backslashes mean what they say only under
+/// `standard_conforming_strings = on` (which lakets' sessions set, but a caller's session
+/// need not have): text holding a backslash is written as an escape string (`E'...'`),
+/// whose meaning does not depend on the setting.
 pub fn quote_literal(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
+    let escape = value.contains('\\');
+    let mut out = String::with_capacity(value.len() + 3);
+    if escape {
+        out.push('E');
+    }
     out.push('\'');
     for c in value.chars() {
-        if c == '\'' {
-            out.push('\'');
+        if c == '\'' || (escape && c == '\\') {
+            out.push(c);
         }
         out.push(c);
     }
@@ -199,6 +215,18 @@ mod tests {
         let q = QualifiedName::parse("Public.Stock_Ticks").unwrap();
         assert_eq!(q.schema.as_deref(), Some("public"));
         assert_eq!(q.name, "stock_ticks");
+    }
+
+    #[test]
+    fn only_ascii_letters_fold_as_in_postgres() {
+        // PostgreSQL: CREATE TABLE Äpfel creates "Äpfel", not "äpfel".
+        assert_eq!(parse_identifier("Äpfel").unwrap(), "Äpfel");
+        assert_eq!(parse_identifier("ÄPFEL").unwrap(), "Äpfel");
+        assert_eq!(parse_identifier("STRASSE_ß").unwrap(), "strasse_ß");
+        assert_ne!(
+            parse_identifier("Äpfel").unwrap(),
+            parse_identifier("äpfel").unwrap()
+        );
     }
 
     #[test]
@@ -245,5 +273,7 @@ mod tests {
         let parsed = parse_identifier(&quote_ident(hostile)).unwrap();
         assert_eq!(parsed, hostile);
         assert_eq!(quote_literal("it's"), "'it''s'");
+        // Whatever standard_conforming_strings says, a backslash stays a backslash.
+        assert_eq!(quote_literal(r"a\' OR 1=1 --"), r"E'a\\'' OR 1=1 --'");
     }
 }

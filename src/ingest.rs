@@ -23,7 +23,7 @@ use crate::error::{Error, PgResultExt, Result};
 
 pub const TICKS_TABLE: &str = "stock_ticks";
 /// The spec's tick table.
-pub const TICKS_DDL: &str = "CREATE TABLE IF NOT EXISTS stock_ticks (
+pub const TICKS_DDL: &str = "CREATE TABLE IF NOT EXISTS public.stock_ticks (
     time   timestamptz      NOT NULL,
     symbol text             NOT NULL,
     price  double precision NOT NULL,
@@ -158,7 +158,7 @@ pub struct Asset {
 pub async fn load_assets(client: &Client, n: u32) -> Result<Vec<Asset>> {
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS stock_assets (
+            "CREATE TABLE IF NOT EXISTS public.stock_assets (
                  symbol     text PRIMARY KEY,
                  name       text NOT NULL,
                  base_price double precision NOT NULL CHECK (base_price > 0),
@@ -168,7 +168,7 @@ pub async fn load_assets(client: &Client, n: u32) -> Result<Vec<Asset>> {
         .await
         .pg_context(|| "creating stock_assets".into())?;
     let have: i64 = client
-        .query_one("SELECT count(*) FROM stock_assets", &[])
+        .query_one("SELECT count(*) FROM public.stock_assets", &[])
         .await
         .pg_context(|| "counting stock_assets".into())?
         .get(0);
@@ -183,7 +183,7 @@ pub async fn load_assets(client: &Client, n: u32) -> Result<Vec<Asset>> {
             .collect();
         client
             .execute(
-                "INSERT INTO stock_assets (symbol, name, base_price, phase)
+                "INSERT INTO public.stock_assets (symbol, name, base_price, phase)
                  SELECT s, s || ' Inc.', 20 + (o * 37 % 480), (o % 24) * pi() / 12
                    FROM unnest($1::text[]) WITH ORDINALITY u(s, o)
                  ON CONFLICT (symbol) DO NOTHING",
@@ -194,7 +194,7 @@ pub async fn load_assets(client: &Client, n: u32) -> Result<Vec<Asset>> {
     }
     let rows = client
         .query(
-            "SELECT symbol, base_price, phase FROM stock_assets ORDER BY symbol LIMIT $1",
+            "SELECT symbol, base_price, phase FROM public.stock_assets ORDER BY symbol LIMIT $1",
             &[&(n as i64)],
         )
         .await
@@ -214,7 +214,7 @@ pub async fn load_assets(client: &Client, n: u32) -> Result<Vec<Asset>> {
 pub async fn ensure_ticks_table(client: &mut Client) -> Result<bool> {
     crate::catalog::migrate(client).await?;
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&TICKS_TABLE])
+        .query_one("SELECT to_regclass('public.stock_ticks') IS NOT NULL", &[])
         .await
         .pg_context(|| "looking for stock_ticks".into())?
         .get(0);
@@ -289,7 +289,7 @@ async fn write_batch(client: &Client, batch: &Batch, method: Method) -> Result<u
     match method {
         Method::Insert => client
             .execute(
-                "INSERT INTO stock_ticks (time, symbol, price, volume)
+                "INSERT INTO public.stock_ticks (time, symbol, price, volume)
                  SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::float8[], $4::int8[])",
                 &[&batch.times, &batch.symbols, &batch.prices, &batch.volumes],
             )
@@ -309,7 +309,7 @@ async fn write_batch(client: &Client, batch: &Batch, method: Method) -> Result<u
                 );
             }
             let sink = client
-                .copy_in("COPY stock_ticks (time, symbol, price, volume) FROM STDIN")
+                .copy_in("COPY public.stock_ticks (time, symbol, price, volume) FROM STDIN")
                 .await
                 .pg_context(|| "starting COPY into stock_ticks".into())?;
             futures_util::pin_mut!(sink);

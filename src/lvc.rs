@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 use tokio_postgres::{Client, GenericClient};
 use tracing::info;
 
+use crate::catalog::announce::{Announcement, announce};
 use crate::catalog::registry;
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::{TableName, parse_identifier, quote_ident};
@@ -76,6 +77,12 @@ pub async fn enable_lvc(
     }
 
     // Every check that needs no slot comes first: a refused request changes nothing.
+    crate::chronotable::replica_identity::require_chunks_match(
+        &*client,
+        &ct.table,
+        "the Last Value Cache",
+    )
+    .await?;
     // Column types, NOT NULL, and whether the key travels with updates and deletes.
     let rows = client
         .query(
@@ -114,8 +121,9 @@ pub async fn enable_lvc(
                 return Err(Error::invalid(format!(
                     "key column {name:?} is not part of the replica identity of {}, so an \
                      update moving a row to another key could not be followed; include it \
-                     in the primary key or set REPLICA IDENTITY FULL",
-                    ct.table
+                     in the primary key or set REPLICA IDENTITY FULL on the table and its \
+                     chunks (`lakets chronotable replica-identity {} full`)",
+                    ct.table, ct.table
                 )));
             }
         }
@@ -189,6 +197,13 @@ pub async fn enable_lvc(
     )
     .await
     .pg_context(|| "registering the cache".into())?;
+    announce(
+        &tx,
+        &Announcement::LvcEnabled {
+            table: ct.table.clone(),
+        },
+    )
+    .await?;
     tx.commit()
         .await
         .pg_context(|| "committing the cache".into())?;
@@ -243,16 +258,19 @@ async fn fill_as_of_now(
     Ok((filled, start))
 }
 
-/// `"k1"::text = $1 AND "k2"::text = $2 ...` for a key given as text (works for any key
-/// type; the values are bound, never spliced), and the matching parameters.
+/// `"k1" = $1::text::<type> AND ...` for a key given as text (one part per key column,
+/// cast to its column's type: compared as typed values, whatever the session's TimeZone
+/// or float formatting), and the matching parameters.
 pub fn key_predicate<'a>(
     key_columns: &[String],
+    key_types: &[String],
     key: &'a [String],
 ) -> (String, Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>) {
     let predicate = key_columns
         .iter()
+        .zip(key_types)
         .enumerate()
-        .map(|(i, k)| format!("{}::text = ${}", quote_ident(k), i + 1))
+        .map(|(i, (k, ty))| format!("{} = ${}::text::{ty}", quote_ident(k), i + 1))
         .collect::<Vec<_>>()
         .join(" AND ");
     let params = key
@@ -260,6 +278,71 @@ pub fn key_predicate<'a>(
         .map(|k| k as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect();
     (predicate, params)
+}
+
+/// The SQL types of a cache's key columns.
+async fn key_types(client: &impl GenericClient, config: &LvcConfig) -> Result<Vec<String>> {
+    let mut types = Vec::with_capacity(config.key_columns.len());
+    for key in &config.key_columns {
+        let ty: String = client
+            .query_one(
+                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                  WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
+                &[&config.cache_table.quoted(), key],
+            )
+            .await
+            .pg_context(|| format!("reading the type of key column {key:?}"))?
+            .get(0);
+        types.push(ty);
+    }
+    Ok(types)
+}
+
+/// `lakets lvc disable`: drops a table's Last Value Cache. The stream stops keeping it at
+/// exactly this transaction.
+pub async fn disable_lvc(client: &mut Client, table: &str) -> Result<()> {
+    crate::catalog::check_installed(&*client).await?;
+    let ct = registry::find_chronotable(&*client, table).await?;
+    let tx = client
+        .transaction()
+        .await
+        .pg_context(|| "starting a transaction".into())?;
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'")
+        .await
+        .pg_context(|| "setting lock_timeout".into())?;
+    let cache: Option<String> = tx
+        .query_opt(
+            "DELETE FROM lakets._lvc_registry WHERE schema_name = $1 AND table_name = $2
+             RETURNING cache_table",
+            &[&ct.table.schema, &ct.table.name],
+        )
+        .await
+        .pg_context(|| "unregistering the cache".into())?
+        .map(|r| r.get(0));
+    let Some(cache) = cache else {
+        return Err(Error::NotFound {
+            kind: "Last Value Cache of",
+            name: ct.table.to_string(),
+        });
+    };
+    tx.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {}",
+        TableName::new("lakets", cache).quoted()
+    ))
+    .await
+    .pg_context(|| format!("dropping the cache table of {}", ct.table))?;
+    announce(
+        &tx,
+        &Announcement::LvcDisabled {
+            table: ct.table.clone(),
+        },
+    )
+    .await?;
+    tx.commit()
+        .await
+        .pg_context(|| "committing the end of the cache".into())?;
+    info!(table = %ct.table, "Last Value Cache disabled");
+    Ok(())
 }
 
 /// Refills a registered cache from its table, as of a WAL position recorded while writers
@@ -292,6 +375,13 @@ pub async fn refill(client: &mut Client, config: &LvcConfig) -> Result<(u64, Lsn
     )
     .await
     .pg_context(|| "recording the refill position".into())?;
+    announce(
+        &tx,
+        &Announcement::LvcRefilled {
+            table: config.table.clone(),
+        },
+    )
+    .await?;
     tx.commit()
         .await
         .pg_context(|| format!("committing the refill of {}", config.table))?;
@@ -350,7 +440,8 @@ pub async fn get_lvc(
             key.len()
         )));
     }
-    let (predicate, params) = key_predicate(&config.key_columns, key);
+    let types = key_types(client, &config).await?;
+    let (predicate, params) = key_predicate(&config.key_columns, &types, key);
     let row = client
         .query_opt(
             &format!(

@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::ident::TableName;
 use crate::wal::lsn::Lsn;
+use crate::wal::value::{ColumnType, decode_text};
 
 /// Updates buffered per subscriber before it is told it lagged (and resynchronized).
 const SUBSCRIBER_BUFFER: usize = 16_384;
@@ -34,6 +35,8 @@ pub struct LastValue {
 struct TableView {
     entries: HashMap<Vec<String>, Arc<LastValue>>,
     live_keys: usize,
+    /// Types of the key columns, to read a key given as text the way the cache keys it.
+    key_kinds: Vec<ColumnType>,
 }
 
 pub struct LvcView {
@@ -130,13 +133,43 @@ impl LvcView {
             .collect()
     }
 
-    /// Marks a table as cached (so an empty cache is known, not missing).
-    pub fn register(&self, table: &TableName) {
+    /// Marks a table as cached (so an empty cache is known, not missing), keyed by
+    /// columns of these types.
+    pub fn register(&self, table: &TableName, key_kinds: Vec<ColumnType>) {
         self.tables
             .write()
             .expect("LVC view lock poisoned")
             .entry(table.clone())
-            .or_default();
+            .or_default()
+            .key_kinds = key_kinds;
+    }
+
+    /// Forgets a table whose cache was dropped.
+    pub fn unregister(&self, table: &TableName) {
+        let mut tables = self.tables.write().expect("LVC view lock poisoned");
+        tables.remove(table);
+        metrics::gauge!("lakets_lvc_keys", "table" => table.to_string()).set(0.0);
+    }
+
+    /// A key typed by a caller (`1.50`, `2026-03-01 09:30:00+00`) as the cache keys it:
+    /// each part read as a value of its column's type. A part that does not read as one
+    /// is kept as given (and then matches nothing).
+    pub fn normalize_key(&self, table: &TableName, key: &[String]) -> Vec<String> {
+        let tables = self.tables.read().expect("LVC view lock poisoned");
+        let kinds = tables
+            .get(table)
+            .map(|v| v.key_kinds.as_slice())
+            .unwrap_or(&[]);
+        key.iter()
+            .enumerate()
+            .map(|(i, part)| {
+                kinds
+                    .get(i)
+                    .and_then(|kind| decode_text(*kind, part.as_bytes()).ok())
+                    .and_then(|v| v.to_key_text())
+                    .unwrap_or_else(|| part.clone())
+            })
+            .collect()
     }
 
     /// Every change taken from now on.

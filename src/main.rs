@@ -299,6 +299,8 @@ enum LvcCommand {
         #[arg(required = true)]
         key: Vec<String>,
     },
+    /// Drop the cache; `lakets run` stops keeping it at exactly this point in the stream.
+    Disable { table: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -574,6 +576,14 @@ enum ChronotableCommand {
     },
     /// Remove the ChronoTable, its chunks and everything lakets registered for it.
     Drop { table: String },
+    /// Set the replica identity of the table and of every chunk (PostgreSQL does not pass
+    /// `ALTER TABLE ... REPLICA IDENTITY` on to partitions): `full` or `default`.
+    ReplicaIdentity {
+        table: String,
+        identity: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_interval(text: &str) -> Result<Interval, String> {
@@ -690,8 +700,9 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
             // PostgreSQL rolls back whatever transaction was open.
             tokio::select! {
                 result = async {
-                    let mut client = connect(&cli, from_argv).await?;
-                    run_chronotable(&mut client, cmd).await
+                    let db = database_config(&cli, from_argv)?;
+                    let mut client = lakets::db::connect_with(&db).await?;
+                    run_chronotable(&db, &mut client, cmd).await
                 } => result?,
                 _ = shutdown => bail!("interrupted; the open transaction was rolled back"),
             }
@@ -1092,25 +1103,25 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
             wait,
             json,
         } => {
-            let mut client = connect(&cli, from_argv).await?;
+            let db = database_config(&cli, from_argv)?;
             let settings = lakets::lifecycle::GateSettings {
                 wait: wait.as_std(),
                 ..Default::default()
             };
             let report = tokio::select! {
-                r = lakets::lifecycle::tier(&mut client, table.as_deref(), chunk.as_deref(), settings, None) => r?,
+                r = lakets::lifecycle::tier(&db, table.as_deref(), chunk.as_deref(), settings, None) => r?,
                 _ = shutdown => bail!("interrupted; the chunk being checked was left unchanged"),
             };
             print_move_report(&report, "tiered", *json)?;
         }
         Command::Retention { table, wait, json } => {
-            let mut client = connect(&cli, from_argv).await?;
+            let db = database_config(&cli, from_argv)?;
             let settings = lakets::lifecycle::GateSettings {
                 wait: wait.as_std(),
                 ..Default::default()
             };
             let report = tokio::select! {
-                r = lakets::lifecycle::retention(&mut client, table.as_deref(), settings, None) => r?,
+                r = lakets::lifecycle::retention(&db, table.as_deref(), settings, None) => r?,
                 _ = shutdown => bail!("interrupted; the chunk being checked was left unchanged"),
             };
             print_move_report(&report, "dropped", *json)?;
@@ -1137,6 +1148,10 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                         Some(row) => println!("{row}"),
                         None => bail!("no cached row for key {}", key.join(", ")),
                     }
+                }
+                LvcCommand::Disable { table } => {
+                    lakets::lvc::disable_lvc(&mut client, table).await?;
+                    println!("the Last Value Cache of {table} is dropped");
                 }
             }
         }
@@ -1377,9 +1392,9 @@ async fn run_sync(cli: &Cli, from_argv: bool, cmd: &SyncCommand) -> anyhow::Resu
             }
         }
         SyncCommand::Disable { table } => {
-            let client = connect(cli, from_argv).await?;
+            let mut client = connect(cli, from_argv).await?;
             lakets::catalog::check_installed(&client).await?;
-            lakets::sync::disable_sync(&client, table).await?;
+            lakets::sync::disable_sync(&mut client, table).await?;
             println!("{table} is no longer synced; its Delta table is kept");
         }
     }
@@ -1387,6 +1402,7 @@ async fn run_sync(cli: &Cli, from_argv: bool, cmd: &SyncCommand) -> anyhow::Resu
 }
 
 async fn run_chronotable(
+    db: &lakets::db::DbConfig,
     client: &mut tokio_postgres::Client,
     cmd: &ChronotableCommand,
 ) -> anyhow::Result<()> {
@@ -1441,7 +1457,7 @@ async fn run_chronotable(
             older_than,
             json,
         } => {
-            let report = chronotable::drop_chunks(client, table, *older_than, None).await?;
+            let report = chronotable::drop_chunks(db, table, *older_than, None).await?;
             if *json {
                 print_json(&report)?;
             } else {
@@ -1461,6 +1477,24 @@ async fn run_chronotable(
         ChronotableCommand::Drop { table } => {
             let dropped = chronotable::drop_chronotable(client, table).await?;
             println!("dropped ChronoTable {dropped}");
+        }
+        ChronotableCommand::ReplicaIdentity {
+            table,
+            identity,
+            json,
+        } => {
+            use lakets::chronotable::replica_identity::{Identity, set_replica_identity};
+            let report = set_replica_identity(client, table, Identity::parse(identity)?).await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} and its chunks have REPLICA IDENTITY {} ({} chunks changed)",
+                    report.table,
+                    identity.to_uppercase(),
+                    report.chunks_changed.len()
+                );
+            }
         }
     }
     Ok(())

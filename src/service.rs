@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, Protocol};
+use crate::delta::mirror::MaintenancePolicy;
 use crate::error::{Error, Result};
 use crate::lifecycle::GateSettings;
 use crate::lvc_view::LvcView;
 use crate::operators::chunk_tracker::ChunkTracker;
 use crate::operators::delta_sink::DeltaSink;
+use crate::operators::delta_sink::MaintenanceSchedule;
 use crate::operators::invalidations::Invalidations;
 use crate::operators::last_value::LastValueCache;
 use crate::wal::{Pipeline, PipelineConfig, PipelineStatus};
@@ -32,6 +34,17 @@ pub async fn standard_pipeline(
     status: Arc<Mutex<PipelineStatus>>,
     view: Option<Arc<LvcView>>,
 ) -> Result<Pipeline> {
+    pipeline_with_maintenance(db, config, status, view, None).await
+}
+
+/// [`standard_pipeline`], with the Delta operator maintaining its tables on `maintenance`.
+pub async fn pipeline_with_maintenance(
+    db: &crate::db::DbConfig,
+    config: PipelineConfig,
+    status: Arc<Mutex<PipelineStatus>>,
+    view: Option<Arc<LvcView>>,
+    maintenance: Option<MaintenanceSchedule>,
+) -> Result<Pipeline> {
     let slot = config.source.slot.clone();
     let tracker = ChunkTracker::new(crate::db::connect_with(db).await?, slot.clone()).await?;
     let mut lvc = LastValueCache::new(crate::db::connect_with(db).await?, slot.clone()).await?;
@@ -40,7 +53,10 @@ pub async fn standard_pipeline(
     }
     let invalidations =
         Invalidations::new(crate::db::connect_with(db).await?, slot.clone()).await?;
-    let delta = DeltaSink::new(crate::db::connect_with(db).await?, slot).await?;
+    let mut delta = DeltaSink::new(crate::db::connect_with(db).await?, slot).await?;
+    if let Some(schedule) = maintenance {
+        delta = delta.with_maintenance(schedule);
+    }
     Ok(Pipeline::new(db.clone(), config)
         .with_status(status)
         .operator(tracker)
@@ -111,6 +127,9 @@ pub async fn start(
         let probe = state.clone();
         let ready: crate::http::Readiness = Arc::new(move || {
             let st = probe.status.lock().unwrap();
+            if let Some(reason) = &st.stopped {
+                return Err(format!("streaming stopped for good: {reason}"));
+            }
             if !st.streaming {
                 return Err(match &st.last_error {
                     Some(e) => format!("not streaming: {e}"),
@@ -153,12 +172,25 @@ pub async fn start(
         Some(bound)
     };
 
+    let instance = format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "lakets".into()),
+        std::process::id()
+    );
+    // The Delta operator maintains its own tables, between its windows.
+    let maintenance = match (config.jobs.enabled, schedule.maintenance) {
+        (true, Some(every)) => Some(MaintenanceSchedule {
+            every,
+            policy: MaintenancePolicy {
+                vacuum_retention: chrono::Duration::from_std(schedule.vacuum_retention)
+                    .unwrap_or(chrono::Duration::days(1)),
+                ..Default::default()
+            },
+            instance: instance.clone(),
+        }),
+        _ => None,
+    };
     if config.jobs.enabled {
-        let instance = format!(
-            "{}:{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "lakets".into()),
-            std::process::id()
-        );
         others.push((
             "scheduler",
             tokio::spawn(crate::jobs::run_scheduler(
@@ -179,26 +211,52 @@ pub async fn start(
         )),
     ));
 
+    // A stop recorded by an earlier run: this run tries again (and records it again if
+    // the cause is still there).
+    if let Err(e) = record_stop(&db, &slot, None).await {
+        warn!(error = %e, "could not clear the recorded stop of the stream");
+    }
     let pipeline = {
-        let (db, status, view, stop) = (
+        let (db, status, view, stop, slot) = (
             db.clone(),
             state.status.clone(),
             state.lvc.clone(),
             cancel.clone(),
+            slot.clone(),
         );
         tokio::spawn(async move {
-            crate::wal::run_with_restarts(
+            let outcome = crate::wal::run_with_restarts(
                 || {
-                    standard_pipeline(
+                    pipeline_with_maintenance(
                         &db,
                         pipeline_config.clone(),
                         status.clone(),
                         Some(view.clone()),
+                        maintenance.clone(),
                     )
                 },
-                stop,
+                stop.clone(),
             )
-            .await
+            .await;
+            let Err(e) = outcome else {
+                return Ok(());
+            };
+            // A definite error: streaming stops with the reason, nothing after the change
+            // that caused it is acknowledged. The service stays up to say so (probes,
+            // metrics, `lakets status`) until it is stopped.
+            error!(slot = %slot, kind = e.kind_label(), error = %e, "streaming stopped for good: {}", stop_advice(&e));
+            metrics::gauge!("lakets_stream_stopped", "reason" => e.kind_label()).set(1.0);
+            {
+                let mut st = status.lock().unwrap();
+                st.streaming = false;
+                st.stopped = Some(e.to_string());
+                st.last_error = Some(e.to_string());
+            }
+            if let Err(record) = record_stop(&db, &slot, Some(&e)).await {
+                warn!(error = %record, "could not record why the stream stopped");
+            }
+            stop.cancelled().await;
+            Err(e)
         })
     };
     info!(slot = %slot, http = ?http_addr, grpc = ?grpc_addr, jobs = config.jobs.enabled, "lakets service started");
@@ -240,6 +298,58 @@ impl Service {
             None => Ok(()),
         }
     }
+}
+
+/// What to do about a definite error, in words (`lakets status` shows it too).
+pub fn stop_advice(e: &Error) -> &'static str {
+    match e {
+        Error::Diverged(_) => {
+            "the Delta table no longer matches PostgreSQL: run `lakets verify TABLE` to see \
+             where, then stop the service and run `lakets resync --force`"
+        }
+        Error::Unsupported(_) => {
+            "fix what the message names (a schema change, a value, a replica identity), then \
+             restart `lakets run`; nothing after the change was acknowledged, so nothing is lost"
+        }
+        Error::NotReady(_)
+        | Error::InvalidInput(_)
+        | Error::Conflict(_)
+        | Error::NotFound { .. } => {
+            "change the setup as the message says, then restart `lakets run`"
+        }
+        _ => {
+            "nothing after the change was acknowledged, so nothing is lost; fix the cause, then \
+             restart `lakets run`"
+        }
+    }
+}
+
+/// Records why the stream of `slot` stopped for good (`None`: clears it).
+async fn record_stop(db: &crate::db::DbConfig, slot: &str, e: Option<&Error>) -> Result<()> {
+    let client = crate::db::connect_with(db).await?;
+    let (reason, kind) = match e {
+        Some(e) => (
+            Some(format!("{e}. What to do: {}", stop_advice(e))),
+            Some(e.kind_label()),
+        ),
+        None => (None, None),
+    };
+    client
+        .execute(
+            "UPDATE lakets._replication
+                SET stopped_reason = $2, stopped_kind = $3,
+                    stopped_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END
+              WHERE slot_name = $1",
+            &[&slot, &reason, &kind],
+        )
+        .await
+        .map_err(|source| Error::Postgres {
+            context: "recording why the stream stopped".into(),
+            message: crate::error::describe_pg_error(&source),
+            code: source.code().map(|c| c.code().to_owned()),
+            source,
+        })?;
+    Ok(())
 }
 
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr> {

@@ -33,9 +33,20 @@ pub struct ServiceStatus {
     pub last_error: Option<String>,
     /// Gaps in the WAL stream: streaming and drops wait for `lakets resync`.
     pub stream_gaps: Vec<crate::wal::setup::StreamGap>,
+    /// Streaming stopped for good (a definite error): why, and what to do.
+    pub stopped: Option<StreamStop>,
     pub tables: Vec<TableStatus>,
     pub rollups: Vec<RollupStatus>,
     pub jobs: Vec<JobStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStop {
+    /// What kind of error (`unsupported`, `diverged`, `setup`, ...).
+    pub kind: String,
+    /// The error and what to do about it.
+    pub reason: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -219,6 +230,20 @@ pub async fn collect(
         streaming: live.map(|l| l.streaming),
         last_error: live.and_then(|l| l.last_error.clone()),
         stream_gaps: crate::wal::setup::list_gaps(client).await?,
+        stopped: client
+            .query_opt(
+                "SELECT stopped_kind, stopped_reason,
+                        to_char(stopped_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                   FROM lakets._replication WHERE slot_name = $1 AND stopped_reason IS NOT NULL",
+                &[&slot],
+            )
+            .await
+            .pg_context(|| "reading why the stream stopped".into())?
+            .map(|r| StreamStop {
+                kind: r.get::<_, Option<String>>(0).unwrap_or_default(),
+                reason: r.get(1),
+                at: r.get(2),
+            }),
         tables,
         rollups,
         jobs,
@@ -261,7 +286,13 @@ pub fn render(s: &ServiceStatus) -> String {
             .map(|l| format!(", {l:.1} s"))
             .unwrap_or_default()
     );
-    if let Some(e) = &s.last_error {
+    if let Some(stop) = &s.stopped {
+        let _ = writeln!(
+            out,
+            "STREAMING STOPPED ({}, at {}): {}",
+            stop.kind, stop.at, stop.reason
+        );
+    } else if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last pipeline error: {e}");
     }
     for g in &s.stream_gaps {

@@ -18,6 +18,7 @@ use tokio_postgres::{Client, GenericClient, IsolationLevel};
 use tracing::info;
 use url::Url;
 
+use crate::catalog::announce::{Announcement, announce};
 use crate::catalog::registry;
 use crate::delta::batch::{CellRow, build_batch};
 use crate::delta::mirror::shape_of;
@@ -28,7 +29,7 @@ use crate::ident::TableName;
 use crate::wal::lsn::Lsn;
 use crate::wal::value::{ColumnType, decode_text};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncState {
     Copying,
@@ -139,6 +140,12 @@ pub async fn enable_sync(
     let ct = registry::find_chronotable(&client, table).await?;
     let url = table::parse_location(location)?;
     let shape = postgres_shape(&client, &ct.table, &ct.time_column, partitioning).await?;
+    crate::chronotable::replica_identity::require_chunks_match(
+        &client,
+        &ct.table,
+        "the Delta mirror",
+    )
+    .await?;
 
     let existing = find_sync(&client, &ct.table).await?;
     if let Some(s) = &existing {
@@ -185,8 +192,12 @@ pub async fn enable_sync(
 
     // Every change after the snapshot must be held by a slot.
     crate::wal::setup::ensure_default_consumer(&client).await?;
-    client
-        .execute(
+    {
+        let tx = client
+            .transaction()
+            .await
+            .pg_context(|| "starting a transaction".into())?;
+        tx.execute(
             "INSERT INTO lakets._sync_registry (schema_name, table_name, location, partitioning, state)
              VALUES ($1, $2, $3, $4, 'copying')
              ON CONFLICT (schema_name, table_name) DO UPDATE SET updated_at = now()",
@@ -199,6 +210,19 @@ pub async fn enable_sync(
         )
         .await
         .pg_context(|| format!("registering the sync of {}", ct.table))?;
+        announce(
+            &tx,
+            &Announcement::SyncRegistered {
+                table: ct.table.clone(),
+                location: url.to_string(),
+                partitioning: partitioning.as_str().to_owned(),
+            },
+        )
+        .await?;
+        tx.commit()
+            .await
+            .pg_context(|| format!("committing the sync of {}", ct.table))?;
+    }
     let mut delta = match found {
         Some(t) => t,
         None => table::create(&url, &shape, &ct.table.to_string()).await?,
@@ -246,6 +270,13 @@ async fn activate(client: &mut Client, table: &TableName) -> Result<SyncConfig> 
     )
     .await
     .pg_context(|| format!("marking {table} synced"))?;
+    announce(
+        &tx,
+        &Announcement::SyncActivated {
+            table: table.clone(),
+        },
+    )
+    .await?;
     tx.commit()
         .await
         .pg_context(|| format!("committing the activation of {table}"))?;
@@ -445,6 +476,14 @@ pub(crate) async fn read_snapshot(
         )
         .await
         .pg_context(|| "recording the snapshot position".into())?;
+    announce(
+        &locker,
+        &Announcement::SyncSnapshot {
+            table: table_name.clone(),
+            start_lsn,
+        },
+    )
+    .await?;
     locker
         .batch_execute("COMMIT")
         .await
@@ -578,10 +617,15 @@ pub async fn postgres_rows(
         .collect()
 }
 
-/// Stops mirroring a table (the Delta table stays where it is).
-pub async fn disable_sync(client: &impl GenericClient, table: &str) -> Result<()> {
-    let ct = registry::find_chronotable(client, table).await?;
-    let n = client
+/// Stops mirroring a table (the Delta table stays where it is). The stream stops
+/// mirroring it at exactly this transaction.
+pub async fn disable_sync(client: &mut Client, table: &str) -> Result<()> {
+    let ct = registry::find_chronotable(&*client, table).await?;
+    let tx = client
+        .transaction()
+        .await
+        .pg_context(|| "starting a transaction".into())?;
+    let n = tx
         .execute(
             "DELETE FROM lakets._sync_registry WHERE schema_name = $1 AND table_name = $2",
             &[&ct.table.schema, &ct.table.name],
@@ -594,13 +638,40 @@ pub async fn disable_sync(client: &impl GenericClient, table: &str) -> Result<()
             name: ct.table.to_string(),
         });
     }
+    tx.execute(
+        "UPDATE lakets._chronotable_registry SET sync_enabled = false
+          WHERE schema_name = $1 AND table_name = $2",
+        &[&ct.table.schema, &ct.table.name],
+    )
+    .await
+    .pg_context(|| format!("marking {} unsynced", ct.table))?;
+    announce(
+        &tx,
+        &Announcement::SyncDisabled {
+            table: ct.table.clone(),
+        },
+    )
+    .await?;
+    tx.commit()
+        .await
+        .pg_context(|| format!("committing the end of the sync of {}", ct.table))?;
+    Ok(())
+}
+
+/// Forgets the snapshot of a copy whose `sync enable` died (the next one takes another).
+pub(crate) async fn reset_abandoned_copy(
+    client: &impl GenericClient,
+    table: &TableName,
+    start: Option<Lsn>,
+) -> Result<()> {
     client
         .execute(
-            "UPDATE lakets._chronotable_registry SET sync_enabled = false
-              WHERE schema_name = $1 AND table_name = $2",
-            &[&ct.table.schema, &ct.table.name],
+            "UPDATE lakets._sync_registry SET start_lsn = NULL
+              WHERE schema_name = $1 AND table_name = $2
+                AND state = 'copying' AND start_lsn = $3",
+            &[&table.schema, &table.name, &start.map(PgLsn::from)],
         )
         .await
-        .pg_context(|| format!("marking {} unsynced", ct.table))?;
+        .pg_context(|| format!("resetting the abandoned copy of {table}"))?;
     Ok(())
 }

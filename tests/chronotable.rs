@@ -521,7 +521,7 @@ async fn show_chunks_counts_rows_and_drop_chunks_records_and_drops() {
 
     // Older than 5 days before Mar 23 10:00 = ranges ending by Mar 18 10:00: Mar 14..17.
     let report =
-        chronotable::drop_chunks(&mut db.client, "metrics", Interval::days(5), Some(ts(NOW)))
+        chronotable::drop_chunks(&db.config(), "metrics", Interval::days(5), Some(ts(NOW)))
             .await
             .unwrap();
     assert_eq!(
@@ -558,10 +558,9 @@ async fn show_chunks_counts_rows_and_drop_chunks_records_and_drops() {
         .await;
     assert!(!exists);
     // A second run finds nothing more to drop.
-    let again =
-        chronotable::drop_chunks(&mut db.client, "metrics", Interval::days(5), Some(ts(NOW)))
-            .await
-            .unwrap();
+    let again = chronotable::drop_chunks(&db.config(), "metrics", Interval::days(5), Some(ts(NOW)))
+        .await
+        .unwrap();
     assert!(again.dropped.is_empty());
 
     // A table marked synced without an active sync: every drop is deferred (fail closed),
@@ -569,7 +568,7 @@ async fn show_chunks_counts_rows_and_drop_chunks_records_and_drops() {
     db.exec("UPDATE lakets._chronotable_registry SET sync_enabled = true")
         .await;
     let report =
-        chronotable::drop_chunks(&mut db.client, "metrics", Interval::days(1), Some(ts(NOW)))
+        chronotable::drop_chunks(&db.config(), "metrics", Interval::days(1), Some(ts(NOW)))
             .await
             .unwrap();
     assert!(report.dropped.is_empty(), "{report:?}");
@@ -849,7 +848,7 @@ async fn commands_refuse_a_database_without_the_lakets_schema() {
         first,
         (1..=lakets::catalog::latest_version()).collect::<Vec<_>>()
     );
-    assert_eq!(lakets::catalog::latest_version(), 9);
+    assert_eq!(lakets::catalog::latest_version(), 10);
     assert!(second.is_empty());
 }
 

@@ -11,10 +11,10 @@ use std::time::Duration;
 use common::wal::{wait_slot_released, wait_until_confirmed};
 use common::{TestDb, fresh_db};
 use lakets::delta::batch::CellRow;
-use lakets::delta::mirror::shape_of;
+use lakets::delta::mirror::{MaintenancePolicy, shape_of};
 use lakets::delta::schema::Partitioning;
 use lakets::ident::TableName;
-use lakets::operators::delta_sink::DeltaSink;
+use lakets::operators::delta_sink::{DeltaSink, MaintenanceSchedule};
 use lakets::wal::lsn::Lsn;
 use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
 use tokio::sync::Mutex;
@@ -608,7 +608,8 @@ async fn maintenance_compacts_checkpoints_and_vacuums_without_changing_a_row() {
     let files_before = delta.get_file_uris().unwrap().count();
     let outcome = lakets::delta::maintenance::compact(&mut delta, &shape, 4, 8 << 20)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("no other writer committed meanwhile");
     let files_after = delta.get_file_uris().unwrap().count();
     assert!(outcome.files_removed >= 4, "{outcome:?}");
     assert_eq!(
@@ -850,4 +851,315 @@ async fn a_dropped_column_stops_the_stream() {
             && err.to_string().contains("is gone from PostgreSQL"),
         "{err}"
     );
+}
+
+/// A sink that compacts its own tables every `every` (small files: below 8 MB, from 4).
+async fn maintaining_sink(db: &TestDb, slot: &str, every: Duration) -> DeltaSink {
+    DeltaSink::new(db.connect().await, slot)
+        .await
+        .unwrap()
+        .with_maintenance(MaintenanceSchedule {
+            every,
+            policy: MaintenancePolicy {
+                compact_min_files: 4,
+                small_file_bytes: 8 << 20,
+                vacuum_retention: chrono::Duration::days(1),
+            },
+            instance: "test".into(),
+        })
+}
+
+async fn start_sink(
+    db: &TestDb,
+    slot: &str,
+    sink: DeltaSink,
+) -> (CancellationToken, JoinHandle<lakets::Result<()>>) {
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Pipeline::new(db.config(), pipeline_config(slot))
+            .operator(sink)
+            .run(shutdown.clone()),
+    );
+    (shutdown, run)
+}
+
+/// Twelve small commits of `symbol`'s rows (one file each), each streamed before the next.
+async fn small_commits(
+    db: &TestDb,
+    slot: &str,
+    run: &JoinHandle<lakets::Result<()>>,
+    symbol: &str,
+) {
+    for i in 0..12 {
+        db.exec(&format!(
+            "INSERT INTO ticks SELECT now() + ({i} * 10 + g) * interval '1 second', '{symbol}', {i}, {i} * 10 + g, NULL
+               FROM generate_series(0, 4) g"
+        ))
+        .await;
+        catch_up(db, slot, run).await;
+    }
+}
+
+async fn active_files(location: &url::Url) -> usize {
+    let delta = lakets::delta::table::open(location).await.unwrap().unwrap();
+    lakets::delta::read::active_files(&delta)
+        .await
+        .unwrap()
+        .len()
+}
+
+/// Compaction with a command of another process: deltalake's Python package when the
+/// interop Python has it (`pip install deltalake`), else a second writer in this process.
+async fn compact_from_outside(location: &url::Url) -> &'static str {
+    let path = location.to_file_path().unwrap();
+    if let Ok(python) = std::env::var("LAKETS_INTEROP_PYTHON") {
+        let probe = std::process::Command::new(&python)
+            .args(["-c", "import deltalake"])
+            .status()
+            .unwrap();
+        if probe.success() {
+            let out = std::process::Command::new(&python)
+                .args([
+                    "-c",
+                    "import sys, deltalake; print(deltalake.DeltaTable(sys.argv[1]).optimize.compact())",
+                    path.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "deltalake (Python) compaction failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return "deltalake (Python), another process";
+        }
+        assert!(
+            std::env::var("LAKETS_REQUIRE_INTEROP").is_err(),
+            "LAKETS_REQUIRE_INTEROP is set but {python} has no deltalake package"
+        );
+    }
+    let mut delta = lakets::delta::table::open(location).await.unwrap().unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    lakets::delta::maintenance::compact(&mut delta, &shape, 4, 8 << 20)
+        .await
+        .unwrap()
+        .expect("nothing else committed meanwhile");
+    "a second deltalake writer in this process"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_own_compaction_never_resurrects_or_doubles_rows() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_own_compaction").await;
+    ticks_table(&mut db, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let sink = maintaining_sink(&db, &slot, Duration::from_millis(300)).await;
+    let (shutdown, run) = start_sink(&db, &slot, sink).await;
+    small_commits(&db, &slot, &run, "M").await;
+    // The sink compacts between its windows, and records it as a job run.
+    common::wal::wait_for("the sink to compact", Duration::from_secs(30), async || {
+        db.scalar::<i64>(
+            "SELECT count(*) FROM lakets._job_runs, jsonb_array_elements(details) d
+              WHERE job = 'delta_maintenance' AND outcome = 'ok'
+                AND (d -> 'compaction' ->> 'files_removed')::int >= 4",
+        )
+        .await
+            > 0
+    })
+    .await;
+    // One DELETE and one UPDATE of rows now in the compacted file.
+    db.exec("DELETE FROM ticks WHERE symbol = 'M' AND volume = 33")
+        .await;
+    db.exec("UPDATE ticks SET price = price + 100, note = 'corrected' WHERE symbol = 'M' AND volume = 57")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "after the sink's own compaction").await;
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM ticks WHERE symbol = 'M'")
+            .await,
+        59
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_compaction_between_two_windows_never_resurrects_or_doubles_rows() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_outside_compaction").await;
+    ticks_table(&mut db, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (shutdown, run) = start(&db, &slot).await;
+    small_commits(&db, &slot, &run, "M").await;
+    let before = active_files(&config.location).await;
+    let who = compact_from_outside(&config.location).await;
+    assert!(
+        active_files(&config.location).await < before,
+        "{who} compacted"
+    );
+    // The sink's snapshot still lists the files the other writer removed: its next rewrite
+    // must read the table's latest version.
+    db.exec("DELETE FROM ticks WHERE symbol = 'M' AND volume = 33")
+        .await;
+    db.exec("UPDATE ticks SET price = price + 100, note = 'corrected' WHERE symbol = 'M' AND volume = 57")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(
+        &db,
+        &config.location,
+        &format!("after a compaction by {who}"),
+    )
+    .await;
+    // And again, with the other writer committing while the mirror streams.
+    db.exec("INSERT INTO ticks SELECT now() + g * interval '1 ms', 'N', 1, g, NULL FROM generate_series(1, 50) g")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    compact_from_outside(&config.location).await;
+    db.exec("DELETE FROM ticks WHERE symbol = 'N' AND volume % 7 = 0")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "after a second outside compaction").await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_moved_while_streaming_mirrors_each_change_where_the_stream_says() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_moved").await;
+    ticks_table(&mut db, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = common::sync_to(&db, "ticks", dir.path().join("l1").to_str().unwrap()).await;
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (shutdown, run) = start(&db, &slot).await;
+    db.exec("INSERT INTO ticks SELECT now() + g * interval '1 ms', 'A', 1, g, NULL FROM generate_series(1, 5) g")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    lakets::sync::disable_sync(&mut db.client, "ticks")
+        .await
+        .unwrap();
+    // Not mirrored anywhere as it happens; the new location's copy will hold it.
+    db.exec("INSERT INTO ticks SELECT now() + g * interval '1 ms', 'B', 2, g, NULL FROM generate_series(1, 5) g")
+        .await;
+    let second = common::sync_to(&db, "ticks", dir.path().join("l2").to_str().unwrap()).await;
+    db.exec("INSERT INTO ticks SELECT now() + g * interval '1 ms', 'C', 3, g, NULL FROM generate_series(1, 5) g")
+        .await;
+    db.exec("UPDATE ticks SET price = 99 WHERE symbol = 'A' AND volume = 2")
+        .await;
+    db.exec("DELETE FROM ticks WHERE symbol = 'B' AND volume = 3")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &second.location, "the new location").await;
+    // The old location stopped exactly at the disable: the first 10 rows and A's five,
+    // none of what came later.
+    let delta = lakets::delta::table::open(&first.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    let old = lakets::delta::read::scan(&delta, &shape).await.unwrap();
+    let symbols: Vec<String> = old
+        .iter()
+        .filter_map(|r| match &r[1] {
+            lakets::delta::schema::Cell::Str(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(old.len(), 15, "{symbols:?}");
+    assert_eq!(symbols.iter().filter(|s| *s == "A").count(), 5);
+    assert!(!symbols.iter().any(|s| s == "B" || s == "C"), "{symbols:?}");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_missing_from_delta_stops_the_stream_for_good_naming_it() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_diverged").await;
+    ticks_table(&mut db, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    // Someone removes a row from the Delta table behind lakets' back.
+    let victim: (String, i64) = {
+        let delta = lakets::delta::table::open(&config.location)
+            .await
+            .unwrap()
+            .unwrap();
+        let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+        let row = lakets::delta::read::scan(&delta, &shape)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap();
+        let (lakets::delta::schema::Cell::Int(time), lakets::delta::schema::Cell::Str(symbol)) =
+            (&row[0], &row[1])
+        else {
+            panic!("{row:?}")
+        };
+        let victim = (symbol.clone(), *time);
+        let mut tamper =
+            lakets::delta::mirror::TableMirror::new(shape, delta, "tamper".into(), Lsn::ZERO);
+        let key = std::sync::Arc::new(vec![0, 1]);
+        tamper
+            .delete(&key, vec![row[0].clone(), row[1].clone()], Lsn(1))
+            .await
+            .unwrap();
+        tamper.flush(Lsn(1)).await.unwrap();
+        victim
+    };
+    let db_config = db.config();
+    let stop = CancellationToken::new();
+    let streaming = {
+        let (slot, stop) = (slot.clone(), stop.clone());
+        tokio::spawn(async move {
+            lakets::wal::run_with_restarts(
+                || {
+                    let (db_config, slot) = (db_config.clone(), slot.clone());
+                    async move {
+                        let sink =
+                            DeltaSink::new(lakets::db::connect_with(&db_config).await?, &slot)
+                                .await?;
+                        Ok(Pipeline::new(db_config, pipeline_config(&slot)).operator(sink))
+                    }
+                },
+                stop,
+            )
+            .await
+        })
+    };
+    let deleted = db
+        .client
+        .execute(
+            "DELETE FROM ticks WHERE symbol = $1 AND time = timestamptz 'epoch' + $2 * interval '1 microsecond'",
+            &[&victim.0, &(victim.1 as f64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let deleted = lsn_now(&db).await;
+    // Definite: not retried, the stream stops with the reason, naming the row.
+    let outcome = tokio::time::timeout(Duration::from_secs(60), streaming)
+        .await
+        .expect("the stream stopped instead of retrying")
+        .unwrap();
+    let err = outcome.unwrap_err();
+    assert!(matches!(err, lakets::Error::Diverged(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&victim.0) && text.contains("diverged"),
+        "{text}"
+    );
+    // Nothing from the delete on was acknowledged: the slot holds it for a resync.
+    let confirmed = common::wal::slot_confirmed(&db.client, &slot).await;
+    assert!(
+        confirmed < deleted,
+        "confirmed {confirmed}, delete ended at {deleted}"
+    );
+    stop.cancel();
 }

@@ -10,11 +10,22 @@ async fn start() -> EmbeddedPostgres {
         .expect("starting embedded PostgreSQL")
 }
 
+/// A plain session, as an application opens one (lakets' own sessions pin search_path).
+async fn user_connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
 #[tokio::test]
 async fn cluster_is_logical_restartable_and_removed_on_drop() {
     let pg = start().await;
     let url = pg.create_database("app").await.unwrap();
-    let client = lakets::db::connect(&url).await.unwrap();
+    let client = user_connect(&url).await;
     let wal_level: String = client
         .query_one("SHOW wal_level", &[])
         .await
@@ -34,7 +45,7 @@ async fn cluster_is_logical_restartable_and_removed_on_drop() {
         .unwrap()
         .unwrap();
     assert_eq!(pg.port(), port, "same port after a restart");
-    let client = lakets::db::connect(&url).await.unwrap();
+    let client = user_connect(&url).await;
     let n: i64 = client
         .query_one("SELECT count(*) FROM t", &[])
         .await
@@ -52,7 +63,7 @@ async fn cluster_is_logical_restartable_and_removed_on_drop() {
     .await
     .unwrap()
     .unwrap();
-    let client = lakets::db::connect(&url).await.unwrap();
+    let client = user_connect(&url).await;
     let n: i64 = client
         .query_one("SELECT count(*) FROM t", &[])
         .await
@@ -90,7 +101,7 @@ async fn a_server_without_logical_wal_is_refused_with_what_to_change() {
     .unwrap()
     .unwrap();
     let url = pg.create_database("app").await.unwrap();
-    let client = lakets::db::connect(&url).await.unwrap();
+    let client = user_connect(&url).await;
     let err = lakets::wal::setup::preflight(&client, "lakets_app")
         .await
         .unwrap_err()

@@ -331,3 +331,208 @@ async fn lvc_differences(db: &TestDb) -> Option<i64> {
         .unwrap()
         .lvc_differences
 }
+
+fn lvc_pipeline(db: &TestDb, slot: &str) -> PipelineConfig {
+    let _ = db;
+    let mut c = PipelineConfig::new(SourceSettings::new(slot, "lakets"));
+    c.flush_interval = Duration::from_millis(50);
+    c.ack_interval = Duration::from_millis(50);
+    c.heartbeat_interval = Some(Duration::from_millis(200));
+    c.max_slice_changes = 3; // transactions span several slices
+    c
+}
+
+async fn start_lvc(
+    db: &TestDb,
+    slot: &str,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<lakets::Result<()>>,
+) {
+    let lvc = LastValueCache::new(db.connect().await, slot.to_owned())
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Pipeline::new(db.config(), lvc_pipeline(db, slot))
+            .operator(lvc)
+            .run(shutdown.clone()),
+    );
+    (shutdown, run)
+}
+
+async fn caught_up(db: &TestDb, slot: &str, run: &tokio::task::JoinHandle<lakets::Result<()>>) {
+    let end: Lsn = db
+        .scalar::<String>("SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .parse()
+        .unwrap();
+    wait_until_confirmed(&db.client, slot, end, Duration::from_secs(60)).await;
+    assert!(!run.is_finished(), "the pipeline stopped early: {run:?}");
+}
+
+/// Rows in one query and not the other, both ways, compared by value (not as text).
+async fn differences(db: &TestDb, a: &str, b: &str) -> i64 {
+    db.scalar(&format!(
+        "SELECT (SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) x)
+              + (SELECT count(*) FROM (({b}) EXCEPT ALL ({a})) y)"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_time_and_float_types_are_compared_as_values_under_any_time_zone() {
+    let mut db = fresh_db("lvc_typed_keys").await;
+    // The database's sessions read times in New York and floats at 0 extra digits: text
+    // built by those sessions is not the stream's.
+    db.exec(&format!(
+        "ALTER DATABASE {} SET TimeZone = 'America/New_York';
+         ALTER DATABASE {} SET extra_float_digits = 0",
+        db.name, db.name
+    ))
+    .await;
+    db.client = common::user_connect(&db.url).await;
+    db.exec(
+        "CREATE TABLE readings (time timestamptz NOT NULL, session timestamptz NOT NULL,
+                                level double precision NOT NULL, price double precision);
+         INSERT INTO readings
+           SELECT now() - i * interval '10 minutes',
+                  timestamptz '2026-03-01 09:30:00.25+00' + (i % 3) * interval '1 day',
+                  (ARRAY[0.1, 1e20, 2.0000000000000004])[1 + i % 3 / 1],
+                  i
+             FROM generate_series(1, 30) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(1);
+    lakets::chronotable::create_chronotable(&mut db.client, "readings", &opts)
+        .await
+        .unwrap();
+    lakets::lvc::enable_lvc(
+        &mut db.client,
+        "readings",
+        &["session".into(), "level".into()],
+        &["price".into()],
+    )
+    .await
+    .unwrap();
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    const CACHED: &str = "SELECT session, level, time, price FROM lakets.lvc_readings";
+    const LATEST: &str = "SELECT DISTINCT ON (session, level) session, level, time, price
+                            FROM readings ORDER BY session, level, time DESC";
+
+    // Restarted between every step: each one reloads the keys from the cache table, as
+    // this database's sessions print them.
+    for round in 0..3 {
+        let (shutdown, run) = start_lvc(&db, &slot).await;
+        db.exec(&format!(
+            "INSERT INTO readings SELECT now() + interval '{round} seconds', session, level, 1000 + {round}
+               FROM (SELECT DISTINCT session, level FROM readings) k"
+        ))
+        .await;
+        // The latest row of a key moves back in time (the cache falls back to the table).
+        db.exec(
+            "UPDATE readings SET time = time - interval '1 hour'
+              WHERE (session, level, time) IN (SELECT session, level, max(time) FROM readings
+                                                 WHERE level = 0.1 GROUP BY 1, 2)",
+        )
+        .await;
+        // A key loses its latest row, and one key loses every row (it leaves the cache).
+        db.exec(
+            "DELETE FROM readings WHERE (session, level, time) IN
+               (SELECT session, level, max(time) FROM readings WHERE level = 1e20 GROUP BY 1, 2)",
+        )
+        .await;
+        if round == 1 {
+            db.exec("DELETE FROM readings WHERE level = 2.0000000000000004 AND session = timestamptz '2026-03-03 09:30:00.25+00'")
+                .await;
+        }
+        caught_up(&db, &slot, &run).await;
+        shutdown.cancel();
+        run.await.unwrap().unwrap();
+        assert_eq!(
+            differences(&db, CACHED, LATEST).await,
+            0,
+            "round {round}: the cache table == the latest row per key"
+        );
+    }
+    let keys: i64 = db.scalar("SELECT count(*) FROM lakets.lvc_readings").await;
+    let distinct: i64 = db
+        .scalar("SELECT count(*) FROM (SELECT DISTINCT session, level FROM readings) k")
+        .await;
+    assert_eq!(keys, distinct);
+    // A key typed in another zone's notation finds its row.
+    let got = lakets::lvc::get_lvc(
+        &db.client,
+        "readings",
+        &["2026-03-02 04:30:00.25-05".into(), "1e20".into()],
+    )
+    .await
+    .unwrap();
+    assert!(
+        got.is_some(),
+        "the key of the second session at 1e20 is cached"
+    );
+    // The key every row of which was deleted left the cache table.
+    assert_eq!(
+        db.scalar::<i64>(
+            "SELECT count(*) FROM lakets.lvc_readings WHERE level = 2.0000000000000004"
+        )
+        .await,
+        0
+    );
+    assert_eq!(lvc_verify(&db, "readings").await, Some(0));
+}
+
+async fn lvc_verify(db: &TestDb, table: &str) -> Option<i64> {
+    lakets::verify::verify(&db.client, table)
+        .await
+        .unwrap()
+        .lvc_differences
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_enabled_or_dropped_while_streaming_starts_and_ends_at_its_transaction() {
+    let mut db = fresh_db("lvc_reconfigured").await;
+    ticks_table(&mut db).await;
+    lakets::wal::setup::ensure_default_consumer(&db.client)
+        .await
+        .unwrap();
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (shutdown, run) = start_lvc(&db, &slot).await;
+    // A transaction of many slices, streaming while the cache does not exist yet.
+    db.exec("INSERT INTO ticks SELECT now() + g * interval '1 ms', 'EARLY', g, g FROM generate_series(1, 20) g")
+        .await;
+    lakets::lvc::enable_lvc(
+        &mut db.client,
+        "ticks",
+        &["symbol".into()],
+        &["price".into(), "volume".into()],
+    )
+    .await
+    .unwrap();
+    // Every slice of this transaction reaches the new cache, not only its first.
+    db.exec(
+        "BEGIN;
+         INSERT INTO ticks SELECT now() + g * interval '1 ms', 'S' || (g % 7), g, g FROM generate_series(1, 40) g;
+         UPDATE ticks SET price = -1 WHERE symbol = 'S3';
+         COMMIT;",
+    )
+    .await;
+    caught_up(&db, &slot, &run).await;
+    assert_eq!(cache_rows(&db).await, rows(&db, RECOMPUTED).await);
+    // Dropped while streaming: the stream goes on without it.
+    lakets::lvc::disable_lvc(&mut db.client, "ticks")
+        .await
+        .unwrap();
+    db.exec("INSERT INTO ticks VALUES (now() + interval '1 hour', 'S1', 1, 1)")
+        .await;
+    caught_up(&db, &slot, &run).await;
+    assert!(
+        db.scalar::<Option<String>>("SELECT to_regclass('lakets.lvc_ticks')::text")
+            .await
+            .is_none()
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}

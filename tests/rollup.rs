@@ -685,3 +685,121 @@ async fn timestamp_and_date_time_columns_bucket_as_utc() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }
+
+/// PostgreSQL does not recurse `ALTER TABLE ... REPLICA IDENTITY` into partitions: a FULL
+/// set on the table alone leaves the chunks at their primary key, whose old rows lack the
+/// group column. Refused with the fix named; `lakets chronotable replica-identity` sets
+/// every chunk (and new chunks follow); an operator meeting such a row anyway stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_identity_set_on_the_table_only_is_refused_until_every_chunk_has_it() {
+    let mut db = fresh_db("rollup_identity").await;
+    db.exec(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, id bigint NOT NULL, symbol text NOT NULL,
+                             price double precision, PRIMARY KEY (id, time));
+         INSERT INTO ticks SELECT now() - i * interval '7 minutes', i, 'S' || (i % 3), i
+           FROM generate_series(1, 40) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = Interval::hours(1);
+    opts.premake = 2;
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+    // As a user would: on the table.
+    db.exec("ALTER TABLE ticks REPLICA IDENTITY FULL").await;
+    let by_symbol = request(
+        "ticks_1h",
+        "ticks",
+        "1 hour",
+        "symbol",
+        "count(*), max(price)",
+    );
+    let err = rollup::create_rollup(&mut db.client, &by_symbol)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("REPLICA IDENTITY FULL")
+            && err.contains("ticks_2")
+            && err.contains("lakets chronotable replica-identity public.ticks full"),
+        "{err}"
+    );
+    let err = lakets::lvc::enable_lvc(
+        &mut db.client,
+        "ticks",
+        &["symbol".into()],
+        &["price".into()],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("replica-identity"), "{err}");
+    let lake = tempfile::tempdir().unwrap();
+    let err = lakets::sync::enable_sync(
+        &db.config(),
+        "ticks",
+        lake.path().join("t").to_str().unwrap(),
+        lakets::delta::schema::Partitioning::Day,
+        |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("replica-identity"), "{err}");
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM lakets._rollup_registry")
+            .await,
+        0
+    );
+
+    // The command sets the table and every chunk; a chunk created later follows.
+    let report = lakets::chronotable::replica_identity::set_replica_identity(
+        &mut db.client,
+        "ticks",
+        lakets::chronotable::replica_identity::Identity::Full,
+    )
+    .await
+    .unwrap();
+    assert!(!report.chunks_changed.is_empty());
+    lakets::chronotable::set_chunk_interval(&mut db.client, "ticks", Interval::hours(2))
+        .await
+        .unwrap();
+    lakets::chronotable::ensure_partitions(
+        &mut db.client,
+        Some("ticks"),
+        Some(chrono::Utc::now() + chrono::Duration::hours(12)),
+    )
+    .await
+    .unwrap();
+    let not_full: i64 = db
+        .scalar(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhparent = 'ticks'::regclass AND c.relreplident <> 'f'",
+        )
+        .await;
+    assert_eq!(not_full, 0);
+    rollup::create_rollup(&mut db.client, &by_symbol)
+        .await
+        .unwrap();
+
+    // A chunk set back by hand: the invalidation operator stops instead of invalidating
+    // the wrong (NULL) group.
+    let (shutdown, run, slot) = start_pipeline(&db).await;
+    let chunk: String = db
+        .scalar("SELECT tableoid::regclass::text FROM ticks WHERE id = 5")
+        .await;
+    db.exec(&format!("ALTER TABLE {chunk} REPLICA IDENTITY DEFAULT"))
+        .await;
+    db.exec("UPDATE ticks SET symbol = 'MOVED' WHERE id = 5")
+        .await;
+    let outcome = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the operator stopped")
+        .unwrap();
+    let err = outcome.unwrap_err();
+    assert!(matches!(err, lakets::Error::Unsupported(_)), "{err:?}");
+    assert!(err.to_string().contains("replica-identity"), "{err}");
+    assert!(!lakets::wal::pipeline::is_retryable(&err));
+    let _ = (shutdown, slot);
+}

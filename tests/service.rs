@@ -617,3 +617,92 @@ async fn config_errors_reconcile_drift_status_and_ingest() {
     let human = ok(&output(&db.url, &["status", "--config", &file]));
     assert!(human.contains("table public.quotes"), "{human}");
 }
+
+/// A condition that will not heal stops the stream once, with the reason, instead of
+/// restarting it forever: `/readyz` fails saying why, `lakets_stream_stopped{reason}` is
+/// set, the restart counter stays put, and `lakets status` says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definite_error_stops_the_stream_with_its_reason_and_keeps_the_service_up() {
+    let db = fresh_db("svc_definite").await;
+    db.exec("CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8)")
+        .await;
+    db.exec("INSERT INTO ticks VALUES (now(), 'A', 1.0)").await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let mut config = service_config(&db, &token_file).await;
+    config.tables[0].sync = Some(lakets::config::SyncSpec {
+        to: lake.path().join("ticks").display().to_string(),
+        partition_by: "day".into(),
+    });
+    let dbc = config.database_config().unwrap();
+    lakets::config::reconcile::reconcile(&dbc, &config)
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let service = lakets::service::start(&config, dbc, cancel.clone())
+        .await
+        .unwrap();
+    let http = service.http_addr.unwrap();
+    common::wal::wait_for(
+        "the stream to be ready",
+        Duration::from_secs(20),
+        async || http_get(http, "/readyz").await.0 == 200,
+    )
+    .await;
+    // A column the cold tier cannot carry, then a row using it.
+    db.exec("ALTER TABLE ticks ADD COLUMN tags text[]").await;
+    db.exec("INSERT INTO ticks VALUES (now(), 'B', 2.0, '{x}')")
+        .await;
+    common::wal::wait_for("the stream to stop", Duration::from_secs(30), async || {
+        http_get(http, "/readyz")
+            .await
+            .1
+            .contains("stopped for good")
+    })
+    .await;
+    let (code, body) = http_get(http, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("stopped for good") && body.contains("tags"),
+        "{body}"
+    );
+    let (_, scrape) = http_get(http, "/metrics").await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "lakets_stream_stopped",
+            &["reason=\"unsupported\""]
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    // Not retried: a few seconds later no restart has happened.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, scrape) = http_get(http, "/metrics").await;
+    assert_eq!(
+        sample(&scrape, "lakets_wal_restarts_total", &[]).unwrap_or(0.0),
+        0.0,
+        "{scrape}"
+    );
+    let status = ok(&output(&db.url, &["status", "--json"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["stopped"]["kind"], "unsupported", "{status}");
+    let reason = status["stopped"]["reason"].as_str().unwrap();
+    assert!(reason.contains("What to do"), "{reason}");
+    let text = ok(&output(&db.url, &["status"]));
+    assert!(text.contains("STREAMING STOPPED"), "{text}");
+    // Nothing after the change was acknowledged: PostgreSQL keeps it for the next run.
+    let pending: i64 = db
+        .scalar(&format!(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+               FROM pg_replication_slots WHERE slot_name = '{}'",
+            lakets::wal::setup::default_slot_name(&db.name)
+        ))
+        .await;
+    assert!(pending > 0);
+    cancel.cancel();
+    let err = service.wait().await.unwrap_err();
+    assert!(matches!(err, lakets::Error::Unsupported(_)), "{err}");
+}

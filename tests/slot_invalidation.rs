@@ -84,10 +84,10 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
     let running = tokio::spawn(pipeline(cancel.clone()));
     // As of two hours ago, so that chunks are still due when the gap opens.
     let earlier = Some(chrono::Utc::now() - chrono::Duration::hours(2));
-    lifecycle::tier(&mut db.client, None, None, PATIENT, earlier)
+    lifecycle::tier(&db.config(), None, None, PATIENT, earlier)
         .await
         .unwrap();
-    let report = lifecycle::retention(&mut db.client, None, PATIENT, earlier)
+    let report = lifecycle::retention(&db.config(), None, PATIENT, earlier)
         .await
         .unwrap();
     assert!(!report.moved.is_empty(), "{report:?}");
@@ -154,12 +154,12 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
 
     // No chunk leaves the hot tier on the strength of the lost slot, however often asked.
     for _ in 0..2 {
-        let report = lifecycle::tier(&mut db.client, None, None, QUICK, None)
+        let report = lifecycle::tier(&db.config(), None, None, QUICK, None)
             .await
             .unwrap();
         assert!(report.moved.is_empty(), "{report:?}");
         assert!(!report.deferred.is_empty());
-        let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+        let report = lifecycle::retention(&db.config(), None, QUICK, None)
             .await
             .unwrap();
         assert!(report.moved.is_empty(), "{report:?}");
@@ -194,7 +194,7 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
             "{err}"
         );
     }
-    let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+    let report = lifecycle::retention(&db.config(), None, QUICK, None)
         .await
         .unwrap();
     assert!(report.moved.is_empty(), "{report:?}");
@@ -266,12 +266,12 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
         );
     }
     // And the chunks held back by the gap move again.
-    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+    let report = lifecycle::tier(&db.config(), None, None, PATIENT, None)
         .await
         .unwrap();
     assert!(!report.moved.is_empty(), "{report:?}");
     assert!(report.deferred.is_empty(), "{report:?}");
-    let report = lifecycle::retention(&mut db.client, None, PATIENT, None)
+    let report = lifecycle::retention(&db.config(), None, PATIENT, None)
         .await
         .unwrap();
     assert!(!report.moved.is_empty(), "{report:?}");

@@ -99,7 +99,7 @@ async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
     tier_after_2h_drop_after_4h(&db).await;
 
     // The Delta operator never ran: nothing is tiered, and each chunk says why.
-    let report = lifecycle::tier(&mut db.client, None, None, QUICK, None)
+    let report = lifecycle::tier(&db.config(), None, None, QUICK, None)
         .await
         .unwrap();
     assert!(report.moved.is_empty(), "{report:?}");
@@ -118,7 +118,7 @@ async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
 
     // With the service running, the old chunks are tiered.
     let (shutdown, run) = start(&db).await;
-    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+    let report = lifecycle::tier(&db.config(), None, None, PATIENT, None)
         .await
         .unwrap();
     assert!(report.deferred.is_empty(), "{report:?}");
@@ -133,7 +133,7 @@ async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
     // A late row into an old, tiered chunk while the operator is stopped: the drop waits.
     db.exec("INSERT INTO ticks VALUES (now() - interval '7 hours 30 minutes', 'LATE', 1)")
         .await;
-    let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+    let report = lifecycle::retention(&db.config(), None, QUICK, None)
         .await
         .unwrap();
     assert!(report.moved.is_empty(), "{report:?}");
@@ -146,7 +146,7 @@ async fn chunks_move_active_tiered_dropped_only_once_their_data_is_in_delta() {
     // The operator catches up: chunks older than 4 hours are dropped, and Delta holds
     // every row they had, the late one included.
     let (shutdown, run) = start(&db).await;
-    let report = lifecycle::retention(&mut db.client, None, PATIENT, None)
+    let report = lifecycle::retention(&db.config(), None, PATIENT, None)
         .await
         .unwrap();
     assert!(report.deferred.is_empty(), "{report:?}");
@@ -199,7 +199,7 @@ async fn a_count_mismatch_blocks_the_drop() {
     .await
     .unwrap();
     let (shutdown, run) = start(&db).await;
-    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+    let report = lifecycle::tier(&db.config(), None, None, PATIENT, None)
         .await
         .unwrap();
     assert!(report.deferred.is_empty(), "{report:?}");
@@ -229,7 +229,7 @@ async fn a_count_mismatch_blocks_the_drop() {
     .await
     .unwrap();
 
-    let report = lifecycle::retention(&mut db.client, None, PATIENT, None)
+    let report = lifecycle::retention(&db.config(), None, PATIENT, None)
         .await
         .unwrap();
     assert!(report.moved.is_empty(), "{report:?}");
@@ -246,9 +246,15 @@ async fn a_count_mismatch_blocks_the_drop() {
         gate: PATIENT,
         ..Default::default()
     };
-    lakets::jobs::run_recorded(&mut db.client, lakets::jobs::Job::Retention, &schedule, "t")
-        .await
-        .unwrap();
+    lakets::jobs::run_recorded(
+        &db.config(),
+        &mut db.client,
+        lakets::jobs::Job::Retention,
+        &schedule,
+        "t",
+    )
+    .await
+    .unwrap();
     let (outcome, details): (String, serde_json::Value) = {
         let row = db
             .client
@@ -283,10 +289,9 @@ async fn drop_chunks_on_a_synced_table_goes_through_the_gate_and_current_writers
     let dir = tempfile::tempdir().unwrap();
     common::synced_ticks(&mut db, dir.path(), Some(2)).await;
     // No consumer: drop-chunks defers (it does not fail, and drops nothing).
-    let report =
-        lakets::chronotable::drop_chunks(&mut db.client, "ticks", Interval::hours(3), None)
-            .await
-            .unwrap();
+    let report = lakets::chronotable::drop_chunks(&db.config(), "ticks", Interval::hours(3), None)
+        .await
+        .unwrap();
     assert!(report.dropped.is_empty());
     assert!(!report.deferred.is_empty());
     assert!(
@@ -306,12 +311,12 @@ async fn drop_chunks_on_a_synced_table_goes_through_the_gate_and_current_writers
         .await;
     let url = db.url.clone();
     let tiering = tokio::spawn(async move {
-        let mut client = lakets::db::connect(&url).await.unwrap();
+        let db = lakets::db::parse_config(&url).unwrap();
         let slow = GateSettings {
             lock_timeout: Duration::from_secs(2),
             wait: Duration::from_secs(8),
         };
-        lifecycle::tier(&mut client, None, Some(&oldest), slow, None).await
+        lifecycle::tier(&db, None, Some(&oldest), slow, None).await
     });
     // Wait until the gate holds a chunk lock.
     common::wal::wait_for("the gate to lock a chunk", Duration::from_secs(10), async || {
@@ -373,7 +378,7 @@ async fn policies_are_validated() {
             .await
             .unwrap();
     assert!(!p.synced);
-    let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+    let report = lifecycle::retention(&db.config(), None, QUICK, None)
         .await
         .unwrap();
     assert!(!report.moved.is_empty(), "{report:?}");
@@ -477,7 +482,7 @@ async fn a_failing_store_defers_tiering_and_a_racing_late_insert_ends_up_in_delt
         "INSERT INTO ticks VALUES (now() - interval '9 hours 59 minutes 30 seconds', 'LATE', 1)",
     )
     .await;
-    let report = lifecycle::tier(&mut db.client, None, Some(&oldest), QUICK, None)
+    let report = lifecycle::tier(&db.config(), None, Some(&oldest), QUICK, None)
         .await
         .unwrap();
     assert!(report.moved.is_empty(), "{report:?}");
@@ -489,8 +494,8 @@ async fn a_failing_store_defers_tiering_and_a_racing_late_insert_ends_up_in_delt
     let url = db.url.clone();
     let chunk = oldest.clone();
     let tiering = tokio::spawn(async move {
-        let mut client = lakets::db::connect(&url).await.unwrap();
-        lifecycle::tier(&mut client, None, Some(&chunk), PATIENT, None).await
+        let db = lakets::db::parse_config(&url).unwrap();
+        lifecycle::tier(&db, None, Some(&chunk), PATIENT, None).await
     });
     common::wal::wait_for("the gate to lock the chunk", Duration::from_secs(10), async || {
         db.scalar::<i64>(
@@ -566,7 +571,7 @@ async fn chunks_detached_or_dropped_by_hand_defer_and_lose_nothing() {
     let (shutdown, run) = start(&db).await;
     // Everything so far reaches Delta (the first tier run waits for it), then the two
     // chunks are changed by hand.
-    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+    let report = lifecycle::tier(&db.config(), None, None, PATIENT, None)
         .await
         .unwrap();
     assert!(report.deferred.is_empty(), "{report:?}");
@@ -581,7 +586,7 @@ async fn chunks_detached_or_dropped_by_hand_defer_and_lose_nothing() {
     .await;
 
     for _ in 0..2 {
-        let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+        let report = lifecycle::retention(&db.config(), None, QUICK, None)
             .await
             .unwrap();
         let reason = |chunk: &str| {
@@ -661,10 +666,10 @@ async fn truncate_keeps_the_history_of_dropped_chunks() {
         .unwrap();
     tier_after_2h_drop_after_4h(&db).await;
     let (shutdown, run) = start(&db).await;
-    lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+    lifecycle::tier(&db.config(), None, None, PATIENT, None)
         .await
         .unwrap();
-    lifecycle::retention(&mut db.client, None, PATIENT, None)
+    lifecycle::retention(&db.config(), None, PATIENT, None)
         .await
         .unwrap();
     let dropped = common::dropped_chunks(&db).await;
@@ -795,7 +800,7 @@ async fn a_full_disk_under_delta_holds_the_slot_and_the_drops_back_until_space_r
     tier_after_2h_drop_after_4h(&db).await;
     let slot = lakets::wal::setup::default_slot_name(&db.name);
     let (shutdown, run, status) = start_with_status(&db).await;
-    let report = lifecycle::tier(&mut db.client, None, None, PATIENT, None)
+    let report = lifecycle::tier(&db.config(), None, None, PATIENT, None)
         .await
         .unwrap();
     assert!(report.deferred.is_empty(), "{report:?}");
@@ -849,7 +854,7 @@ async fn a_full_disk_under_delta_holds_the_slot_and_the_drops_back_until_space_r
         .await
         .expect("the Delta table stays readable on a full disk");
 
-    let report = lifecycle::retention(&mut db.client, None, QUICK, None)
+    let report = lifecycle::retention(&db.config(), None, QUICK, None)
         .await
         .unwrap();
     assert!(
@@ -869,7 +874,7 @@ async fn a_full_disk_under_delta_holds_the_slot_and_the_drops_back_until_space_r
     common::wal::wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(90)).await;
     let verified = lakets::verify::verify(&db.client, "ticks").await.unwrap();
     assert!(verified.ok, "{:?}", verified.differences);
-    let report = lifecycle::retention(&mut db.client, None, PATIENT, None)
+    let report = lifecycle::retention(&db.config(), None, PATIENT, None)
         .await
         .unwrap();
     assert!(
@@ -881,4 +886,114 @@ async fn a_full_disk_under_delta_holds_the_slot_and_the_drops_back_until_space_r
     // dropped chunks' only copy.
     let in_delta = common::delta_rows_in(&sync.location, i64::MIN, i64::MAX).await;
     assert_eq!(in_delta, 12_601);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_retention_beside_the_job_takes_turns_and_labels_every_drop_truly() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("tier_concurrent").await;
+    let dir = tempfile::tempdir().unwrap();
+    common::synced_ticks(&mut db, dir.path(), Some(2)).await;
+    tier_after_2h_drop_after_4h(&db).await;
+    // No consumer yet: two runs at once each wait for the gate (longer than partition
+    // DDL's 5 s lock timeout). Neither fails; both defer with the true reason.
+    let slow = GateSettings {
+        lock_timeout: Duration::from_secs(2),
+        wait: Duration::from_secs(6),
+    };
+    let config = db.config();
+    let (a, b) = tokio::join!(
+        lifecycle::tier(&config, None, None, slow, None),
+        lifecycle::tier(&config, None, None, slow, None),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.moved.is_empty() && b.moved.is_empty());
+    for (chunk, reason) in a.deferred.iter().chain(&b.deferred) {
+        assert!(
+            reason.starts_with("lagging") || reason.starts_with("busy"),
+            "{chunk}: {reason}"
+        );
+    }
+
+    // With the consumer: tier everything, then two retentions at once (a job and a
+    // command). Each chunk is dropped once, by one of them, and measured when it was.
+    let (shutdown, run) = start(&db).await;
+    let tiered = lifecycle::tier(&db.config(), None, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(!tiered.moved.is_empty(), "{tiered:?}");
+    let eligible: i64 = db
+        .scalar("SELECT count(*) FROM lakets._chunk_metadata WHERE status = 'tiered' AND range_end <= now() - interval '4 hours'")
+        .await;
+    assert!(eligible > 0);
+    let (a, b) = tokio::join!(
+        lifecycle::retention(&config, None, PATIENT, None),
+        lifecycle::retention(&config, None, PATIENT, None),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut dropped: Vec<&String> = a.moved.iter().chain(&b.moved).collect();
+    dropped.sort();
+    let unique = {
+        let mut d = dropped.clone();
+        d.dedup();
+        d.len()
+    };
+    assert_eq!(unique, dropped.len(), "a chunk dropped twice: {dropped:?}");
+    assert_eq!(dropped.len() as i64, eligible, "{a:?} {b:?}");
+    // Every drop was measured by the run that made it (none recorded as "gone outside").
+    let unmeasured: i64 = db
+        .scalar("SELECT count(*) FROM lakets._chunk_metadata WHERE status = 'dropped' AND (row_count IS NULL OR stats_updated_at IS NULL OR stats_updated_at < dropped_at - interval '1 second')")
+        .await;
+    assert_eq!(unmeasured, 0);
+    stop(shutdown, run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sync_moves_the_gate_reads_its_evidence_from_the_new_table() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("tier_moved").await;
+    let dir = tempfile::tempdir().unwrap();
+    common::synced_ticks(&mut db, dir.path(), Some(2)).await;
+    tier_after_2h_drop_after_4h(&db).await;
+    let (shutdown, run) = start(&db).await;
+    lakets::sync::disable_sync(&mut db.client, "ticks")
+        .await
+        .unwrap();
+    let moved = common::sync_to(&db, "ticks", dir.path().join("moved").to_str().unwrap()).await;
+    // A correction in an old chunk after the move: the row count stays, only the new
+    // table can vouch for it.
+    db.exec("UPDATE ticks SET price = -42 WHERE time = (SELECT min(time) FROM ticks)")
+        .await;
+    let report = lifecycle::tier(&db.config(), None, None, PATIENT, None)
+        .await
+        .unwrap();
+    assert!(!report.moved.is_empty(), "{report:?}");
+    // What passed the gate is in the new table, correction included.
+    let delta = lakets::delta::table::open(&moved.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = lakets::delta::mirror::shape_of(&delta, "time", Partitioning::Day).unwrap();
+    let corrected = lakets::delta::read::scan(&delta, &shape)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r[2] == lakets::delta::schema::Cell::Float((-42f64).to_bits()))
+        .count();
+    assert_eq!(corrected, 1);
+    // Stopped: nothing new is recorded in the new table, so a late write defers.
+    stop(shutdown, run).await;
+    db.exec(
+        "INSERT INTO ticks VALUES (now() - interval '150 minutes' + interval '1 ms', 'LATE', 1)",
+    )
+    .await;
+    let late = lifecycle::tier(&db.config(), None, None, QUICK, None)
+        .await
+        .unwrap();
+    assert!(
+        late.deferred
+            .iter()
+            .all(|(_, r)| r.starts_with("lagging") && r.contains("moved")),
+        "{late:?}"
+    );
 }

@@ -9,7 +9,10 @@ use lakets::wal::source::{SourceSettings, WalSource};
 use lakets::wal::transaction::{Assembled, Assembler, Change, TxnSlice};
 use lakets::wal::value::Value;
 
+/// The end marker: a message with lakets' prefix (messages with other prefixes are
+/// dropped by the assembler).
 const END: &str = "test_end";
+const PREFIX: &str = lakets::wal::transaction::MESSAGE_PREFIX;
 
 /// Creates a publication and slot for `tables`, runs `workload`, and returns every
 /// transaction decoded up to the marker message the workload ends with.
@@ -26,7 +29,7 @@ async fn capture(db: &TestDb, tables: &str, binary: bool, workload: &str) -> Vec
         db.exec(statement).await;
     }
     db.exec(&format!(
-        "SELECT pg_logical_emit_message(true, '{END}', 'x')"
+        "SELECT pg_logical_emit_message(true, '{PREFIX}', '{END}')"
     ))
     .await;
     let config = lakets::db::parse_config(&db.url).unwrap();
@@ -48,7 +51,7 @@ async fn capture(db: &TestDb, tables: &str, binary: bool, workload: &str) -> Vec
             let done = slice
                 .changes
                 .iter()
-                .any(|c| matches!(c, Change::Message { prefix, .. } if prefix == END));
+                .any(|c| matches!(c, Change::Message { prefix, content } if prefix == PREFIX && content == END.as_bytes()));
             match txns.last_mut() {
                 Some(last) if !slice.first => last.changes.extend(slice.changes.clone()),
                 _ => txns.push(slice.clone()),
@@ -173,7 +176,8 @@ async fn updates_deletes_toast_truncate_messages_and_schema_changes() {
         UPDATE full_rows SET v = 'z' WHERE id = 1;
         DELETE FROM keyed WHERE id = 10;
         DELETE FROM full_rows WHERE id = 2;
-        SELECT pg_logical_emit_message(true, 'audit', 'hello');
+        SELECT pg_logical_emit_message(true, 'audit', 'not for lakets');
+        SELECT pg_logical_emit_message(true, 'lakets', 'hello');
         ALTER TABLE full_rows ADD COLUMN extra int DEFAULT 7;
         INSERT INTO full_rows VALUES (3, 'w', 8);
         TRUNCATE keyed, full_rows RESTART IDENTITY CASCADE";
@@ -229,9 +233,10 @@ async fn updates_deletes_toast_truncate_messages_and_schema_changes() {
     let Change::Message { prefix, content } = all[10] else {
         panic!()
     };
+    // Only the message with lakets' prefix arrives; the other one was dropped.
     assert_eq!(
         (prefix.as_str(), content.as_slice()),
-        ("audit", b"hello".as_slice())
+        ("lakets", b"hello".as_slice())
     );
     // The schema change comes before the first row with the new column.
     let Change::Schema {
@@ -290,7 +295,7 @@ async fn a_chronotable_publishes_rows_as_rows_of_the_parent() {
     db.exec(&format!(
         "INSERT INTO ticks VALUES (now(), 'A', 1), (now() - interval '1 hour', 'B', 2);
          UPDATE ticks SET px = 3 WHERE sym = 'B';
-         SELECT pg_logical_emit_message(true, '{END}', 'x')"
+         SELECT pg_logical_emit_message(true, '{PREFIX}', '{END}')"
     ))
     .await;
     let mut source = WalSource::start(&config, &SourceSettings::new("s_part", "lakets"))

@@ -56,7 +56,7 @@ async fn postgres_restarts_and_crashes_mid_stream_lose_nothing_and_double_nothin
         let mut id = 0i64;
         let deadline = Instant::now() + Duration::from_secs(6);
         while Instant::now() < deadline {
-            let Ok(client) = lakets::db::connect(&url).await else {
+            let Ok(client) = common::try_user_connect(&url).await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -146,11 +146,75 @@ async fn cut_connections_with_every_operator_on_leave_delta_lvc_and_rollup_equal
     .await;
 }
 
+/// With the database's default `synchronous_commit = off`, an operator commit the slot is
+/// confirmed past must still survive a crash: operator sessions set it back on. Crashed
+/// (immediate stop) three times mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_synchronous_commit_off_by_default_crashes_lose_no_confirmed_change() {
+    every_operator_through_with(
+        "async_commit",
+        "ALTER DATABASE {db} SET synchronous_commit = off",
+        async |_| {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                tokio::task::spawn_blocking(|| {
+                    cluster().crash_server()?;
+                    cluster().start_server()
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lakets_sessions_commit_synchronously_whatever_the_database_default() {
+    let _serial = SERIAL.lock().await;
+    let db = fresh_db("sync_default").await;
+    db.exec(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = off",
+        db.name
+    ))
+    .await;
+    let user = common::user_connect(&db.url).await;
+    assert_eq!(
+        show(&user).await,
+        "off",
+        "the database default applies to users"
+    );
+    let lakets_session = lakets::db::connect(&db.url).await.unwrap();
+    assert_eq!(show(&lakets_session).await, "on");
+    // A session lakets did not open, once an operator prepared it.
+    lakets::operators::prepare_session(&user, "probe")
+        .await
+        .unwrap();
+    assert_eq!(show(&user).await, "on");
+}
+
+async fn show(c: &tokio_postgres::Client) -> String {
+    c.query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Streams a mixed workload (new ticks, late ticks, corrections, deletes) through every
 /// operator while `fault` runs, then checks Delta, the LVC and a rollup with `verify`.
 async fn every_operator_through(label: &str, fault: impl AsyncFnOnce(String)) {
+    every_operator_through_with(label, "", fault).await
+}
+
+/// [`every_operator_through`], after `setup` (`{db}`: the database's name) ran.
+async fn every_operator_through_with(label: &str, setup: &str, fault: impl AsyncFnOnce(String)) {
     let _serial = SERIAL.lock().await;
     let mut db = fresh_db(label).await;
+    if !setup.is_empty() {
+        db.exec(&setup.replace("{db}", &db.name)).await;
+        db.client = common::user_connect(&db.url).await;
+    }
     db.exec(
         "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL, price float8,
                              PRIMARY KEY (symbol, time));
@@ -192,7 +256,7 @@ async fn every_operator_through(label: &str, fault: impl AsyncFnOnce(String)) {
         let mut round = 0i64;
         let deadline = Instant::now() + Duration::from_secs(6);
         while Instant::now() < deadline {
-            let Ok(client) = lakets::db::connect(&url).await else {
+            let Ok(client) = common::try_user_connect(&url).await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };

@@ -137,7 +137,7 @@ pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
     let writer_url = url.clone();
     let (i, achieved) = super::on_writer_thread(None, async move {
         let (pending, visible_pending, url) = (writer_pending, writer_visible, writer_url);
-        let writer = crate::db::connect(&url).await?;
+        let writer = crate::db::connect_as_application(&url).await?;
         let interval = Duration::from_secs_f64(txn_rows as f64 / rate as f64);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

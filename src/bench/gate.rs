@@ -53,7 +53,7 @@ pub async fn gate(inserts: usize) -> Result<GateReport> {
         }
     };
 
-    let writer = crate::db::connect(&url).await?;
+    let writer = crate::db::connect_as_application(&url).await?;
     let alone = insert_latencies(&writer, inserts).await?;
 
     // No consumer runs: each check holds the old chunk's lock for its whole wait, then
@@ -62,14 +62,14 @@ pub async fn gate(inserts: usize) -> Result<GateReport> {
     let gating = {
         let (url, stop, old) = (url.clone(), stop.clone(), old.clone());
         tokio::spawn(async move {
-            let mut client = crate::db::connect(&url).await?;
+            let db = crate::db::parse_config(&url)?;
             let settings = GateSettings {
                 lock_timeout: Duration::from_secs(2),
                 wait: Duration::from_millis(500),
             };
             let mut checks = 0usize;
             while !stop.is_cancelled() {
-                lifecycle::tier(&mut client, None, Some(&old), settings, None).await?;
+                lifecycle::tier(&db, None, Some(&old), settings, None).await?;
                 checks += 1;
             }
             Ok::<usize, Error>(checks)

@@ -66,7 +66,7 @@ pub(crate) async fn stock_ticks_database(
         .await
         .map_err(|e| Error::Embedded(e.to_string()))??;
     let url = pg.create_database("lakets_bench").await?;
-    let mut client = crate::db::connect(&url).await?;
+    let mut client = crate::db::connect_as_application(&url).await?;
     crate::catalog::migrate(&mut client).await?;
     client
         .batch_execute(

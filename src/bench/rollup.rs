@@ -76,7 +76,7 @@ pub async fn rollup_bench(options: &RollupBenchOptions) -> Result<RollupBenchRep
         .map_err(|e| Error::Embedded(e.to_string()))??;
     let url = pg.create_database("lakets_bench").await?;
     let db = crate::db::parse_config(&url)?;
-    let mut client = crate::db::connect(&url).await?;
+    let mut client = crate::db::connect_as_application(&url).await?;
     crate::catalog::migrate(&mut client).await?;
     let mut rows = [0i64; 2];
     for (i, table) in TABLES.iter().enumerate() {

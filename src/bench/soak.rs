@@ -63,7 +63,7 @@ pub async fn soak(options: &SoakOptions) -> Result<SoakReport> {
     .map_err(|e| Error::Embedded(e.to_string()))??;
     let url = pg.create_database("lakets_soak").await?;
     let db = crate::db::parse_config(&url)?;
-    let mut client = crate::db::connect(&url).await?;
+    let mut client = crate::db::connect_as_application(&url).await?;
     crate::catalog::migrate(&mut client).await?;
     crate::ingest::load_assets(&client, options.symbols).await?;
     client

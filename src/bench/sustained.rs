@@ -178,7 +178,7 @@ async fn paced_writers(
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let client = crate::db::connect_with(&db).await?;
+        let client = crate::db::connect_with(&db.as_application()).await?;
         tasks.push(tokio::spawn(async move {
             let insert = client
                 .prepare(super::write_path::INSERT_1000)

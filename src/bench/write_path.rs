@@ -370,7 +370,7 @@ pub(crate) async fn insert_for(
     super::on_writer_thread(pin.clone(), async move {
         let mut clients = Vec::with_capacity(writers);
         for _ in 0..writers {
-            let client = crate::db::connect_with(&db).await?;
+            let client = crate::db::connect_with(&db.as_application()).await?;
             if let Some(cpus) = &pin {
                 let backend: i32 = client
                     .query_one("SELECT pg_backend_pid()", &[])

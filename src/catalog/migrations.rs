@@ -254,6 +254,32 @@ CREATE TABLE lakets._stream_gaps (
 COMMENT ON TABLE lakets._stream_gaps IS 'Changes the stream missed (a slot invalidated, or dropped while lakets operators depended on it): streaming and every chunk drop wait until `lakets resync` has re-copied the hot data';
 "#,
     },
+    Migration {
+        version: 10,
+        name: "announcements_and_stops",
+        sql: r#"
+CREATE TABLE lakets._announcements (
+    id         bigserial   PRIMARY KEY,
+    -- The transaction that wrote the row: a logical message naming this row is believed
+    -- only when it comes from the same transaction.
+    xid        xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    kind       text        NOT NULL,
+    payload    jsonb       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE lakets._announcements IS 'Configuration changes the WAL operators depend on (syncs, caches, rollups), each announced in the stream by a logical message in the transaction that made it';
+
+-- What each operator was configured with at its durable position (NULL: read the
+-- registries), so a replay never reinterprets history with today's catalog.
+ALTER TABLE lakets._sink_progress ADD COLUMN config jsonb;
+
+-- Why streaming stopped for good (a definite error), until a run starts streaming again.
+ALTER TABLE lakets._replication
+    ADD COLUMN stopped_reason text,
+    ADD COLUMN stopped_kind   text,
+    ADD COLUMN stopped_at     timestamptz;
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.
@@ -265,6 +291,9 @@ pub fn latest_version() -> i32 {
 pub const ADVISORY_NAMESPACE: i32 = 0x4c4b_5453;
 /// Per-table locks use their own first key, with `hashtext` of the table's name second.
 pub const TABLE_LOCK_NAMESPACE: i32 = 0x4c4b_5454;
+/// Tiering and drops of one table's chunks (jobs and commands alike) take turns under this
+/// first key (second: `hashtext` of the table's quoted name).
+pub const LIFECYCLE_LOCK_NAMESPACE: i32 = 0x4c4b_5456;
 const MIGRATION_LOCK: i32 = 1;
 
 /// Installs or upgrades the `lakets` schema. Returns the versions it applied.

@@ -1,5 +1,6 @@
 //! The `lakets` schema in PostgreSQL: migrations and the registries kept there.
 
+pub mod announce;
 pub mod migrations;
 pub mod registry;
 

@@ -101,13 +101,9 @@ pub async fn find_chronotable(client: &impl GenericClient, input: &str) -> Resul
         .query_opt(
             &format!(
                 "SELECT {CHRONOTABLE_COLUMNS} FROM lakets._chronotable_registry r
-                  WHERE r.table_name = $2
-                    AND (r.schema_name = $1
-                         OR ($1::text IS NULL AND r.schema_name = ANY (current_schemas(false))))
-                  ORDER BY array_position(current_schemas(false), r.schema_name::name)
-                  LIMIT 1"
+                  WHERE r.table_name = $2 AND r.schema_name = $1"
             ),
-            &[&name.schema, &name.name],
+            &[&name.schema_or_default(), &name.name],
         )
         .await
         .pg_context(|| format!("looking up ChronoTable {input}"))?;

@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use super::bounds;
 use super::partitions::{self, ddl_transaction, lock_table_ddl};
+use crate::catalog::announce::{Announcement, announce};
 use crate::catalog::registry::{self, Chunk, ChunkStatus};
 use crate::error::{PgResultExt, Result};
 use crate::ident::TableName;
@@ -108,11 +109,13 @@ pub struct DropReport {
 /// through the durability gate (see [`crate::lifecycle::gate`]) and is deferred, with the
 /// reason, when it is not.
 pub async fn drop_chunks(
-    client: &mut Client,
+    db: &crate::db::DbConfig,
     table: &str,
     older_than: Interval,
     at: Option<DateTime<Utc>>,
 ) -> Result<DropReport> {
+    let mut client = crate::db::connect_with(db).await?;
+    let client = &mut client;
     crate::catalog::check_installed(&*client).await?;
     let ct = registry::find_chronotable(&*client, table).await?;
     let now = partitions::now_or_db(&*client, at).await?;
@@ -127,9 +130,10 @@ pub async fn drop_chunks(
     let synced = ct.sync_enabled || crate::sync::find_sync(&*client, &ct.table).await?.is_some();
     if synced {
         let moved = crate::lifecycle::drop_chunks_gated(
-            client,
+            db,
             &ct.table,
             candidates,
+            false,
             false,
             crate::lifecycle::GateSettings::default(),
         )
@@ -200,6 +204,22 @@ pub async fn drop_chronotable(client: &mut Client, table: &str) -> Result<TableN
         ))
         .await
         .pg_context(|| format!("dropping the Last Value Cache of {}", ct.table))?;
+        announce(
+            &tx,
+            &Announcement::LvcDisabled {
+                table: ct.table.clone(),
+            },
+        )
+        .await?;
+    }
+    if crate::sync::find_sync(&tx, &ct.table).await?.is_some() {
+        announce(
+            &tx,
+            &Announcement::SyncDisabled {
+                table: ct.table.clone(),
+            },
+        )
+        .await?;
     }
     // _chunk_metadata and _lvc_registry rows go with the registry row (ON DELETE CASCADE).
     tx.execute(

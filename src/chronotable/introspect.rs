@@ -121,18 +121,17 @@ pub struct Dependents {
     pub publications: Vec<String>,
 }
 
-/// Finds a table by the name a user typed (search path applies to unqualified names).
+/// Finds a table by the name a user typed: in the schema it names, `public` when it names
+/// none (never along a search_path, which a role or database setting could point
+/// anywhere).
 pub async fn resolve_table(client: &impl GenericClient, input: &str) -> Result<TableName> {
     let name = QualifiedName::parse(input)?;
     let row = client
         .query_opt(
             "SELECT n.nspname::text, c.relname::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relname = $2
-                AND (n.nspname = $1 OR ($1::text IS NULL AND n.nspname = ANY (current_schemas(false))))
-              ORDER BY array_position(current_schemas(false), n.nspname)
-              LIMIT 1",
-            &[&name.schema, &name.name],
+              WHERE c.relname = $2 AND n.nspname = $1",
+            &[&name.schema_or_default(), &name.name],
         )
         .await
         .pg_context(|| format!("looking up table {input}"))?;

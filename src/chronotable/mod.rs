@@ -12,6 +12,7 @@ mod chunks;
 mod create;
 pub mod introspect;
 pub mod partitions;
+pub mod replica_identity;
 
 pub use chunks::{DropReport, drop_chronotable, drop_chunks, set_chunk_interval, show_chunks};
 pub use create::{

@@ -168,7 +168,7 @@ pub async fn apply_replica_identity(
             })?;
             format!("USING INDEX {}", quote_ident(&index))
         }
-        _ => return Ok(()), // default: the chunk's primary key, created by ATTACH
+        _ => "DEFAULT".to_owned(), // the chunk's primary key, created by ATTACH
     };
     client
         .batch_execute(&format!(

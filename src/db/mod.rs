@@ -25,11 +25,22 @@ use crate::error::{Error, PgResultExt, Result};
 pub struct DbConfig {
     pg: Config,
     tls: TlsOptions,
+    /// The `options` the URL itself gave, before lakets' [`SESSION_SETTINGS`] were added.
+    own_options: Option<String>,
 }
 
 impl DbConfig {
     pub fn tls(&self) -> &TlsOptions {
         &self.tls
+    }
+
+    /// The same server and credentials for a session that stands in for the user's own
+    /// application (the benchmarks' writers): the database's defaults, not lakets' pinned
+    /// settings, so its SQL names tables as the application would.
+    pub fn as_application(&self) -> DbConfig {
+        let mut app = self.clone();
+        app.pg.options(self.own_options.as_deref().unwrap_or(""));
+        app
     }
 }
 
@@ -66,6 +77,17 @@ pub fn parse_config(url: &str) -> Result<DbConfig> {
     if config.get_application_name().is_none() {
         config.application_name("lakets");
     }
+    // Startup options beat ALTER ROLE/DATABASE ... SET, so a database owner cannot give
+    // lakets' sessions another search_path (or formatting) than these.
+    let own_options = config
+        .get_options()
+        .filter(|o| !o.trim().is_empty())
+        .map(str::to_owned);
+    let options = match &own_options {
+        Some(own) => format!("{own} {}", session_options()),
+        None => session_options(),
+    };
+    config.options(&options);
     // tokio-postgres enforces "TLS or nothing" for the verifying modes; the connector
     // built from `tls` does the checking.
     config.ssl_mode(match tls.mode {
@@ -75,7 +97,51 @@ pub fn parse_config(url: &str) -> Result<DbConfig> {
             tokio_postgres::config::SslMode::Require
         }
     });
-    Ok(DbConfig { pg: config, tls })
+    Ok(DbConfig {
+        pg: config,
+        tls,
+        own_options,
+    })
+}
+
+/// Settings every lakets session runs with, whatever the role's or database's defaults:
+/// - `search_path`: functions, operators and types resolve in `pg_catalog` only, so an
+///   object a user creates in a schema on the path (`public.array_agg(double precision)`,
+///   an `=` operator) never runs inside lakets' SQL, as the lakets role (pg_temp last:
+///   never searched for functions or operators);
+/// - `synchronous_commit`: a commit lakets reports as durable is on disk (the slot is
+///   confirmed on the strength of it);
+/// - `standard_conforming_strings`: `quote_literal` and the string literals lakets writes
+///   into DDL mean what they say;
+/// - TimeZone, DateStyle, extra_float_digits, bytea_output and IntervalStyle: values read
+///   back as text have one format (UTC, ISO, exact floats, hex).
+pub const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("search_path", "pg_catalog,pg_temp"),
+    ("synchronous_commit", "on"),
+    ("standard_conforming_strings", "on"),
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
+/// [`SESSION_SETTINGS`] as libpq's `options` (`-c name=value ...`).
+pub fn session_options() -> String {
+    SESSION_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// [`SESSION_SETTINGS`] as SET statements, for a session lakets did not open itself.
+pub fn session_set_statements() -> String {
+    SESSION_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("SET {name} = '{value}'"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// True when the URL carries a password, which must then not come from argv.
@@ -102,6 +168,11 @@ fn password_from_env() -> Result<Option<Vec<u8>>> {
         ));
     }
     Ok(std::env::var("PGPASSWORD").ok().map(String::into_bytes))
+}
+
+/// A session as the user's application has it (see [`DbConfig::as_application`]).
+pub async fn connect_as_application(url: &str) -> Result<Client> {
+    connect_with(&parse_config(url)?.as_application()).await
 }
 
 /// Opens a SQL connection and drives it on a background task.

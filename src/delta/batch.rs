@@ -21,10 +21,13 @@ pub fn build_batch(shape: &TableShape, rows: &[&CellRow]) -> Result<RecordBatch>
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(shape.columns.len() + 1);
     for (i, column) in shape.columns.iter().enumerate() {
         let cells = rows.iter().map(|r| r.get(i).unwrap_or(&Cell::Null));
-        arrays.push(
-            build_array(column.kind, cells)
-                .map_err(|why| Error::Operator(format!("column {:?}: {why}", column.name)))?,
-        );
+        arrays.push(build_array(column.kind, cells).map_err(|why| {
+            Error::Unsupported(format!(
+                "column {:?}: {why}; the Delta table cannot hold this value, so \
+                         streaming stops here (nothing after it is acknowledged)",
+                column.name
+            ))
+        })?);
     }
     if shape.partition_column.is_some() {
         let mut b = Date32Builder::with_capacity(rows.len());
@@ -154,7 +157,7 @@ pub fn cell_at(array: &dyn Array, row: usize) -> Result<Cell> {
         _ => None,
     };
     cell.ok_or_else(|| {
-        Error::Operator(format!(
+        Error::Unsupported(format!(
             "a Delta file holds a column of type {} that lakets does not write",
             array.data_type()
         ))

@@ -1,9 +1,11 @@
-//! Delta table upkeep, as library calls the job scheduler runs: checkpoints, compaction of
-//! small files per partition, and vacuum of files no version references any more.
+//! Delta table upkeep: checkpoints, compaction of small files per partition, and vacuum of
+//! files no version references any more.
 //!
-//! Compaction commits with `dataChange = false`, so streaming readers of the table skip
-//! it; if it races with a commit of the WAL operator that removes one of the same files,
-//! Delta's conflict check fails one of them and the operator's window is streamed again.
+//! The service runs these through each table's mirror, between two of its windows
+//! ([`super::mirror::TableMirror::maintain`]), so the table's own writer never races its
+//! compaction. Compaction commits with `dataChange = false`, so streaming readers of the
+//! table skip it, and exactly on the version it read its files from: when another writer
+//! committed meanwhile it reports `None` and the caller may try again.
 
 use std::collections::HashMap;
 
@@ -42,13 +44,15 @@ pub struct CompactionOutcome {
 }
 
 /// Rewrites, in each partition holding at least `min_files` files smaller than
-/// `small_bytes`, those files into as few files as the target size allows; one commit.
+/// `small_bytes`, those files into as few files as the target size allows; one commit,
+/// on the version `table` holds. `None`: another writer committed since (nothing changed;
+/// refresh and try again).
 pub async fn compact(
     table: &mut DeltaTable,
     shape: &TableShape,
     min_files: usize,
     small_bytes: i64,
-) -> Result<CompactionOutcome> {
+) -> Result<Option<CompactionOutcome>> {
     let location = table::display_location(table.table_url());
     let views = super::read::active_files(table).await?;
     let mut groups: HashMap<Vec<(String, Option<String>)>, Vec<_>> = HashMap::new();
@@ -88,8 +92,9 @@ pub async fn compact(
         }
     }
     if actions.is_empty() {
-        return Ok(outcome);
+        return Ok(Some(outcome));
     }
+    let mut written = Vec::new();
     for mut add in writer
         .flush()
         .await
@@ -97,9 +102,10 @@ pub async fn compact(
     {
         add.data_change = false;
         outcome.files_added += 1;
+        written.push(add.path.clone());
         actions.push(Action::Add(add));
     }
-    let version = table::commit(
+    let committed = table::try_commit(
         table,
         actions,
         DeltaOperation::Optimize {
@@ -109,9 +115,15 @@ pub async fn compact(
         None,
     )
     .await?;
+    let Some(version) = committed else {
+        for path in written {
+            table::delete_uncommitted(table, &path).await;
+        }
+        return Ok(None);
+    };
     outcome.version = Some(version);
     info!(table = %location, ?outcome, "compacted small files");
-    Ok(outcome)
+    Ok(Some(outcome))
 }
 
 /// Deletes data files that no version within `retention` references (and files written

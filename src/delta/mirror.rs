@@ -11,22 +11,35 @@
 //!   from the committed files and from the files staged before it, never from rows
 //!   inserted after it. The files it touches are rewritten (copy-on-write), pruned by the
 //!   partition of the deleted row's time when the time column is part of the key (every
-//!   file otherwise, or when the table is not partitioned).
+//!   file otherwise, or when the table is not partitioned). A delete whose row is in no
+//!   file means the mirror has diverged: the flush fails for good, naming the row.
 //! - An update whose new row has an unchanged TOAST value takes it from the row it
 //!   replaces (the buffered row, the old row sent with REPLICA IDENTITY FULL, or the row
 //!   found in the file at flush; until then later changes of that row see it waiting).
 //! - A window without deletes is a plain append: staged files plus a `txn` action.
+//!
+//! Other writers exist (a Databricks OPTIMIZE, the service's own compaction through this
+//! mirror, other sources in a later release), so a window that removes files chooses them
+//! from the latest table version and commits exactly on it; when another commit landed in
+//! between, it chooses again ([`table::try_commit`]).
+//!
+//! Memory: rewriting a file reads it a batch at a time, twice: first only the key columns,
+//! to find the rows to remove, then (for files that hold one) every column, writing the
+//! rows that stay as it goes. A delete into a compacted 128 MB file costs a batch, not the
+//! file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use deltalake::DeltaTable;
 use deltalake::kernel::{Action, Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use tracing::{debug, warn};
+use futures_util::TryStreamExt;
+use tracing::{debug, info};
 
 use super::batch::{CellRow, build_batch};
+use super::maintenance::{self, CompactionOutcome};
 use super::schema::{Cell, ColumnKind, DataColumn, Partitioning, TableShape};
 use super::table;
 use crate::error::{DeltaResultExt, Error, Result};
@@ -39,6 +52,8 @@ const SPILL_ROWS: usize = 32 * 1024;
 const SPILL_BYTES: usize = 16 << 20;
 /// Rows per record batch handed to the Parquet writer.
 const BATCH_ROWS: usize = 32 * 1024;
+/// A window meeting other writers' commits this many times in a row fails (transiently).
+const MAX_COMMIT_ATTEMPTS: usize = 10;
 
 /// What one flush committed.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -47,8 +62,8 @@ pub struct FlushOutcome {
     pub rows_written: usize,
     pub files_added: usize,
     pub files_removed: usize,
-    /// Deletes whose row was not in the table (it should never happen; counted).
-    pub deletes_unmatched: usize,
+    /// Times the window met another writer's commit and chose its files again.
+    pub retries: usize,
 }
 
 struct PendingDelete {
@@ -58,9 +73,13 @@ struct PendingDelete {
     epoch: usize,
     /// The partition of the deleted row, when its time is part of the key.
     partition: Option<i32>,
-    /// The whole row it removed (to fill unchanged TOAST values of an update).
+    /// Commit LSN of the change it mirrors (named when its row is missing).
+    at: Lsn,
+    /// A later TRUNCATE in the window removed every row before it.
+    cancelled: bool,
+    /// Set by the rewrite: the whole row it removed (to fill unchanged TOAST values of an
+    /// update).
     removed: Option<CellRow>,
-    done: bool,
 }
 
 /// Positions of rows by key.
@@ -93,6 +112,19 @@ impl Window {
     fn is_empty(&self) -> bool {
         self.changes == 0
     }
+
+    fn live_deletes(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.deletes.len()).filter(|&d| !self.deletes[d].cancelled)
+    }
+}
+
+/// What one attempt at a rewrite produced (undone when the commit meets another writer).
+#[derive(Default)]
+struct Rewrite {
+    removes: Vec<Remove>,
+    /// Staged files replaced by rewritten ones (never committed).
+    dropped_staged: HashSet<usize>,
+    rows_written: usize,
 }
 
 pub struct TableMirror {
@@ -151,12 +183,14 @@ impl TableMirror {
         Ok(())
     }
 
-    /// Removes the row with `key` (values of `key_columns`); returns the removed row when
-    /// it was still buffered, else the index of the delete kept for the flush.
+    /// Removes the row with `key` (values of `key_columns`), deleted by the change
+    /// committed at `at`; returns the removed row when it was still buffered, else the
+    /// index of the delete kept for the flush.
     pub async fn delete(
         &mut self,
         key_columns: &Arc<Vec<usize>>,
         key: CellRow,
+        at: Lsn,
     ) -> Result<DeleteOutcome> {
         self.window.changes += 1;
         if self
@@ -201,22 +235,24 @@ impl TableMirror {
             key,
             epoch: self.window.staged.len(),
             partition,
+            at,
+            cancelled: false,
             removed: None,
-            done: false,
         });
         Ok(DeleteOutcome::Kept(self.window.deletes.len() - 1))
     }
 
-    /// An update: the old row goes, `new` comes; unchanged TOAST cells of `new` are taken
-    /// from the row it replaces (`old_full` when the old row came whole).
+    /// An update committed at `at`: the old row goes, `new` comes; unchanged TOAST cells
+    /// of `new` are taken from the row it replaces (`old_full` when the old row came whole).
     pub async fn update(
         &mut self,
         key_columns: &Arc<Vec<usize>>,
         old_key: CellRow,
         old_full: Option<CellRow>,
         mut new: CellRow,
+        at: Lsn,
     ) -> Result<()> {
-        let outcome = self.delete(key_columns, old_key).await?;
+        let outcome = self.delete(key_columns, old_key, at).await?;
         self.window.changes -= 1; // counted once, by the insert below
         if new.contains(&Cell::Unchanged) {
             if let Some(full) = old_full.as_ref().filter(|f| !f.contains(&Cell::Unchanged)) {
@@ -255,7 +291,7 @@ impl TableMirror {
         self.window.pending_bytes = 0;
         self.window.index = None;
         for d in &mut self.window.deletes {
-            d.done = true; // nothing left for them to remove
+            d.cancelled = true; // nothing left for them to remove
         }
         self.window.toast_rows.clear();
         self.window.truncated_at = Some(self.window.staged.len());
@@ -292,6 +328,67 @@ impl TableMirror {
             .delta_context(|| format!("adding columns to the Delta table at {location}"))?;
         self.shape.columns.extend(columns);
         Ok(())
+    }
+
+    /// Records `through` as this table's durable position with a commit holding only the
+    /// `txn` action: the table had no change since its last commit, and the durability
+    /// gate reads its evidence from this version. Nothing to do with a window open (its
+    /// flush carries the position) or when the table is there already.
+    pub async fn mark_position(&mut self, through: Lsn) -> Result<bool> {
+        if self.has_changes() || through <= self.skip_before {
+            return Ok(false);
+        }
+        let app_id = self.app_id.clone();
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: self.shape.partition_column.clone().map(|p| vec![p]),
+            predicate: None,
+        };
+        table::commit(
+            &mut self.table,
+            Vec::new(),
+            operation,
+            Some((&app_id, through)),
+        )
+        .await?;
+        self.skip_before = through;
+        Ok(true)
+    }
+
+    /// Compacts small files, then checkpoints and vacuums, between two windows (the
+    /// mirror is the only writer of its own files, so it never races itself). Nothing
+    /// while a window is open.
+    pub async fn maintain(&mut self, policy: &MaintenancePolicy) -> Result<Option<Maintained>> {
+        if self.has_changes() {
+            return Ok(None);
+        }
+        let mut compaction = CompactionOutcome::default();
+        for attempt in 1..=MAX_COMMIT_ATTEMPTS {
+            table::refresh(&mut self.table).await?;
+            match maintenance::compact(
+                &mut self.table,
+                &self.shape,
+                policy.compact_min_files,
+                policy.small_file_bytes,
+            )
+            .await?
+            {
+                Some(outcome) => {
+                    compaction = outcome;
+                    break;
+                }
+                None if attempt == MAX_COMMIT_ATTEMPTS => {
+                    info!(table = %self.location(), "compaction postponed: other writers keep committing");
+                }
+                None => {}
+            }
+        }
+        maintenance::checkpoint(&self.table).await?;
+        let vacuumed = maintenance::vacuum(&mut self.table, policy.vacuum_retention).await?;
+        Ok(Some(Maintained {
+            compaction,
+            vacuumed_files: vacuumed,
+        }))
     }
 
     fn build_index(&mut self, key_columns: &Arc<Vec<usize>>) {
@@ -369,90 +466,122 @@ impl TableMirror {
     }
 
     async fn commit_window(&mut self, through: Lsn) -> Result<FlushOutcome> {
-        let mut outcome = FlushOutcome {
-            rows_written: self.window.inserted,
-            ..Default::default()
-        };
         self.spill().await?;
         self.seal().await?;
-
-        let mut removes: Vec<Remove> = Vec::new();
-        let mut dropped_staged: HashSet<usize> = HashSet::new();
-        let has_deletes = self.window.deletes.iter().any(|d| !d.done);
-        if self.window.truncated_at.is_some() || has_deletes {
-            self.rewrite(&mut removes, &mut dropped_staged, &mut outcome)
-                .await?;
-        }
-        if !self.window.toast_rows.is_empty() {
-            let toast_rows = std::mem::take(&mut self.window.toast_rows);
-            let mut filled = Vec::with_capacity(toast_rows.len());
-            for (d, mut row) in toast_rows {
-                let old = self.window.deletes[d].removed.as_ref().ok_or_else(|| {
-                    Error::Operator(format!(
-                        "an update of {} kept an unchanged TOAST value of a row that is not \
-                         in the Delta table; set REPLICA IDENTITY FULL on the table so that \
-                         updates carry the whole old row",
-                        self.location()
-                    ))
-                })?;
-                fill_unchanged(&mut row, old);
-                filled.push(row);
+        let rewrites =
+            self.window.truncated_at.is_some() || self.window.live_deletes().next().is_some();
+        let base_staged = self.window.staged.len();
+        let toast_rows = std::mem::take(&mut self.window.toast_rows);
+        let mut retries = 0;
+        loop {
+            let mut rewrite = Rewrite::default();
+            if rewrites {
+                // Choose the files to rewrite from the latest version: another writer
+                // may have compacted or rewritten them since our own last commit.
+                table::refresh(&mut self.table).await?;
+                self.rewrite(&mut rewrite).await?;
             }
-            let refs: Vec<&CellRow> = filled.iter().collect();
-            outcome.rows_written += refs.len();
-            self.write_rows(&refs).await?;
-            self.seal().await?;
-        }
+            if !toast_rows.is_empty() {
+                let mut filled = Vec::with_capacity(toast_rows.len());
+                for (d, row) in &toast_rows {
+                    let old = self.window.deletes[*d].removed.as_ref().ok_or_else(|| {
+                        Error::Diverged(format!(
+                            "an update of {} kept an unchanged TOAST value of a row that is \
+                             not in the Delta table; set REPLICA IDENTITY FULL on the table \
+                             (lakets chronotable replica-identity) so that updates carry the \
+                             whole old row, then `lakets resync --force`",
+                            self.location()
+                        ))
+                    })?;
+                    let mut row = row.clone();
+                    fill_unchanged(&mut row, old);
+                    filled.push(row);
+                }
+                let refs: Vec<&CellRow> = filled.iter().collect();
+                rewrite.rows_written += refs.len();
+                self.write_rows(&refs).await?;
+                self.seal().await?;
+            }
 
-        let staged = std::mem::take(&mut self.window.staged);
-        let mut actions: Vec<Action> = Vec::new();
-        for (i, add) in staged.into_iter().enumerate() {
-            if dropped_staged.contains(&i) {
-                table::delete_uncommitted(&self.table, &add.path).await;
+            let mut actions: Vec<Action> = Vec::new();
+            let mut files_added = 0;
+            for (i, add) in self.window.staged.iter().enumerate() {
+                if !rewrite.dropped_staged.contains(&i) {
+                    files_added += 1;
+                    actions.push(Action::Add(add.clone()));
+                }
+            }
+            let files_removed = rewrite.removes.len();
+            let operation = if rewrite.removes.is_empty() {
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by: self.shape.partition_column.clone().map(|p| vec![p]),
+                    predicate: None,
+                }
             } else {
-                outcome.files_added += 1;
-                actions.push(Action::Add(add));
+                DeltaOperation::Delete {
+                    predicate: Some("rows deleted or updated in PostgreSQL".into()),
+                }
+            };
+            actions.extend(rewrite.removes.into_iter().map(Action::Remove));
+            let app_id = self.app_id.clone();
+            match table::try_commit(
+                &mut self.table,
+                actions,
+                operation,
+                Some((&app_id, through)),
+            )
+            .await?
+            {
+                Some(version) => {
+                    let outcome = FlushOutcome {
+                        version: Some(version),
+                        rows_written: self.window.inserted + rewrite.rows_written,
+                        files_added,
+                        files_removed,
+                        retries,
+                    };
+                    // Staged files a rewrite replaced were never part of a version.
+                    for i in rewrite.dropped_staged {
+                        table::delete_uncommitted(&self.table, &self.window.staged[i].path).await;
+                    }
+                    self.skip_before = through;
+                    self.window = Window::default();
+                    debug!(table = %self.location(), version, ?outcome, "committed to Delta");
+                    return Ok(outcome);
+                }
+                None => {
+                    // Another writer committed since the version the rewrite read: undo
+                    // this attempt (the files it wrote, the rows it found) and choose again.
+                    retries += 1;
+                    if retries >= MAX_COMMIT_ATTEMPTS {
+                        return Err(Error::Delta {
+                            context: format!(
+                                "committing to the Delta table at {}",
+                                self.location()
+                            ),
+                            message: format!(
+                                "other writers committed {retries} times while this window \
+                                 was rewriting its files; the window is streamed again"
+                            ),
+                        });
+                    }
+                    for add in self.window.staged.drain(base_staged..) {
+                        table::delete_uncommitted(&self.table, &add.path).await;
+                    }
+                    for d in &mut self.window.deletes {
+                        d.removed = None;
+                    }
+                }
             }
         }
-        outcome.files_removed = removes.len();
-        let operation = if removes.is_empty() {
-            DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: self.shape.partition_column.clone().map(|p| vec![p]),
-                predicate: None,
-            }
-        } else {
-            DeltaOperation::Delete {
-                predicate: Some("rows deleted or updated in PostgreSQL".into()),
-            }
-        };
-        actions.extend(removes.into_iter().map(Action::Remove));
-        let app_id = self.app_id.clone();
-        let version = table::commit(
-            &mut self.table,
-            actions,
-            operation,
-            Some((&app_id, through)),
-        )
-        .await?;
-        outcome.version = Some(version);
-        self.skip_before = through;
-        self.window = Window::default();
-        debug!(table = %self.location(), version, ?outcome, "committed to Delta");
-        Ok(outcome)
     }
 
-    /// Applies the kept deletes and a TRUNCATE to committed and staged files.
-    async fn rewrite(
-        &mut self,
-        removes: &mut Vec<Remove>,
-        dropped_staged: &mut HashSet<usize>,
-        outcome: &mut FlushOutcome,
-    ) -> Result<()> {
+    /// Applies the kept deletes and a TRUNCATE to committed and staged files: the files
+    /// they touch are removed and what stays of them written again.
+    async fn rewrite(&mut self, out: &mut Rewrite) -> Result<()> {
         let partition_column = self.shape.partition_column.clone();
-        let live: Vec<usize> = (0..self.window.deletes.len())
-            .filter(|&d| !self.window.deletes[d].done)
-            .collect();
+        let live: Vec<usize> = self.window.live_deletes().collect();
         // Partitions the deletes can touch (None: any).
         let partitions: Option<HashSet<i32>> = if partition_column.is_none() {
             None
@@ -475,7 +604,7 @@ impl TableMirror {
         // Committed files: all go on TRUNCATE (those that may hold kept rows are filtered);
         // otherwise those the deletes may touch.
         let views = super::read::active_files(&self.table).await?;
-        let mut candidates: Vec<(FileRef, HashMap<String, Option<String>>)> = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         let mut truncated_files: Vec<(String, Remove)> = Vec::new();
         for view in views {
             if self.window.truncated_at.is_some() {
@@ -485,22 +614,18 @@ impl TableMirror {
                         view.remove_action(true),
                     ));
                 } else {
-                    removes.push(view.remove_action(true));
+                    out.removes.push(view.remove_action(true));
                 }
                 continue;
             }
             if live.is_empty() {
                 continue;
             }
-            let values = view.partition_values_map();
-            if wanted(&values) {
-                candidates.push((
-                    FileRef::Committed {
-                        path: view.object_store_path().to_string(),
-                        remove: Box::new(view.remove_action(true)),
-                    },
-                    values,
-                ));
+            if wanted(&view.partition_values_map()) {
+                candidates.push(Candidate {
+                    path: view.object_store_path().to_string(),
+                    file: FileRef::Committed(Box::new(view.remove_action(true))),
+                });
             }
         }
         let max_epoch = live
@@ -510,22 +635,91 @@ impl TableMirror {
             .unwrap_or(0);
         for (i, add) in self.window.staged.iter().enumerate() {
             if self.window.truncated_at.is_some_and(|t| i < t) {
-                dropped_staged.insert(i);
+                out.dropped_staged.insert(i);
             } else if i < max_epoch && wanted(&add.partition_values) {
-                candidates.push((
-                    FileRef::Staged {
-                        index: i,
-                        path: add.path.clone(),
-                    },
-                    add.partition_values.clone(),
-                ));
+                candidates.push(Candidate {
+                    path: url_path(&add.path),
+                    file: FileRef::Staged(i),
+                });
             }
         }
 
+        // Pass 1: find, per file, the rows the deletes remove, reading only key columns.
+        let hits = self.locate(&live, &candidates).await?;
+        // Pass 2: rewrite the files that hold one, a batch at a time.
+        for (candidate, rows) in candidates.iter().zip(hits) {
+            if rows.is_empty() {
+                continue;
+            }
+            self.rewrite_without(&candidate.path, &rows, out).await?;
+            match &candidate.file {
+                FileRef::Committed(remove) => out.removes.push((**remove).clone()),
+                FileRef::Staged(index) => {
+                    out.dropped_staged.insert(*index);
+                }
+            }
+        }
+        for (path, remove) in truncated_files {
+            self.keep_after_truncate(&path, remove, out).await?;
+        }
+        self.seal().await?;
+        if let Some(&d) = live
+            .iter()
+            .find(|&&d| self.window.deletes[d].removed.is_none())
+        {
+            let missing = live
+                .iter()
+                .filter(|&&d| self.window.deletes[d].removed.is_none())
+                .count();
+            let del = &self.window.deletes[d];
+            let key: Vec<String> = del
+                .key_columns
+                .iter()
+                .zip(&del.key)
+                .map(|(&i, cell)| format!("{} = {cell:?}", self.shape.columns[i].name))
+                .collect();
+            metrics::counter!("lakets_delta_unmatched_deletes_total").increment(missing as u64);
+            return Err(Error::Diverged(format!(
+                "the row ({}) that PostgreSQL deleted or updated in the transaction at {} is \
+                 not in the Delta table at {}{}: the mirror has diverged (was the Delta table \
+                 changed behind lakets' back?). Streaming stops here, nothing after it is \
+                 acknowledged; run `lakets verify` to see the differences and `lakets resync \
+                 --force` (service stopped) to copy the hot rows again",
+                key.join(", "),
+                del.at,
+                self.location(),
+                if missing > 1 {
+                    format!(" (and {} more rows)", missing - 1)
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// For each candidate, the rows (by position in the file) that a live delete removes,
+    /// and which delete. Reads the key columns only, a batch at a time.
+    async fn locate(
+        &mut self,
+        live: &[usize],
+        candidates: &[Candidate],
+    ) -> Result<Vec<BTreeMap<usize, usize>>> {
+        let mut hits = vec![BTreeMap::new(); candidates.len()];
+        if live.is_empty() {
+            return Ok(hits);
+        }
         // Deletes by key, per key column set, oldest first.
         let mut by_key: HashMap<Arc<Vec<usize>>, HashMap<CellRow, Vec<usize>>> = HashMap::new();
-        for &d in &live {
+        let mut key_names: Vec<String> = Vec::new();
+        for &d in live {
             let del = &self.window.deletes[d];
+            for &i in del.key_columns.iter() {
+                let name = &self.shape.columns[i].name;
+                if !key_names.contains(name) {
+                    key_names.push(name.clone());
+                }
+            }
             by_key
                 .entry(del.key_columns.clone())
                 .or_default()
@@ -533,67 +727,67 @@ impl TableMirror {
                 .or_default()
                 .push(d);
         }
-
-        for (file, _) in candidates {
-            let (path, file_epoch) = match &file {
-                FileRef::Committed { path, .. } => (path.clone(), None),
-                FileRef::Staged { index, path } => (url_path(path), Some(*index)),
+        let names: Vec<&str> = key_names.iter().map(String::as_str).collect();
+        for (c, candidate) in candidates.iter().enumerate() {
+            let file_epoch = match candidate.file {
+                FileRef::Staged(i) => Some(i),
+                FileRef::Committed(_) => None,
             };
-            let batches = table::read_file(&self.table, &path).await?;
-            let mut kept: Vec<CellRow> = Vec::new();
-            let mut removed_any = false;
-            for batch in &batches {
-                for row in super::read::batch_rows(batch, &self.shape)? {
-                    let mut hit = None;
+            let mut batches =
+                table::open_file_columns(&self.table, &candidate.path, Some(&names)).await?;
+            let mut position = 0usize;
+            while let Some(batch) = batches
+                .try_next()
+                .await
+                .delta_context(|| format!("reading Delta file {}", candidate.path))?
+            {
+                for row in super::read::batch_rows(&batch, &self.shape)? {
                     for (cols, keys) in by_key.iter_mut() {
                         let key: CellRow = cols.iter().map(|&i| row[i].clone()).collect();
                         if let Some(list) = keys.get_mut(&key) {
                             let deletes = &self.window.deletes;
-                            if let Some(pos) = list.iter().position(|&d| {
-                                !deletes[d].done && file_epoch.is_none_or(|f| f < deletes[d].epoch)
-                            }) {
-                                hit = Some(list.remove(pos));
+                            if let Some(pos) = list
+                                .iter()
+                                .position(|&d| file_epoch.is_none_or(|f| f < deletes[d].epoch))
+                            {
+                                hits[c].insert(position, list.remove(pos));
                                 break;
                             }
                         }
                     }
-                    match hit {
-                        Some(d) => {
-                            removed_any = true;
-                            let del = &mut self.window.deletes[d];
-                            del.done = true;
-                            del.removed = Some(row);
-                        }
-                        None => kept.push(row),
-                    }
+                    position += 1;
                 }
             }
-            if removed_any {
-                match file {
-                    FileRef::Committed { remove, .. } => removes.push(*remove),
-                    FileRef::Staged { index, .. } => {
-                        dropped_staged.insert(index);
-                    }
+        }
+        Ok(hits)
+    }
+
+    /// Writes the rows of the file at `path` but those at the positions in `hits` (whose
+    /// deletes get the removed row), a batch at a time.
+    async fn rewrite_without(
+        &mut self,
+        path: &str,
+        hits: &BTreeMap<usize, usize>,
+        out: &mut Rewrite,
+    ) -> Result<()> {
+        let mut batches = table::open_file(&self.table, path).await?;
+        let mut position = 0usize;
+        while let Some(batch) = batches
+            .try_next()
+            .await
+            .delta_context(|| format!("reading Delta file {path}"))?
+        {
+            let mut kept: Vec<CellRow> = Vec::with_capacity(batch.num_rows());
+            for row in super::read::batch_rows(&batch, &self.shape)? {
+                match hits.get(&position) {
+                    Some(&d) => self.window.deletes[d].removed = Some(row),
+                    None => kept.push(row),
                 }
-                let refs: Vec<&CellRow> = kept.iter().collect();
-                self.write_rows(&refs).await?;
+                position += 1;
             }
-        }
-        for (path, remove) in truncated_files {
-            self.keep_after_truncate(&path, remove, removes, outcome)
-                .await?;
-        }
-        self.seal().await?;
-        outcome.deletes_unmatched = self.window.deletes.iter().filter(|d| !d.done).count();
-        if outcome.deletes_unmatched > 0 {
-            metrics::counter!("lakets_delta_unmatched_deletes_total")
-                .increment(outcome.deletes_unmatched as u64);
-            warn!(
-                table = %self.location(),
-                count = outcome.deletes_unmatched,
-                "rows deleted or updated in PostgreSQL were not found in the Delta table \
-                 (removed behind lakets' back?); run `lakets verify`"
-            );
+            out.rows_written += kept.len();
+            let refs: Vec<&CellRow> = kept.iter().collect();
+            self.write_rows(&refs).await?;
         }
         Ok(())
     }
@@ -621,49 +815,101 @@ impl TableMirror {
         }
     }
 
+    /// Whether a row's time cell lies in a range a TRUNCATE keeps.
+    fn kept_by_truncate(&self, time: &Cell) -> bool {
+        let scale = match self.shape.columns[self.shape.time_index].kind {
+            ColumnKind::Date => 86_400_000_000,
+            _ => 1,
+        };
+        match time {
+            Cell::Int(t) => {
+                let micros = t.saturating_mul(scale);
+                self.window
+                    .truncate_keeps
+                    .iter()
+                    .any(|&(s, e)| s <= micros && micros < e)
+            }
+            _ => false,
+        }
+    }
+
     /// Rewrites a committed file after a TRUNCATE: only its rows in the kept ranges stay.
+    /// Reads its time column first: a file wholly kept stays as it is.
     async fn keep_after_truncate(
         &mut self,
         path: &str,
         remove: Remove,
-        removes: &mut Vec<Remove>,
-        outcome: &mut FlushOutcome,
+        out: &mut Rewrite,
     ) -> Result<()> {
         let time = self.shape.time_index;
-        let scale = match self.shape.columns[time].kind {
-            ColumnKind::Date => 86_400_000_000,
-            _ => 1,
-        };
-        let keeps = self.window.truncate_keeps.clone();
-        let batches = table::read_file(&self.table, path).await?;
-        let mut kept: Vec<CellRow> = Vec::new();
-        let mut total = 0usize;
-        for batch in &batches {
-            for row in super::read::batch_rows(batch, &self.shape)? {
+        let time_name = self.shape.columns[time].name.clone();
+        let (mut kept, mut total) = (0usize, 0usize);
+        let mut times =
+            table::open_file_columns(&self.table, path, Some(&[time_name.as_str()])).await?;
+        while let Some(batch) = times
+            .try_next()
+            .await
+            .delta_context(|| format!("reading Delta file {path}"))?
+        {
+            for row in super::read::batch_rows(&batch, &self.shape)? {
                 total += 1;
-                let keep = match row[time] {
-                    Cell::Int(t) => {
-                        let micros = t.saturating_mul(scale);
-                        keeps.iter().any(|&(s, e)| s <= micros && micros < e)
-                    }
-                    _ => false,
-                };
-                if keep {
-                    kept.push(row);
+                if self.kept_by_truncate(&row[time]) {
+                    kept += 1;
                 }
             }
         }
-        if kept.len() == total {
+        if kept == total {
             return Ok(()); // wholly cold history: the file stays as it is
         }
-        removes.push(remove);
-        if !kept.is_empty() {
-            outcome.rows_written += kept.len();
-            let refs: Vec<&CellRow> = kept.iter().collect();
+        out.removes.push(remove);
+        if kept == 0 {
+            return Ok(());
+        }
+        let mut batches = table::open_file(&self.table, path).await?;
+        while let Some(batch) = batches
+            .try_next()
+            .await
+            .delta_context(|| format!("reading Delta file {path}"))?
+        {
+            let rows: Vec<CellRow> = super::read::batch_rows(&batch, &self.shape)?
+                .into_iter()
+                .filter(|row| self.kept_by_truncate(&row[time]))
+                .collect();
+            out.rows_written += rows.len();
+            let refs: Vec<&CellRow> = rows.iter().collect();
             self.write_rows(&refs).await?;
         }
         Ok(())
     }
+}
+
+/// How the mirror keeps its table in shape (the service's `jobs.maintenance_every` and
+/// `jobs.vacuum_retention`).
+#[derive(Debug, Clone)]
+pub struct MaintenancePolicy {
+    /// Compact a partition once it holds at least this many small files...
+    pub compact_min_files: usize,
+    /// ... smaller than this.
+    pub small_file_bytes: i64,
+    /// Files no version within this references are vacuumed.
+    pub vacuum_retention: chrono::Duration,
+}
+
+impl Default for MaintenancePolicy {
+    fn default() -> Self {
+        MaintenancePolicy {
+            compact_min_files: 8,
+            small_file_bytes: 16 << 20,
+            vacuum_retention: chrono::Duration::days(1),
+        }
+    }
+}
+
+/// What one maintenance pass did to a table.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Maintained {
+    pub compaction: CompactionOutcome,
+    pub vacuumed_files: usize,
 }
 
 pub enum DeleteOutcome {
@@ -676,9 +922,15 @@ pub enum DeleteOutcome {
     Waiting(usize, CellRow),
 }
 
+struct Candidate {
+    /// The object store path of the file.
+    path: String,
+    file: FileRef,
+}
+
 enum FileRef {
-    Committed { path: String, remove: Box<Remove> },
-    Staged { index: usize, path: String },
+    Committed(Box<Remove>),
+    Staged(usize),
 }
 
 /// Takes the cells `old` knows (not themselves unchanged) for the unchanged cells of `row`.

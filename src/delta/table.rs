@@ -173,33 +173,99 @@ pub fn writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
 
 /// Commits `actions` as one new table version, with `txn` (app id, end LSN of the last
 /// transaction the commit makes durable) in the same commit.
+///
+/// A commit that only adds files may land after commits of other writers (deltalake's
+/// conflict check lets appends through). A commit that removes files chose them from
+/// `table`'s snapshot, so it must land exactly on that version: another writer (a
+/// Databricks OPTIMIZE, a second source) may have removed or rewritten the same files
+/// since, and deltalake's check without DataFusion does not see every such conflict (it
+/// ignores removes with `dataChange = false`). Such a commit returns `Ok(None)` when the
+/// table moved on: reload ([`refresh`]), choose again, retry.
+pub async fn try_commit(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    txn: Option<(&str, Lsn)>,
+) -> Result<Option<i64>> {
+    use deltalake::kernel::transaction::TransactionError;
+    let removes = actions.iter().any(|a| matches!(a, Action::Remove(_)));
+    let location = display_location(table.table_url());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut properties = CommitProperties::default();
+        if removes {
+            // Zero retries: the commit is written at snapshot version + 1 or not at all.
+            properties = properties.with_max_retries(0);
+        }
+        if let Some((app_id, lsn)) = txn {
+            properties =
+                properties.with_application_transaction(Transaction::new(app_id, lsn.0 as i64));
+        }
+        let outcome = CommitBuilder::from(properties)
+            .with_actions(actions.clone())
+            .build(
+                Some(
+                    table
+                        .snapshot()
+                        .delta_context(|| format!("reading {location}"))?,
+                ),
+                table.log_store(),
+                operation.clone(),
+            )
+            .await;
+        match outcome {
+            Ok(finalized) => {
+                table.state = Some(finalized.snapshot());
+                return Ok(Some(finalized.version() as i64));
+            }
+            Err(deltalake::DeltaTableError::Transaction {
+                source: TransactionError::MaxCommitAttempts(_),
+            }) if removes => {
+                tracing::info!(table = %location, "another writer committed to the Delta table since its snapshot; choosing the files again");
+                metrics::counter!("lakets_delta_commit_conflicts_total").increment(1);
+                return Ok(None);
+            }
+            // Added files depend on no snapshot: after another writer's commit that
+            // deltalake's check refuses, the same adds land on the latest version.
+            Err(deltalake::DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_),
+            }) if !removes && attempt < 5 => {
+                metrics::counter!("lakets_delta_commit_conflicts_total").increment(1);
+                refresh(table).await?;
+            }
+            Err(e) => {
+                return Err(e)
+                    .delta_context(|| format!("committing to the Delta table at {location}"));
+            }
+        }
+    }
+}
+
+/// [`try_commit`] for callers that cannot choose again: a commit that removes files and
+/// meets another writer's commit fails (transiently; the whole step is retried).
 pub async fn commit(
     table: &mut DeltaTable,
     actions: Vec<Action>,
     operation: DeltaOperation,
     txn: Option<(&str, Lsn)>,
 ) -> Result<i64> {
-    let mut properties = CommitProperties::default();
-    if let Some((app_id, lsn)) = txn {
-        properties =
-            properties.with_application_transaction(Transaction::new(app_id, lsn.0 as i64));
-    }
     let location = display_location(table.table_url());
-    let finalized = CommitBuilder::from(properties)
-        .with_actions(actions)
-        .build(
-            Some(
-                table
-                    .snapshot()
-                    .delta_context(|| format!("reading {location}"))?,
-            ),
-            table.log_store(),
-            operation,
-        )
+    try_commit(table, actions, operation, txn)
+        .await?
+        .ok_or_else(|| Error::Delta {
+            context: format!("committing to the Delta table at {location}"),
+            message: "another writer removed or rewrote files since this commit's snapshot".into(),
+        })
+}
+
+/// Moves `table` to the latest version of its log.
+pub async fn refresh(table: &mut DeltaTable) -> Result<()> {
+    let location = display_location(table.table_url());
+    table
+        .update_incremental(None)
         .await
-        .delta_context(|| format!("committing to the Delta table at {location}"))?;
-    table.state = Some(finalized.snapshot());
-    Ok(finalized.version() as i64)
+        .delta_context(|| format!("loading the latest version of {location}"))
 }
 
 /// The LSN recorded by the last commit of `app_id`, if any.

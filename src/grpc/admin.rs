@@ -182,9 +182,8 @@ impl proto::admin_server::Admin for AdminApi {
         request: Request<proto::TierRequest>,
     ) -> Result<Response<proto::TierResponse>, Status> {
         let r = request.into_inner();
-        let mut client = self.client().await?;
         let report = crate::lifecycle::tier(
-            &mut client,
+            &self.state.db,
             opt(&r.table),
             opt(&r.chunk),
             self.state.gate,

@@ -90,7 +90,7 @@ impl proto::last_value_cache_server::LastValueCache for LvcApi {
     ) -> Result<Response<proto::GetResponse>, Status> {
         let r = request.into_inner();
         let table = self.table(&r.table)?;
-        let key = key_of(r.key)?;
+        let key = self.view().normalize_key(&table, &key_of(r.key)?);
         Ok(Response::new(proto::GetResponse {
             value: self.view().get(&table, &key).as_deref().map(to_proto),
         }))
@@ -111,7 +111,8 @@ impl proto::last_value_cache_server::LastValueCache for LvcApi {
         } else {
             let mut out = Vec::with_capacity(r.keys.len());
             for k in r.keys {
-                if let Some(v) = self.view().get(&table, &key_of(Some(k))?) {
+                let key = self.view().normalize_key(&table, &key_of(Some(k))?);
+                if let Some(v) = self.view().get(&table, &key) {
                     out.push(to_proto(&v));
                 }
             }
@@ -134,8 +135,8 @@ impl proto::last_value_cache_server::LastValueCache for LvcApi {
             Some(
                 r.keys
                     .into_iter()
-                    .map(|k| key_of(Some(k)))
-                    .collect::<Result<_, _>>()?,
+                    .map(|k| Ok(self.view().normalize_key(&table, &key_of(Some(k))?)))
+                    .collect::<Result<_, Status>>()?,
             )
         };
         let filter = Filter { table, keys };

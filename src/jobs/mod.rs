@@ -1,6 +1,8 @@
 //! The job scheduler of `lakets run`: the partition manager, the rollup cascade refresh,
-//! tiering, retention and Delta maintenance, each on its own interval, run by one leader among the service instances
-//! sharing a database. The leader holds a session advisory lock on a connection of its
+//! tiering and retention, each on its own interval, run by one leader among the service
+//! instances sharing a database. (Delta maintenance runs in the Delta operator itself,
+//! between its windows, on `maintenance` of the same schedule: see
+//! [`crate::operators::delta_sink`].) The leader holds a session advisory lock on a connection of its
 //! own; the others stand by and take over when it goes (its session ends, the lock with
 //! it). Every run is recorded in `lakets._job_runs`.
 
@@ -50,17 +52,10 @@ pub enum Job {
     Rollups,
     Tiering,
     Retention,
-    Maintenance,
 }
 
 impl Job {
-    pub const ALL: [Job; 5] = [
-        Job::Partitions,
-        Job::Rollups,
-        Job::Tiering,
-        Job::Retention,
-        Job::Maintenance,
-    ];
+    pub const ALL: [Job; 4] = [Job::Partitions, Job::Rollups, Job::Tiering, Job::Retention];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -68,7 +63,6 @@ impl Job {
             Job::Rollups => "rollup_refresh",
             Job::Tiering => "tiering",
             Job::Retention => "retention",
-            Job::Maintenance => "delta_maintenance",
         }
     }
 
@@ -78,7 +72,6 @@ impl Job {
             Job::Rollups => s.rollups,
             Job::Tiering => s.tiering,
             Job::Retention => s.retention,
-            Job::Maintenance => s.maintenance,
         }
     }
 }
@@ -169,7 +162,7 @@ async fn lead(
                 ));
             }
             last_run[i] = Some(Instant::now());
-            run_recorded(&mut client, job, schedule, instance).await?;
+            run_recorded(db, &mut client, job, schedule, instance).await?;
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -181,6 +174,7 @@ async fn lead(
 /// Runs one job and records it in `lakets._job_runs`. A failing job is recorded and
 /// logged; only a lost connection ends the leadership.
 pub async fn run_recorded(
+    db: &crate::db::DbConfig,
     client: &mut Client,
     job: Job,
     schedule: &Schedule,
@@ -195,7 +189,7 @@ pub async fn run_recorded(
         .pg_context(|| "recording a job run".into())?
         .get(0);
     let started = Instant::now();
-    let outcome = run_job(client, job, schedule).await;
+    let outcome = run_job(db, client, job, schedule).await;
     metrics::histogram!("lakets_job_duration_seconds", "job_name" => job.name())
         .record(started.elapsed().as_secs_f64());
     let (status, error, rows, details) = match &outcome {
@@ -230,7 +224,12 @@ pub async fn run_recorded(
     Ok(())
 }
 
-async fn run_job(client: &mut Client, job: Job, schedule: &Schedule) -> Result<RunOutcome> {
+async fn run_job(
+    db: &crate::db::DbConfig,
+    client: &mut Client,
+    job: Job,
+    schedule: &Schedule,
+) -> Result<RunOutcome> {
     match job {
         Job::Partitions => {
             let reports = crate::chronotable::ensure_partitions(client, None, None).await?;
@@ -250,14 +249,13 @@ async fn run_job(client: &mut Client, job: Job, schedule: &Schedule) -> Result<R
             })
         }
         Job::Tiering => {
-            let report = lifecycle::tier(client, None, None, schedule.gate, None).await?;
+            let report = lifecycle::tier(db, None, None, schedule.gate, None).await?;
             Ok(move_outcome(report))
         }
         Job::Retention => {
-            let report = lifecycle::retention(client, None, schedule.gate, None).await?;
+            let report = lifecycle::retention(db, None, schedule.gate, None).await?;
             Ok(move_outcome(report))
         }
-        Job::Maintenance => maintain_delta(client, schedule).await,
     }
 }
 
@@ -267,38 +265,4 @@ fn move_outcome(report: lifecycle::MoveReport) -> RunOutcome {
         deferred: !report.deferred.is_empty(),
         details: serde_json::to_value(&report).unwrap_or_default(),
     }
-}
-
-/// Checkpoint, compaction of small files, and vacuum, for every synced table.
-async fn maintain_delta(client: &Client, schedule: &Schedule) -> Result<RunOutcome> {
-    let mut details = Vec::new();
-    let mut files = 0i64;
-    for sync in crate::sync::list_syncs(client).await? {
-        if sync.state != crate::sync::SyncState::Active {
-            continue;
-        }
-        let Some(mut delta) = crate::delta::table::open(&sync.location).await? else {
-            continue;
-        };
-        let shape = crate::delta::mirror::shape_of(&delta, &sync.time_column, sync.partitioning)?;
-        let compacted = crate::delta::maintenance::compact(&mut delta, &shape, 8, 16 << 20).await?;
-        crate::delta::maintenance::checkpoint(&delta).await?;
-        let vacuumed = crate::delta::maintenance::vacuum(
-            &mut delta,
-            chrono::Duration::from_std(schedule.vacuum_retention)
-                .unwrap_or(chrono::Duration::days(1)),
-        )
-        .await?;
-        files += compacted.files_removed as i64 + vacuumed as i64;
-        details.push(serde_json::json!({
-            "table": sync.table.to_string(),
-            "compaction": compacted,
-            "vacuumed_files": vacuumed,
-        }));
-    }
-    Ok(RunOutcome {
-        rows_affected: files,
-        deferred: false,
-        details: serde_json::Value::Array(details),
-    })
 }

@@ -7,11 +7,13 @@
 //!    chunk defers instead of stalling its writers; other chunks are never touched). A
 //!    chunk that is missing, or no longer a partition of its table, defers.
 //! 2. The WAL insert position `L` is read: every transaction that wrote to the chunk
-//!    committed before `L`. A heartbeat message makes the WAL move past `L` even when
-//!    nothing else is written.
-//! 3. The consumer must confirm `L`: the slot of a consumer running the Delta operator is
-//!    acknowledged only up to what every operator has stored, so confirmation past `L`
-//!    means the Delta table holds every change to the chunk. Waited for, up to `wait`.
+//!    committed before `L`.
+//! 3. The evidence comes from the Delta table itself, at the sync's current location: the
+//!    `txn` version of the stream's app id (the end LSN of the last transaction the
+//!    stream committed there, or a position it recorded with nothing to commit) must be
+//!    at or past `L`. Not the slot's confirmation, which says nothing about where the
+//!    changes went (a sync moved mid-stream, say). An idle table is asked, through an
+//!    announcement in the stream, to record its position; waited for, up to `wait`.
 //! 4. The chunk's `last_write_lsn` (from the chunk tracker) must not be past it either.
 //! 5. The Delta table must hold exactly as many rows in the chunk's range as the chunk.
 
@@ -20,19 +22,19 @@ use std::time::{Duration, Instant};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::PgLsn;
 
+use crate::catalog::announce::{Announcement, Announcer};
 use crate::catalog::registry::Chunk;
 use crate::delta::mirror::shape_of;
 use crate::error::{PgResultExt, Result};
 use crate::ident::TableName;
 use crate::sync::SyncConfig;
 use crate::wal::lsn::Lsn;
-use crate::wal::transaction::HEARTBEAT_PREFIX;
 
 #[derive(Debug, Clone, Copy)]
 pub struct GateSettings {
     /// How long to wait for writers of the chunk before deferring.
     pub lock_timeout: Duration,
-    /// How long to wait for the consumer to confirm the lock position.
+    /// How long to wait for the Delta table to record the lock position.
     pub wait: Duration,
 }
 
@@ -54,9 +56,11 @@ pub enum Gate {
 }
 
 /// Locks the chunk against writes in `tx` and checks it; on `Pass` the lock is still held
-/// (the caller changes the chunk's status or drops it before committing).
+/// (the caller changes the chunk's status or drops it before committing). `announcer`
+/// commits, beside `tx`, the request an idle table needs.
 pub async fn check(
     tx: &tokio_postgres::Transaction<'_>,
+    announcer: &mut Announcer<'_>,
     chunk: &Chunk,
     sync: &SyncConfig,
     settings: GateSettings,
@@ -92,7 +96,7 @@ pub async fn check(
         return Ok(Gate::Defer(reason));
     }
     // A chunk detached outside lakets has left the publication: writes to it no longer
-    // reach the WAL consumer, so neither the confirmed position nor the row count can
+    // reach the WAL consumer, so neither the Delta table's position nor the row count can
     // vouch for it.
     let parent = TableName::new(chunk.schema_name.clone(), chunk.table_name.clone());
     let attached: bool = tx
@@ -117,37 +121,64 @@ pub async fn check(
         .pg_context(|| "reading the WAL position".into())?
         .get::<_, PgLsn>(0)
         .into();
-    tx.execute(
-        "SELECT pg_logical_emit_message(false, $1, '')",
-        &[&HEARTBEAT_PREFIX],
-    )
-    .await
-    .pg_context(|| "emitting a heartbeat".into())?;
 
-    // 3. The consumer confirms the position.
-    let started = Instant::now();
-    let confirmed = loop {
-        let confirmed = delta_consumer_confirmed(tx).await?;
-        if confirmed.is_some_and(|c| c >= lock_lsn) || started.elapsed() >= settings.wait {
-            break confirmed;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let durable = match confirmed {
-        None => {
-            return Ok(Gate::Defer(
-                "lagging: no consumer running the Delta operator has confirmed anything \
-                 (is `lakets run` running?)"
-                    .into(),
-            ));
-        }
-        Some(c) if c < lock_lsn => {
+    // 3. The Delta table's own record, at the sync's current location.
+    let mut delta = match crate::delta::table::open(&sync.location).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
             return Ok(Gate::Defer(format!(
-                "lagging: the Delta operator's consumer has confirmed up to {c}, the chunk was \
-                 locked at {lock_lsn} (is `lakets run` running? is the object store failing?)"
+                "sink failing: no Delta table at {}",
+                crate::delta::table::display_location(&sync.location)
             )));
         }
-        Some(c) => c,
+        Err(e) => return Ok(Gate::Defer(format!("sink failing: {e}"))),
+    };
+    let app_ids = stream_app_ids(tx, &sync.table).await?;
+    let started = Instant::now();
+    let mut asked = false;
+    let durable = loop {
+        let recorded = match recorded_position(&delta, &app_ids).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Gate::Defer(format!("sink failing: {e}"))),
+        };
+        if recorded.is_some_and(|r| r >= lock_lsn) {
+            break recorded;
+        }
+        if !asked {
+            // An idle table records a position only when asked; a busy one passes `L`
+            // with its next flush anyway.
+            announcer
+                .announce(&Announcement::GateWaiting {
+                    table: sync.table.clone(),
+                    lock_lsn,
+                })
+                .await?;
+            asked = true;
+        }
+        if started.elapsed() >= settings.wait {
+            break recorded;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(e) = crate::delta::table::refresh(&mut delta).await {
+            return Ok(Gate::Defer(format!("sink failing: {e}")));
+        }
+    };
+    let location = crate::delta::table::display_location(&sync.location);
+    let durable = match durable {
+        None => {
+            return Ok(Gate::Defer(format!(
+                "lagging: the Delta table at {location} records no position of the stream \
+                 yet (is `lakets run` running?)"
+            )));
+        }
+        Some(d) if d < lock_lsn => {
+            return Ok(Gate::Defer(format!(
+                "lagging: the Delta table at {location} holds the stream up to {d}, the chunk \
+                 was locked at {lock_lsn} (is `lakets run` running? is the object store \
+                 failing?)"
+            )));
+        }
+        Some(d) => d,
     };
 
     // 4. The chunk tracker's stamp.
@@ -173,7 +204,7 @@ pub async fn check(
         .await
         .pg_context(|| format!("counting the rows of {target}"))?
         .get(0);
-    let cold = match count_in_delta(sync, chunk).await {
+    let cold = match count_in_delta(&delta, sync, chunk).await {
         Ok(n) => n,
         Err(e) => return Ok(Gate::Defer(format!("sink failing: {e}"))),
     };
@@ -189,31 +220,40 @@ pub async fn check(
     })
 }
 
-/// The furthest confirmed position of a slot whose consumer has run the Delta operator.
-async fn delta_consumer_confirmed(client: &impl GenericClient) -> Result<Option<Lsn>> {
-    let row = client
-        .query_one(
-            "SELECT max(s.confirmed_flush_lsn)
-               FROM pg_replication_slots s
-               JOIN lakets._sink_progress p ON p.slot_name = s.slot_name AND p.operator = $1
-              WHERE s.wal_status IS DISTINCT FROM 'lost'",
-            &[&crate::operators::delta_sink::NAME],
-        )
+/// The app ids under which the registered consumers' streams commit to `table`'s Delta
+/// table.
+async fn stream_app_ids(client: &impl GenericClient, table: &TableName) -> Result<Vec<String>> {
+    Ok(client
+        .query("SELECT slot_name FROM lakets._replication ORDER BY 1", &[])
         .await
-        .pg_context(|| "reading the consumer's confirmed position".into())?;
-    Ok(row.get::<_, Option<PgLsn>>(0).map(Lsn::from))
+        .pg_context(|| "reading the registered slots".into())?
+        .iter()
+        .map(|r| crate::sync::stream_app_id(r.get(0), table))
+        .collect())
 }
 
-async fn count_in_delta(sync: &SyncConfig, chunk: &Chunk) -> Result<u64> {
-    let delta = crate::delta::table::open(&sync.location)
-        .await?
-        .ok_or_else(|| crate::Error::NotFound {
-            kind: "Delta table at",
-            name: crate::delta::table::display_location(&sync.location),
-        })?;
-    let shape = shape_of(&delta, &sync.time_column, sync.partitioning)?;
+/// The furthest position a stream recorded in the Delta table.
+async fn recorded_position(
+    delta: &deltalake::DeltaTable,
+    app_ids: &[String],
+) -> Result<Option<Lsn>> {
+    let mut best = None;
+    for app_id in app_ids {
+        if let Some(lsn) = crate::delta::table::txn_lsn(delta, app_id).await? {
+            best = best.max(Some(lsn));
+        }
+    }
+    Ok(best)
+}
+
+async fn count_in_delta(
+    delta: &deltalake::DeltaTable,
+    sync: &SyncConfig,
+    chunk: &Chunk,
+) -> Result<u64> {
+    let shape = shape_of(delta, &sync.time_column, sync.partitioning)?;
     crate::delta::read::count_range(
-        &delta,
+        delta,
         &shape,
         chunk.range_start_micros(),
         chunk.range_end_micros(),

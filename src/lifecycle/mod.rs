@@ -14,9 +14,12 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use crate::catalog::announce::Announcer;
+use crate::catalog::migrations::LIFECYCLE_LOCK_NAMESPACE;
 use crate::catalog::registry::{self, Chunk, ChunkStatus};
 use crate::chronotable::bounds;
-use crate::chronotable::partitions::{self, ddl_transaction};
+use crate::chronotable::partitions;
+use crate::db::DbConfig;
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::TableName;
 use crate::sync::{SyncConfig, SyncState};
@@ -78,22 +81,77 @@ async fn record_deferral(client: &Client, chunk: &Chunk, reason: &str) -> Result
     Ok(())
 }
 
+/// What a chunk's turn under the table's lifecycle lock found.
+enum Turn {
+    /// The lock is held in the transaction; the chunk as it stands now.
+    Ready(Chunk),
+    /// Another run moved the chunk meanwhile (or it is not there any more): nothing to do.
+    Moved,
+    /// The other run took longer than a turn may wait.
+    Busy(String),
+}
+
+/// Waits (bounded) in `tx` for the table's lifecycle lock, which every tiering and drop of
+/// its chunks takes, jobs and commands alike, then reads the chunk again: a chunk another
+/// run dropped while this one waited is not "dropped outside lakets". After `Busy` the
+/// transaction is aborted.
+async fn take_turn(
+    tx: &tokio_postgres::Transaction<'_>,
+    chunk: &Chunk,
+    settings: GateSettings,
+) -> Result<Turn> {
+    // Another run holds the lock for at most one chunk's gate and drop.
+    let patience = settings.wait + settings.lock_timeout + std::time::Duration::from_secs(30);
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        patience.as_millis()
+    ))
+    .await
+    .pg_context(|| "setting lock_timeout".into())?;
+    let parent = TableName::new(chunk.schema_name.clone(), chunk.table_name.clone());
+    if let Err(e) = tx
+        .execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&LIFECYCLE_LOCK_NAMESPACE, &parent.quoted()],
+        )
+        .await
+    {
+        if e.code().map(|c| c.code()) == Some("55P03") {
+            return Ok(Turn::Busy(format!(
+                "busy: another lakets run (a job or a command) kept moving chunks of {parent} \
+                 for more than {patience:?}; retried on the next run"
+            )));
+        }
+        return Err(e).pg_context(|| format!("taking the lifecycle lock of {parent}"));
+    }
+    let fresh = registry::list_chunks(tx, &parent, true)
+        .await?
+        .into_iter()
+        .find(|c| c.chunk_name == chunk.chunk_name);
+    match fresh {
+        Some(c) if c.status == chunk.status => Ok(Turn::Ready(c)),
+        _ => Ok(Turn::Moved),
+    }
+}
+
 /// `tier_chunk`: tiers the chunks older than their table's `tier_after` (or only `table`,
 /// or only `chunk` whatever its age), each through the gate.
 pub async fn tier(
-    client: &mut Client,
+    db: &DbConfig,
     table: Option<&str>,
     chunk: Option<&str>,
     settings: GateSettings,
     at: Option<DateTime<Utc>>,
 ) -> Result<MoveReport> {
-    crate::catalog::check_installed(&*client).await?;
-    let policies = policy::list_policies(&*client).await?;
+    let mut client = crate::db::connect_with(db).await?;
+    let mut announcer = Announcer::new(db);
+    crate::catalog::check_installed(&client).await?;
+    let policies = policy::list_policies(&client).await?;
     let only = match table {
-        Some(t) => Some(registry::find_chronotable(&*client, t).await?.table),
+        Some(t) => Some(registry::find_chronotable(&client, t).await?.table),
         None => None,
     };
-    let now = partitions::now_or_db(&*client, at).await?;
+    let now = partitions::now_or_db(&client, at).await?;
     let mut report = MoveReport::default();
     let mut matched_chunk = false;
     let mut settings = settings;
@@ -104,11 +162,12 @@ pub async fn tier(
         let Some(tier_after) = p.tier_after else {
             continue;
         };
-        let Some(sync) = active_sync(client, &p.table).await? else {
+        let Some(sync) = active_sync(&client, &p.table).await? else {
             continue;
         };
         let cutoff = bounds::to_datetime(now - tier_after.as_micros())?;
-        for c in registry::list_chunks(&*client, &p.table, false).await? {
+        let now_time = bounds::to_datetime(now)?;
+        for c in registry::list_chunks(&client, &p.table, false).await? {
             let wanted = match chunk {
                 Some(name) => c.chunk_name == name,
                 None => c.status == ChunkStatus::Active && c.range_end <= cutoff,
@@ -120,11 +179,33 @@ pub async fn tier(
             if c.status != ChunkStatus::Active {
                 continue;
             }
+            // A chunk still written to by design: locking it would stall its writers for
+            // the gate's wait, and its rows are not final anyway.
+            if c.range_end > now_time {
+                let reason = format!(
+                    "still current: its range ends at {}; a chunk is tiered once its range \
+                     has passed",
+                    c.range_end.to_rfc3339()
+                );
+                record_deferral(&client, &c, &reason).await?;
+                report.deferred.push((c.chunk_name.clone(), reason));
+                continue;
+            }
             let tx = client
                 .transaction()
                 .await
                 .pg_context(|| "starting a transaction".into())?;
-            match gate::check(&tx, &c, &sync, settings).await? {
+            let c = match take_turn(&tx, &c, settings).await? {
+                Turn::Ready(fresh) => fresh,
+                Turn::Moved => continue,
+                Turn::Busy(reason) => {
+                    drop(tx);
+                    record_deferral(&client, &c, &reason).await?;
+                    report.deferred.push((c.chunk_name.clone(), reason));
+                    continue;
+                }
+            };
+            match gate::check(&tx, &mut announcer, &c, &sync, settings).await? {
                 Gate::Pass { lsn, rows } => {
                     tx.execute(
                         "UPDATE lakets._chunk_metadata
@@ -145,7 +226,7 @@ pub async fn tier(
                 Gate::Defer(reason) => {
                     drop(tx);
                     settings = after_deferral(settings, &reason);
-                    record_deferral(client, &c, &reason).await?;
+                    record_deferral(&client, &c, &reason).await?;
                     report.deferred.push((c.chunk_name.clone(), reason));
                 }
             }
@@ -165,19 +246,20 @@ pub async fn tier(
 /// `execute_retention`: drops the chunks older than their table's `drop_after` (or only
 /// `table`'s). A synced table's chunk must be tiered and pass the gate again.
 pub async fn retention(
-    client: &mut Client,
+    db: &DbConfig,
     table: Option<&str>,
     settings: GateSettings,
     at: Option<DateTime<Utc>>,
 ) -> Result<MoveReport> {
-    crate::catalog::check_installed(&*client).await?;
+    let client = crate::db::connect_with(db).await?;
+    crate::catalog::check_installed(&client).await?;
     let only = match table {
-        Some(t) => Some(registry::find_chronotable(&*client, t).await?.table),
+        Some(t) => Some(registry::find_chronotable(&client, t).await?.table),
         None => None,
     };
-    let now = partitions::now_or_db(&*client, at).await?;
+    let now = partitions::now_or_db(&client, at).await?;
     let mut report = MoveReport::default();
-    for p in policy::list_policies(&*client).await? {
+    for p in policy::list_policies(&client).await? {
         if only.as_ref().is_some_and(|t| *t != p.table) {
             continue;
         }
@@ -185,39 +267,57 @@ pub async fn retention(
             continue;
         };
         let cutoff = bounds::to_datetime(now - drop_after.as_micros())?;
-        let candidates: Vec<Chunk> = registry::list_chunks(&*client, &p.table, false)
+        let candidates: Vec<Chunk> = registry::list_chunks(&client, &p.table, false)
             .await?
             .into_iter()
             .filter(|c| c.range_end <= cutoff)
             .collect();
-        report.merge(drop_chunks_gated(client, &p.table, candidates, true, settings).await?);
+        // A policy that tiers means the table is meant to be in the cold tier: without
+        // an active sync (disabled, or moving to another location) nothing is dropped.
+        report.merge(
+            drop_chunks_gated(
+                db,
+                &p.table,
+                candidates,
+                true,
+                p.tier_after.is_some(),
+                settings,
+            )
+            .await?,
+        );
     }
     Ok(report)
 }
 
 /// Drops `chunks` of `table`: through the gate when the table is synced (and, with
-/// `require_tiered`, only tiered chunks), directly otherwise. One transaction per chunk.
+/// `require_tiered`, only tiered chunks), directly otherwise, unless `needs_sync` says it
+/// must be synced. One transaction per chunk, each under the table's lifecycle lock.
 pub async fn drop_chunks_gated(
-    client: &mut Client,
+    db: &DbConfig,
     table: &TableName,
     chunks: Vec<Chunk>,
     require_tiered: bool,
+    needs_sync: bool,
     settings: GateSettings,
 ) -> Result<MoveReport> {
-    let sync = active_sync(client, table).await?;
-    let ct = registry::get_chronotable(&*client, table)
+    let mut client = crate::db::connect_with(db).await?;
+    let mut announcer = Announcer::new(db);
+    let sync = active_sync(&client, table).await?;
+    let ct = registry::get_chronotable(&client, table)
         .await?
         .ok_or_else(|| Error::NotFound {
             kind: "ChronoTable",
             name: table.to_string(),
         })?;
-    let registered = crate::sync::find_sync(&*client, table).await?.is_some();
-    if (ct.sync_enabled || registered) && sync.is_none() {
-        // Registered as synced but no active sync: its initial copy is pending. Fail closed.
+    let registered = crate::sync::find_sync(&client, table).await?.is_some();
+    if (ct.sync_enabled || registered || needs_sync) && sync.is_none() {
+        // Meant to be synced but no active sync: its initial copy is pending, or the sync
+        // was disabled under a policy that tiers. Fail closed.
         let mut report = MoveReport::default();
         for c in chunks {
-            let reason = "sink failing: the table's sync is not active (initial copy pending?)";
-            record_deferral(client, &c, reason).await?;
+            let reason = "sink failing: the table's sync is not active (initial copy pending, \
+                          or disabled under a tiering policy)";
+            record_deferral(&client, &c, reason).await?;
             report.deferred.push((c.chunk_name, reason.into()));
         }
         return Ok(report);
@@ -227,23 +327,53 @@ pub async fn drop_chunks_gated(
     for c in chunks {
         if let (Some(_), true, false) = (&sync, require_tiered, c.status == ChunkStatus::Tiered) {
             let reason = "not tiered yet: a synced table's chunk is dropped only after tiering";
-            record_deferral(client, &c, reason).await?;
+            record_deferral(&client, &c, reason).await?;
             report.deferred.push((c.chunk_name.clone(), reason.into()));
             continue;
         }
-        let tx = ddl_transaction(client, table).await?;
+        let tx = client
+            .transaction()
+            .await
+            .pg_context(|| "starting a transaction".into())?;
+        let c = match take_turn(&tx, &c, settings).await? {
+            Turn::Ready(fresh) => fresh,
+            Turn::Moved => continue,
+            Turn::Busy(reason) => {
+                drop(tx);
+                record_deferral(&client, &c, &reason).await?;
+                report.deferred.push((c.chunk_name.clone(), reason));
+                continue;
+            }
+        };
         let target = c.chunk_table();
         if let Some(sync) = &sync {
-            match gate::check(&tx, &c, sync, settings).await? {
+            match gate::check(&tx, &mut announcer, &c, sync, settings).await? {
                 Gate::Pass { .. } => {}
                 Gate::Defer(reason) => {
                     drop(tx);
                     settings = after_deferral(settings, &reason);
-                    record_deferral(client, &c, &reason).await?;
+                    record_deferral(&client, &c, &reason).await?;
                     report.deferred.push((c.chunk_name.clone(), reason));
                     continue;
                 }
             }
+        }
+        // Partition DDL of the table (chunk creation) takes turns with the drop.
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}'",
+            partitions::DDL_LOCK_TIMEOUT
+        ))
+        .await
+        .pg_context(|| "setting lock_timeout".into())?;
+        if let Err(e) = partitions::lock_table_ddl(&tx, table).await {
+            if e.sqlstate() == Some("55P03") {
+                drop(tx);
+                let reason = "lock timeout: partition maintenance of the table held its lock; the drop waits for the next run";
+                record_deferral(&client, &c, reason).await?;
+                report.deferred.push((c.chunk_name.clone(), reason.into()));
+                continue;
+            }
+            return Err(e);
         }
         let exists: bool = tx
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target.quoted()])
@@ -268,7 +398,7 @@ pub async fn drop_chunks_gated(
                 if e.code().map(|c| c.code()) == Some("55P03") {
                     drop(tx);
                     let reason = "lock timeout: readers or writers held the chunk; the drop waits for the next run";
-                    record_deferral(client, &c, reason).await?;
+                    record_deferral(&client, &c, reason).await?;
                     report.deferred.push((c.chunk_name.clone(), reason.into()));
                     continue;
                 }

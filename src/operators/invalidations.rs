@@ -4,9 +4,11 @@
 //! buckets, and written to `lakets._rollup_invalidation_log` once per flush, with the
 //! operator's durable LSN in the same SQL transaction. The refresh consumes them.
 //!
-//! The operator learns of new and dropped rollups from the logical message that
-//! `rollup create`/`drop` emit in their transaction, so it starts invalidating exactly at
-//! the position of the creation in the stream.
+//! The operator learns of new and dropped rollups from the announcement that `rollup
+//! create`/`drop` make in their transaction, so it starts invalidating exactly at the
+//! position of the creation in the stream. (It then reads the rollup registry as it is:
+//! a rollup dropped since is skipped when written, and one created later than a replayed
+//! change only gets a needless invalidation, which its next refresh absorbs.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,12 +17,13 @@ use tokio_postgres::Client;
 
 use super::Operator;
 use super::progress;
+use crate::catalog::announce::{self, Announcement};
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::TableName;
-use crate::rollup::{self, REGISTRY_MESSAGE_PREFIX, Source, bound_text};
+use crate::rollup::{self, Source, bound_text};
 use crate::wal::lsn::Lsn;
 use crate::wal::relation::Relation;
-use crate::wal::transaction::{Change, TxnSlice};
+use crate::wal::transaction::{Change, OldRow, TxnSlice, check_update_old};
 use crate::wal::value::Value;
 
 pub const NAME: &str = "invalidations";
@@ -223,17 +226,37 @@ impl Coalescer {
         Ok(())
     }
 
+    /// Checks that an old row carries the time and group columns of every rollup of its
+    /// table (a key-only row would invalidate the wrong group, or none).
+    fn check_old(&mut self, relation: &Relation, old: Option<&OldRow>) -> Result<()> {
+        if old.is_some_and(|o| !o.key_only) {
+            return Ok(());
+        }
+        let Some(layouts) = self.layouts(relation)? else {
+            return Ok(());
+        };
+        let needed: Vec<usize> = layouts
+            .iter()
+            .flat_map(|l| std::iter::once(l.time).chain(l.groups.iter().copied()))
+            .collect();
+        check_update_old(relation, old, &needed, "rollup invalidation operator")
+    }
+
     /// Marks what one change touches.
     pub fn apply(&mut self, change: &Change) -> Result<()> {
         match change {
             Change::Insert { relation, new } => self.touch(relation, new, None),
             Change::Update { relation, old, new } => {
+                self.check_old(relation, old.as_ref())?;
                 if let Some(old) = old {
                     self.touch(relation, &old.values, None)?;
                 }
                 self.touch(relation, new, old.as_ref().map(|o| o.values.as_slice()))
             }
-            Change::Delete { relation, old } => self.touch(relation, &old.values, None),
+            Change::Delete { relation, old } => {
+                self.check_old(relation, Some(old))?;
+                self.touch(relation, &old.values, None)
+            }
             Change::Truncate { relations, .. } => {
                 for r in relations {
                     for t in self.targets.get(&r.table).into_iter().flatten() {
@@ -364,10 +387,14 @@ impl Operator for Invalidations {
 
     async fn apply(&mut self, slice: &TxnSlice) -> Result<()> {
         for change in &slice.changes {
-            if let Change::Message { prefix, .. } = change
-                && prefix == REGISTRY_MESSAGE_PREFIX
-            {
-                self.reload().await?;
+            if let Change::Message { prefix, content } = change {
+                // Rollups created or dropped: invalidations start (or stop) exactly here.
+                if prefix == announce::PREFIX
+                    && let Some(Announcement::RollupsChanged { .. }) =
+                        announce::verify(&self.client, content, slice.xid).await?
+                {
+                    self.reload().await?;
+                }
                 continue;
             }
             self.coalescer.apply(change)?;

@@ -15,14 +15,15 @@ use tokio_postgres::Client;
 
 use super::Operator;
 use super::progress;
+use crate::catalog::announce::{self, Announcement};
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::{TableName, quote_ident};
 use crate::lvc::{self, LvcConfig};
 use crate::lvc_view::{LastValue, LvcView};
 use crate::wal::lsn::Lsn;
 use crate::wal::relation::Relation;
-use crate::wal::transaction::{Change, TxnSlice};
-use crate::wal::value::Value;
+use crate::wal::transaction::{Change, OldRow, TxnSlice, check_update_old};
+use crate::wal::value::{ColumnType, Value, decode_text};
 
 pub const NAME: &str = "lvc";
 
@@ -38,13 +39,16 @@ struct Entry {
     lsn: Lsn,
 }
 
-/// A key, as the PostgreSQL input text of each key column.
+/// A key: per key column, the key text of its typed value ([`Value::to_key_text`]), the
+/// same whether it came from the stream or was read back from a table.
 type Key = Vec<String>;
 
 struct Cache {
     config: LvcConfig,
     /// SQL types of the cache table's columns (keys, time, values, lsn), for the casts.
     column_types: Vec<String>,
+    /// The same columns' types, to read their text back into typed values.
+    column_kinds: Vec<ColumnType>,
     entries: HashMap<Key, Entry>,
     /// Keys changed since the last flush (absent from `entries` = deleted).
     dirty: HashSet<Key>,
@@ -89,7 +93,10 @@ impl LastValueCache {
     /// Publishes every cached row, and each change as it is applied, to `view`.
     pub fn with_view(mut self, view: Arc<LvcView>) -> Self {
         for cache in self.caches.caches.values() {
-            view.register(&cache.config.table);
+            view.register(
+                &cache.config.table,
+                cache.column_kinds[..cache.config.key_columns.len()].to_vec(),
+            );
             view.publish(
                 cache
                     .entries
@@ -101,40 +108,80 @@ impl LastValueCache {
         self
     }
 
-    /// Picks up caches enabled since (cheap: one small query).
+    /// Loads every registered cache (at start).
     async fn reload(&mut self) -> Result<()> {
         for config in lvc::list_lvc(&self.client).await? {
-            if self.caches.caches.contains_key(&config.table) {
-                continue;
+            if !self.caches.contains_key(&config.table) {
+                self.load(config).await?;
             }
-            let entries = self.load_entries(&config).await?;
-            let column_types = self
-                .client
-                .query(
-                    "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-                      WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
-                      ORDER BY a.attnum",
-                    &[&config.cache_table.quoted()],
-                )
-                .await
-                .pg_context(|| format!("reading the columns of {}", config.cache_table))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if let Some(view) = &self.view {
-                view.register(&config.table);
-                view.publish(
-                    entries
-                        .iter()
-                        .map(|(key, entry)| last_value(&config, key, Some(entry), entry.lsn)),
-                );
-            }
-            self.caches.insert(config, column_types, entries);
         }
         Ok(())
     }
 
-    async fn load_entries(&self, config: &LvcConfig) -> Result<HashMap<Key, Entry>> {
+    /// Loads (or loads again) one cache from its table.
+    async fn load(&mut self, config: LvcConfig) -> Result<()> {
+        let columns = self
+            .client
+            .query(
+                "SELECT format_type(a.atttypid, a.atttypmod), a.atttypid FROM pg_attribute a
+                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attnum",
+                &[&config.cache_table.quoted()],
+            )
+            .await
+            .pg_context(|| format!("reading the columns of {}", config.cache_table))?;
+        let column_types: Vec<String> = columns.iter().map(|r| r.get(0)).collect();
+        let column_kinds: Vec<ColumnType> = columns
+            .iter()
+            .map(|r| ColumnType::from_oid(r.get(1)))
+            .collect();
+        let entries = self.load_entries(&config, &column_kinds).await?;
+        if let Some(view) = &self.view {
+            view.register(
+                &config.table,
+                column_kinds[..config.key_columns.len()].to_vec(),
+            );
+            view.publish(
+                entries
+                    .iter()
+                    .map(|(key, entry)| last_value(&config, key, Some(entry), entry.lsn)),
+            );
+        }
+        self.caches.remove(&config.table);
+        self.caches
+            .insert(config, column_types, column_kinds, entries);
+        Ok(())
+    }
+
+    /// Applies an announced change of the registry at its position in the stream.
+    async fn follow(&mut self, change: Announcement) -> Result<()> {
+        match change {
+            Announcement::LvcEnabled { table } | Announcement::LvcRefilled { table } => {
+                // Read as the announcing transaction left it: the fill it committed.
+                if let Some(config) = lvc::list_lvc(&self.client)
+                    .await?
+                    .into_iter()
+                    .find(|c| c.table == table)
+                {
+                    self.load(config).await?;
+                }
+            }
+            Announcement::LvcDisabled { table } => {
+                self.caches.remove(&table);
+                if let Some(view) = &self.view {
+                    view.unregister(&table);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn load_entries(
+        &self,
+        config: &LvcConfig,
+        kinds: &[ColumnType],
+    ) -> Result<HashMap<Key, Entry>> {
         let mut entries = HashMap::new();
         let text_cols: Vec<String> = config
             .cache_columns()
@@ -157,12 +204,20 @@ impl LastValueCache {
         let k = config.key_columns.len();
         let v = config.value_columns.len();
         for row in rows {
-            let key: Key = (0..k).map(|i| row.get::<_, String>(i)).collect();
+            // Text of this session read back into typed values: keys meet the stream's.
+            let typed = |i: usize| -> Result<Option<Value>> {
+                row.get::<_, Option<&str>>(i)
+                    .map(|t| decode_text(kinds[i], t.as_bytes()))
+                    .transpose()
+            };
+            let key: Key = (0..k)
+                .map(|i| Ok(typed(i)?.and_then(|v| v.to_key_text()).unwrap_or_default()))
+                .collect::<Result<_>>()?;
             let entry = Entry {
-                time_text: row.get(k),
+                time_text: typed(k)?.and_then(|v| v.to_sql_text()).unwrap_or_default(),
                 values: (0..v)
-                    .map(|i| row.get::<_, Option<String>>(k + 1 + i))
-                    .collect(),
+                    .map(|i| Ok(typed(k + 1 + i)?.and_then(|v| v.to_sql_text())))
+                    .collect::<Result<_>>()?,
                 time: row.get::<_, Option<i64>>(k + 1 + v).unwrap_or(i64::MAX),
                 lsn: row.get::<_, String>(k + 2 + v).parse()?,
             };
@@ -174,44 +229,22 @@ impl LastValueCache {
     /// The latest remaining row for a key, read from the table (after an update or delete
     /// of the cached row). It may already include later transactions; they will arrive
     /// and apply idempotently.
-    /// Waits until the slice's transaction is visible to new snapshots. The walsender can
-    /// send a transaction as soon as its commit is in the WAL, a moment before its writer
-    /// makes it visible; a fallback read in that moment would still see the row the
-    /// transaction deleted or moved, and keep it in the cache.
+    /// Waits until the slice's transaction is visible to new snapshots (see
+    /// [`announce::wait_until_visible`]): a fallback read in the moment before would still
+    /// see the row the transaction deleted or moved, and keep it in the cache.
     async fn wait_until_visible(&mut self) -> Result<()> {
-        if self.slice_visible {
-            return Ok(());
+        if !self.slice_visible {
+            announce::wait_until_visible(&self.client, self.slice_xid).await?;
+            self.slice_visible = true;
         }
-        let xid = i64::from(self.slice_xid);
-        let started = std::time::Instant::now();
-        loop {
-            // The 32-bit xid widened with the epoch of the current snapshot (the
-            // transaction is at most one wraparound behind it).
-            let visible: bool = self
-                .client
-                .query_one(
-                    "WITH s AS (SELECT pg_current_snapshot() AS snap,
-                                       pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax)
-                     SELECT pg_visible_in_snapshot(
-                              ((((xmax >> 32) - CASE WHEN $1 > (xmax & 4294967295) THEN 1 ELSE 0 END) << 32)
-                               | $1)::text::xid8,
-                              snap)
-                       FROM s",
-                    &[&xid],
-                )
-                .await
-                .pg_context(|| "checking that a transaction is visible".into())?
-                .get(0);
-            if visible || started.elapsed() > std::time::Duration::from_secs(5) {
-                self.slice_visible = true;
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        Ok(())
     }
 
-    async fn latest_from_table(&self, config: &LvcConfig, key: &Key) -> Result<Option<Entry>> {
-        let (predicate, params) = lvc::key_predicate(&config.key_columns, key);
+    async fn latest_from_table(&self, table: &TableName, key: &Key) -> Result<Option<Entry>> {
+        let cache = &self.caches.caches[table];
+        let config = &cache.config;
+        let key_types = &cache.column_types[..config.key_columns.len()];
+        let (predicate, params) = lvc::key_predicate(&config.key_columns, key_types, key);
         let values: Vec<String> = config
             .value_columns
             .iter()
@@ -232,23 +265,31 @@ impl LastValueCache {
             )
             .await
             .pg_context(|| format!("reading the latest row of {} for the cache", config.table))?;
-        Ok(row.map(|r| Entry {
-            time_text: r.get(0),
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let k = config.key_columns.len();
+        let typed = |column: usize, i: usize| -> Result<Option<String>> {
+            Ok(r.get::<_, Option<&str>>(i)
+                .map(|t| decode_text(cache.column_kinds[column], t.as_bytes()))
+                .transpose()?
+                .and_then(|v| v.to_sql_text()))
+        };
+        Ok(Some(Entry {
+            time_text: typed(k, 0)?.unwrap_or_default(),
             time: r.get::<_, Option<i64>>(1).unwrap_or(i64::MAX),
             values: (0..config.value_columns.len())
-                .map(|i| r.get::<_, Option<String>>(2 + i))
-                .collect(),
+                .map(|i| typed(k + 1 + i, 2 + i))
+                .collect::<Result<_>>()?,
             lsn: Lsn::ZERO,
         }))
     }
 
     async fn apply_change(&mut self, change: &Change, lsn: Lsn) -> Result<()> {
-        let (relation, old, new) = match change {
+        let (relation, old_row, new) = match change {
             Change::Insert { relation, new } => (relation, None, Some(new)),
-            Change::Update { relation, old, new } => {
-                (relation, old.as_ref().map(|o| &o.values), Some(new))
-            }
-            Change::Delete { relation, old } => (relation, Some(&old.values), None),
+            Change::Update { relation, old, new } => (relation, old.as_ref(), Some(new)),
+            Change::Delete { relation, old } => (relation, Some(old), None),
             Change::Truncate { relations, .. } => {
                 self.caches.truncate(relations, lsn);
                 return Ok(());
@@ -257,16 +298,33 @@ impl LastValueCache {
                 self.caches.layouts.remove(&relation.id);
                 return Ok(());
             }
-            Change::Message { .. } => return Ok(()),
+            Change::Message { prefix, content } => {
+                if prefix == announce::PREFIX
+                    && let Some(change) =
+                        announce::verify(&self.client, content, self.slice_xid).await?
+                {
+                    self.follow(change).await?;
+                }
+                return Ok(());
+            }
         };
-        if let Some(old) = old
-            && let Some(key) =
-                self.caches
-                    .displaced_key(relation, old, new.map(Vec::as_slice), lsn)?
+        if let (Change::Update { old: None, .. }, true) =
+            (change, self.caches.contains_key(&relation.table))
+        {
+            check_update_old(relation, None, &[], "Last Value Cache")?;
+        }
+        if let Some(old) = old_row
+            && let Some(key) = self.caches.displaced_key(
+                relation,
+                Some(old),
+                &old.values,
+                new.map(Vec::as_slice),
+                lsn,
+            )?
         {
             let config = self.caches.caches[&relation.table].config.clone();
             self.wait_until_visible().await?;
-            let fallback = self.latest_from_table(&config, &key).await?;
+            let fallback = self.latest_from_table(&config.table, &key).await?;
             self.caches
                 .set_fallback(&relation.table, key, fallback, lsn);
         }
@@ -308,20 +366,23 @@ pub struct CacheSet {
 impl CacheSet {
     /// Adds an empty cache (the operator adds the stored rows of each).
     pub fn add_empty(&mut self, config: LvcConfig) {
-        self.insert(config, Vec::new(), HashMap::new());
+        self.insert(config, Vec::new(), Vec::new(), HashMap::new());
     }
 
     fn insert(
         &mut self,
         config: LvcConfig,
         column_types: Vec<String>,
+        column_kinds: Vec<ColumnType>,
         entries: HashMap<Key, Entry>,
     ) {
+        self.layouts.clear();
         self.caches.insert(
             config.table.clone(),
             Cache {
                 config,
                 column_types,
+                column_kinds,
                 entries,
                 dirty: HashSet::new(),
                 touched: Vec::new(),
@@ -344,6 +405,12 @@ impl CacheSet {
 
     fn contains_key(&self, table: &TableName) -> bool {
         self.caches.contains_key(table)
+    }
+
+    fn remove(&mut self, table: &TableName) {
+        if self.caches.remove(table).is_some() {
+            self.layouts.clear();
+        }
     }
 
     /// Whether `lsn` committed before the cache of `table` was filled (its effects are in
@@ -411,6 +478,7 @@ impl CacheSet {
     fn displaced_key(
         &mut self,
         relation: &Relation,
+        old_row: Option<&OldRow>,
         old: &[Value],
         new: Option<&[Value]>,
         lsn: Lsn,
@@ -421,6 +489,15 @@ impl CacheSet {
         let Some(layout) = self.layout(relation)? else {
             return Ok(None);
         };
+        if let Some(old_row) = old_row {
+            let needed: Vec<usize> = layout
+                .keys
+                .iter()
+                .copied()
+                .chain(std::iter::once(layout.time))
+                .collect();
+            old_row.require(relation, &needed, "Last Value Cache")?;
+        }
         let (Some(old_key), Some(old_time)) = (layout.key_of(old), layout.time_of(old)) else {
             return Err(Error::Unsupported(format!(
                 "an update or delete on {} did not carry the cache key and time",
@@ -535,7 +612,7 @@ impl Layout {
     fn key_of(&self, row: &[Value]) -> Option<Key> {
         self.keys
             .iter()
-            .map(|i| row.get(*i).and_then(Value::to_sql_text))
+            .map(|i| row.get(*i).and_then(Value::to_key_text))
             .collect()
     }
 
@@ -574,18 +651,6 @@ impl Operator for LastValueCache {
     }
 
     async fn apply(&mut self, slice: &TxnSlice) -> Result<()> {
-        if slice.first {
-            // A table whose cache was enabled after we started.
-            let touches_unknown = slice.changes.iter().any(|c| match c {
-                Change::Insert { relation, .. }
-                | Change::Update { relation, .. }
-                | Change::Delete { relation, .. } => !self.caches.contains_key(&relation.table),
-                _ => false,
-            });
-            if touches_unknown {
-                self.reload().await?;
-            }
-        }
         self.slice_xid = slice.xid;
         self.slice_visible = false;
         for change in &slice.changes {
@@ -605,7 +670,20 @@ impl Operator for LastValueCache {
             if cache.dirty.is_empty() {
                 continue;
             }
-            write_dirty(&tx, cache).await?;
+            // `lvc disable` (which drops the cache table) waits for this transaction; a
+            // cache it already dropped is gone at its announcement, a little further on.
+            let registered = tx
+                .query_opt(
+                    "SELECT 1 FROM lakets._lvc_registry
+                      WHERE schema_name = $1 AND table_name = $2 FOR KEY SHARE",
+                    &[&cache.config.table.schema, &cache.config.table.name],
+                )
+                .await
+                .pg_context(|| "reading the LVC registry".into())?
+                .is_some();
+            if registered {
+                write_dirty(&tx, cache).await?;
+            }
         }
         progress::store(&tx, &self.slot, NAME, through).await?;
         tx.commit()
@@ -697,11 +775,12 @@ async fn write_dirty(tx: &tokio_postgres::Transaction<'_>, cache: &Cache) -> Res
             .pg_context(|| format!("updating the cache {}", config.cache_table))?;
     }
     if !gone[0].is_empty() {
+        // Typed comparisons: the key columns' text of this session need not be ours.
         let predicate = config
             .key_columns
             .iter()
             .enumerate()
-            .map(|(i, k)| format!("c.{}::text = u.k{i}", quote_ident(k)))
+            .map(|(i, k)| format!("c.{} = u.k{i}::{}", quote_ident(k), types[i]))
             .collect::<Vec<_>>()
             .join(" AND ");
         let aliases: Vec<String> = (0..gone.len()).map(|i| format!("k{i}")).collect();

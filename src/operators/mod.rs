@@ -22,10 +22,17 @@ use crate::wal::lsn::Lsn;
 use crate::wal::transaction::TxnSlice;
 
 /// Prepares an operator's SQL session: a stuck lock fails the flush (and restarts the
-/// pipeline) instead of hanging it.
+/// pipeline) instead of hanging it, and every commit is durable before it returns. With a
+/// database or role default of `synchronous_commit = off`, a flush could report a position
+/// durable that a PostgreSQL crash then loses, and the slot would be confirmed past it.
 pub async fn prepare_session(client: &tokio_postgres::Client, operator: &str) -> Result<()> {
+    // Set again: the client may come from a caller that did not open it through
+    // `crate::db`.
     client
-        .batch_execute("SET lock_timeout = '10s'")
+        .batch_execute(&format!(
+            "SET lock_timeout = '10s'; {}",
+            crate::db::session_set_statements()
+        ))
         .await
         .pg_context(|| format!("preparing the session of operator {operator}"))
 }
@@ -44,6 +51,14 @@ pub trait Operator: Send + 'static {
     /// Stores everything applied so far, together with `through`, the end LSN of the last
     /// transaction applied, atomically.
     fn flush(&mut self, through: Lsn) -> impl Future<Output = Result<()>> + Send;
+
+    /// Called on the flush timer between transactions, after a flush: work that must not
+    /// interleave with a window (maintenance), or that only the position calls for.
+    /// `position`: this operator has stored everything the stream carried before it.
+    fn tick(&mut self, position: Lsn) -> impl Future<Output = Result<()>> + Send {
+        let _ = position;
+        async { Ok(()) }
+    }
 
     /// Asks for a flush before the timer (a buffer is full).
     fn wants_flush(&self) -> bool {

@@ -20,6 +20,48 @@ pub async fn load(client: &impl GenericClient, slot: &str, operator: &str) -> Re
         .unwrap_or(Lsn::ZERO))
 }
 
+/// The durable LSN and the configuration an operator stored with it (`None`: none stored).
+pub async fn load_with_config(
+    client: &impl GenericClient,
+    slot: &str,
+    operator: &str,
+) -> Result<(Lsn, Option<serde_json::Value>)> {
+    let row = client
+        .query_opt(
+            "SELECT durable_lsn, config FROM lakets._sink_progress
+              WHERE slot_name = $1 AND operator = $2",
+            &[&slot, &operator],
+        )
+        .await
+        .pg_context(|| format!("reading the progress of operator {operator}"))?;
+    Ok(match row {
+        Some(r) => (Lsn::from(r.get::<_, PgLsn>(0)), r.get(1)),
+        None => (Lsn::ZERO, None),
+    })
+}
+
+/// [`store`], with the configuration the operator applied up to `lsn`.
+pub async fn store_with_config(
+    client: &impl GenericClient,
+    slot: &str,
+    operator: &str,
+    lsn: Lsn,
+    config: &serde_json::Value,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO lakets._sink_progress (slot_name, operator, durable_lsn, config)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (slot_name, operator)
+             DO UPDATE SET durable_lsn = excluded.durable_lsn, config = excluded.config,
+                           updated_at = now()",
+            &[&slot, &operator, &PgLsn::from(lsn), config],
+        )
+        .await
+        .pg_context(|| format!("recording the progress of operator {operator}"))?;
+    Ok(())
+}
+
 pub async fn store(
     client: &impl GenericClient,
     slot: &str,

@@ -32,9 +32,6 @@ use crate::interval::Interval;
 use spec::{ColumnInfo, Func, OutputColumn, SourceColumns};
 use sql::BucketType;
 
-/// Prefix of the logical message emitted with every change of the rollup registry.
-pub const REGISTRY_MESSAGE_PREFIX: &str = "lakets_rollups";
-
 /// Second key of the advisory lock that serializes registry changes (create, drop).
 const REGISTRY_LOCK: i32 = 3;
 
@@ -265,6 +262,12 @@ async fn check_identity(
     table: &TableName,
     needed: &[&str],
 ) -> Result<()> {
+    crate::chronotable::replica_identity::require_chunks_match(
+        client,
+        table,
+        "the rollup invalidations",
+    )
+    .await?;
     let row = client
         .query_one(
             "SELECT c.relreplident::text,
@@ -294,14 +297,15 @@ async fn check_identity(
     }
     Err(Error::invalid(format!(
         "the replica identity of {table} does not include {}, so an update or delete would not \
-         say which bucket it left; run ALTER TABLE {} REPLICA IDENTITY FULL (or put these \
-         columns in the primary key)",
+         say which bucket it left; set REPLICA IDENTITY FULL on the table and its chunks with \
+         `lakets chronotable replica-identity {} full` (or put these columns in the primary \
+         key)",
         missing
             .iter()
             .map(|c| format!("{c:?}"))
             .collect::<Vec<_>>()
             .join(", "),
-        table.quoted()
+        table
     )))
 }
 
@@ -659,14 +663,13 @@ async fn create_objects(tx: &tokio_postgres::Transaction<'_>, rollup: &Rollup) -
 
 /// Tells the WAL operator, in stream order, that the registry changed.
 async fn announce(client: &impl GenericClient, name: &str) -> Result<()> {
-    client
-        .execute(
-            "SELECT pg_logical_emit_message(true, $1, $2)",
-            &[&REGISTRY_MESSAGE_PREFIX, &name],
-        )
-        .await
-        .pg_context(|| "announcing the rollup change to the WAL consumer".into())?;
-    Ok(())
+    crate::catalog::announce::announce(
+        client,
+        &crate::catalog::announce::Announcement::RollupsChanged {
+            rollup: name.to_owned(),
+        },
+    )
+    .await
 }
 
 /// A transaction holding the registry lock: creates and drops see a stable DAG.

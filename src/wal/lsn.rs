@@ -40,6 +40,13 @@ impl serde::Serialize for Lsn {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<tokio_postgres::types::PgLsn> for Lsn {
     fn from(v: tokio_postgres::types::PgLsn) -> Self {
         Lsn(u64::from(v))

@@ -95,6 +95,8 @@ pub struct PipelineStatus {
     pub streaming: bool,
     /// Why the last run of the pipeline ended, if it failed.
     pub last_error: Option<String>,
+    /// Set when streaming stopped for good (a definite error): the reason.
+    pub stopped: Option<String>,
 }
 
 struct OperatorHandle {
@@ -529,6 +531,7 @@ async fn run_operator<O: Operator>(
             }
             // Everything handed to us is stored: heartbeats past it may be confirmed too.
             let _ = durable_tx.send(durable.max(idle_position));
+            op.tick(durable.max(idle_position)).await?;
         };
     }
 
@@ -638,22 +641,10 @@ where
     }
 }
 
-/// Connection trouble and server restarts are retried; bad data and bad setup are not.
+/// Connection trouble and server restarts are retried; bad data and bad setup are not
+/// (see [`Error::is_transient`]).
 pub fn is_retryable(e: &Error) -> bool {
-    match e {
-        Error::Replication { transient, .. } => *transient,
-        Error::Postgres { source, code, .. } => {
-            source.is_closed()
-                || source.as_db_error().is_none()
-                || code.as_deref().is_some_and(|c| {
-                    c.starts_with("08")
-                        || c.starts_with("57P")
-                        || matches!(c, "53300" | "55006" | "40P01" | "40001" | "55P03" | "57014")
-                })
-        }
-        Error::Io { .. } | Error::Operator(_) | Error::Delta { .. } => true,
-        _ => false,
-    }
+    e.is_transient()
 }
 
 #[cfg(test)]

@@ -24,6 +24,73 @@ pub struct OldRow {
     pub values: Row,
 }
 
+/// Checks the old row an update carried (see [`OldRow::require`]). With REPLICA IDENTITY
+/// FULL every update carries its whole old row; one without any comes from a chunk whose
+/// own identity is not FULL, and the old values it would say are unknown.
+pub fn check_update_old(
+    relation: &Relation,
+    old: Option<&OldRow>,
+    needed: &[usize],
+    operator: &str,
+) -> Result<()> {
+    match old {
+        Some(old) => old.require(relation, needed, operator),
+        None if relation.replica_identity == b'f' => OldRow {
+            key_only: true,
+            values: Vec::new(),
+        }
+        .require(relation, needed, operator),
+        None => Ok(()),
+    }
+}
+
+impl OldRow {
+    /// Checks that this old row of `relation` carries the columns at `needed`, which
+    /// `operator` reads: an old row sent with only its key lacks the others (they read
+    /// NULL), and guessing would put a change in the wrong place. PostgreSQL logs old rows
+    /// with each chunk's own replica identity, which `ALTER TABLE` on the parent does not
+    /// change: a table set to FULL whose chunk sends a key-only row is that mismatch.
+    pub fn require(&self, relation: &Relation, needed: &[usize], operator: &str) -> Result<()> {
+        if !self.key_only {
+            return Ok(());
+        }
+        let fix = format!(
+            "run `lakets chronotable replica-identity {} full` (it sets every chunk, and the \
+             chunks created later), then start again",
+            relation.table
+        );
+        if relation.replica_identity == b'f' {
+            return Err(Error::Unsupported(format!(
+                "{} has REPLICA IDENTITY FULL, but one of its chunks sent the old row of an \
+                 update or delete with only its key columns (the chunk's own replica identity \
+                 is not FULL; PostgreSQL does not pass the setting on to partitions), so the \
+                 {operator} cannot tell which row changed. Streaming stops here, nothing after \
+                 it is acknowledged; {fix}",
+                relation.table
+            )));
+        }
+        let missing: Vec<&str> = needed
+            .iter()
+            .filter(|&&i| relation.columns.get(i).is_some_and(|c| !c.is_key))
+            .map(|&i| relation.columns[i].name.as_str())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Unsupported(format!(
+            "the {operator} needs {} of the old row of an update or delete on {}, but the \
+             table's replica identity sends only its key. Streaming stops here, nothing after \
+             it is acknowledged; {fix}",
+            missing
+                .iter()
+                .map(|m| format!("{m:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            relation.table
+        )))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// A table's shape as of this point in the transaction (first sight or a change).
@@ -108,6 +175,10 @@ pub struct Assembler {
 /// A slice is also cut when its changes reach this many bytes on the wire, so that wide
 /// rows (large jsonb, bytea) keep memory bounded too.
 pub const DEFAULT_MAX_SLICE_BYTES: usize = 4 << 20;
+
+/// Prefix of lakets' transactional messages (configuration changes, see
+/// `crate::catalog::announce`); messages with any other prefix are dropped undecoded.
+pub const MESSAGE_PREFIX: &str = "lakets";
 
 /// Prefix of the heartbeat messages the pipeline emits to move an idle slot forward.
 pub const HEARTBEAT_PREFIX: &str = "lakets_heartbeat";
@@ -238,6 +309,12 @@ impl Assembler {
                 ..
             } => {
                 if transactional && self.current.is_some() {
+                    // Any role may emit messages: only lakets' own reach the operators
+                    // (and are believed only once checked against the catalog); the
+                    // others are dropped here, never copied.
+                    if prefix != MESSAGE_PREFIX {
+                        return Ok(None);
+                    }
                     self.add(Change::Message {
                         prefix: prefix.to_owned(),
                         content: content.to_vec(),

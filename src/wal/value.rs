@@ -228,6 +228,19 @@ pub fn decode_binary(ty: ColumnType, bytes: &[u8]) -> Result<Value> {
 }
 
 impl Value {
+    /// The value as a key: its input text, the same for every value PostgreSQL holds
+    /// equal in a key (`-0` and `0`, `1.50` and `1.5`), so that a key read back from a
+    /// table (through [`decode_text`]) and one from the stream meet. Compared this way,
+    /// keys are typed values, never text formatted under some session's settings.
+    pub fn to_key_text(&self) -> Option<String> {
+        match self {
+            Value::Float4(v) if *v == 0.0 => Some("0".into()),
+            Value::Float8(v) if *v == 0.0 => Some("0".into()),
+            Value::Numeric(text) => Some(normalize_numeric(text)),
+            other => other.to_sql_text(),
+        }
+    }
+
     /// The value as PostgreSQL input text for its type (`None` for NULL and for an
     /// unchanged TOAST marker, which has no value of its own). Round-trips exactly.
     pub fn to_sql_text(&self) -> Option<String> {
@@ -582,5 +595,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("timestamptz"), "{e}");
+    }
+}
+
+/// `-001.2300` as `-1.23`, `-0.0` as `0`; `NaN` and the infinities as they are.
+fn normalize_numeric(text: &str) -> String {
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", text.strip_prefix('+').unwrap_or(text)),
+    };
+    if !digits
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+    {
+        return text.to_owned(); // NaN, Infinity
+    }
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    if int == "0" && frac.is_empty() {
+        return "0".into();
+    }
+    if frac.is_empty() {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    }
+}
+
+#[cfg(test)]
+mod key_text_tests {
+    use super::*;
+
+    #[test]
+    fn keys_equal_in_postgres_have_one_text() {
+        let n = |t: &str| Value::Numeric(t.into()).to_key_text().unwrap();
+        assert_eq!(n("1.50"), "1.5");
+        assert_eq!(n("-001.2300"), "-1.23");
+        assert_eq!(n("0.000"), "0");
+        assert_eq!(n("-0"), "0");
+        assert_eq!(n("120"), "120");
+        assert_eq!(n("NaN"), "NaN");
+        assert_eq!(Value::Float8(-0.0).to_key_text().unwrap(), "0");
+        assert_eq!(
+            Value::Float8(1e20).to_key_text(),
+            Value::Float8(1e20).to_sql_text()
+        );
+        // A timestamp read back from a table under any TimeZone meets the stream's.
+        let from_table =
+            decode_text(ColumnType::Timestamptz, b"2026-03-01 09:30:00.25+00").unwrap();
+        let from_wal = Value::Timestamptz(from_table.as_time_micros().unwrap());
+        assert_eq!(from_table.to_key_text(), from_wal.to_key_text());
     }
 }

@@ -23,8 +23,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// The database's settings, as lakets' own connections use them.
+    pub fn config(&self) -> lakets::db::DbConfig {
+        lakets::db::parse_config(&self.url).expect("parsing the test database URL")
+    }
+
+    /// A session as a user of the database has it (their search_path and settings, not
+    /// the ones lakets pins for its own sessions).
     pub async fn connect(&self) -> tokio_postgres::Client {
-        lakets::db::connect(&self.url).await.expect("connecting")
+        user_connect(&self.url).await
     }
 
     pub async fn exec(&self, sql: &str) {
@@ -76,8 +83,24 @@ pub async fn fresh_empty_db(label: &str) -> TestDb {
     );
     let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
     let url = pg.create_database(&name).await.expect("creating database");
-    let client = lakets::db::connect(&url).await.expect("connecting");
+    let client = user_connect(&url).await;
     TestDb { name, url, client }
+}
+
+/// A plain session, as a user's application opens one.
+pub async fn user_connect(url: &str) -> tokio_postgres::Client {
+    try_user_connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+/// [`user_connect`], failing softly (the server may be restarting).
+pub async fn try_user_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 /// Parses an RFC 3339 time.

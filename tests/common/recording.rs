@@ -89,7 +89,7 @@ impl Operator for Recording {
         let times: Vec<Option<i64>> = self.buffer.iter().map(|r| r.2).collect();
         let lsns: Vec<&str> = self.buffer.iter().map(|r| r.3.as_str()).collect();
         tx.execute(
-            "INSERT INTO recorded (kind, id, time, commit_lsn)
+            "INSERT INTO public.recorded (kind, id, time, commit_lsn)
              SELECT k, i, timestamptz 'epoch' + t * interval '1 microsecond', l::pg_lsn
                FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[]) AS u(k, i, t, l)",
             &[&kinds, &ids, &times, &lsns],

@@ -1,0 +1,426 @@
+//! Everything at once, seeded and replayable: `lakets run` (a real process) with every
+//! operator and every job on short intervals (Delta compaction included), a mixed workload
+//! (inserts, late rows, corrections, updates that move keys to another symbol and time,
+//! deletes, ADD COLUMN), reconfiguration mid-stream (a Last Value Cache enabled, the sync
+//! disabled and enabled into another location, a rollup created), SIGKILLs of the service
+//! at random points and a PostgreSQL crash. After the final catch-up: `verify` passes for
+//! Delta, the LVC and every rollup, the Delta table holds no duplicate key, and every
+//! chunk dropped along the way is in the Delta table it was mirrored to, row for row.
+//!
+//! `LAKETS_CHAOS_SEED` replays a run; `LAKETS_CHAOS_KILLS` (default 4, as in CI) sets how
+//! many kills; the long run is `LAKETS_CHAOS_KILLS=20`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::wal::{lsn_now, wait_for, wait_until_confirmed};
+use common::{TestDb, fresh_db};
+use lakets::delta::schema::{Cell, Partitioning};
+use lakets::interval::Interval;
+
+/// xorshift64*: deterministic per seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `lakets run`, killed when dropped.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_service(db: &TestDb, config: &std::path::Path, log: &std::path::Path) -> Service {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Service(
+        Command::new(env!("CARGO_BIN_EXE_lakets"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("DATABASE_URL")
+            .env("LAKETS_DATABASE_URL", &db.url)
+            .env(
+                "LAKETS_LOG",
+                std::env::var("LAKETS_TEST_CHILD_LOG")
+                    .unwrap_or_else(|_| "warn,lakets=info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// One statement (or small transaction) of the workload. `tick` makes times unique.
+fn statement(rng: &mut Rng, tick: &mut i64, noted: bool) -> String {
+    *tick += 1;
+    let t = *tick;
+    let symbol = format!("S{}", rng.below(6));
+    let note = |v: &str| {
+        if noted {
+            format!(", {v}")
+        } else {
+            String::new()
+        }
+    };
+    let note_col = if noted { ", note" } else { "" };
+    let pick = |rng: &mut Rng| {
+        format!(
+            "(SELECT symbol, time FROM ticks WHERE symbol = '{symbol}' AND time > now() - interval '100 minutes'
+               ORDER BY time DESC OFFSET {} LIMIT 1)",
+            rng.below(20)
+        )
+    };
+    match rng.below(12) {
+        0..=4 => format!(
+            "INSERT INTO ticks (time, symbol, price, volume{note_col})
+             SELECT now() + ({t} * 100 + g) * interval '1 microsecond', '{symbol}', {}, g{}
+               FROM generate_series(1, {}) g",
+            rng.below(500),
+            note("'n'"),
+            1 + rng.below(30)
+        ),
+        // A late row, into an older hot chunk (never one old enough to be dropped).
+        5 => format!(
+            "INSERT INTO ticks (time, symbol, price, volume{note_col})
+             VALUES (now() - interval '{} minutes' + {t} * interval '1 microsecond', '{symbol}', 1.5, 1{})",
+            1 + rng.below(90),
+            note("'late'")
+        ),
+        // A correction in place.
+        6 | 7 => format!(
+            "UPDATE ticks SET price = price + 1 WHERE (symbol, time) IN {}",
+            pick(rng)
+        ),
+        // The key moves: another symbol and another time (maybe another chunk).
+        8 => format!(
+            "UPDATE ticks SET symbol = 'S{}', time = time - interval '{} minutes' + {t} * interval '1 microsecond'
+              WHERE (symbol, time) IN {}",
+            rng.below(6),
+            rng.below(60),
+            pick(rng)
+        ),
+        9 | 10 => format!("DELETE FROM ticks WHERE (symbol, time) IN {}", pick(rng)),
+        // A transaction that inserts, corrects and deletes its own rows.
+        _ => format!(
+            "BEGIN;
+             INSERT INTO ticks (time, symbol, price, volume) VALUES
+               (now() + {t} * interval '1 microsecond', 'T', 1, 1),
+               (now() + ({t} + 1) * interval '1 microsecond', 'U', 2, 2);
+             UPDATE ticks SET price = 3 WHERE symbol = 'T' AND time = now() + {t} * interval '1 microsecond';
+             DELETE FROM ticks WHERE symbol = 'U' AND time = now() + ({t} + 1) * interval '1 microsecond';
+             COMMIT;"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_at_once_with_kills_and_a_postgres_crash_leaves_every_copy_exact() {
+    let kills: usize = std::env::var("LAKETS_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let seed: u64 = std::env::var("LAKETS_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("chaos seed {seed} (LAKETS_CHAOS_SEED to replay), {kills} kills");
+    let mut rng = Rng(seed | 1);
+
+    let mut db = fresh_db("chaos").await;
+    db.exec(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
+                             price double precision, volume bigint, PRIMARY KEY (symbol, time));
+         INSERT INTO ticks SELECT now() - i * interval '10 seconds', 'S' || (i % 6), i % 100, i
+           FROM generate_series(1, 1800) i;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lakets.toml");
+    let log = dir.path().join("lakets.log");
+    std::fs::write(
+        &config,
+        r#"
+[service]
+flush_interval = "200 milliseconds"
+[http]
+listen = "off"
+[grpc]
+listen = "off"
+[jobs]
+partitions_every = "2 seconds"
+rollups_every = "1 second"
+tiering_every = "2 seconds"
+retention_every = "3 seconds"
+maintenance_every = "2 seconds"
+gate_wait = "3 seconds"
+[[tables]]
+name = "ticks"
+time_column = "time"
+chunk_interval = "1 hour"
+premake = 2
+"#,
+    )
+    .unwrap();
+    // The table converts at the first start; the sync, the policy and a rollup come before.
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = Interval::hours(1);
+    opts.premake = 2;
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+    let first = common::sync_to(&db, "ticks", dir.path().join("l1").to_str().unwrap()).await;
+    lakets::lifecycle::policy::set_policy(
+        &db.client,
+        "ticks",
+        Some(Interval::hours(2)),
+        Some(Interval::hours(3)),
+    )
+    .await
+    .unwrap();
+    let rollup = |name: &str, source: &str, bucket: &str| lakets::rollup::CreateRollup {
+        name: name.into(),
+        source: source.into(),
+        bucket: Interval::parse(bucket).unwrap(),
+        group_by: vec!["symbol".into()],
+        aggregate: "ohlcv(price, volume), count(*)".into(),
+        refresh_lag: Interval::ZERO,
+    };
+    lakets::rollup::create_rollup(&mut db.client, &rollup("ticks_1min", "ticks", "1 minute"))
+        .await
+        .unwrap();
+
+    let mut service = spawn_service(&db, &config, &log);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (url, stop) = (db.url.clone(), stop.clone());
+        let mut wrng = Rng(seed.rotate_left(17) | 1);
+        tokio::spawn(async move {
+            let mut tick = 0i64;
+            let mut statements = 0u64;
+            let mut noted = false;
+            while !stop.is_cancelled() {
+                let Ok(client) = common::try_user_connect(&url).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                while !stop.is_cancelled() {
+                    if !noted && statements == 400 {
+                        if client
+                            .batch_execute("ALTER TABLE ticks ADD COLUMN note text")
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        noted = true;
+                    }
+                    let sql = statement(&mut wrng, &mut tick, noted);
+                    statements += 1;
+                    if let Err(e) = client.batch_execute(&sql).await {
+                        if client.is_closed() {
+                            break; // the server restarts: reconnect
+                        }
+                        // A key collision or a row that moved away meanwhile.
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        let _ = e;
+                    }
+                    tokio::time::sleep(Duration::from_millis(wrng.below(15))).await;
+                }
+            }
+            statements
+        })
+    };
+
+    // The events, in seeded order: kills at random points, the reconfigurations and one
+    // PostgreSQL crash.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Event {
+        Kill,
+        EnableLvc,
+        MoveSync,
+        CreateRollup,
+        CrashPostgres,
+    }
+    let mut events: Vec<Event> = vec![Event::Kill; kills];
+    for (i, e) in [
+        Event::EnableLvc,
+        Event::MoveSync,
+        Event::CreateRollup,
+        Event::CrashPostgres,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = ((i + 1) * (events.len() + 1) / 5).min(events.len());
+        events.insert(at, e);
+    }
+    let mut moved_at = None;
+    let mut second = None;
+    let started = Instant::now();
+    for event in &events {
+        tokio::time::sleep(Duration::from_millis(800 + rng.below(3000))).await;
+        eprintln!("{:>6.1} s: {event:?}", started.elapsed().as_secs_f64());
+        match event {
+            Event::Kill => {
+                let _ = service.0.kill(); // SIGKILL
+                let _ = service.0.wait();
+                tokio::time::sleep(Duration::from_millis(rng.below(1000))).await;
+                service = spawn_service(&db, &config, &log);
+            }
+            Event::EnableLvc => {
+                lakets::lvc::enable_lvc(
+                    &mut db.client,
+                    "ticks",
+                    &["symbol".into()],
+                    &["price".into(), "volume".into()],
+                )
+                .await
+                .unwrap();
+            }
+            Event::MoveSync => {
+                lakets::sync::disable_sync(&mut db.client, "ticks")
+                    .await
+                    .unwrap();
+                moved_at = Some(
+                    db.scalar::<chrono::DateTime<chrono::Utc>>("SELECT now()")
+                        .await,
+                );
+                tokio::time::sleep(Duration::from_millis(rng.below(1500))).await;
+                second = Some(
+                    common::sync_to(&db, "ticks", dir.path().join("l2").to_str().unwrap()).await,
+                );
+            }
+            Event::CreateRollup => {
+                lakets::rollup::create_rollup(
+                    &mut db.client,
+                    &rollup("ticks_5min", "ticks", "5 minutes"),
+                )
+                .await
+                .unwrap();
+            }
+            Event::CrashPostgres => {
+                tokio::task::spawn_blocking(|| {
+                    common::cluster().crash_server()?;
+                    common::cluster().start_server()
+                })
+                .await
+                .unwrap()
+                .unwrap();
+                db.client = common::user_connect(&db.url).await;
+            }
+        }
+    }
+    stop.cancel();
+    let statements = writer.await.unwrap();
+    assert!(
+        statements > 200,
+        "the workload ran: {statements} statements"
+    );
+
+    // The final catch-up, then a clean stop (SIGTERM: flush and acknowledge).
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let end = lsn_now(&db).await;
+    wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(120)).await;
+    unsafe {
+        libc::kill(service.0.id() as i32, libc::SIGTERM);
+    }
+    let exit = service.0.wait().unwrap();
+    assert!(exit.success(), "lakets run stopped cleanly: {exit:?}");
+    lakets::rollup::refresh::refresh(&mut db.client, None, true, true)
+        .await
+        .unwrap();
+
+    let report = lakets::verify::verify(&db.client, "ticks").await.unwrap();
+    assert!(
+        report.ok,
+        "seed {seed}: verify: {:?}\n(service log: {})",
+        report.differences,
+        log.display()
+    );
+    assert_eq!(report.lvc_differences, Some(0), "{report:?}");
+    assert_eq!(report.rollups.len(), 2, "{report:?}");
+
+    // No duplicate key in the Delta table the sync writes now.
+    let second = second.expect("the sync moved");
+    let delta = lakets::delta::table::open(&second.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = lakets::delta::mirror::shape_of(&delta, "time", Partitioning::Day).unwrap();
+    let rows = lakets::delta::read::scan(&delta, &shape).await.unwrap();
+    let keys: HashSet<(Cell, Cell)> = rows.iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    assert_eq!(
+        keys.len(),
+        rows.len(),
+        "seed {seed}: duplicate keys in Delta"
+    );
+
+    // Every chunk dropped along the way is, row for row, in the table it was mirrored to
+    // at the time of its drop.
+    let moved_at = moved_at.unwrap();
+    let dropped = common::dropped_chunks(&db).await;
+    for chunk in &dropped {
+        let dropped_at: chrono::DateTime<chrono::Utc> = db
+            .client
+            .query_one(
+                "SELECT dropped_at FROM lakets._chunk_metadata WHERE chunk_name = $1",
+                &[&chunk.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let location = if dropped_at < moved_at {
+            &first.location
+        } else {
+            &second.location
+        };
+        let in_delta = common::delta_rows_in(location, chunk.start, chunk.end).await;
+        assert_eq!(
+            in_delta, chunk.rows as u64,
+            "seed {seed}: dropped chunk {} held {} rows, its Delta table {in_delta}",
+            chunk.name, chunk.rows
+        );
+    }
+    // The run exercised what it claims: drops under load and the sink's compaction.
+    assert!(!dropped.is_empty(), "seed {seed}: no chunk was dropped");
+    wait_for("a compaction record", Duration::from_secs(1), async || {
+        db.scalar::<i64>(
+            "SELECT count(*) FROM lakets._job_runs, jsonb_array_elements(details) d
+              WHERE job = 'delta_maintenance' AND (d -> 'compaction' ->> 'files_removed')::int > 0",
+        )
+        .await
+            > 0
+    })
+    .await;
+    eprintln!(
+        "chaos seed {seed}: {statements} statements, {} kills, {} chunks dropped, {} rows in Delta, {:.0} s",
+        kills,
+        dropped.len(),
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
