@@ -97,7 +97,20 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
         chunks.len()
     );
     print!("{}", crate::report::chunks_table(&chunks));
-    println!("\nConnect with:   psql '{url}'");
+    match &embedded {
+        // The URL carries the cluster's password: show where the password is instead.
+        Some(pg) => println!(
+            "\nConnect with:   PGPASSFILE={} psql '{}'\n                (for lakets: LAKETS_DATABASE_URL='{}' LAKETS_DATABASE_PASSWORD_FILE={})",
+            pg.pgpass_file().display(),
+            pg.display_url("lakets_demo"),
+            pg.display_url("lakets_demo"),
+            pg.password_file().display()
+        ),
+        None => println!(
+            "\nConnect with:   psql '{}'",
+            crate::db::describe_target(&db)
+        ),
+    }
     println!("Data directory: {}", data_dir.display());
     println!(
         "Delta table:    {} (read it with Spark, Databricks, DuckDB's delta_scan, ...)",

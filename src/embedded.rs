@@ -10,6 +10,13 @@
 //!
 //! `initdb` and `postgres` refuse to run as root; as root we run them as the `postgres`
 //! system user (or `LAKETS_PG_OS_USER`), which the Debian server package creates.
+//!
+//! Nobody else gets in: every connection (TCP and the Unix socket) authenticates with
+//! SCRAM-SHA-256 and a random password made for the cluster, kept in a `0600` file (and a
+//! `pgpass` file for psql) in the cluster's directory, which belongs to the invoking user
+//! (`0711`: the server's user may only pass through it to its data and socket directories,
+//! which are its own, `0700`). The server log and the password files are created there
+//! with `O_NOFOLLOW | O_EXCL`, so a link planted in their place is never followed.
 
 use std::ffi::CString;
 use std::fs;
@@ -27,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, Result};
 use crate::ident::quote_ident;
 
-/// The superuser created by initdb; trust authentication on loopback and the socket.
+/// The superuser created by initdb (password authentication, see the module docs).
 pub const SUPERUSER: &str = "postgres";
 
 /// How the embedded cluster is configured.
@@ -69,6 +76,8 @@ pub struct EmbeddedPostgres {
 struct Cluster {
     bindir: PathBuf,
     root: PathBuf,
+    /// The superuser's password (SCRAM); also in `root/password`.
+    password: String,
     tempdir: Mutex<Option<tempfile::TempDir>>,
     port: u16,
     run_as: Option<OsUser>,
@@ -93,20 +102,42 @@ impl EmbeddedPostgres {
             .tempdir()
             .map_err(|e| Error::io("creating the embedded cluster's temporary directory", e))?;
         let root = tempdir.path().to_path_buf();
-        if let Some(user) = run_as {
-            chown(&root, user)?;
-        }
+        // Ours; the server's user may pass through to its own directories, nothing more.
+        set_mode(&root, if run_as.is_some() { 0o711 } else { 0o700 })?;
         let data = root.join("data");
-        run_initdb(&bindir, &data, run_as)?;
+        let socket = root.join("socket");
+        for dir in [&data, &socket] {
+            fs::create_dir(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            set_mode(dir, 0o700)?;
+            if let Some(user) = run_as {
+                chown(dir, user)?;
+            }
+        }
+        let password = random_password()?;
+        write_private(&root.join("password"), &format!("{password}\n"))?;
+        // initdb reads the password from a file of its user's: one in the socket directory,
+        // made a moment ago (no server runs yet), gone once initdb is done.
+        let pwfile = socket.join("initdb.pw");
+        write_private(&pwfile, &format!("{password}\n"))?;
+        if let Some(user) = run_as {
+            chown(&pwfile, user)?;
+        }
+        let initdb = run_initdb(&bindir, &data, run_as, &pwfile);
+        let _ = fs::remove_file(&pwfile);
+        initdb?;
 
         // The port is picked once and kept across restarts, so clients can reconnect.
         let mut last_err = None;
         for _attempt in 0..5 {
             let port = free_port()?;
-            write_settings(&data, &root, port, &options)?;
+            write_settings(&data, &socket, port, &options)?;
+            let pgpass = root.join("pgpass");
+            let _ = fs::remove_file(&pgpass);
+            write_private(&pgpass, &format!("*:{port}:*:{SUPERUSER}:{password}\n"))?;
             let cluster = Arc::new(Cluster {
                 bindir: bindir.clone(),
                 root: root.clone(),
+                password: password.clone(),
                 tempdir: Mutex::new(None),
                 port,
                 run_as,
@@ -140,17 +171,49 @@ impl EmbeddedPostgres {
         "127.0.0.1"
     }
 
-    /// The directory holding the data directory, the unix socket and `postgres.log`.
+    /// The directory holding the data directory, the unix socket's directory,
+    /// `postgres.log` and the password files.
     pub fn root_dir(&self) -> &Path {
         &self.cluster.root
+    }
+
+    /// The directory of the server's Unix socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.cluster.root.join("socket")
+    }
+
+    /// A file holding the superuser's password (for `LAKETS_DATABASE_PASSWORD_FILE`).
+    pub fn password_file(&self) -> PathBuf {
+        self.cluster.root.join("password")
+    }
+
+    /// A libpq password file (`PGPASSFILE`) for psql and pg_recvlogical.
+    pub fn pgpass_file(&self) -> PathBuf {
+        self.cluster.root.join("pgpass")
+    }
+
+    /// The superuser's password: for this process's own connections; never print it.
+    pub fn password(&self) -> &str {
+        &self.cluster.password
     }
 
     pub fn bindir(&self) -> &Path {
         &self.cluster.bindir
     }
 
-    /// A libpq-style URL for a database of this cluster (no password: trust auth).
+    /// A URL for a database of this cluster, with the password (a secret: hand it to
+    /// programs through the environment, never to a log or a command line).
     pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{}",
+            self.cluster.password,
+            self.cluster.port,
+            percent_encode_path(database)
+        )
+    }
+
+    /// The URL to show: no password (it is in [`Self::password_file`]).
+    pub fn display_url(&self, database: &str) -> String {
         format!(
             "postgres://{SUPERUSER}@127.0.0.1:{}/{}",
             self.cluster.port,
@@ -219,11 +282,16 @@ impl Cluster {
             return Ok(());
         }
         let log_path = self.root.join("postgres.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&log_path)
+                .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?
+        };
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let log_err = log
             .try_clone()
@@ -527,14 +595,18 @@ fn chown(path: &Path, user: OsUser) -> Result<()> {
         .map_err(|e| Error::io(format!("giving {} to the server user", path.display()), e))
 }
 
-fn run_initdb(bindir: &Path, data: &Path, run_as: Option<OsUser>) -> Result<()> {
+fn run_initdb(bindir: &Path, data: &Path, run_as: Option<OsUser>, pwfile: &Path) -> Result<()> {
     let mut cmd = Command::new(bindir.join("initdb"));
     cmd.arg("-D")
         .arg(data)
         .args([
             "-U",
             SUPERUSER,
-            "--auth=trust",
+            // Every connection, TCP and socket, proves the password.
+            "--auth=scram-sha-256",
+        ])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .args([
             "--encoding=UTF8",
             "--locale=C",
             "--no-sync",
@@ -558,7 +630,7 @@ fn run_initdb(bindir: &Path, data: &Path, run_as: Option<OsUser>) -> Result<()> 
     Ok(())
 }
 
-fn write_settings(data: &Path, root: &Path, port: u16, options: &EmbeddedOptions) -> Result<()> {
+fn write_settings(data: &Path, socket: &Path, port: u16, options: &EmbeddedOptions) -> Result<()> {
     let mut conf = format!(
         "\n# lakets embedded cluster\n\
          listen_addresses = '127.0.0.1'\n\
@@ -570,9 +642,10 @@ fn write_settings(data: &Path, root: &Path, port: u16, options: &EmbeddedOptions
          max_connections = 200\n\
          shared_buffers = '128MB'\n\
          max_wal_size = '2GB'\n\
+         password_encryption = 'scram-sha-256'\n\
          logging_collector = off\n\
          log_min_messages = warning\n",
-        root.display()
+        socket.display()
     );
     if !options.durable {
         // No fsync, but commits stay synchronous: with asynchronous commit the walsender
@@ -592,6 +665,37 @@ fn write_settings(data: &Path, root: &Path, port: u16, options: &EmbeddedOptions
     let base =
         fs::read_to_string(&base_path).map_err(|e| Error::io("reading postgresql.conf", e))?;
     fs::write(&path, base + &conf).map_err(|e| Error::io("writing postgresql.conf", e))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))
+}
+
+/// Creates `path` (it must not exist: no file or link planted there is followed) with
+/// mode 0600, holding `text`.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// 128 random bits as hex, from the kernel.
+fn random_password() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("reading /dev/urandom for the cluster's password", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn free_port() -> Result<u16> {

@@ -117,6 +117,31 @@ impl LvcView {
         rows
     }
 
+    /// Up to `n` live rows of a table whose keys come after `after`, in key order: a
+    /// snapshot a page at a time, so that no caller holds the whole cache.
+    pub fn page(
+        &self,
+        table: &TableName,
+        after: Option<&[String]>,
+        n: usize,
+    ) -> Vec<Arc<LastValue>> {
+        let tables = self.tables.read().expect("LVC view lock poisoned");
+        let Some(view) = tables.get(table) else {
+            return Vec::new();
+        };
+        let mut rows: Vec<&Arc<LastValue>> = view
+            .entries
+            .values()
+            .filter(|v| !v.deleted && after.is_none_or(|a| v.key.as_slice() > a))
+            .collect();
+        if rows.len() > n {
+            rows.select_nth_unstable_by(n, |a, b| a.key.cmp(&b.key));
+            rows.truncate(n);
+        }
+        rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        rows.into_iter().cloned().collect()
+    }
+
     pub fn has_table(&self, table: &TableName) -> bool {
         self.tables
             .read()

@@ -629,9 +629,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKETS_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,lakets=info,pg_walstream=error")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKETS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lakets=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -1264,19 +1263,50 @@ async fn overlay_live_status(
     status: &mut lakets::status::ServiceStatus,
 ) {
     use lakets::grpc::proto::admin_client::AdminClient;
-    if config.grpc.listen == "off" || config.grpc.tls_cert_file.is_some() {
-        return;
-    }
-    let addr = config.grpc.listen.replace("0.0.0.0", "127.0.0.1");
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let Ok(listen) = config.grpc.listen.parse::<SocketAddr>() else {
+        return; // "off"
+    };
+    // A wildcard listener is reached on this host's loopback.
+    let target = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port())
+        }
+        _ => listen,
+    };
+    let tls = config.grpc.tls_cert_file.as_ref();
+    // The admin token goes only where nobody on the way can read it: over TLS (checked
+    // against the service's own certificate chain), or to a loopback address.
+    let send_token = tls.is_some() || target.ip().is_loopback();
     let live = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect_timeout(std::time::Duration::from_secs(1))
-            .connect()
-            .await
-            .ok()?;
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!(
+            "{}://{target}",
+            if tls.is_some() { "https" } else { "http" }
+        ))
+        .ok()?
+        .connect_timeout(std::time::Duration::from_secs(1));
+        if let Some(chain) = tls {
+            lakets::install_crypto_provider();
+            let pem = std::fs::read(chain).ok()?;
+            let domain = if target.ip().is_loopback() {
+                "localhost".to_owned()
+            } else {
+                target.ip().to_string()
+            };
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                        .domain_name(domain),
+                )
+                .ok()?;
+        }
+        let channel = endpoint.connect().await.ok()?;
         let mut request = tonic::Request::new(lakets::grpc::proto::StatusRequest {});
-        if let Ok(Some(token)) = config.admin_token() {
+        if send_token && let Ok(Some(token)) = config.admin_token() {
             request
                 .metadata_mut()
                 .insert("authorization", format!("Bearer {token}").parse().ok()?);

@@ -68,6 +68,8 @@ pub async fn pipeline_with_maintenance(
 /// What the API and the probes read.
 pub struct ServiceState {
     pub db: crate::db::DbConfig,
+    /// The sessions the admin calls share (bounded).
+    pub admin_pool: crate::db::pool::Pool,
     pub slot: String,
     pub status: Arc<Mutex<PipelineStatus>>,
     pub lvc: Arc<LvcView>,
@@ -100,14 +102,21 @@ pub async fn start(
     db: crate::db::DbConfig,
     cancel: CancellationToken,
 ) -> Result<Service> {
+    config.check_listeners()?;
     let slot = slot_name(config, &db);
     let mut source = crate::wal::SourceSettings::new(&slot, &config.service.publication);
     source.binary = config.service.protocol == Protocol::Binary;
+    source.max_message_bytes = config.service.max_message_bytes.0 as usize;
     let mut pipeline_config = PipelineConfig::new(source);
     pipeline_config.flush_interval = config.flush_interval();
     let schedule = config.jobs.schedule();
     let state = Arc::new(ServiceState {
         db: db.clone(),
+        admin_pool: crate::db::pool::Pool::new(
+            db.clone(),
+            config.grpc.admin_sessions,
+            Duration::from_secs(10),
+        ),
         slot: slot.clone(),
         status: Arc::new(Mutex::new(PipelineStatus {
             slot: slot.clone(),
@@ -160,11 +169,13 @@ pub async fn start(
         let addr = parse_addr("grpc.listen", &config.grpc.listen)?;
         let settings = crate::grpc::GrpcSettings {
             admin_token: config.admin_token()?,
+            read_token: config.read_token()?,
             tls: config
                 .grpc
                 .tls_cert_file
                 .clone()
                 .zip(config.grpc.tls_key_file.clone()),
+            max_subscribers: config.grpc.max_subscribers,
         };
         let (bound, task) =
             crate::grpc::serve(addr, state.clone(), settings, cancel.clone()).await?;

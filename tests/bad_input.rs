@@ -537,7 +537,7 @@ async fn every_bad_input_is_refused_clearly_and_changes_nothing() {
          CREATE TABLE odd (time timestamptz NOT NULL, p point);
          DO $$ BEGIN
            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bad_input_reader') THEN
-             CREATE ROLE bad_input_reader LOGIN;
+             CREATE ROLE bad_input_reader LOGIN PASSWORD 'test-role-pw';
            END IF;
          END $$;
          GRANT USAGE ON SCHEMA lakets TO bad_input_reader;
@@ -629,7 +629,5 @@ fn changed(before: &str, after: &str) -> Option<String> {
 
 /// The test database's URL with another user.
 fn with_user(url: &str, user: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
-    format!("{scheme}://{user}@{host}")
+    common::url_as(url, user)
 }

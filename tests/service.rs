@@ -341,6 +341,7 @@ async fn grpc_lvc_subscribe_admin_token_metrics_and_probes() {
         .batch_get(proto::BatchGetRequest {
             table: "ticks".into(),
             keys: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -9,8 +9,12 @@ use common::wal::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_errors_say_what_to_change() {
     let db = fresh_db("preflight").await;
-    db.exec("CREATE ROLE plain_user LOGIN").await;
-    let url = db.url.replace("postgres@", "plain_user@");
+    db.exec(&format!(
+        "CREATE ROLE plain_user LOGIN PASSWORD '{}'",
+        common::ROLE_PASSWORD
+    ))
+    .await;
+    let url = common::url_as(&db.url, "plain_user");
     let client = lakets::db::connect(&url).await.unwrap();
     let err = lakets::wal::setup::preflight(&client, &db.name)
         .await

@@ -4,7 +4,7 @@
 -- REPLICATION attribute), connected to the database lakets serves:
 --
 --   psql "postgres://postgres@db.example:5432/app" -v ON_ERROR_STOP=1 \
---        -v lakets_password="$(cat /secure/path/db-password)" \
+--        -v lakets_password_file=/secure/path/db-password \
 --        -v schemas=public \
 --        -v tables=public.stock_ticks \
 --        -v app_role=app \
@@ -12,9 +12,12 @@
 --
 -- Variables (psql -v NAME=VALUE; values never appear in this file):
 --   lakets_role      the service's role                                  (default: lakets)
---   lakets_password  its password; omit it to keep the current one (or to use \password
---                    or certificate auth). A SCRAM verifier ('SCRAM-SHA-256$4096:...')
---                    is accepted too and stored as is.
+--   lakets_password_file  a file holding its password (read by psql here, so the password
+--                    is never in a command line that `ps` shows); omit it to keep the
+--                    current one (or to use \password or certificate auth). A SCRAM
+--                    verifier ('SCRAM-SHA-256$4096:...') in the file is stored as is.
+--   harden           1: also revoke from PUBLIC what lets any role reach into lakets'
+--                    stream or SQL (see section 7)                              (optional)
 --   schemas          comma-separated schemas holding the tables lakets converts into
 --                    ChronoTables and where it creates chunks and rollups (default: public)
 --   publication      the publication lakets streams ([service] publication) (default: lakets)
@@ -44,8 +47,9 @@
 --     <schema>.<rollup>_realtime in the SOURCE TABLE'S schema; DELETE/INSERT on them.
 --   * Tiering and retention (src/lifecycle/): LOCK TABLE <chunk> IN EXCLUSIVE MODE, then
 --     DROP TABLE <chunk>.
---   * pg_logical_emit_message (heartbeats, rollup registry changes) and advisory locks:
---     both are open to every role, nothing to grant.
+--   * pg_logical_emit_message (heartbeats, the gate's requests and the announcements of
+--     configuration changes) and advisory locks: open to every role unless section 7
+--     revokes them from PUBLIC, which then grants lakets its own EXECUTE.
 
 \set ON_ERROR_STOP on
 
@@ -96,15 +100,19 @@ ALTER ROLE :"lakets_role" WITH LOGIN REPLICATION INHERIT
 -- leader and job runner) plus one per CLI command; a limit protects the server from a bug:
 -- ALTER ROLE :"lakets_role" CONNECTION LIMIT 32;
 
-\if :{?lakets_password}
+\if :{?lakets_password_file}
+  -- Read by psql from the file (backquotes run a command on the client: `cat` of the
+  -- quoted path), never put on a command line.
+  \set lakets_password `cat :'lakets_password_file'`
   -- Keep the password out of the server log for this statement (pg_stat_statements with
   -- track_utility may still record it: prefer a SCRAM verifier or \password there).
   SET LOCAL log_statement = 'none';
   SET LOCAL log_min_duration_statement = -1;
   SET LOCAL password_encryption = 'scram-sha-256';
   ALTER ROLE :"lakets_role" PASSWORD :'lakets_password';
+  \unset lakets_password
 \else
-  \echo 'grants.sql: no lakets_password given; the role keeps its current password (set one with \\password).'
+  \echo 'grants.sql: no lakets_password_file given; the role keeps its current password (set one with \\password).'
 \endif
 
 -- 2. The database. ------------------------------------------------------------------------
@@ -242,6 +250,31 @@ GRANT USAGE ON SCHEMA lakets TO :"app_role";
 ALTER DEFAULT PRIVILEGES FOR ROLE :"lakets_role" IN SCHEMA lakets GRANT SELECT ON TABLES TO :"app_role";
 \endif
 
+-- 7. Hardening (-v harden=1). -------------------------------------------------------------
+-- lakets' role holds REPLICATION: it reads every change of every table. Two doors other
+-- roles could use to reach into what it runs:
+--   * CREATE on schema public: a role that may create objects there can define, say,
+--     public.array_agg(double precision), an exact-type match that beats pg_catalog's, and
+--     every session whose search_path includes public would run it. lakets pins its own
+--     sessions to search_path = pg_catalog, pg_temp (startup options beat ALTER ROLE/
+--     DATABASE ... SET), so it never runs such code; your application's sessions might.
+--     PostgreSQL 15 no longer grants it to PUBLIC; databases upgraded from older versions
+--     still do.
+--   * pg_logical_emit_message: any role may put a message into every logical stream. lakets
+--     believes a message with its prefix only when the catalog row it names was written in
+--     the same transaction, and skips other prefixes' messages unread (a 300 MB one passes
+--     in bounded memory), but revoking it keeps such traffic out of the WAL altogether.
+--     Other logical consumers that rely on it need their own grant.
+\if :{?harden}
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, text) TO :"lakets_role";
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, bytea) TO :"lakets_role";
+\else
+  \echo 'grants.sql: hardening skipped; consider -v harden=1 (revokes CREATE on schema public and pg_logical_emit_message from PUBLIC, see section 7).'
+\endif
+
 COMMIT;
 
 \echo 'grants.sql: done. Check with: lakets slot show; then start lakets run.'
@@ -254,8 +287,8 @@ COMMIT;
 --   * pg_monitor / pg_read_all_stats: lakets reads pg_replication_slots (open to all) and
 --     counts pg_stat_replication rows, which works without them.
 --   * pg_read_all_data / pg_write_all_data: ownership of the ChronoTables covers it.
---   * EXECUTE on pg_logical_emit_message, pg_current_wal_lsn, pg_current_wal_insert_lsn,
---     pg_advisory_*: granted to PUBLIC by default.
+--   * EXECUTE on pg_current_wal_lsn, pg_current_wal_insert_lsn, pg_advisory_*: granted to
+--     PUBLIC by default (pg_logical_emit_message too, unless section 7 revoked it).
 --   * TEMPORARY on the database: lakets creates no temporary tables.
 --
 -- Server settings: see deploy/postgresql/lakets.conf (wal_level = logical needs a restart).

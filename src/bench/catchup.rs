@@ -59,7 +59,7 @@ pub struct CatchupReport {
 
 const PROTOCOLS: [(&str, bool); 2] = [("text", false), ("binary", true)];
 /// pg_recvlogical, the service's pipeline, two pg_recvlogical on split publications, and
-/// pg_recvlogical over the Unix socket (pg_walstream's transport speaks TCP only).
+/// pg_recvlogical over the Unix socket.
 const CONSUMERS: [&str; 4] = ["recv", "lakets", "split", "recv_unix"];
 /// The consumers' names in the report.
 const RECV: &str = "pg_recvlogical";
@@ -123,7 +123,7 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
                     let slot = format!("bench_{who}_{name}_{rep}");
                     let host = match who {
                         "recv" => pg.host().to_owned(),
-                        _ => pg.root_dir().display().to_string(),
+                        _ => pg.socket_dir().display().to_string(),
                     };
                     run_pg_recvlogical(&pg, &host, &slot, "lakets", binary, marker).await?;
                     None
@@ -247,6 +247,8 @@ async fn run_pg_recvlogical(
         crate::embedded::SUPERUSER
     );
     let mut cmd = tokio::process::Command::new(pg.bindir().join("pg_recvlogical"));
+    // The password from the cluster's pgpass file: never on the command line.
+    cmd.env("PGPASSFILE", pg.pgpass_file());
     cmd.args([
         "-d",
         &conninfo,

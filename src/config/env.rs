@@ -25,14 +25,19 @@ const KEYS: &[(&str, Kind)] = &[
     ("service.publication", Kind::Text),
     ("service.protocol", Kind::Text),
     ("service.flush_interval", Kind::Text),
+    ("service.max_message_bytes", Kind::Text),
     ("log.format", Kind::Text),
     ("http.listen", Kind::Text),
     ("http.retained_wal_warning", Kind::Text),
     ("http.ready_max_lag", Kind::Text),
     ("grpc.listen", Kind::Text),
     ("grpc.admin_token_file", Kind::Text),
+    ("grpc.read_token_file", Kind::Text),
     ("grpc.tls_cert_file", Kind::Text),
     ("grpc.tls_key_file", Kind::Text),
+    ("grpc.allow_plaintext", Kind::Bool),
+    ("grpc.max_subscribers", Kind::Integer),
+    ("grpc.admin_sessions", Kind::Integer),
     ("jobs.enabled", Kind::Bool),
     ("jobs.partitions_every", Kind::Text),
     ("jobs.rollups_every", Kind::Text),
@@ -65,7 +70,7 @@ const SECTIONS: &[&str] = &[
 ];
 
 /// Variables under a section's prefix that are not config keys.
-const NOT_KEYS: &[&str] = &["LAKETS_GRPC_ADMIN_TOKEN"];
+const NOT_KEYS: &[&str] = &["LAKETS_GRPC_ADMIN_TOKEN", "LAKETS_GRPC_READ_TOKEN"];
 
 /// The environment variable of a key path such as `jobs.tiering_every` (`*` stays `*`).
 pub fn variable_name(path: &str) -> String {

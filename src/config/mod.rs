@@ -53,6 +53,9 @@ pub struct ServiceSection {
     pub protocol: Protocol,
     /// Operators store their state at least this often.
     pub flush_interval: Interval,
+    /// A change (or logical message) larger than this on the wire is never held: another
+    /// role's message is skipped as it arrives, a row stops the stream naming its table.
+    pub max_message_bytes: ByteSize,
 }
 
 impl Default for ServiceSection {
@@ -62,6 +65,7 @@ impl Default for ServiceSection {
             publication: crate::wal::setup::DEFAULT_PUBLICATION.into(),
             protocol: Protocol::Binary,
             flush_interval: Interval::from_secs(1),
+            max_message_bytes: ByteSize(crate::wal::source::DEFAULT_MAX_MESSAGE_BYTES as u64),
         }
     }
 }
@@ -114,8 +118,17 @@ pub struct GrpcSection {
     /// "off" disables.
     pub listen: String,
     pub admin_token_file: Option<PathBuf>,
+    /// When set, the Last Value Cache's calls need this token (or the admin token).
+    pub read_token_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// A listener beyond loopback without TLS is refused unless this says the network
+    /// is trusted (the admin token then travels in clear text).
+    pub allow_plaintext: bool,
+    /// Subscribers served at once; one more is refused (RESOURCE_EXHAUSTED).
+    pub max_subscribers: usize,
+    /// SQL sessions the admin calls share.
+    pub admin_sessions: usize,
 }
 
 impl Default for GrpcSection {
@@ -123,8 +136,12 @@ impl Default for GrpcSection {
         GrpcSection {
             listen: "127.0.0.1:50051".into(),
             admin_token_file: None,
+            read_token_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            allow_plaintext: false,
+            max_subscribers: 64,
+            admin_sessions: 4,
         }
     }
 }
@@ -334,6 +351,20 @@ impl Config {
         let mut doc: toml_edit::DocumentMut = text
             .parse()
             .map_err(|e| Error::invalid(format!("config {origin}: {e}")))?;
+        // A password in the file itself is refused (a config file is often world-readable
+        // and committed); the environment may carry a whole URL.
+        if let Some(url) = doc
+            .get("database")
+            .and_then(|d| d.get("url"))
+            .and_then(|u| u.as_str())
+            && crate::db::url_has_password(url)
+        {
+            return Err(Error::invalid(format!(
+                "config {origin}: database.url contains a password; put it in \
+                 database.password_file or PGPASSWORD (a config file is often world-readable \
+                 and committed)"
+            )));
+        }
         let applied = env::apply(&mut doc, vars)?;
         let config: Config = toml::from_str(&doc.to_string()).map_err(|e| {
             let from_env = if applied.is_empty() {
@@ -351,15 +382,6 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         fn bad<T>(what: String) -> Result<T> {
             Err(Error::invalid(format!("config: {what}")))
-        }
-        if let Some(url) = &self.database.url
-            && crate::db::url_has_password(url)
-        {
-            return bad(
-                "database.url contains a password; put it in database.password_file or \
-                 PGPASSWORD (a config file is often world-readable and committed)"
-                    .into(),
-            );
         }
         if let Some(slot) = &self.service.slot {
             crate::wal::setup::check_slot_name(slot)
@@ -497,6 +519,55 @@ impl Config {
         }
         match &self.grpc.admin_token_file {
             Some(path) => Ok(Some(read_secret(path, "grpc.admin_token_file")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Who may reach the API: a gRPC listener beyond loopback needs the admin token, and
+    /// TLS unless `grpc.allow_plaintext` says the network is trusted (the token would
+    /// otherwise travel in clear text). Refused before anything binds.
+    pub fn check_listeners(&self) -> Result<()> {
+        if self.grpc.listen == "off" {
+            return Ok(());
+        }
+        let addr: std::net::SocketAddr = self
+            .grpc
+            .listen
+            .parse()
+            .map_err(|e| Error::invalid(format!("grpc.listen {:?}: {e}", self.grpc.listen)))?;
+        if addr.ip().is_loopback() {
+            return Ok(());
+        }
+        if self.admin_token()?.is_none() {
+            return Err(Error::invalid(format!(
+                "grpc.listen = {:?} is reachable from other hosts, and no admin token is set: \
+                 anyone who can reach it could tier chunks and read the service's state. Set \
+                 grpc.admin_token_file (or LAKETS_GRPC_ADMIN_TOKEN), or listen on 127.0.0.1",
+                self.grpc.listen
+            )));
+        }
+        if self.grpc.tls_cert_file.is_none() && !self.grpc.allow_plaintext {
+            return Err(Error::invalid(format!(
+                "grpc.listen = {:?} is reachable from other hosts without TLS: the admin token \
+                 and the cached rows would cross the network in clear text. Set \
+                 grpc.tls_cert_file and grpc.tls_key_file, or grpc.allow_plaintext = true if \
+                 the network in between is trusted",
+                self.grpc.listen
+            )));
+        }
+        Ok(())
+    }
+
+    /// The token the Last Value Cache's calls need (`LAKETS_GRPC_READ_TOKEN` or
+    /// `grpc.read_token_file`), if any.
+    pub fn read_token(&self) -> Result<Option<String>> {
+        if let Ok(token) = std::env::var("LAKETS_GRPC_READ_TOKEN")
+            && !token.is_empty()
+        {
+            return Ok(Some(token));
+        }
+        match &self.grpc.read_token_file {
+            Some(path) => Ok(Some(read_secret(path, "grpc.read_token_file")?)),
             None => Ok(None),
         }
     }

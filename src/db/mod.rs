@@ -7,6 +7,7 @@
 //! TLS follows libpq's `sslmode` (up to `verify-full`) and `sslrootcert`, given in the URL.
 
 pub mod conninfo;
+pub mod pool;
 pub mod tls;
 
 use std::ops::{Deref, DerefMut};

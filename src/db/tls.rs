@@ -6,9 +6,8 @@
 //! - `verify-ca`: the chain must lead to a trusted root; the host name is not checked;
 //! - `verify-full`: the chain and the host name are checked.
 //!
-//! The SQL connections use these through tokio-postgres-rustls; the replication connection
-//! gets the same options through its conninfo (see `wal::source`), and pg_walstream applies
-//! the same rules with its own rustls.
+//! The SQL connections use these through tokio-postgres-rustls, the replication connection
+//! (see `wal::source`) through tokio-rustls: the same configuration for both.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

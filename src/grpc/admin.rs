@@ -1,5 +1,6 @@
-//! `lakets.v1.Admin`: status, chunks, rollups, tiering and the ingest profile. Each call
-//! opens its own short database session, so a slow call never holds up another.
+//! `lakets.v1.Admin`: status, chunks, rollups, tiering and the ingest profile. The calls
+//! share a bounded pool of database sessions (`grpc.admin_sessions`): however many
+//! arrive, they never hold more than that many connections.
 
 use std::sync::Arc;
 
@@ -17,10 +18,8 @@ impl AdminApi {
         AdminApi { state }
     }
 
-    async fn client(&self) -> Result<tokio_postgres::Client, Status> {
-        crate::db::connect_with(&self.state.db)
-            .await
-            .map_err(status_of)
+    async fn client(&self) -> Result<crate::db::pool::Pooled<'_>, Status> {
+        self.state.admin_pool.get().await.map_err(status_of)
     }
 }
 
@@ -37,7 +36,7 @@ impl proto::admin_server::Admin for AdminApi {
     ) -> Result<Response<proto::StatusResponse>, Status> {
         let client = self.client().await?;
         let live = self.state.status.lock().unwrap().clone();
-        let s = crate::status::collect(&client, &self.state.slot, Some(&live))
+        let s = crate::status::collect(&*client, &self.state.slot, Some(&live))
             .await
             .map_err(status_of)?;
         Ok(Response::new(proto::StatusResponse {
@@ -70,12 +69,12 @@ impl proto::admin_server::Admin for AdminApi {
     ) -> Result<Response<proto::ChunksResponse>, Status> {
         let r = request.into_inner();
         let client = self.client().await?;
-        crate::catalog::check_installed(&client)
+        crate::catalog::check_installed(&*client)
             .await
             .map_err(status_of)?;
         let table = match opt(&r.table) {
             Some(t) => Some(
-                crate::catalog::registry::find_chronotable(&client, t)
+                crate::catalog::registry::find_chronotable(&*client, t)
                     .await
                     .map_err(status_of)?
                     .table,
@@ -122,10 +121,10 @@ impl proto::admin_server::Admin for AdminApi {
         _: Request<proto::RollupsRequest>,
     ) -> Result<Response<proto::RollupsResponse>, Status> {
         let client = self.client().await?;
-        crate::catalog::check_installed(&client)
+        crate::catalog::check_installed(&*client)
             .await
             .map_err(status_of)?;
-        let rollups = crate::rollup::list_rollups(&client)
+        let rollups = crate::rollup::list_rollups(&*client)
             .await
             .map_err(status_of)?;
         Ok(Response::new(proto::RollupsResponse {
@@ -158,7 +157,7 @@ impl proto::admin_server::Admin for AdminApi {
         let r = request.into_inner();
         let mut client = self.client().await?;
         let reports =
-            crate::rollup::refresh::refresh(&mut client, opt(&r.name), r.cascade, r.force)
+            crate::rollup::refresh::refresh(client.client_mut(), opt(&r.name), r.cascade, r.force)
                 .await
                 .map_err(status_of)?;
         Ok(Response::new(proto::RefreshRollupsResponse {
@@ -182,6 +181,8 @@ impl proto::admin_server::Admin for AdminApi {
         request: Request<proto::TierRequest>,
     ) -> Result<Response<proto::TierResponse>, Status> {
         let r = request.into_inner();
+        // Tiering opens its own sessions; it takes a turn of the pool all the same.
+        let _turn = self.state.admin_pool.turn().await.map_err(status_of)?;
         let report = crate::lifecycle::tier(
             &self.state.db,
             opt(&r.table),
@@ -206,7 +207,7 @@ impl proto::admin_server::Admin for AdminApi {
         _: Request<proto::GetIngestProfileRequest>,
     ) -> Result<Response<proto::IngestProfile>, Status> {
         let client = self.client().await?;
-        let stored = crate::ingest::get_profile(&client)
+        let stored = crate::ingest::get_profile(&*client)
             .await
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found("no ingest has run against this database yet"))?;
@@ -230,7 +231,7 @@ impl proto::admin_server::Admin for AdminApi {
             rate: r.rate,
             burst: r.burst,
         };
-        crate::ingest::set_profile(&client, profile)
+        crate::ingest::set_profile(&*client, profile)
             .await
             .map_err(status_of)?;
         Ok(Response::new(proto::IngestProfile {

@@ -12,13 +12,27 @@ use crate::ident::{QualifiedName, TableName};
 use crate::lvc_view::{LastValue, LvcView};
 use crate::service::ServiceState;
 
+/// Rows per page of a snapshot (a subscription's first rows, a BatchGet of every key).
+const PAGE_ROWS: usize = 1000;
+/// Keys (or rows) one call may ask for.
+const MAX_ROWS_PER_CALL: usize = 10_000;
+/// Changes queued for one subscriber before its task waits for the client to read.
+const SUBSCRIBER_QUEUE: usize = 256;
+
 pub struct LvcApi {
     state: Arc<ServiceState>,
+    /// One permit per subscriber served.
+    subscribers: Arc<tokio::sync::Semaphore>,
+    max_subscribers: usize,
 }
 
 impl LvcApi {
-    pub fn new(state: Arc<ServiceState>) -> Self {
-        LvcApi { state }
+    pub fn new(state: Arc<ServiceState>, max_subscribers: usize) -> Self {
+        LvcApi {
+            state,
+            subscribers: Arc::new(tokio::sync::Semaphore::new(max_subscribers)),
+            max_subscribers,
+        }
     }
 
     fn view(&self) -> &LvcView {
@@ -102,13 +116,13 @@ impl proto::last_value_cache_server::LastValueCache for LvcApi {
     ) -> Result<Response<proto::BatchGetResponse>, Status> {
         let r = request.into_inner();
         let table = self.table(&r.table)?;
-        let values = if r.keys.is_empty() {
-            self.view()
-                .all(&table)
-                .iter()
-                .map(|v| to_proto(v))
-                .collect()
-        } else {
+        if r.keys.len() > MAX_ROWS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "{} keys asked at once; a BatchGet takes at most {MAX_ROWS_PER_CALL}",
+                r.keys.len()
+            )));
+        }
+        if !r.keys.is_empty() {
             let mut out = Vec::with_capacity(r.keys.len());
             for k in r.keys {
                 let key = self.view().normalize_key(&table, &key_of(Some(k))?);
@@ -116,9 +130,33 @@ impl proto::last_value_cache_server::LastValueCache for LvcApi {
                     out.push(to_proto(&v));
                 }
             }
-            out
+            return Ok(Response::new(proto::BatchGetResponse {
+                values: out,
+                next_page_token: String::new(),
+            }));
+        }
+        // Every key: a page at a time.
+        let size = match r.page_size as usize {
+            0 => MAX_ROWS_PER_CALL,
+            n => n.min(MAX_ROWS_PER_CALL),
         };
-        Ok(Response::new(proto::BatchGetResponse { values }))
+        let after: Option<Vec<String>> = match r.page_token.as_str() {
+            "" => None,
+            token => Some(serde_json::from_str(token).map_err(|_| {
+                Status::invalid_argument("page_token is not one this service handed out")
+            })?),
+        };
+        let page = self.view().page(&table, after.as_deref(), size);
+        let next_page_token = match page.last() {
+            Some(last) if page.len() == size => {
+                serde_json::to_string(&last.key).expect("keys serialize")
+            }
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::BatchGetResponse {
+            values: page.iter().map(|v| to_proto(v)).collect(),
+            next_page_token,
+        }))
     }
 
     type SubscribeStream = ValueStream;
@@ -129,6 +167,20 @@ impl proto::last_value_cache_server::LastValueCache for LvcApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = request.into_inner();
         let table = self.table(&r.table)?;
+        if r.keys.len() > MAX_ROWS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "{} keys asked at once; a subscription takes at most {MAX_ROWS_PER_CALL} (or \
+                 none: every key)",
+                r.keys.len()
+            )));
+        }
+        let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the service serves {} subscribers already (grpc.max_subscribers); try again \
+                 later",
+                self.max_subscribers
+            ))
+        })?;
         let keys: Option<HashSet<Vec<String>>> = if r.keys.is_empty() {
             None
         } else {
@@ -143,17 +195,12 @@ impl proto::last_value_cache_server::LastValueCache for LvcApi {
         // Subscribed before the snapshot is read: nothing falls between the two.
         let mut updates = self.view().subscribe();
         let state = self.state.clone();
-        let initial = if r.updates_only {
-            Vec::new()
-        } else {
-            filter.snapshot(&state.lvc)
-        };
-        let (tx, rx) = mpsc::channel::<Result<proto::LastValue, Status>>(1024);
+        let (tx, rx) = mpsc::channel::<Result<proto::LastValue, Status>>(SUBSCRIBER_QUEUE);
+        let initial = !r.updates_only;
         tokio::spawn(async move {
-            for v in initial {
-                if tx.send(Ok(v)).await.is_err() {
-                    return;
-                }
+            let _permit = permit;
+            if initial && !filter.send_snapshot(&state.lvc, &tx).await {
+                return;
             }
             loop {
                 let next = tokio::select! {
@@ -170,10 +217,8 @@ impl proto::last_value_cache_server::LastValueCache for LvcApi {
                     Ok(_) => {}
                     // Too slow to keep up: send the current rows again, then go on.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        for v in filter.snapshot(&state.lvc) {
-                            if tx.send(Ok(v)).await.is_err() {
-                                return;
-                            }
+                        if !filter.send_snapshot(&state.lvc, &tx).await {
+                            return;
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -198,11 +243,38 @@ impl Filter {
         v.table == self.table && self.keys.as_ref().is_none_or(|k| k.contains(&v.key))
     }
 
-    fn snapshot(&self, view: &LvcView) -> Vec<proto::LastValue> {
-        view.all(&self.table)
-            .iter()
-            .filter(|v| self.wants(v))
-            .map(|v| to_proto(v))
-            .collect()
+    /// The current rows a page at a time, each page read when the one before is sent (a
+    /// client that does not read holds one page, not the cache). False: the client left.
+    async fn send_snapshot(
+        &self,
+        view: &LvcView,
+        tx: &mpsc::Sender<Result<proto::LastValue, Status>>,
+    ) -> bool {
+        if let Some(keys) = &self.keys {
+            for key in keys {
+                if let Some(v) = view.get(&self.table, key)
+                    && tx.send(Ok(to_proto(&v))).await.is_err()
+                {
+                    return false;
+                }
+            }
+            return true;
+        }
+        let mut after: Option<Vec<String>> = None;
+        loop {
+            let page = view.page(&self.table, after.as_deref(), PAGE_ROWS);
+            let Some(last) = page.last() else {
+                return true;
+            };
+            after = Some(last.key.clone());
+            for v in &page {
+                if tx.send(Ok(to_proto(v))).await.is_err() {
+                    return false;
+                }
+            }
+            if page.len() < PAGE_ROWS {
+                return true;
+            }
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The gRPC API (`proto/lakets/v1/lakets.proto`): the Last Value Cache from memory and
-//! the admin calls, with server reflection, optional TLS and an optional bearer token for
-//! the admin service.
+//! the admin calls, with server reflection, optional TLS, bearer tokens (the admin token
+//! for admin calls, an optional read token for the cache), and bounds on what a caller
+//! can make the service do: calls and streams per connection, subscribers, the rows of one
+//! BatchGet, keepalives that find dead peers.
 
 mod admin;
 mod lvc;
@@ -20,13 +22,33 @@ use crate::service::ServiceState;
 pub use admin::AdminApi;
 pub use lvc::LvcApi;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GrpcSettings {
     /// Admin calls need `authorization: Bearer <token>` when set.
     pub admin_token: Option<String>,
+    /// Last Value Cache calls need it (or the admin token) when set.
+    pub read_token: Option<String>,
     /// PEM certificate chain and key: serve TLS only.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Subscribers served at once.
+    pub max_subscribers: usize,
 }
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        GrpcSettings {
+            admin_token: None,
+            read_token: None,
+            tls: None,
+            max_subscribers: 64,
+        }
+    }
+}
+
+/// Calls served at once on one connection (HTTP/2 streams beyond it wait).
+const CALLS_PER_CONNECTION: usize = 32;
+/// Streams (calls) one connection may open at once.
+const STREAMS_PER_CONNECTION: u32 = 64;
 
 /// Binds `addr` and serves until `shutdown`; returns the bound address and the task.
 pub async fn serve(
@@ -35,7 +57,14 @@ pub async fn serve(
     settings: GrpcSettings,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
+        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
+        // A peer that vanished (or stalls its reads for good) is found and its streams
+        // freed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)));
     if let Some((cert, key)) = &settings.tls {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))
@@ -50,12 +79,21 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Operator(format!("building gRPC reflection: {e}")))?;
-    let token = settings.admin_token.clone().map(Arc::<str>::from);
+    let admin_token = settings.admin_token.clone().map(Arc::<str>::from);
+    let token = admin_token.clone();
     let admin = proto::admin_server::AdminServer::with_interceptor(
         AdminApi::new(state.clone()),
-        move |req: tonic::Request<()>| check_token(token.as_deref(), req),
+        move |req: tonic::Request<()>| check_token(token.as_deref(), None, req),
     );
-    let lvc = proto::last_value_cache_server::LastValueCacheServer::new(LvcApi::new(state));
+    let read_token = settings.read_token.clone().map(Arc::<str>::from);
+    let lvc = proto::last_value_cache_server::LastValueCacheServer::with_interceptor(
+        LvcApi::new(state, settings.max_subscribers),
+        move |req: tonic::Request<()>| match read_token.as_deref() {
+            // The admin token reads too.
+            Some(read) => check_token(Some(read), admin_token.as_deref(), req),
+            None => Ok(req),
+        },
+    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io(format!("binding the gRPC endpoint to {addr}"), e))?;
@@ -77,9 +115,11 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-/// Accepts the call when no token is configured or the bearer token matches.
+/// Accepts the call when no token is configured or the bearer token is `token` (or
+/// `also`).
 fn check_token(
     token: Option<&str>,
+    also: Option<&str>,
     req: tonic::Request<()>,
 ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
     let Some(expected) = token else {
@@ -90,11 +130,12 @@ fn check_token(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    let matches = |t: &str| given.is_some_and(|g| constant_time_eq(g.as_bytes(), t.as_bytes()));
     match given {
-        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(req),
-        Some(_) => Err(tonic::Status::unauthenticated("wrong admin token")),
+        Some(_) if matches(expected) || also.is_some_and(matches) => Ok(req),
+        Some(_) => Err(tonic::Status::unauthenticated("wrong token")),
         None => Err(tonic::Status::unauthenticated(
-            "this call needs the admin token: send the header `authorization: Bearer <token>`",
+            "this call needs a token: send the header `authorization: Bearer <token>`",
         )),
     }
 }
@@ -131,11 +172,15 @@ mod tests {
             }
             req
         };
-        assert!(check_token(None, with(None)).is_ok());
-        assert!(check_token(Some("s3cret"), with(Some("Bearer s3cret"))).is_ok());
-        let e = check_token(Some("s3cret"), with(None)).unwrap_err();
+        assert!(check_token(None, None, with(None)).is_ok());
+        assert!(check_token(Some("s3cret"), None, with(Some("Bearer s3cret"))).is_ok());
+        let e = check_token(Some("s3cret"), None, with(None)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        assert!(check_token(Some("s3cret"), with(Some("Bearer s3cre"))).is_err());
-        assert!(check_token(Some("s3cret"), with(Some("s3cret"))).is_err());
+        assert!(check_token(Some("s3cret"), None, with(Some("Bearer s3cre"))).is_err());
+        assert!(check_token(Some("s3cret"), None, with(Some("s3cret"))).is_err());
+        // The read token, or the admin token.
+        assert!(check_token(Some("read"), Some("admin"), with(Some("Bearer admin"))).is_ok());
+        assert!(check_token(Some("read"), Some("admin"), with(Some("Bearer read"))).is_ok());
+        assert!(check_token(Some("read"), Some("admin"), with(Some("Bearer other"))).is_err());
     }
 }

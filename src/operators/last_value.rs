@@ -157,13 +157,21 @@ impl LastValueCache {
     async fn follow(&mut self, change: Announcement) -> Result<()> {
         match change {
             Announcement::LvcEnabled { table } | Announcement::LvcRefilled { table } => {
-                // Read as the announcing transaction left it: the fill it committed.
+                // Read as the announcing transaction left it: the fill it committed. A
+                // cache loaded at start from that same fill (a replay) stays as it is.
                 if let Some(config) = lvc::list_lvc(&self.client)
                     .await?
                     .into_iter()
                     .find(|c| c.table == table)
                 {
-                    self.load(config).await?;
+                    let loaded = self
+                        .caches
+                        .caches
+                        .get(&table)
+                        .is_some_and(|c| c.config.start_lsn == config.start_lsn);
+                    if !loaded {
+                        self.load(config).await?;
+                    }
                 }
             }
             Announcement::LvcDisabled { table } => {

@@ -53,10 +53,12 @@ pub fn bucket_expr(width_micros: i64, time: &str, source_time_type: &str) -> Str
         ),
         _ => (time.to_owned(), "TIMESTAMP '1970-01-01 00:00:00'"),
     };
-    format!("date_bin(INTERVAL '{width_micros} microseconds', {value}, {origin})")
+    format!("pg_catalog.date_bin(INTERVAL '{width_micros} microseconds', {value}, {origin})")
 }
 
-/// The aggregate computing `column` from rows of the rollup's direct source.
+/// The aggregate computing `column` from rows of the rollup's direct source. Functions are
+/// named with their schema: the SQL may run in a session whose search_path another role
+/// controls (lakets' own sessions pin theirs), and the real-time views keep what they bind.
 pub fn aggregate_expr(column: &OutputColumn, source_is_table: bool, time: &str) -> String {
     let input = |i: usize| quote_ident(&column.inputs[i]);
     let avg = |sum: String, count: String| {
@@ -66,36 +68,44 @@ pub fn aggregate_expr(column: &OutputColumn, source_is_table: bool, time: &str) 
     if source_is_table {
         return match column.func {
             Func::First => format!(
-                "(array_agg({c} ORDER BY {time}, {c}) FILTER (WHERE {c} IS NOT NULL))[1]",
+                "(pg_catalog.array_agg({c} ORDER BY {time}, {c}) FILTER (WHERE {c} IS NOT NULL))[1]",
                 c = input(0)
             ),
             Func::Last => format!(
-                "(array_agg({c} ORDER BY {time} DESC, {c} DESC) FILTER (WHERE {c} IS NOT NULL))[1]",
+                "(pg_catalog.array_agg({c} ORDER BY {time} DESC, {c} DESC) FILTER (WHERE {c} IS NOT NULL))[1]",
                 c = input(0)
             ),
-            Func::Min => format!("min({})", input(0)),
-            Func::Max => format!("max({})", input(0)),
-            Func::Sum | Func::AvgSum => format!("sum({})", input(0)),
-            Func::Count | Func::AvgCount => format!("count({})", input(0)),
-            Func::CountAll => "count(*)".into(),
-            Func::Avg => avg(format!("sum({})", input(0)), format!("count({})", input(0))),
+            Func::Min => format!("pg_catalog.min({})", input(0)),
+            Func::Max => format!("pg_catalog.max({})", input(0)),
+            Func::Sum | Func::AvgSum => format!("pg_catalog.sum({})", input(0)),
+            Func::Count | Func::AvgCount => format!("pg_catalog.count({})", input(0)),
+            Func::CountAll => "pg_catalog.count(*)".into(),
+            Func::Avg => avg(
+                format!("pg_catalog.sum({})", input(0)),
+                format!("pg_catalog.count({})", input(0)),
+            ),
         };
     }
     // Over a rollup: buckets are unique per group, so first/last need no tie-break.
     match column.func {
         Func::First => format!(
-            "(array_agg({c} ORDER BY {time}) FILTER (WHERE {c} IS NOT NULL))[1]",
+            "(pg_catalog.array_agg({c} ORDER BY {time}) FILTER (WHERE {c} IS NOT NULL))[1]",
             c = input(0)
         ),
         Func::Last => format!(
-            "(array_agg({c} ORDER BY {time} DESC) FILTER (WHERE {c} IS NOT NULL))[1]",
+            "(pg_catalog.array_agg({c} ORDER BY {time} DESC) FILTER (WHERE {c} IS NOT NULL))[1]",
             c = input(0)
         ),
-        Func::Min => format!("min({})", input(0)),
-        Func::Max => format!("max({})", input(0)),
-        Func::Sum | Func::AvgSum => format!("sum({})", input(0)),
-        Func::Count | Func::AvgCount | Func::CountAll => format!("sum({})::bigint", input(0)),
-        Func::Avg => avg(format!("sum({})", input(0)), format!("sum({})", input(1))),
+        Func::Min => format!("pg_catalog.min({})", input(0)),
+        Func::Max => format!("pg_catalog.max({})", input(0)),
+        Func::Sum | Func::AvgSum => format!("pg_catalog.sum({})", input(0)),
+        Func::Count | Func::AvgCount | Func::CountAll => {
+            format!("pg_catalog.sum({})::bigint", input(0))
+        }
+        Func::Avg => avg(
+            format!("pg_catalog.sum({})", input(0)),
+            format!("pg_catalog.sum({})", input(1)),
+        ),
     }
 }
 

@@ -4,20 +4,15 @@
 //! # The replication client
 //!
 //! Upstream tokio-postgres has no replication mode, and the fork that adds it is not
-//! published. Two crates on crates.io were evaluated:
-//!
-//! - **`pg_walstream` 0.9** (chosen): decodes pgoutput v1 to v4 including binary mode,
-//!   keeps the applied and flushed LSNs under our control (it acknowledges nothing on its own
-//!   unless its auto-ack helpers are used, which we do not), exports snapshots, offers TLS and
-//!   SCRAM, and gives zero-copy access to raw XLogData frames. Actively maintained (frequent
-//!   releases), though its API moves between minor versions, hence the `=0.9.0` pin and this
-//!   wrapper ([`source`]). Its typed event API is lossy for us (it drops unchanged-TOAST
-//!   columns from rows, Truncate relation ids, the sub-transaction id of streamed changes, and
-//!   the key-vs-full marker of old rows), so we use only its transport and decode pgoutput
-//!   ourselves ([`pgoutput`]): every message kind, no allocation per message.
-//! - **`pgwire-replication` 0.5**: transport only (raw XLogData through a worker task and a
-//!   bounded channel), no decoder, protocol version 1 only, no exported snapshot. It would
-//!   have needed the same decoder plus more of our own plumbing.
+//! published. lakets speaks the streaming replication protocol itself ([`source`]), with
+//! the message encoders and SCRAM of `postgres-protocol` (the crate under tokio-postgres)
+//! and the same rustls configuration as the SQL connections, over TCP or the server's
+//! Unix socket. That keeps what is acknowledged under our control only, and memory bounded
+//! whatever a frame holds (a huge logical message from any role is skipped as it arrives,
+//! never held). It replaced `pg_walstream` 0.9, whose transport held every frame whole (and
+//! refused one over 128 MiB, which then came again at every restart), spoke TCP only, and
+//! brought a second TLS stack. pgoutput itself is decoded by lakets ([`pgoutput`]): every
+//! message kind, no allocation per message.
 //!
 //! # Large transactions
 //!

@@ -235,6 +235,9 @@ impl Pipeline {
                 }
                 if let Some(frame) = source.next_frame().await? {
                     metrics::gauge!("lakets_wal_received_lsn").set(frame.wal_end.0 as f64);
+                    if let Some(oversized) = &frame.oversized {
+                        return Err(assembler.oversized(oversized, config.source.max_message_bytes));
+                    }
                     if let Some(out) = assembler.push(&frame.data)? {
                         let event = match out {
                             Assembled::Slice(slice) => {

@@ -1,24 +1,37 @@
 //! The replication connection: raw pgoutput frames in, flush acknowledgements out.
 //!
-//! Transport is `pg_walstream` 0.9 (see the module docs of [`crate::wal`] for why), used at
-//! its lowest level: `next_raw_event` gives the undecoded XLogData payloads (we decode them
-//! ourselves) and answers keepalives; we alone decide what is acknowledged, through
-//! `SharedLsnFeedback` and `send_feedback`. Its hidden-reconnect and auto-ack helpers are
-//! never used: a lost connection surfaces as an error, and the pipeline restarts from the
-//! slot, which has not been acknowledged past what every operator made durable.
+//! lakets speaks PostgreSQL's streaming replication protocol itself (the frontend/backend
+//! messages and SCRAM come from `postgres-protocol`, the crate tokio-postgres is built on):
+//! a startup with `replication=database`, `START_REPLICATION ... LOGICAL`, then CopyData
+//! frames in (XLogData, keepalives) and standby status updates out. Over TCP (with TLS as
+//! libpq's `sslmode` says, through the same rustls configuration as the SQL connections)
+//! or the server's Unix socket.
+//!
+//! Owning the transport is what lets it keep memory bounded whatever a frame holds: any role
+//! may `pg_logical_emit_message` a 300 MB message, and pgoutput sends it as one frame. A
+//! frame over [`SourceSettings::max_message_bytes`] is never buffered: a logical message
+//! with another prefix than lakets' is passed on with its content cut off (operators drop
+//! it anyway), and any other oversized frame (a row holding a huge value) is reported, with
+//! its relation, so that the stream stops with an error that names it.
+//!
+//! We alone decide what is acknowledged: nothing is confirmed until the pipeline calls
+//! [`WalSource::acknowledge`] with what every operator has stored. A lost connection is an
+//! error; the pipeline restarts from the slot.
 
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use pg_walstream::{
-    CancellationToken, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions,
-    ReplicationStreamConfig, StreamingMode,
-};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::sasl;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio_postgres::config::Host;
 
 use super::lsn::Lsn;
-use crate::db::DbConfig;
+use super::pgoutput::PG_EPOCH_OFFSET_MICROS;
+use crate::db::{DbConfig, SslMode};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -30,7 +43,12 @@ pub struct SourceSettings {
     /// How often an idle read returns, so acknowledgements go out without traffic.
     pub idle_tick: Duration,
     pub connect_timeout: Duration,
+    /// A frame larger than this is never held in memory (see the module docs).
+    pub max_message_bytes: usize,
 }
+
+/// The default [`SourceSettings::max_message_bytes`].
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 impl SourceSettings {
     pub fn new(slot: impl Into<String>, publication: impl Into<String>) -> Self {
@@ -40,6 +58,7 @@ impl SourceSettings {
             binary: true,
             idle_tick: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(15),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -49,15 +68,43 @@ impl SourceSettings {
 pub struct WalFrame {
     pub wal_start: Lsn,
     pub wal_end: Lsn,
+    /// The pgoutput message (cut off for an oversized foreign logical message).
     pub data: Bytes,
+    /// Set when the frame was too large to hold: what it was, and its size.
+    pub oversized: Option<Oversized>,
+}
+
+/// A frame over the size limit that is not a foreign logical message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Oversized {
+    /// The pgoutput message type (`I`, `U`, `D`, `M`, ...).
+    pub kind: u8,
+    /// The relation of a row change.
+    pub relation_id: Option<u32>,
+    /// The pgoutput message's size.
+    pub bytes: usize,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Where a frame being skipped stands.
+struct Skipping {
+    remaining: usize,
 }
 
 pub struct WalSource {
-    stream: LogicalReplicationStream,
-    wake: Arc<Mutex<CancellationToken>>,
+    stream: Pin<Box<dyn Stream>>,
+    buf: BytesMut,
+    skipping: Option<Skipping>,
+    max_message: usize,
+    wake: Arc<Notify>,
     ticker: tokio::task::JoinHandle<()>,
-    /// The end of the latest data frame read.
+    /// The end of the latest data frame read, or the server's position from a keepalive.
     received: Lsn,
+    /// What was last confirmed as flushed.
+    flushed: Lsn,
+    reply_requested: bool,
 }
 
 impl Drop for WalSource {
@@ -66,50 +113,95 @@ impl Drop for WalSource {
     }
 }
 
-fn replication_error(context: &str, e: ReplicationError) -> Error {
+/// SQLSTATEs a retry can get past: the server starting or stopping, too many connections,
+/// the slot held by a walsender that has not exited yet.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("57P")
+        || matches!(code, "53300" | "55006" | "40001" | "40P01")
+}
+
+fn io_error(context: &str, e: std::io::Error) -> Error {
     Error::Replication {
-        transient: !e.is_permanent(),
+        transient: true,
         message: format!("{context}: {e}"),
     }
 }
 
+fn protocol_error(message: impl Into<String>) -> Error {
+    Error::Protocol(format!("replication connection: {}", message.into()))
+}
+
+/// The fields of an ErrorResponse: (SQLSTATE, "SEVERITY message (detail) (hint)").
+fn parse_error(mut body: &[u8]) -> (String, String) {
+    let (mut code, mut severity, mut message, mut detail, mut hint) =
+        (String::new(), String::new(), String::new(), None, None);
+    while let Some((&kind, rest)) = body.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        let value = String::from_utf8_lossy(&rest[..end]).into_owned();
+        body = rest.get(end + 1..).unwrap_or(&[]);
+        match kind {
+            b'C' => code = value,
+            b'S' => severity = value,
+            b'M' => message = value,
+            b'D' => detail = Some(value),
+            b'H' => hint = Some(value),
+            _ => {}
+        }
+    }
+    let mut text = format!("{severity} {message}");
+    if let Some(d) = detail {
+        text.push_str(&format!(" (detail: {d})"));
+    }
+    if let Some(h) = hint {
+        text.push_str(&format!(" (hint: {h})"));
+    }
+    (code, text)
+}
+
+fn server_error(context: &str, body: &[u8]) -> Error {
+    let (code, text) = parse_error(body);
+    Error::Replication {
+        transient: transient_sqlstate(&code),
+        message: format!("{context}: {text}"),
+    }
+}
+
+fn cstring(body: &mut &[u8]) -> Option<String> {
+    let end = body.iter().position(|&b| b == 0)?;
+    let s = String::from_utf8_lossy(&body[..end]).into_owned();
+    *body = &body[end + 1..];
+    Some(s)
+}
+
+/// Quotes an identifier for a replication command.
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a string for a replication command's option value.
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 impl WalSource {
     /// Connects and starts streaming from the slot's confirmed position. The slot and the
-    /// publication must exist (see [`super::setup`]). Needs a multi-threaded runtime.
+    /// publication must exist (see [`super::setup`]).
     pub async fn start(config: &DbConfig, settings: &SourceSettings) -> Result<Self> {
-        // On a current-thread runtime pg_walstream reads through a worker thread whose
-        // buffered frames are dropped when a read is cancelled, which our idle tick does.
-        if tokio::runtime::Handle::current().runtime_flavor()
-            != tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            return Err(Error::invalid(
-                "the WAL consumer needs a multi-threaded tokio runtime",
-            ));
-        }
-        let conninfo = replication_conninfo(config)?;
-        let stream_config = ReplicationStreamConfig::builder(&settings.slot, &settings.publication)
-            // Version 1 is enough: no streaming of in-progress transactions (see transaction.rs).
-            .with_protocol_version(1)
-            .with_streaming_mode(StreamingMode::Off)
-            .with_binary(settings.binary)
-            .with_messages(true)
-            .with_connection_timeout(settings.connect_timeout)
-            .with_feedback_interval(Duration::from_secs(1))
-            .with_slot_options(ReplicationSlotOptions {
-                snapshot: Some("nothing".into()),
-                ..Default::default()
-            });
-        let mut stream = match LogicalReplicationStream::new(&conninfo, stream_config).await {
-            Ok(stream) => stream,
-            Err(e) => return Err(explain_connect_failure(config, e).await),
-        };
-        // None: the server resumes at the slot's confirmed_flush_lsn, and nothing is
-        // acknowledged until the operators report durable positions.
-        stream
-            .start(None)
+        let stream = tokio::time::timeout(settings.connect_timeout, connect(config))
             .await
-            .map_err(|e| replication_error("starting replication", e))?;
-        let wake = Arc::new(Mutex::new(CancellationToken::new()));
+            .map_err(|_| Error::Replication {
+                transient: true,
+                message: format!(
+                    "opening the replication connection to {}: no answer within {:?}",
+                    crate::db::describe_target(config),
+                    settings.connect_timeout
+                ),
+            })??;
+        let wake = Arc::new(Notify::new());
         let ticker_wake = wake.clone();
         let tick = settings.idle_tick;
         let ticker = tokio::spawn(async move {
@@ -117,124 +209,510 @@ impl WalSource {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                ticker_wake.lock().unwrap().cancel();
+                ticker_wake.notify_one();
             }
         });
-        Ok(WalSource {
+        let mut source = WalSource {
             stream,
+            buf: BytesMut::with_capacity(1 << 16),
+            skipping: None,
+            max_message: settings.max_message_bytes.max(1 << 16),
             wake,
             ticker,
             received: Lsn::ZERO,
-        })
+            flushed: Lsn::ZERO,
+            reply_requested: false,
+        };
+        tracing::debug!(target = %crate::db::describe_target(config), "replication connection open");
+        source.authenticate(config).await?;
+        tracing::debug!("replication connection authenticated");
+        source.start_replication(settings).await?;
+        Ok(source)
     }
 
-    /// The next XLogData frame, or `None` when the idle tick fired first.
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| io_error("writing to the replication connection", e))?;
+        self.stream
+            .flush()
+            .await
+            .map_err(|e| io_error("writing to the replication connection", e))
+    }
+
+    /// Reads one whole backend message (startup and command phases only).
+    async fn message(&mut self) -> Result<(u8, Bytes)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes"));
+                if len < 4 {
+                    return Err(protocol_error(format!("a message of length {len}")));
+                }
+                let total = len as usize + 1;
+                if total > self.max_message {
+                    return Err(protocol_error(format!(
+                        "a {total}-byte message before streaming started"
+                    )));
+                }
+                if self.buf.len() >= total {
+                    let tag = self.buf[0];
+                    let mut frame = self.buf.split_to(total);
+                    frame.advance(5);
+                    return Ok((tag, frame.freeze()));
+                }
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| io_error("reading from the replication connection", e))?;
+            if n == 0 {
+                return Err(Error::Replication {
+                    transient: true,
+                    message: "the server closed the replication connection".into(),
+                });
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, config: &DbConfig) -> Result<()> {
+        let user = config.get_user().unwrap_or("postgres").to_owned();
+        let mut params: Vec<(&str, String)> = vec![
+            ("user", user.clone()),
+            ("replication", "database".into()),
+            (
+                "application_name",
+                config.get_application_name().unwrap_or("lakets").into(),
+            ),
+        ];
+        if let Some(db) = config.get_dbname() {
+            params.push(("database", db.into()));
+        }
+        if let Some(options) = config.get_options() {
+            params.push(("options", options.into()));
+        }
+        let mut out = BytesMut::new();
+        frontend::startup_message(params.iter().map(|(k, v)| (*k, v.as_str())), &mut out)
+            .map_err(|e| protocol_error(format!("encoding the startup message: {e}")))?;
+        self.write(&out).await?;
+        let password = config.get_password().map(<[u8]>::to_vec);
+        let need_password = || Error::Replication {
+            transient: false,
+            message: format!(
+                "the server asks a password for {user}, and none is set (PGPASSWORD or \
+                 LAKETS_DATABASE_PASSWORD_FILE)"
+            ),
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let (tag, body) = self.message().await?;
+            match tag {
+                b'R' => {
+                    let mut b = &body[..];
+                    let code = b.get_i32();
+                    match code {
+                        0 => {}
+                        3 => {
+                            let pw = password.as_ref().ok_or_else(need_password)?;
+                            let mut out = BytesMut::new();
+                            frontend::password_message(pw, &mut out)
+                                .map_err(|e| protocol_error(e.to_string()))?;
+                            self.write(&out).await?;
+                        }
+                        5 => {
+                            let pw = password.as_ref().ok_or_else(need_password)?;
+                            let salt: [u8; 4] = b
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| protocol_error("an MD5 request without salt"))?;
+                            let hashed = postgres_protocol::authentication::md5_hash(
+                                user.as_bytes(),
+                                pw,
+                                salt,
+                            );
+                            let mut out = BytesMut::new();
+                            frontend::password_message(hashed.as_bytes(), &mut out)
+                                .map_err(|e| protocol_error(e.to_string()))?;
+                            self.write(&out).await?;
+                        }
+                        10 => {
+                            let pw = password.as_ref().ok_or_else(need_password)?;
+                            let mut mechanisms = Vec::new();
+                            while let Some(m) = cstring(&mut b) {
+                                if m.is_empty() {
+                                    break;
+                                }
+                                mechanisms.push(m);
+                            }
+                            if !mechanisms.iter().any(|m| m == sasl::SCRAM_SHA_256) {
+                                return Err(Error::Replication {
+                                    transient: false,
+                                    message: format!(
+                                        "the server offers SASL mechanisms {mechanisms:?}; \
+                                         lakets speaks SCRAM-SHA-256"
+                                    ),
+                                });
+                            }
+                            // "n": no channel binding. ("y" would tell a server offering SCRAM-SHA-256-PLUS over
+                            // TLS that the offer was stripped, and it would refuse.)
+                            let s = sasl::ScramSha256::new(pw, sasl::ChannelBinding::unsupported());
+                            let mut out = BytesMut::new();
+                            frontend::sasl_initial_response(
+                                sasl::SCRAM_SHA_256,
+                                s.message(),
+                                &mut out,
+                            )
+                            .map_err(|e| protocol_error(e.to_string()))?;
+                            self.write(&out).await?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| protocol_error("SASL continue without a start"))?;
+                            s.update(b).map_err(|e| Error::Replication {
+                                transient: false,
+                                message: format!("SCRAM authentication: {e}"),
+                            })?;
+                            let mut out = BytesMut::new();
+                            frontend::sasl_response(s.message(), &mut out)
+                                .map_err(|e| protocol_error(e.to_string()))?;
+                            self.write(&out).await?;
+                        }
+                        12 => {
+                            let s = scram
+                                .as_mut()
+                                .ok_or_else(|| protocol_error("SASL final without a start"))?;
+                            s.finish(b).map_err(|e| Error::Replication {
+                                transient: false,
+                                message: format!(
+                                    "SCRAM authentication: the server's proof is wrong: {e}"
+                                ),
+                            })?;
+                        }
+                        other => {
+                            return Err(Error::Replication {
+                                transient: false,
+                                message: format!(
+                                    "the server asks for authentication method {other}, which \
+                                     lakets does not speak (use scram-sha-256, md5 or trust)"
+                                ),
+                            });
+                        }
+                    }
+                }
+                b'E' => {
+                    return Err(server_error("opening the replication connection", &body));
+                }
+                b'Z' => return Ok(()),
+                // ParameterStatus, BackendKeyData, NoticeResponse.
+                _ => {}
+            }
+        }
+    }
+
+    async fn start_replication(&mut self, settings: &SourceSettings) -> Result<()> {
+        // Protocol version 1: no streaming of in-progress transactions (see transaction.rs).
+        let command = format!(
+            "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {}, \
+             binary '{}', messages 'true')",
+            quote_ident(&settings.slot),
+            quote_literal(&quote_ident(&settings.publication)),
+            settings.binary
+        );
+        let mut out = BytesMut::new();
+        frontend::query(&command, &mut out).map_err(|e| protocol_error(e.to_string()))?;
+        self.write(&out).await?;
+        loop {
+            let (tag, body) = self.message().await?;
+            match tag {
+                b'W' => return Ok(()),
+                b'E' => {
+                    return Err(server_error(
+                        &format!("starting replication from slot {}", settings.slot),
+                        &body,
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next XLogData frame, or `None` when the idle tick fired first (or something
+    /// woke the consumer). Cancel-safe: what was read stays in the buffer.
     pub async fn next_frame(&mut self) -> Result<Option<WalFrame>> {
-        let token = self.wake.lock().unwrap().clone();
-        match self.stream.next_raw_event(&token).await {
-            Ok(raw) => {
-                self.received = self.received.max(Lsn(raw.wal_end.0.max(raw.wal_start.0)));
+        loop {
+            if let Some(frame) = self.parse_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.reply_requested {
+                self.reply_requested = false;
+                self.send_status(false).await?;
+            }
+            let wake = self.wake.clone();
+            let read = tokio::select! {
+                read = self.stream.read_buf(&mut self.buf) => read,
+                _ = wake.notified() => return Ok(None),
+            };
+            let n = read.map_err(|e| io_error("reading the replication stream", e))?;
+            if n == 0 {
+                return Err(Error::Replication {
+                    transient: true,
+                    message: "the server closed the replication connection".into(),
+                });
+            }
+        }
+    }
+
+    /// Takes the next complete frame out of the buffer; skips what an oversized frame
+    /// holds beyond its head, as it arrives.
+    fn parse_frame(&mut self) -> Result<Option<WalFrame>> {
+        loop {
+            if let Some(skip) = &mut self.skipping {
+                let n = skip.remaining.min(self.buf.len());
+                self.buf.advance(n);
+                skip.remaining -= n;
+                if skip.remaining > 0 {
+                    return Ok(None);
+                }
+                self.skipping = None;
+            }
+            if self.buf.len() < 5 {
+                return Ok(None);
+            }
+            let tag = self.buf[0];
+            let len = i32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes"));
+            if len < 4 {
+                return Err(protocol_error(format!("a message of length {len}")));
+            }
+            let total = len as usize + 1;
+            if tag == b'd' && total > self.max_message {
+                // Decide from the frame's head (its XLogData header and pgoutput type,
+                // and a logical message's prefix), then skip the rest.
+                const HEAD: usize = 5 + 25 + 1 + 8 + 256 + 5;
+                if self.buf.len() < HEAD.min(total) {
+                    self.buf.reserve(HEAD);
+                    return Ok(None);
+                }
+                let frame = self.oversized_frame(total)?;
+                self.skipping = Some(Skipping { remaining: total });
+                return Ok(Some(frame));
+            }
+            if self.buf.len() < total {
+                self.buf.reserve(total - self.buf.len());
+                return Ok(None);
+            }
+            let mut message = self.buf.split_to(total);
+            message.advance(5);
+            match tag {
+                b'd' => {
+                    if let Some(frame) = self.copy_data(message.freeze())? {
+                        return Ok(Some(frame));
+                    }
+                }
+                b'E' => {
+                    return Err(server_error("reading the replication stream", &message));
+                }
+                b'c' => {
+                    return Err(Error::Replication {
+                        transient: true,
+                        message: "the server ended the replication stream".into(),
+                    });
+                }
+                _ => {} // notices
+            }
+        }
+    }
+
+    /// An XLogData frame's payload, or a keepalive (answered when asked).
+    fn copy_data(&mut self, mut body: Bytes) -> Result<Option<WalFrame>> {
+        match body.first() {
+            Some(b'w') if body.len() >= 25 => {
+                body.advance(1);
+                let wal_start = Lsn(body.get_u64());
+                let wal_end = Lsn(body.get_u64());
+                let _send_time = body.get_i64();
+                self.received = self.received.max(wal_end.max(wal_start));
                 Ok(Some(WalFrame {
-                    wal_start: Lsn(raw.wal_start.0),
-                    wal_end: Lsn(raw.wal_end.0),
-                    data: raw.data,
+                    wal_start,
+                    wal_end,
+                    data: body,
+                    oversized: None,
                 }))
             }
-            Err(ReplicationError::Cancelled(_)) => {
-                *self.wake.lock().unwrap() = CancellationToken::new();
+            Some(b'k') if body.len() >= 18 => {
+                body.advance(1);
+                let wal_end = Lsn(body.get_u64());
+                let _send_time = body.get_i64();
+                if body.get_u8() != 0 {
+                    self.reply_requested = true;
+                }
+                self.received = self.received.max(wal_end);
                 Ok(None)
             }
-            Err(e) => Err(replication_error("reading the replication stream", e)),
+            _ => Err(protocol_error("an unknown CopyData message")),
         }
+    }
+
+    /// The frame for an oversized XLogData message, from its head in the buffer.
+    fn oversized_frame(&mut self, total: usize) -> Result<WalFrame> {
+        let head = &self.buf[5..];
+        if head.first() != Some(&b'w') || head.len() < 26 {
+            return Err(protocol_error(format!("an oversized {total}-byte message")));
+        }
+        let wal_start = Lsn(u64::from_be_bytes(head[1..9].try_into().expect("8 bytes")));
+        let wal_end = Lsn(u64::from_be_bytes(head[9..17].try_into().expect("8 bytes")));
+        self.received = self.received.max(wal_end.max(wal_start));
+        let data = &head[25..];
+        let kind = data[0];
+        let bytes = total - 5 - 25;
+        if kind == b'M' && data.len() > 10 {
+            // flags(1) lsn(8) prefix\0 length(4) content
+            let mut rest = &data[10..];
+            let prefix_end = rest.iter().position(|&b| b == 0);
+            if let Some(end) = prefix_end {
+                let prefix = &rest[..end];
+                if prefix != super::transaction::MESSAGE_PREFIX.as_bytes() {
+                    // Another role's message: pass on its head, content cut off.
+                    let mut cut = BytesMut::with_capacity(10 + end + 5);
+                    cut.put_slice(&data[..10]);
+                    cut.put_slice(prefix);
+                    cut.put_u8(0);
+                    cut.put_u32(0);
+                    rest = &rest[end + 1..];
+                    let _ = rest;
+                    tracing::warn!(
+                        bytes,
+                        prefix = %String::from_utf8_lossy(prefix),
+                        "skipping an oversized logical message of another prefix without holding it"
+                    );
+                    metrics::counter!("lakets_wal_oversized_messages_skipped_total").increment(1);
+                    return Ok(WalFrame {
+                        wal_start,
+                        wal_end,
+                        data: cut.freeze(),
+                        oversized: None,
+                    });
+                }
+            }
+        }
+        let relation_id = match kind {
+            b'I' | b'U' | b'D' if data.len() >= 5 => {
+                Some(u32::from_be_bytes(data[1..5].try_into().expect("4 bytes")))
+            }
+            _ => None,
+        };
+        Ok(WalFrame {
+            wal_start,
+            wal_end,
+            data: Bytes::new(),
+            oversized: Some(Oversized {
+                kind,
+                relation_id,
+                bytes,
+            }),
+        })
     }
 
     /// Makes a pending (or the next) `next_frame` return `None` at once: something other
     /// than the stream needs the consumer's attention.
     pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
         let wake = self.wake.clone();
-        move || wake.lock().unwrap().cancel()
+        move || wake.notify_one()
     }
 
     /// The highest WAL position the server has told us about (data or keepalive).
     pub fn received_lsn(&self) -> Lsn {
-        // The transport tracks keepalives only on its own event path; data frames we count.
-        self.received.max(Lsn(self.stream.current_lsn()))
+        self.received
     }
 
-    /// Confirms `flushed` to the server: the slot may release WAL before it.
+    /// Confirms `flushed` to the server: the slot may release WAL before it (zero: only
+    /// report that we are alive).
     pub async fn acknowledge(&mut self, flushed: Lsn) -> Result<()> {
         if !flushed.is_zero() {
-            self.stream
-                .shared_lsn_feedback
-                .update_applied_lsn(flushed.0);
+            self.flushed = self.flushed.max(flushed);
         }
-        self.stream
-            .send_feedback()
-            .await
-            .map_err(|e| replication_error("sending the standby status update", e))
+        self.send_status(false).await
+    }
+
+    async fn send_status(&mut self, reply: bool) -> Result<()> {
+        let now_micros = chrono::Utc::now().timestamp_micros() - PG_EPOCH_OFFSET_MICROS;
+        let mut status = BytesMut::with_capacity(34);
+        status.put_u8(b'r');
+        status.put_u64(self.received.max(self.flushed).0); // written
+        status.put_u64(self.flushed.0); // flushed
+        status.put_u64(self.flushed.0); // applied
+        status.put_i64(now_micros);
+        status.put_u8(u8::from(reply));
+        let mut out = BytesMut::with_capacity(40);
+        out.put_u8(b'd');
+        out.put_i32(4 + status.len() as i32);
+        out.put_slice(&status);
+        self.write(&out).await
     }
 }
 
-/// pg_walstream retries a failed handshake until its timeout and then reports only the
-/// timeout. When that happens, an SQL connection with the same settings says why (a TLS
-/// certificate refused, a password, pg_hba.conf).
-async fn explain_connect_failure(config: &DbConfig, e: ReplicationError) -> Error {
-    let transient = !e.is_permanent();
-    match crate::db::connect_with(config).await {
-        Err(cause) => Error::Replication {
-            transient,
-            message: format!("opening the replication connection: {e}; {cause}"),
-        },
-        Ok(_) => replication_error("opening the replication connection", e),
-    }
-}
-
-/// A libpq key=value string for the replication connection (`replication=database`), with
-/// the same TLS options as the SQL connections.
-fn replication_conninfo(config: &DbConfig) -> Result<String> {
-    fn quote(v: &str) -> String {
-        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-    }
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(p)) => {
-            return Err(Error::invalid(format!(
-                "the replication connection needs a TCP host, not the unix socket {}; use \
-                 host=127.0.0.1 (or the server's name) in the database URL",
-                p.display()
-            )));
-        }
-        None => "localhost".into(),
+/// Opens the socket (TCP or Unix) and, as `sslmode` says, TLS.
+async fn connect(config: &DbConfig) -> Result<Pin<Box<dyn Stream>>> {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let target = crate::db::describe_target(config);
+    let context = |e: std::io::Error| Error::Replication {
+        transient: true,
+        message: format!("opening the replication connection to {target}: {e}"),
     };
-    let mut parts = vec![
-        format!("host={}", quote(&host)),
-        format!(
-            "port={}",
-            config.get_ports().first().copied().unwrap_or(5432)
-        ),
-        "replication=database".to_owned(),
-    ];
-    if let Some(user) = config.get_user() {
-        parts.push(format!("user={}", quote(user)));
+    match config.get_hosts().first() {
+        Some(Host::Unix(dir)) => {
+            let path = dir.join(format!(".s.PGSQL.{port}"));
+            let socket = tokio::net::UnixStream::connect(&path)
+                .await
+                .map_err(context)?;
+            Ok(Box::pin(socket))
+        }
+        host => {
+            let host = match host {
+                Some(Host::Tcp(h)) => h.clone(),
+                _ => "localhost".into(),
+            };
+            let mut socket = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(context)?;
+            let _ = socket.set_nodelay(true);
+            let tls = config.tls();
+            let Some(client) = crate::db::tls::client_config(tls)? else {
+                return Ok(Box::pin(socket));
+            };
+            let mut request = BytesMut::new();
+            frontend::ssl_request(&mut request);
+            socket.write_all(&request).await.map_err(context)?;
+            let mut answer = [0u8; 1];
+            socket.read_exact(&mut answer).await.map_err(context)?;
+            if answer[0] != b'S' {
+                if tls.effective_mode() == SslMode::Prefer {
+                    return Ok(Box::pin(socket));
+                }
+                return Err(Error::Replication {
+                    transient: false,
+                    message: format!(
+                        "opening the replication connection to {target}: the server does not \
+                         offer TLS, and sslmode={} requires it",
+                        tls.mode.as_str()
+                    ),
+                });
+            }
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| Error::invalid(format!("{host:?} is not a host name for TLS: {e}")))?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+            let tls_stream = connector.connect(name, socket).await.map_err(|e| {
+                Error::Replication {
+                    // A certificate refused will be refused again.
+                    transient: e.kind() != std::io::ErrorKind::InvalidData,
+                    message: format!("opening the replication connection to {target}: TLS: {e}"),
+                }
+            })?;
+            Ok(Box::pin(tls_stream))
+        }
     }
-    if let Some(db) = config.get_dbname() {
-        parts.push(format!("dbname={}", quote(db)));
-    }
-    if let Some(pw) = config.get_password() {
-        parts.push(format!("password={}", quote(&String::from_utf8_lossy(pw))));
-    }
-    let tls = config.tls();
-    let mode = tls.effective_mode();
-    parts.push(format!("sslmode={}", mode.as_str()));
-    if mode.verifies() {
-        // Always explicit: without it pg_walstream would trust the public web roots,
-        // where libpq (and our SQL connections) read ~/.postgresql/root.crt.
-        parts.push(format!(
-            "sslrootcert={}",
-            quote(&tls.root_cert_path()?.to_string_lossy())
-        ));
-    }
-    Ok(parts.join(" "))
 }
 
 #[cfg(test)]
@@ -242,47 +720,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn conninfo_quotes_values_and_refuses_sockets() {
-        let c = crate::db::parse_config("postgres://o'neil:p%20w'@db.example:6543/my db").unwrap();
-        let s = replication_conninfo(&c).unwrap();
-        assert!(
-            s.contains("host='db.example' port=6543 replication=database"),
-            "{s}"
+    fn server_errors_keep_code_message_detail_and_hint() {
+        let mut body = Vec::new();
+        for (k, v) in [
+            (b'S', "ERROR"),
+            (b'C', "55006"),
+            (b'M', "replication slot \"s\" is active for PID 7"),
+            (b'H', "wait"),
+        ] {
+            body.push(k);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let (code, text) = parse_error(&body);
+        assert_eq!(code, "55006");
+        assert_eq!(
+            text,
+            "ERROR replication slot \"s\" is active for PID 7 (hint: wait)"
         );
-        assert!(s.contains("user='o\\'neil'"), "{s}");
-        assert!(s.contains("password='p w\\''"), "{s}");
-        assert!(s.contains("dbname='my db'"), "{s}");
-        let sock = crate::db::parse_config("host=/tmp dbname=x").unwrap();
-        assert!(
-            replication_conninfo(&sock)
-                .unwrap_err()
-                .to_string()
-                .contains("TCP")
-        );
+        assert!(transient_sqlstate(&code));
+        assert!(!transient_sqlstate("42704"));
     }
 
     #[test]
-    fn conninfo_carries_the_tls_options() {
-        let c = crate::db::parse_config(
-            "postgres://u@db.example/x?sslmode=verify-full&sslrootcert=/etc/my%20ca.pem",
-        )
-        .unwrap();
-        let s = replication_conninfo(&c).unwrap();
-        assert!(
-            s.ends_with("sslmode=verify-full sslrootcert='/etc/my ca.pem'"),
-            "{s}"
-        );
-        let c = crate::db::parse_config("postgres://u@db.example/x?sslmode=require").unwrap();
-        assert!(
-            replication_conninfo(&c)
-                .unwrap()
-                .ends_with("sslmode=require")
-        );
-        let c = crate::db::parse_config("postgres://u@db.example/x").unwrap();
-        assert!(
-            replication_conninfo(&c)
-                .unwrap()
-                .ends_with("sslmode=prefer")
-        );
+    fn replication_commands_quote_what_they_name() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal(&quote_ident("it's")), "'\"it''s\"'");
     }
 }

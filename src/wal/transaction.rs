@@ -398,6 +398,41 @@ impl Assembler {
         })
     }
 
+    /// The definite error for a frame too large to hold, naming what it was: a row of a
+    /// table (in the transaction being assembled), or one of lakets' own messages.
+    pub fn oversized(&self, frame: &super::source::Oversized, limit: usize) -> Error {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        let what = match (frame.kind, frame.relation_id) {
+            (b'I' | b'U' | b'D', Some(id)) => {
+                let table = self
+                    .relations
+                    .get(id)
+                    .map(|r| r.table.to_string())
+                    .unwrap_or_else(|| format!("relation {id}"));
+                let change = match frame.kind {
+                    b'I' => "an inserted row",
+                    b'U' => "an updated row",
+                    _ => "a deleted row",
+                };
+                format!("{change} of {table}")
+            }
+            (b'M', _) => "a logical message with lakets' prefix".to_owned(),
+            (kind, _) => format!("a pgoutput message of type {:?}", kind as char),
+        };
+        let txn = self
+            .current
+            .as_ref()
+            .map(|t| format!(" in the transaction committing at {}", t.commit_lsn))
+            .unwrap_or_default();
+        Error::Unsupported(format!(
+            "{what}{txn} is {:.1} MiB on the wire, more than the {:.0} MiB lakets holds per \
+             message; streaming stops here (nothing after it is acknowledged). Store such values \
+             outside the synced table, or raise service.max_message_bytes",
+            mib(frame.bytes),
+            mib(limit)
+        ))
+    }
+
     /// Whether values arrive in binary format (for metrics and logs).
     pub fn binary(&self) -> bool {
         self.binary

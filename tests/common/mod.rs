@@ -103,6 +103,16 @@ pub async fn try_user_connect(url: &str) -> Result<tokio_postgres::Client, tokio
     Ok(client)
 }
 
+/// The password the tests give the roles they create.
+pub const ROLE_PASSWORD: &str = "test-role-pw";
+
+/// `url` for another role (with [`ROLE_PASSWORD`]).
+pub fn url_as(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{user}:{ROLE_PASSWORD}@{host}")
+}
+
 /// Parses an RFC 3339 time.
 pub fn ts(text: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(text)
