@@ -597,6 +597,20 @@ pub async fn postgres_rows(
     table_name: &TableName,
     shape: &TableShape,
 ) -> Result<Vec<CellRow>> {
+    let mut rows = Vec::new();
+    for_each_postgres_row(client, table_name, shape, |row| rows.push(row)).await?;
+    Ok(rows)
+}
+
+/// Hands every row of a PostgreSQL table to `each` as it arrives (rows stream from the
+/// server; none is held beyond its turn).
+pub async fn for_each_postgres_row(
+    client: &impl GenericClient,
+    table_name: &TableName,
+    shape: &TableShape,
+    mut each: impl FnMut(CellRow),
+) -> Result<()> {
+    use futures_util::TryStreamExt;
     client
         .batch_execute(
             "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \
@@ -605,16 +619,23 @@ pub async fn postgres_rows(
         .await
         .pg_context(|| "preparing the session".into())?;
     let (select, types) = text_select(client, table_name, shape).await?;
-    client
-        .query(
-            &format!("SELECT {select} FROM {}", table_name.quoted()),
-            &[],
+    let sql = format!("SELECT {select} FROM {}", table_name.quoted());
+    let rows = client
+        .query_raw(
+            &sql,
+            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
         )
         .await
+        .pg_context(|| format!("reading {table_name}"))?;
+    futures_util::pin_mut!(rows);
+    while let Some(row) = rows
+        .try_next()
+        .await
         .pg_context(|| format!("reading {table_name}"))?
-        .iter()
-        .map(|row| text_row_cells(row, &types, shape))
-        .collect()
+    {
+        each(text_row_cells(&row, &types, shape)?);
+    }
+    Ok(())
 }
 
 /// Stops mirroring a table (the Delta table stays where it is). The stream stops

@@ -264,6 +264,18 @@ pub fn suite_table(report: &SuiteReport) -> String {
         ));
     }
 
+    let d = &report.memory.delete;
+    out.push_str(&format!(
+        "\n-- memory: a 1-row delete mirrored into one compacted file of {} rows ({:.0} MiB)\n\
+         rewrite, streamed: peak +{:.0} MiB over {:.0} MiB ({:.1} s); the same file decoded whole: +{:.0} MiB\n",
+        d.file_rows,
+        d.file_mib,
+        d.delete_peak_growth_mib,
+        d.baseline_rss_mib,
+        d.delete_seconds,
+        d.whole_file_peak_growth_mib
+    ));
+
     out.push_str(&format!(
         "\n-- sustained rate: {} paced writers, {} s per step, all operators\n",
         report.sustained.writers, report.sustained.seconds_per_step

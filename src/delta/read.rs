@@ -42,13 +42,31 @@ pub fn batch_rows(batch: &RecordBatch, shape: &TableShape) -> Result<Vec<CellRow
 /// column left out), in no particular order.
 pub async fn scan(delta: &DeltaTable, shape: &TableShape) -> Result<Vec<CellRow>> {
     let mut rows = Vec::new();
+    for_each_row(delta, shape, |row| rows.push(row)).await?;
+    Ok(rows)
+}
+
+/// Hands every row of the table's current version to `each`, a batch at a time: memory
+/// follows a batch, not the table (or a compacted file).
+pub async fn for_each_row(
+    delta: &DeltaTable,
+    shape: &TableShape,
+    mut each: impl FnMut(CellRow),
+) -> Result<()> {
     for view in active_files(delta).await? {
         let path = view.object_store_path().to_string();
-        for batch in table::read_file(delta, &path).await? {
-            rows.extend(batch_rows(&batch, shape)?);
+        let mut batches = table::open_file(delta, &path).await?;
+        while let Some(batch) = batches
+            .try_next()
+            .await
+            .delta_context(|| format!("reading Delta file {path}"))?
+        {
+            for row in batch_rows(&batch, shape)? {
+                each(row);
+            }
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// Rows of the table's current version whose time (microseconds since the epoch) is in
