@@ -136,9 +136,10 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
         options.symbols, options.rate
     );
 
+    let stop_ingest = tokio_util::sync::CancellationToken::new();
     let ingest = {
         let db = db.clone();
-        let stop = cancel.clone();
+        let stop = stop_ingest.clone();
         let options = crate::ingest::IngestOptions {
             profile: crate::ingest::IngestProfile {
                 symbols: options.symbols,
@@ -165,12 +166,29 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
         _ = shutdown => println!("\nStopping."),
         _ = sleep => println!("\nDuration reached; stopping."),
     }
-    // Stop writing first, then let the service flush and acknowledge what it holds.
-    cancel.cancel();
+    // Stop writing first, let the service receive everything written, then let it flush
+    // and acknowledge what it holds: `lakets verify` right after the demo finds every copy
+    // complete.
+    stop_ingest.cancel();
     let ingested = match ingest.await {
         Ok(r) => r?,
         Err(e) => return Err(Error::Operator(format!("the demo ingest panicked: {e}"))),
     };
+    let written: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .pg_context(|| "reading the WAL position".to_string())?
+        .get(0);
+    let written: crate::wal::Lsn = written
+        .parse()
+        .map_err(|e| Error::Operator(format!("the WAL position {written:?}: {e}")))?;
+    if !received_past(&state, written, DRAIN_TIMEOUT).await {
+        println!(
+            "The service had not received the WAL up to {written} after {DRAIN_TIMEOUT:?}; \
+             the next run streams the rest."
+        );
+    }
+    cancel.cancel();
     service.wait().await?;
     println!(
         "Ingested {} live ticks ({:.0} rows/s).",
@@ -179,6 +197,29 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
     drop(client);
     drop(embedded);
     Ok(())
+}
+
+/// How long stopping waits for the service to receive what the demo wrote.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits (bounded) until the pipeline has received the WAL up to `target`: what it has
+/// received it stores when it stops.
+async fn received_past(
+    state: &crate::service::ServiceState,
+    target: crate::wal::Lsn,
+    timeout: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = state.status.lock().unwrap().clone();
+        if status.received_lsn >= target {
+            return true;
+        }
+        if status.stopped.is_some() || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 const TIER_AFTER: Interval = Interval::hours(1);

@@ -708,6 +708,8 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
         }
         Command::Run { config, overrides } => {
             let config = load_config(&cli, from_argv, config.as_deref(), Some(overrides))?;
+            // Refused before the catalog is touched, not only before anything binds.
+            config.check_listeners()?;
             let db = config.database_config()?;
             lakets::config::reconcile::reconcile(&db, &config).await?;
             let cancel = tokio_util::sync::CancellationToken::new();

@@ -2,7 +2,8 @@
 //! scripts (CLI arguments, the config file and its environment variables, the names that
 //! reach SQL), each refused with a message that says what and why, and none changing
 //! anything in the database. (gRPC's refusals are in tests/service.rs, a wrong wal_level
-//! in tests/embedded.rs.)
+//! in tests/embedded.rs; the attacks that come through the database and the stream, such
+//! as shadowing functions, forged and oversized messages, are in tests/security.rs.)
 
 mod common;
 
@@ -34,6 +35,17 @@ const fn config(what: &'static str, text: &'static str, expect: &'static str) ->
     Case {
         what,
         args: &["config", "apply", "--config", "{config}"],
+        env: &[],
+        config: Some(text),
+        expect,
+    }
+}
+
+/// `lakets run` with a config: a listener's refusal must come before the catalog is touched.
+const fn run(what: &'static str, text: &'static str, expect: &'static str) -> Case {
+    Case {
+        what,
+        args: &["run", "--config", "{config}"],
         env: &[],
         config: Some(text),
         expect,
@@ -488,6 +500,57 @@ const CASES: &[Case] = &[
         config: Some(TABLE_EV),
         expect: "LAKETS_SERVICE_NOSUCH",
     },
+    // Who may reach the API (the attacks of tests/security.rs that a config can open).
+    run(
+        "a gRPC listener beyond loopback without a token",
+        "[http]\nlisten = \"off\"\n[grpc]\nlisten = \"0.0.0.0:0\"\n",
+        "no admin token is set",
+    ),
+    Case {
+        what: "a gRPC listener beyond loopback with a token but no TLS",
+        args: &["run", "--config", "{config}"],
+        env: &[("LAKETS_GRPC_ADMIN_TOKEN", "bad-input-token")],
+        config: Some("[http]\nlisten = \"off\"\n[grpc]\nlisten = \"0.0.0.0:0\"\n"),
+        expect: "without TLS",
+    },
+    run(
+        "half a TLS pair (plaintext while the config says TLS)",
+        "[http]\nlisten = \"off\"\n[grpc]\nlisten = \"0.0.0.0:0\"\n\
+         tls_cert_file = \"/etc/hostname\"\nallow_plaintext = false\n",
+        "go together",
+    ),
+    run(
+        "a TLS certificate that does not exist",
+        "[http]\nlisten = \"off\"\n[grpc]\ntls_cert_file = \"/nonexistent/cert.pem\"\n\
+         tls_key_file = \"/nonexistent/key.pem\"\n",
+        "grpc.tls_cert_file",
+    ),
+    run(
+        "a read token file that does not exist",
+        "[http]\nlisten = \"off\"\n[grpc]\nread_token_file = \"/nonexistent/token\"\n",
+        "grpc.read_token_file",
+    ),
+    run(
+        "an empty admin token file",
+        "[http]\nlisten = \"off\"\n[grpc]\nlisten = \"0.0.0.0:0\"\n\
+         admin_token_file = \"/dev/null\"\n",
+        "is empty",
+    ),
+    config(
+        "a password in the config file",
+        "[database]\nurl = \"postgres://u:hunter2@127.0.0.1:1/db\"\n",
+        "contains a password",
+    ),
+    config(
+        "a replication frame bound too small for a row",
+        "[service]\nmax_message_bytes = \"1 KiB\"\n",
+        "max_message_bytes",
+    ),
+    config(
+        "no subscribers allowed",
+        "[grpc]\nmax_subscribers = 0\n",
+        "max_subscribers",
+    ),
     // Privileges: a role that may connect and read but owns nothing.
     Case {
         what: "a role without privileges",

@@ -392,6 +392,22 @@ impl Config {
         if self.service.flush_interval.is_zero() || self.service.flush_interval.as_micros() < 0 {
             return bad("service.flush_interval must be positive".into());
         }
+        // Below 1 MB an ordinary wide row would stop the stream; the ceiling is what the
+        // protocol's 32-bit lengths and PostgreSQL's 1 GB field limit allow.
+        let max_message = self.service.max_message_bytes.0;
+        if !(1_000_000..=1 << 30).contains(&max_message) {
+            return bad(format!(
+                "service.max_message_bytes = {max_message} is outside 1 MB..1 GiB: it bounds \
+                 the memory one replication frame may take"
+            ));
+        }
+        if self.grpc.max_subscribers == 0 || self.grpc.admin_sessions == 0 {
+            return bad(
+                "grpc.max_subscribers and grpc.admin_sessions must be at least 1 \
+                 (grpc.listen = \"off\" turns the API off)"
+                    .into(),
+            );
+        }
         for (key, addr) in [
             ("http.listen", &self.http.listen),
             ("grpc.listen", &self.grpc.listen),
@@ -530,6 +546,15 @@ impl Config {
         if self.grpc.listen == "off" {
             return Ok(());
         }
+        // Missing files are found now rather than at the first handshake or call (validate
+        // has already refused half a pair).
+        if let (Some(cert), Some(key)) = (&self.grpc.tls_cert_file, &self.grpc.tls_key_file) {
+            for (what, path) in [("grpc.tls_cert_file", cert), ("grpc.tls_key_file", key)] {
+                std::fs::metadata(path)
+                    .map_err(|e| Error::invalid(format!("{what} {}: {e}", path.display())))?;
+            }
+        }
+        self.read_token()?;
         let addr: std::net::SocketAddr = self
             .grpc
             .listen
@@ -581,6 +606,18 @@ impl Config {
 pub fn read_secret(path: &Path, key: &str) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::io(format!("reading {key} {}", path.display()), e))?;
+    // Kubernetes mounts secrets 0644 by default, so this warns rather than refuses.
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                key,
+                path = %path.display(),
+                "the secret file is readable by every local user; chmod 600 it"
+            );
+        }
+    }
     let secret = text.trim().to_string();
     if secret.is_empty() {
         return Err(Error::invalid(format!("{key} {} is empty", path.display())));

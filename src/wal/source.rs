@@ -105,6 +105,9 @@ pub struct WalSource {
     /// What was last confirmed as flushed.
     flushed: Lsn,
     reply_requested: bool,
+    /// A keepalive moved `received`: the consumer hears of it (its status, its next
+    /// acknowledgement) even while no data flows.
+    keepalive_seen: bool,
 }
 
 impl Drop for WalSource {
@@ -222,6 +225,7 @@ impl WalSource {
             received: Lsn::ZERO,
             flushed: Lsn::ZERO,
             reply_requested: false,
+            keepalive_seen: false,
         };
         tracing::debug!(target = %crate::db::describe_target(config), "replication connection open");
         source.authenticate(config).await?;
@@ -439,8 +443,8 @@ impl WalSource {
         }
     }
 
-    /// The next XLogData frame, or `None` when the idle tick fired first (or something
-    /// woke the consumer). Cancel-safe: what was read stays in the buffer.
+    /// The next XLogData frame, or `None` when a keepalive moved the received position
+    /// or something woke the consumer. Cancel-safe: what was read stays in the buffer.
     pub async fn next_frame(&mut self) -> Result<Option<WalFrame>> {
         loop {
             if let Some(frame) = self.parse_frame()? {
@@ -449,6 +453,9 @@ impl WalSource {
             if self.reply_requested {
                 self.reply_requested = false;
                 self.send_status(false).await?;
+            }
+            if std::mem::take(&mut self.keepalive_seen) {
+                return Ok(None);
             }
             let wake = self.wake.clone();
             let read = tokio::select! {
@@ -548,7 +555,10 @@ impl WalSource {
                 if body.get_u8() != 0 {
                     self.reply_requested = true;
                 }
-                self.received = self.received.max(wal_end);
+                if wal_end > self.received {
+                    self.received = wal_end;
+                    self.keepalive_seen = true;
+                }
                 Ok(None)
             }
             _ => Err(protocol_error("an unknown CopyData message")),
