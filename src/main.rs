@@ -487,6 +487,26 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Peak memory of mirroring a one-row delete into one compacted file, against decoding
+    /// that file whole, each in a fresh process.
+    DeleteMemory {
+        /// Rows of the file.
+        #[arg(long, default_value_t = 4_000_000)]
+        rows: u64,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One measurement of `bench delete-memory`, in a fresh process (internal).
+    #[command(hide = true)]
+    DeleteProbe {
+        #[arg(long)]
+        location: String,
+        #[arg(long)]
+        rows: u64,
+        #[arg(long, value_parser = ["delete", "whole"])]
+        mode: String,
+    },
     /// Commit -> received / stored in the LVC / committed to Delta, p50/p99/max, at a
     /// fixed ingest rate.
     Freshness {
@@ -942,6 +962,25 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                     report.copy_over_insert
                 );
             }
+        }
+        Command::Bench(BenchCommand::DeleteMemory { rows, json }) => {
+            let report = lakets::bench::memory::delete_into_compacted((*rows).max(1000)).await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{}", lakets::bench::memory::delete_table(&report));
+            }
+        }
+        Command::Bench(BenchCommand::DeleteProbe {
+            location,
+            rows,
+            mode,
+        }) => {
+            let mode = match mode.as_str() {
+                "delete" => lakets::bench::memory::ProbeMode::Delete,
+                _ => lakets::bench::memory::ProbeMode::Whole,
+            };
+            print_json(&lakets::bench::memory::delete_probe(location, *rows, mode).await?)?;
         }
         Command::Bench(BenchCommand::Gate { inserts, json }) => {
             let report = lakets::bench::gate(*inserts).await?;

@@ -148,6 +148,17 @@ fn bench_all_reports_every_figure_in_one_run() {
         );
     }
 
+    // The delete into a compacted file: both probes ran in their own process and grew.
+    let delete = &report["memory"]["delete"];
+    assert!(delete["file_rows"].as_u64().unwrap() >= 100_000, "{delete}");
+    for probe in ["streamed", "whole_file"] {
+        let p = &delete[probe];
+        assert!(
+            f(&p["peak_growth_mib"]) > 0.0 && f(&p["baseline_rss_mib"]) > 1.0,
+            "{probe}: {p}"
+        );
+    }
+
     // Sustained: at least one step, each with a lag sample per second.
     let steps = report["sustained"]["steps"].as_array().unwrap();
     assert!(!steps.is_empty());
@@ -155,9 +166,10 @@ fn bench_all_reports_every_figure_in_one_run() {
         assert!(s["lag_bytes"].as_array().unwrap().len() >= 2, "{s}");
     }
 
-    // Eleven targets (the split write path, two per freshness size), each with a verdict.
+    // Twelve targets (the split write path, two per freshness size, two of memory), each
+    // with a verdict.
     let targets = report["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 11, "{targets:?}");
+    assert_eq!(targets.len(), 12, "{targets:?}");
     assert!(targets.iter().all(|t| t["met"].is_boolean()));
     assert!(
         report["postgres"]
