@@ -115,11 +115,15 @@ impl Error {
                 source.is_closed()
                     || source.as_db_error().is_none()
                     || code.as_deref().is_some_and(|c| {
+                        // Connections, a server shutting down or out of resources
+                        // (disk full, out of memory, too many connections), an I/O error,
+                        // a standby promoted or not yet (read-only), conflicts and locks.
                         c.starts_with("08")
                             || c.starts_with("57P")
+                            || c.starts_with("53")
                             || matches!(
                                 c,
-                                "53300" | "55006" | "40P01" | "40001" | "55P03" | "57014"
+                                "58030" | "25006" | "55006" | "40P01" | "40001" | "55P03" | "57014"
                             )
                     })
             }

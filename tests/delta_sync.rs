@@ -641,11 +641,18 @@ async fn maintenance_compacts_checkpoints_and_vacuums_without_changing_a_row() {
         walk(root, &mut n);
         n
     };
+    // A file no commit references (a window's file left by a crash before its commit).
+    let orphan = dir
+        .path()
+        .join("t")
+        .join("part-00000-orphan-c000.zstd.parquet");
+    std::fs::write(&orphan, b"PAR1 never committed").unwrap();
     let on_disk_before = parquet_on_disk(&dir.path().join("t"));
-    let vacuumed = lakets::delta::maintenance::vacuum(&mut delta, chrono::Duration::zero())
+    let vacuumed = lakets::delta::maintenance::vacuum(&mut delta, chrono::Duration::zero(), true)
         .await
         .unwrap();
-    assert!(vacuumed >= outcome.files_removed, "vacuumed {vacuumed}");
+    assert!(vacuumed > outcome.files_removed, "vacuumed {vacuumed}");
+    assert!(!orphan.exists(), "the orphaned file went");
     assert_eq!(
         parquet_on_disk(&dir.path().join("t")),
         on_disk_before - vacuumed
@@ -1162,4 +1169,104 @@ async fn a_row_missing_from_delta_stops_the_stream_for_good_naming_it() {
         "confirmed {confirmed}, delete ended at {deleted}"
     );
     stop.cancel();
+}
+
+/// A column another writer added to the Delta table (a Databricks ADD COLUMNS, here the
+/// `deltalake` Python package) would lose its values when the mirror rewrites a file for
+/// a DELETE: the stream stops with a definite error naming the column instead, and the
+/// file keeps its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_another_writer_added_stops_a_rewrite_instead_of_dropping_it() {
+    let Ok(python) = std::env::var("LAKETS_INTEROP_PYTHON") else {
+        assert!(
+            std::env::var("LAKETS_REQUIRE_INTEROP").is_err(),
+            "LAKETS_REQUIRE_INTEROP is set without LAKETS_INTEROP_PYTHON"
+        );
+        eprintln!("skipped: no LAKETS_INTEROP_PYTHON with the deltalake package");
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_foreign_column").await;
+    ticks_table(&mut db, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
+    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let (_shutdown, run) = start(&db, &slot).await;
+    db.exec("INSERT INTO ticks SELECT now() + g * interval '1 ms', 'F', 1, g, NULL FROM generate_series(1, 5) g")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    let path = config.location.to_file_path().unwrap();
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys, deltalake as d; d.DeltaTable(sys.argv[1]).alter.add_columns([d.Field('extra', 'string', nullable=True)])",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deltalake (Python) add_columns failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db.exec("DELETE FROM ticks WHERE symbol = 'F' AND volume = 3")
+        .await;
+    let err = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the stream stops")
+        .unwrap()
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("extra"), "{err}");
+    let delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    assert!(shape.columns.iter().any(|c| c.name == "extra"));
+    let rows = lakets::delta::read::scan(&delta, &shape).await.unwrap();
+    assert_eq!(rows.len(), 15, "no row lost or rewritten away");
+}
+
+/// Two writers of one stream (an older process whose commit lands late, a second
+/// instance): the later one's window meets a commit carrying its own app id and must not
+/// land its rows beside it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_meeting_a_commit_of_its_own_stream_is_not_committed_twice() {
+    use lakets::delta::schema::Cell;
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_same_stream").await;
+    ticks_table(&mut db, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
+    let open = async || {
+        let delta = lakets::delta::table::open(&config.location)
+            .await
+            .unwrap()
+            .unwrap();
+        let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+        lakets::delta::mirror::TableMirror::new(shape, delta, "stream-a".into(), Lsn::ZERO)
+    };
+    let row = |v: i64| -> CellRow {
+        vec![
+            Cell::Int(1_767_225_600_000_000 + v),
+            Cell::Str("Z".into()),
+            Cell::Decimal(10_000),
+            Cell::Int(v),
+            Cell::Null,
+        ]
+    };
+    let (mut first, mut second) = (open().await, open().await);
+    first.insert(row(1)).await.unwrap();
+    first.flush(Lsn(100)).await.unwrap();
+    second.insert(row(1)).await.unwrap();
+    let err = second.flush(Lsn(100)).await.unwrap_err();
+    assert!(err.to_string().contains("stream-a"), "{err}");
+    let delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    let rows = lakets::delta::read::scan(&delta, &shape).await.unwrap();
+    assert_eq!(rows.len(), 11, "the row landed once");
 }

@@ -179,3 +179,27 @@ async fn chunk_tracker_stamps_the_last_writing_transaction_and_the_slot_waits_fo
     )
     .await;
 }
+
+/// A transaction streamed before it is visible has an xid at or past the snapshot's xmax:
+/// it is waited for (bounded, then a transient error, never a definite one), and a
+/// committed one is widened to its full 64-bit id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_widened_to_their_full_id_and_future_ones_waited_for() {
+    use lakets::catalog::announce::wait_until_visible_within;
+    let db = fresh_db("pipeline_visibility").await;
+    let committed: i64 = db.scalar("SELECT pg_current_xact_id()::text::bigint").await;
+    let full = wait_until_visible_within(&db.client, committed as u32, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(full, committed);
+    // An id no transaction has yet (what a commit not yet visible looks like from here).
+    let next: i64 = db
+        .scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+        .await;
+    let err =
+        wait_until_visible_within(&db.client, (next + 1000) as u32, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("not become visible"), "{err}");
+}

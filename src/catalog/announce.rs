@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 use tracing::warn;
 
-use crate::error::{PgResultExt, Result};
+use crate::error::{Error, PgResultExt, Result};
 use crate::ident::TableName;
 use crate::wal::lsn::Lsn;
 
@@ -119,13 +119,13 @@ pub async fn verify(
         return Ok(forged(xid, "its content is not an announcement id"));
     };
     // The walsender may send a transaction a moment before its writer makes it visible.
-    wait_until_visible(client, xid).await?;
+    let full_xid = wait_until_visible(client, xid).await?;
+    // All 64 bits: after a wraparound an old announcement's id must not pass for new.
     let row = client
         .query_opt(
             "SELECT payload FROM lakets._announcements
-              WHERE id = $1
-                AND (xid::text::bigint & 4294967295) = $2",
-            &[&id, &i64::from(xid)],
+              WHERE id = $1 AND xid::text::bigint = $2",
+            &[&id, &full_xid],
         )
         .await
         .pg_context(|| format!("reading announcement {id}"))?;
@@ -154,33 +154,60 @@ fn forged(xid: u32, why: &str) -> Option<Announcement> {
     None
 }
 
-/// Waits (up to 5 s) until transaction `xid` is visible to new snapshots. The walsender
-/// can send a transaction as soon as its commit record is in the WAL, a moment before
-/// its writer makes it visible: a read in that moment would not see its effects yet.
-pub async fn wait_until_visible(client: &impl GenericClient, xid: u32) -> Result<()> {
-    let xid = i64::from(xid);
+/// How long a transaction decoded from the WAL may stay invisible before the read that
+/// needs it gives up (transiently: the stream restarts and meets it again). A commit waiting
+/// for a synchronous standby is in the WAL, and so streamed, before it is visible.
+const VISIBILITY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until transaction `xid` is visible to new snapshots and returns its full 64-bit
+/// id. The walsender can send a transaction as soon as its commit record is in the WAL, a
+/// moment before its writer makes it visible: a read in that moment would not see its
+/// effects yet.
+pub async fn wait_until_visible(client: &impl GenericClient, xid: u32) -> Result<i64> {
+    wait_until_visible_within(client, xid, VISIBILITY_TIMEOUT).await
+}
+
+/// [`wait_until_visible`] with its patience given.
+pub async fn wait_until_visible_within(
+    client: &impl GenericClient,
+    xid: u32,
+    timeout: std::time::Duration,
+) -> Result<i64> {
     let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
     loop {
-        // The 32-bit xid widened with the epoch of the current snapshot (the transaction
-        // is at most one wraparound behind it).
-        let visible: bool = client
+        // The 32-bit xid widened as PostgreSQL widens one: by its signed 32-bit distance
+        // from the snapshot's xmax (a just-committed transaction is often at or past xmax,
+        // which moves only when every earlier transaction has ended).
+        let row = client
             .query_one(
-                "WITH s AS (SELECT pg_catalog.pg_current_snapshot() AS snap,
-                                   pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint AS xmax)
-                 SELECT pg_catalog.pg_visible_in_snapshot(
-                          ((((xmax >> 32) - CASE WHEN $1 > (xmax & 4294967295) THEN 1 ELSE 0 END) << 32)
-                           | $1)::text::xid8,
-                          snap)
-                   FROM s",
-                &[&xid],
+                "WITH s AS (SELECT pg_catalog.pg_current_snapshot() AS snap),
+                      x AS (SELECT snap, pg_catalog.pg_snapshot_xmax(snap)::text::bigint AS xmax FROM s),
+                      w AS (SELECT snap, xmax + ((($1::bigint - (xmax & 4294967295) + 2147483648)
+                                                   & 4294967295) - 2147483648) AS full_xid
+                              FROM x)
+                 SELECT pg_catalog.pg_visible_in_snapshot(full_xid::text::xid8, snap), full_xid
+                   FROM w",
+                &[&i64::from(xid)],
             )
             .await
-            .pg_context(|| "checking that a transaction is visible".into())?
-            .get(0);
-        if visible || started.elapsed() > std::time::Duration::from_secs(5) {
-            return Ok(());
+            .pg_context(|| "checking that a transaction is visible".into())?;
+        let (visible, full): (bool, i64) = (row.get(0), row.get(1));
+        if visible {
+            return Ok(full);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        if started.elapsed() > timeout {
+            return Err(Error::Replication {
+                transient: true,
+                message: format!(
+                    "transaction {full} is in the WAL but has not become visible after \
+                     {timeout:?} (a commit waiting for a synchronous standby?); the stream \
+                     retries"
+                ),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
     }
 }
 

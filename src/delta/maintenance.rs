@@ -126,13 +126,25 @@ pub async fn compact(
     Ok(Some(outcome))
 }
 
-/// Deletes data files that no version within `retention` references (and files written
-/// but never committed, older than `retention`). Returns how many went.
-pub async fn vacuum(table: &mut DeltaTable, retention: chrono::Duration) -> Result<usize> {
+/// Deletes data files that no version within `retention` references; with `orphans`, also
+/// files no version ever committed (a window's files left by a crash before its commit),
+/// older than `retention`. That lists the whole table's storage, so it runs seldom.
+/// Returns how many went.
+pub async fn vacuum(
+    table: &mut DeltaTable,
+    retention: chrono::Duration,
+    orphans: bool,
+) -> Result<usize> {
     let location = table::display_location(table.table_url());
+    let mode = if orphans {
+        deltalake::operations::vacuum::VacuumMode::Full
+    } else {
+        deltalake::operations::vacuum::VacuumMode::Lite
+    };
     let (vacuumed, metrics) = table
         .clone()
         .vacuum()
+        .with_mode(mode)
         .with_retention_period(retention)
         .with_enforce_retention_duration(false)
         .await

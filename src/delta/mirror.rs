@@ -36,7 +36,7 @@ use deltalake::kernel::{Action, Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures_util::TryStreamExt;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::batch::{CellRow, build_batch};
 use super::maintenance::{self, CompactionOutcome};
@@ -138,7 +138,13 @@ pub struct TableMirror {
     writer: Option<RecordBatchWriter>,
     /// The writer holds rows not sealed into staged files yet.
     unsealed: bool,
+    /// When maintenance last looked for files no commit references (a listing of the
+    /// table's whole storage).
+    orphans_vacuumed: Option<std::time::Instant>,
 }
+
+/// How often maintenance lists a table's storage for orphaned files.
+const ORPHAN_VACUUM_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl TableMirror {
     pub fn new(shape: TableShape, table: DeltaTable, app_id: String, skip_before: Lsn) -> Self {
@@ -150,6 +156,7 @@ impl TableMirror {
             window: Window::default(),
             writer: None,
             unsealed: false,
+            orphans_vacuumed: None,
         }
     }
 
@@ -365,6 +372,11 @@ impl TableMirror {
         let mut compaction = CompactionOutcome::default();
         for attempt in 1..=MAX_COMMIT_ATTEMPTS {
             table::refresh(&mut self.table).await?;
+            let foreign = self.foreign_columns()?;
+            if !foreign.is_empty() {
+                warn!(table = %self.location(), columns = ?foreign, "compaction skipped: another writer added columns lakets does not mirror, and rewriting files would drop their values");
+                break;
+            }
             match maintenance::compact(
                 &mut self.table,
                 &self.shape,
@@ -384,11 +396,36 @@ impl TableMirror {
             }
         }
         maintenance::checkpoint(&self.table).await?;
-        let vacuumed = maintenance::vacuum(&mut self.table, policy.vacuum_retention).await?;
+        let orphans = self
+            .orphans_vacuumed
+            .is_none_or(|at| at.elapsed() >= ORPHAN_VACUUM_EVERY);
+        let vacuumed =
+            maintenance::vacuum(&mut self.table, policy.vacuum_retention, orphans).await?;
+        if orphans {
+            self.orphans_vacuumed = Some(std::time::Instant::now());
+        }
         Ok(Some(Maintained {
             compaction,
             vacuumed_files: vacuumed,
         }))
+    }
+
+    /// Columns of the Delta table (at its loaded version) that the mirror's shape lacks:
+    /// added by another writer (a Databricks ADD COLUMNS, say).
+    fn foreign_columns(&self) -> Result<Vec<String>> {
+        let schema = self
+            .table
+            .snapshot()
+            .delta_context(|| format!("reading {}", self.location()))?
+            .schema();
+        Ok(schema
+            .fields()
+            .map(|f| f.name().clone())
+            .filter(|name| {
+                Some(name) != self.shape.partition_column.as_ref()
+                    && !self.shape.columns.iter().any(|c| &c.name == name)
+            })
+            .collect())
     }
 
     fn build_index(&mut self, key_columns: &Arc<Vec<usize>>) {
@@ -457,7 +494,7 @@ impl TableMirror {
         let result = self.commit_window(through).await;
         if result.is_err() {
             // The window is lost with the error: the pipeline restarts from the durable
-            // LSN and streams it again. Staged files stay orphans until vacuum.
+            // LSN and streams it again. Staged files stay orphans until a vacuum lists the storage.
             self.window = Window::default();
             self.writer = None;
             self.unsealed = false;
@@ -479,6 +516,16 @@ impl TableMirror {
                 // Choose the files to rewrite from the latest version: another writer
                 // may have compacted or rewritten them since our own last commit.
                 table::refresh(&mut self.table).await?;
+                let foreign = self.foreign_columns()?;
+                if !foreign.is_empty() {
+                    return Err(Error::Unsupported(format!(
+                        "another writer added columns {foreign:?} to the Delta table at {}; \
+                         a delete or update rewrites files from PostgreSQL's columns and \
+                         would drop their values. Add the columns to the PostgreSQL table \
+                         too, or remove them from the Delta table",
+                        self.location()
+                    )));
+                }
                 self.rewrite(&mut rewrite).await?;
             }
             if !toast_rows.is_empty() {

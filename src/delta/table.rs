@@ -232,7 +232,31 @@ pub async fn try_commit(
                 source: TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_),
             }) if !removes && attempt < 5 => {
                 metrics::counter!("lakets_delta_commit_conflicts_total").increment(1);
+                // A commit carrying this stream's app id landed since the snapshot: a
+                // second writer of the same stream (an older process' commit arriving
+                // late). Committing again would write the window twice; the restart
+                // reads the table's position and skips what it holds.
+                let app_id = txn.map(|(app_id, _)| app_id);
+                let before = match app_id {
+                    Some(app_id) => txn_lsn(table, app_id).await?,
+                    None => None,
+                };
                 refresh(table).await?;
+                if let Some(app_id) = app_id {
+                    let after = txn_lsn(table, app_id).await?;
+                    if after != before {
+                        return Err(Error::Delta {
+                            context: format!("committing to the Delta table at {location}"),
+                            message: format!(
+                                "another commit of stream {app_id} landed since this commit's \
+                                 snapshot (position {} -> {}); not committing the same changes \
+                                 twice",
+                                before.map_or("none".into(), |l| l.to_string()),
+                                after.map_or("none".into(), |l| l.to_string())
+                            ),
+                        });
+                    }
+                }
             }
             Err(e) => {
                 return Err(e)

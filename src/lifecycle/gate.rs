@@ -86,7 +86,7 @@ pub async fn check(
         .await
     {
         let reason = match e.code().map(|c| c.code()) {
-            Some("55P03") => format!(
+            Some("55P03" | "40P01") => format!(
                 "lock timeout: writers held the chunk for more than {:?}",
                 settings.lock_timeout
             ),

@@ -346,6 +346,25 @@ pub async fn drop_chunks_gated(
             }
         };
         let target = c.chunk_table();
+        // Partition DDL of the table (chunk creation, replica identity) takes turns with
+        // the drop. Its lock comes before the gate's lock on the chunk: DDL takes them in
+        // that order too, so the two never wait for each other in a circle.
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}'",
+            partitions::DDL_LOCK_TIMEOUT
+        ))
+        .await
+        .pg_context(|| "setting lock_timeout".into())?;
+        if let Err(e) = partitions::lock_table_ddl(&tx, table).await {
+            if matches!(e.sqlstate(), Some("55P03" | "40P01")) {
+                drop(tx);
+                let reason = "lock timeout: partition maintenance of the table held its lock; the drop waits for the next run";
+                record_deferral(&client, &c, reason).await?;
+                report.deferred.push((c.chunk_name.clone(), reason.into()));
+                continue;
+            }
+            return Err(e);
+        }
         if let Some(sync) = &sync {
             match gate::check(&tx, &mut announcer, &c, sync, settings).await? {
                 Gate::Pass { .. } => {}
@@ -357,23 +376,13 @@ pub async fn drop_chunks_gated(
                     continue;
                 }
             }
-        }
-        // Partition DDL of the table (chunk creation) takes turns with the drop.
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = '{}'",
-            partitions::DDL_LOCK_TIMEOUT
-        ))
-        .await
-        .pg_context(|| "setting lock_timeout".into())?;
-        if let Err(e) = partitions::lock_table_ddl(&tx, table).await {
-            if e.sqlstate() == Some("55P03") {
-                drop(tx);
-                let reason = "lock timeout: partition maintenance of the table held its lock; the drop waits for the next run";
-                record_deferral(&client, &c, reason).await?;
-                report.deferred.push((c.chunk_name.clone(), reason.into()));
-                continue;
-            }
-            return Err(e);
+            // The gate waited with its own patience; the drop's lock waits are bounded.
+            tx.batch_execute(&format!(
+                "SET LOCAL lock_timeout = '{}'",
+                partitions::DDL_LOCK_TIMEOUT
+            ))
+            .await
+            .pg_context(|| "setting lock_timeout".into())?;
         }
         let exists: bool = tx
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target.quoted()])
@@ -395,7 +404,7 @@ pub async fn drop_chunks_gated(
                 .batch_execute(&format!("DROP TABLE {}", target.quoted()))
                 .await
             {
-                if e.code().map(|c| c.code()) == Some("55P03") {
+                if matches!(e.code().map(|c| c.code()), Some("55P03" | "40P01")) {
                     drop(tx);
                     let reason = "lock timeout: readers or writers held the chunk; the drop waits for the next run";
                     record_deferral(&client, &c, reason).await?;

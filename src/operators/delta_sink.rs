@@ -339,8 +339,7 @@ impl DeltaSink {
                 .pg_context(|| format!("checking the initial copy of {table}"))?
                 .get(0);
             if free {
-                // Nobody is copying: the copy was abandoned. The next `sync enable` takes
-                // a new snapshot (announced), which will hold this change.
+                let outcome = self.settle_unlocked_copy(table, &f).await;
                 self.client
                     .execute(
                         "SELECT pg_advisory_unlock($1, hashtext($2))",
@@ -348,18 +347,37 @@ impl DeltaSink {
                     )
                     .await
                     .pg_context(|| "releasing the sync lock".into())?;
-                sync::reset_abandoned_copy(&self.client, table, f.start_lsn).await?;
-                if let Some(f) = self.followed.get_mut(table) {
-                    f.start_lsn = None;
-                }
-                warn!(table = %table, "the initial copy into Delta was interrupted; run `lakets sync enable` again");
-                return Ok(());
+                return outcome;
             }
             if warned.elapsed() >= Duration::from_secs(10) {
                 warned = Instant::now();
                 info!(table = %table, waiting = ?started.elapsed(), "the stream waits for the initial copy into Delta");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Nobody holds the copy's lock (this session does now): the copy either finished
+    /// between the registry read and the lock, or was abandoned. Read again under the
+    /// lock, where the registry cannot change: a finished copy is opened; an abandoned one
+    /// is reset, and the next `sync enable` takes a new snapshot (announced), which will
+    /// hold this change.
+    async fn settle_unlocked_copy(&mut self, table: &TableName, f: &Followed) -> Result<()> {
+        match sync::find_sync(&self.client, table).await? {
+            Some(s) if f.same_place(&s) && s.start_lsn == f.start_lsn => {
+                if s.state == SyncState::Active {
+                    self.followed.get_mut(table).expect("present").state = SyncState::Active;
+                    return self.open(table).await;
+                }
+                sync::reset_abandoned_copy(&self.client, table, f.start_lsn).await?;
+                if let Some(f) = self.followed.get_mut(table) {
+                    f.start_lsn = None;
+                }
+                warn!(table = %table, "the initial copy into Delta was interrupted; run `lakets sync enable` again");
+                Ok(())
+            }
+            // Disabled or started over elsewhere meanwhile: its announcement will say so.
+            _ => Ok(()),
         }
     }
 

@@ -309,6 +309,7 @@ impl WalSource {
             ),
         };
         let mut scram: Option<sasl::ScramSha256> = None;
+        let mut scram_verified = false;
         loop {
             let (tag, body) = self.message().await?;
             match tag {
@@ -316,6 +317,17 @@ impl WalSource {
                     let mut b = &body[..];
                     let code = b.get_i32();
                     match code {
+                        // Once SCRAM started, only a server that proved it knows the
+                        // password may say "authenticated" (else anyone in between could).
+                        0 if scram.is_some() && !scram_verified => {
+                            return Err(Error::Replication {
+                                transient: false,
+                                message: "SCRAM authentication: the server said \
+                                          authenticated without proving it knows the \
+                                          password; refusing the connection"
+                                    .into(),
+                            });
+                        }
                         0 => {}
                         3 => {
                             let pw = password.as_ref().ok_or_else(need_password)?;
@@ -394,6 +406,7 @@ impl WalSource {
                                     "SCRAM authentication: the server's proof is wrong: {e}"
                                 ),
                             })?;
+                            scram_verified = true;
                         }
                         other => {
                             return Err(Error::Replication {
@@ -578,34 +591,42 @@ impl WalSource {
         let kind = data[0];
         let bytes = total - 5 - 25;
         if kind == b'M' && data.len() > 10 {
-            // flags(1) lsn(8) prefix\0 length(4) content
-            let mut rest = &data[10..];
-            let prefix_end = rest.iter().position(|&b| b == 0);
-            if let Some(end) = prefix_end {
-                let prefix = &rest[..end];
-                if prefix != super::transaction::MESSAGE_PREFIX.as_bytes() {
-                    // Another role's message: pass on its head, content cut off.
-                    let mut cut = BytesMut::with_capacity(10 + end + 5);
-                    cut.put_slice(&data[..10]);
-                    cut.put_slice(prefix);
-                    cut.put_u8(0);
-                    cut.put_u32(0);
-                    rest = &rest[end + 1..];
-                    let _ = rest;
-                    tracing::warn!(
-                        bytes,
-                        prefix = %String::from_utf8_lossy(prefix),
-                        "skipping an oversized logical message of another prefix without holding it"
-                    );
-                    metrics::counter!("lakets_wal_oversized_messages_skipped_total").increment(1);
-                    return Ok(WalFrame {
-                        wal_start,
-                        wal_end,
-                        data: cut.freeze(),
-                        oversized: None,
-                    });
-                }
+            // flags(1) lsn(8) prefix\0 length(4) content. lakets' own messages are a few
+            // bytes (an announcement id), so no oversized message is one: any role can
+            // emit one, with any prefix, and none may stop the stream. Pass on its head,
+            // content cut off; lakets' prefix is dropped too, and counted as a forgery.
+            let rest = &data[10..];
+            let prefix = rest.iter().position(|&b| b == 0).map(|end| &rest[..end]);
+            let ours = prefix == Some(super::transaction::MESSAGE_PREFIX.as_bytes());
+            let shown = prefix.unwrap_or(&[]);
+            let mut cut = BytesMut::with_capacity(10 + shown.len() + 5);
+            cut.put_slice(&data[..10]);
+            if !ours {
+                cut.put_slice(shown);
             }
+            cut.put_u8(0);
+            cut.put_u32(0);
+            if ours {
+                tracing::warn!(
+                    bytes,
+                    "skipping an oversized logical message with lakets' prefix: lakets did not write it"
+                );
+                metrics::counter!("lakets_forged_messages_total").increment(1);
+            } else {
+                tracing::warn!(
+                    bytes,
+                    prefix = %String::from_utf8_lossy(shown),
+                    complete = prefix.is_some(),
+                    "skipping an oversized logical message of another prefix without holding it"
+                );
+            }
+            metrics::counter!("lakets_wal_oversized_messages_skipped_total").increment(1);
+            return Ok(WalFrame {
+                wal_start,
+                wal_end,
+                data: cut.freeze(),
+                oversized: None,
+            });
         }
         let relation_id = match kind {
             b'I' | b'U' | b'D' if data.len() >= 5 => {
@@ -728,6 +749,54 @@ async fn connect(config: &DbConfig) -> Result<Pin<Box<dyn Stream>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server in the middle that starts SCRAM and then says "authenticated" without
+    /// the proof (SASLFinal) is refused: it could otherwise feed made-up WAL.
+    #[tokio::test]
+    async fn scram_without_the_servers_proof_is_refused() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let len = sock.read_u32().await.unwrap() as usize;
+            let mut startup = vec![0; len - 4];
+            sock.read_exact(&mut startup).await.unwrap();
+            let auth = |code: i32, rest: &[u8]| {
+                let mut m = vec![b'R'];
+                m.extend_from_slice(&((8 + rest.len()) as i32).to_be_bytes());
+                m.extend_from_slice(&code.to_be_bytes());
+                m.extend_from_slice(rest);
+                m
+            };
+            sock.write_all(&auth(10, b"SCRAM-SHA-256\0\0"))
+                .await
+                .unwrap();
+            let tag = sock.read_u8().await.unwrap();
+            assert_eq!(tag, b'p', "the client answers with its SCRAM first message");
+            let len = sock.read_u32().await.unwrap() as usize;
+            let mut first = vec![0; len - 4];
+            sock.read_exact(&mut first).await.unwrap();
+            sock.write_all(&auth(0, b"")).await.unwrap();
+            // Hold the connection until the client gives up on it.
+            let mut rest = Vec::new();
+            let _ = sock.read_to_end(&mut rest).await;
+        });
+        let config = crate::db::parse_config(&format!(
+            "host=127.0.0.1 port={port} user=u password=secret dbname=d sslmode=disable"
+        ))
+        .unwrap();
+        let err = match WalSource::start(&config, &SourceSettings::new("s", "p")).await {
+            Ok(_) => panic!("a connection without the server's proof was accepted"),
+            Err(e) => e,
+        };
+        assert!(
+            err.to_string()
+                .contains("without proving it knows the password"),
+            "{err}"
+        );
+        server.abort();
+    }
 
     #[test]
     fn server_errors_keep_code_message_detail_and_hint() {

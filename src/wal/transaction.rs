@@ -416,7 +416,7 @@ impl Assembler {
                 };
                 format!("{change} of {table}")
             }
-            (b'M', _) => "a logical message with lakets' prefix".to_owned(),
+            (b'M', _) => "a logical message".to_owned(),
             (kind, _) => format!("a pgoutput message of type {:?}", kind as char),
         };
         let txn = self
