@@ -7,16 +7,10 @@ pub mod bench;
 pub mod catalog;
 pub mod chronotable;
 pub mod config;
-pub mod db;
-pub mod delta;
 pub mod demo;
-pub mod embedded;
-pub mod error;
 pub mod grpc;
 pub mod http;
-pub mod ident;
 pub mod ingest;
-pub mod interval;
 pub mod jobs;
 pub mod lifecycle;
 pub mod lvc;
@@ -29,14 +23,9 @@ pub mod service;
 pub mod status;
 pub mod sync;
 pub mod verify;
-pub mod wal;
 
 pub use error::{Error, Result};
-
-/// Chooses rustls' process-wide crypto provider: aws-lc-rs, the one lakets' own TLS
-/// configurations name. TLS set up without naming one (tonic's server) otherwise panics,
-/// because the object store's HTTP client compiles in ring as well and rustls will not
-/// guess between the two. Idempotent.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
+pub use lakets_delta as delta;
+pub use lakets_postgres::{db, error, ident, install_crypto_provider, interval};
+pub use lakets_testkit::embedded;
+pub use lakets_wal as wal;

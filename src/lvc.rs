@@ -130,7 +130,7 @@ pub async fn enable_lvc(
         definitions.push(format!("{} {sql_type}", quote_ident(name)));
     }
     // The cache is filled as of a WAL position; every change after it must be in a slot.
-    crate::wal::setup::ensure_default_consumer(&*client).await?;
+    crate::catalog::replication::ensure_default_consumer(&*client).await?;
     let tx = client
         .transaction()
         .await

@@ -540,7 +540,7 @@ enum SlotCommand {
     /// Drop the slot (refused while it holds unconfirmed changes, unless --force).
     Drop {
         slot: String,
-        #[arg(long, default_value = lakets::wal::setup::DEFAULT_PUBLICATION)]
+        #[arg(long, default_value = lakets::wal::slot::DEFAULT_PUBLICATION)]
         publication: String,
         /// Drop even if changes not yet stored by every operator would be lost.
         #[arg(long)]
@@ -1216,10 +1216,10 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                                 .query_one("SELECT current_database()::text", &[])
                                 .await?
                                 .get(0);
-                            lakets::wal::setup::default_slot_name(&db)
+                            lakets::wal::slot::default_slot_name(&db)
                         }
                     };
-                    let state = lakets::wal::setup::slot_state(&client, &slot)
+                    let state = lakets::wal::slot::slot_state(&client, &slot)
                         .await?
                         .ok_or_else(|| lakets::Error::NotFound {
                             kind: "replication slot",
@@ -1253,7 +1253,8 @@ async fn run(cli: Cli, from_argv: bool) -> anyhow::Result<()> {
                     publication,
                     force,
                 } => {
-                    lakets::wal::setup::drop_slot(&client, slot, publication, *force).await?;
+                    lakets::catalog::replication::drop_slot(&client, slot, publication, *force)
+                        .await?;
                     println!("dropped replication slot {slot}");
                 }
             }

@@ -5,7 +5,7 @@
 //! tables, the caches and the rollups may be wrong anywhere in the hot chunks, and nothing
 //! the stream says about those chunks can vouch for them (an UPDATE keeps the counts).
 //! Until the gap is closed, streaming is refused and the gate defers every drop (see
-//! [`crate::wal::setup::refuse_if_gap`]).
+//! [`crate::catalog::replication::refuse_if_gap`]).
 //!
 //! Resync, with the service stopped:
 //! 1. drops the lost slot and creates a new one: the stream resumes from here;
@@ -24,6 +24,7 @@
 use tokio_postgres::Client;
 use tracing::info;
 
+use crate::catalog::replication::{self, GAP_RESYNCING, StreamGap};
 use crate::db::DbConfig;
 use crate::delta::mirror::{TableMirror, shape_of};
 use crate::delta::table;
@@ -32,7 +33,7 @@ use crate::ident::TableName;
 use crate::rollup::{self, Source, bound_text};
 use crate::sync::{self, SYNC_LOCK_NAMESPACE, SyncConfig, SyncState};
 use crate::wal::lsn::Lsn;
-use crate::wal::setup::{self, DEFAULT_PUBLICATION, GAP_RESYNCING, StreamGap};
+use crate::wal::slot::{self, DEFAULT_PUBLICATION};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct ResyncReport {
@@ -71,7 +72,7 @@ pub async fn resync(db: &DbConfig, force: bool) -> Result<ResyncReport> {
     crate::catalog::check_installed(&client).await?;
     let slots = consumer_slots(&client).await?;
     for (slot, _) in &slots {
-        if let Some(state) = setup::slot_state(&client, slot).await?
+        if let Some(state) = slot::slot_state(&client, slot).await?
             && state.active
         {
             return Err(Error::Conflict(format!(
@@ -79,9 +80,9 @@ pub async fn resync(db: &DbConfig, force: bool) -> Result<ResyncReport> {
                  service first: resync replaces what the stream writes"
             )));
         }
-        setup::detect_gap(&client, slot).await?;
+        replication::detect_gap(&client, slot).await?;
     }
-    let gaps = setup::list_gaps(&client).await?;
+    let gaps = replication::list_gaps(&client).await?;
     if gaps.is_empty() && !force {
         return Err(Error::Conflict(
             "nothing to resync: no gap in the WAL stream is recorded and every lakets slot is \
@@ -90,14 +91,14 @@ pub async fn resync(db: &DbConfig, force: bool) -> Result<ResyncReport> {
         ));
     }
     // Streaming stays refused until the end, even when it started without a gap.
-    setup::record_gap(&client, &slots[0].0, None, GAP_RESYNCING).await?;
+    replication::record_gap(&client, &slots[0].0, None, GAP_RESYNCING).await?;
     let mut report = ResyncReport {
         gaps,
         ..Default::default()
     };
 
     for (slot, publication) in &slots {
-        if let Some(state) = setup::slot_state(&client, slot).await?
+        if let Some(state) = slot::slot_state(&client, slot).await?
             && state.wal_status.as_deref() == Some("lost")
         {
             client
@@ -106,9 +107,9 @@ pub async fn resync(db: &DbConfig, force: bool) -> Result<ResyncReport> {
                 .pg_context(|| format!("dropping the invalidated slot {slot}"))?;
             info!(slot, "dropped the invalidated slot");
         }
-        setup::preflight(&client, slot).await?;
-        setup::ensure_publication(&client, publication).await?;
-        if setup::ensure_slot(&client, slot).await? {
+        slot::preflight(&client, slot).await?;
+        replication::ensure_publication(&client, publication).await?;
+        if slot::ensure_slot(&client, slot).await? {
             report.slots_created.push(slot.clone());
         }
     }
@@ -170,7 +171,7 @@ async fn consumer_slots(client: &Client) -> Result<Vec<(String, String)>> {
             .pg_context(|| "reading the database name".into())?
             .get(0);
         slots.push((
-            setup::default_slot_name(&database),
+            slot::default_slot_name(&database),
             DEFAULT_PUBLICATION.to_owned(),
         ));
     }

@@ -57,7 +57,7 @@ pub async fn pipeline_with_maintenance(
     if let Some(schedule) = maintenance {
         delta = delta.with_maintenance(schedule);
     }
-    Ok(Pipeline::new(db.clone(), config)
+    Ok(crate::operators::pipeline(db.clone(), config)
         .with_status(status)
         .operator(tracker)
         .operator(lvc)
@@ -91,7 +91,7 @@ pub struct Service {
 /// The slot a config streams from.
 pub fn slot_name(config: &Config, db: &crate::db::DbConfig) -> String {
     config.service.slot.clone().unwrap_or_else(|| {
-        crate::wal::setup::default_slot_name(db.get_dbname().unwrap_or("postgres"))
+        crate::wal::slot::default_slot_name(db.get_dbname().unwrap_or("postgres"))
     })
 }
 

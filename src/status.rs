@@ -32,7 +32,7 @@ pub struct ServiceStatus {
     pub streaming: Option<bool>,
     pub last_error: Option<String>,
     /// Gaps in the WAL stream: streaming and drops wait for `lakets resync`.
-    pub stream_gaps: Vec<crate::wal::setup::StreamGap>,
+    pub stream_gaps: Vec<crate::catalog::replication::StreamGap>,
     /// Streaming stopped for good (a definite error): why, and what to do.
     pub stopped: Option<StreamStop>,
     pub tables: Vec<TableStatus>,
@@ -101,7 +101,7 @@ pub async fn collect(
         .pg_context(|| "reading the WAL position".into())?
         .get(0);
     let wal_lsn = Lsn::from(wal_lsn);
-    let state = crate::wal::setup::slot_state(client, slot).await?;
+    let state = crate::wal::slot::slot_state(client, slot).await?;
     let operators: Vec<OperatorStatus> = client
         .query(
             "SELECT operator, durable_lsn, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
@@ -229,7 +229,7 @@ pub async fn collect(
         received_lsn: live.map(|l| l.received_lsn),
         streaming: live.map(|l| l.streaming),
         last_error: live.and_then(|l| l.last_error.clone()),
-        stream_gaps: crate::wal::setup::list_gaps(client).await?,
+        stream_gaps: crate::catalog::replication::list_gaps(client).await?,
         stopped: client
             .query_opt(
                 "SELECT stopped_kind, stopped_reason,

@@ -191,7 +191,7 @@ pub async fn enable_sync(
     }
 
     // Every change after the snapshot must be held by a slot.
-    crate::wal::setup::ensure_default_consumer(&client).await?;
+    crate::catalog::replication::ensure_default_consumer(&client).await?;
     {
         let tx = client
             .transaction()

@@ -342,7 +342,7 @@ premake = 2
     );
 
     // The final catch-up, then a clean stop (SIGTERM: flush and acknowledge).
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let end = lsn_now(&db).await;
     wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(120)).await;
     unsafe {

@@ -855,13 +855,13 @@ async fn commands_refuse_a_database_without_the_lakets_schema() {
 #[tokio::test]
 async fn a_new_chronotable_joins_every_consumer_publication_at_once() {
     let mut db = fresh_db("publication").await;
-    lakets::wal::setup::ensure_publication(&db.client, "lakets")
+    lakets::catalog::replication::ensure_publication(&db.client, "lakets")
         .await
         .unwrap();
-    lakets::wal::setup::ensure_publication(&db.client, "custom")
+    lakets::catalog::replication::ensure_publication(&db.client, "custom")
         .await
         .unwrap();
-    lakets::wal::setup::register_consumer(&db.client, "some_slot", "custom")
+    lakets::catalog::replication::register_consumer(&db.client, "some_slot", "custom")
         .await
         .unwrap();
     db.exec("CREATE PUBLICATION unrelated").await;
@@ -912,7 +912,7 @@ async fn replica_identity_using_a_unique_constraint_index_is_kept_on_every_chunk
         .collect();
     assert_eq!(identities, vec!["i".to_string()]);
     // Updates and deletes work (they would fail without a replica identity once published).
-    lakets::wal::setup::ensure_publication(&db.client, "lakets")
+    lakets::catalog::replication::ensure_publication(&db.client, "lakets")
         .await
         .unwrap();
     db.exec("UPDATE ev SET v = 'b' WHERE id = 1; DELETE FROM ev WHERE id = 1")

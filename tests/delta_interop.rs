@@ -17,7 +17,7 @@ use lakets::delta::mirror::shape_of;
 use lakets::delta::schema::Partitioning;
 use lakets::operators::delta_sink::DeltaSink;
 use lakets::wal::lsn::Lsn;
-use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
+use lakets::wal::{PipelineConfig, SourceSettings};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,13 +56,13 @@ async fn duckdb_reads_what_postgres_holds() {
     let config = common::sync_to(&db, "ticks", path.to_str().unwrap()).await;
 
     // A few commits of the stream: appends, then updates and deletes (file rewrites).
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let mut pc = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
     pc.flush_interval = Duration::from_millis(100);
     pc.ack_interval = Duration::from_millis(100);
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(
-        Pipeline::new(lakets::db::parse_config(&db.url).unwrap(), pc)
+        lakets::operators::pipeline(lakets::db::parse_config(&db.url).unwrap(), pc)
             .operator(
                 DeltaSink::new(db.connect().await, slot.as_str())
                     .await

@@ -12,7 +12,7 @@ use common::wal::wait_until_confirmed;
 use lakets::delta::schema::Partitioning;
 use lakets::operators::delta_sink::DeltaSink;
 use lakets::wal::lsn::Lsn;
-use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
+use lakets::wal::{PipelineConfig, SourceSettings};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,12 +28,12 @@ async fn a_million_row_transaction_reaches_delta_in_bounded_memory() {
         .unwrap();
     let lake = tempfile::tempdir().unwrap();
     let sync = common::sync_to(&db, "big", lake.path().join("big").to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let mut pc = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
     pc.flush_interval = Duration::from_millis(200);
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(
-        Pipeline::new(lakets::db::parse_config(&db.url).unwrap(), pc)
+        lakets::operators::pipeline(lakets::db::parse_config(&db.url).unwrap(), pc)
             .operator(
                 DeltaSink::new(db.connect().await, slot.as_str())
                     .await

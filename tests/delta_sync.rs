@@ -16,7 +16,7 @@ use lakets::delta::schema::Partitioning;
 use lakets::ident::TableName;
 use lakets::operators::delta_sink::{DeltaSink, MaintenanceSchedule};
 use lakets::wal::lsn::Lsn;
-use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
+use lakets::wal::{PipelineConfig, SourceSettings};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -107,7 +107,7 @@ async fn start(db: &TestDb, slot: &str) -> (CancellationToken, JoinHandle<lakets
     let sink = DeltaSink::new(db.connect().await, slot).await.unwrap();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(
-        Pipeline::new(
+        lakets::operators::pipeline(
             lakets::db::parse_config(&db.url).unwrap(),
             pipeline_config(slot),
         )
@@ -232,7 +232,7 @@ async fn the_delta_table_equals_the_postgres_table_through_a_random_workload_and
     .unwrap_err();
     assert!(again.to_string().contains("already synced"), "{again}");
 
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     let mut rng = Rng::seeded("delta_random");
     let mut tick = 0;
@@ -324,7 +324,7 @@ async fn add_column_evolves_the_delta_schema_and_a_type_change_stops_the_stream(
     )
     .await
     .unwrap();
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (_shutdown, run) = start(&db, &slot).await;
     db.exec("INSERT INTO ticks VALUES (now(), 'A', 1, 1, 'before')")
         .await;
@@ -372,9 +372,9 @@ async fn the_initial_snapshot_meets_the_stream_while_writes_continue() {
     common::init_test_logging();
     let mut db = fresh_db("delta_snapshot").await;
     ticks_table(&mut db, 20_000).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     // The service runs before the sync exists (it must not lose what comes during the copy).
-    lakets::wal::setup::ensure_default_consumer(&db.client)
+    lakets::catalog::replication::ensure_default_consumer(&db.client)
         .await
         .unwrap();
     let (shutdown, run) = start(&db, &slot).await;
@@ -511,7 +511,7 @@ async fn a_failing_store_holds_the_slot_back_and_the_mirror_recovers_when_it_hea
     let dir = tempfile::tempdir().unwrap();
     let location = dir.path().join("t");
     let config = common::sync_to(&db, "ticks", location.to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let shutdown = CancellationToken::new();
     let run = {
         let (url, slot, shutdown) = (db.url.clone(), slot.clone(), shutdown.clone());
@@ -524,7 +524,7 @@ async fn a_failing_store_holds_the_slot_back_and_the_mirror_recovers_when_it_hea
                         let sink =
                             DeltaSink::new(lakets::db::connect_with(&db).await?, slot.as_str())
                                 .await?;
-                        Ok(Pipeline::new(db, pipeline_config(&slot)).operator(sink))
+                        Ok(lakets::operators::pipeline(db, pipeline_config(&slot)).operator(sink))
                     }
                 },
                 shutdown,
@@ -584,7 +584,7 @@ async fn maintenance_compacts_checkpoints_and_vacuums_without_changing_a_row() {
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     // Many small commits: one file each.
     for i in 0..12 {
@@ -680,7 +680,7 @@ async fn unchanged_toast_values_survive_repeated_updates_and_deletes_in_one_wind
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = common::sync_to(&db, "docs", dir.path().join("docs").to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     // The body (TOASTed, ~12 kB) is unchanged by these updates: pgoutput sends it as
     // "unchanged", and the rows were committed to Delta by the snapshot.
@@ -740,7 +740,7 @@ async fn a_replay_from_before_add_column_is_followed_and_a_second_enable_never_d
     )
     .await
     .unwrap();
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     // A copy of the slot from before the ALTER, to replay from there later.
     db.exec(&format!(
         "SELECT pg_copy_logical_replication_slot('{slot}', 'before_alter')"
@@ -842,7 +842,7 @@ async fn a_dropped_column_stops_the_stream() {
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
     common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (_shutdown, run) = start(&db, &slot).await;
     db.exec("ALTER TABLE ticks DROP COLUMN note").await;
     db.exec("INSERT INTO ticks VALUES (now() + interval '1 second', 'A', 1, 1)")
@@ -883,7 +883,7 @@ async fn start_sink(
 ) -> (CancellationToken, JoinHandle<lakets::Result<()>>) {
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(
-        Pipeline::new(db.config(), pipeline_config(slot))
+        lakets::operators::pipeline(db.config(), pipeline_config(slot))
             .operator(sink)
             .run(shutdown.clone()),
     );
@@ -961,7 +961,7 @@ async fn the_sinks_own_compaction_never_resurrects_or_doubles_rows() {
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let sink = maintaining_sink(&db, &slot, Duration::from_millis(300)).await;
     let (shutdown, run) = start_sink(&db, &slot, sink).await;
     small_commits(&db, &slot, &run, "M").await;
@@ -999,7 +999,7 @@ async fn an_outside_compaction_between_two_windows_never_resurrects_or_doubles_r
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     small_commits(&db, &slot, &run, "M").await;
     let before = active_files(&config.location).await;
@@ -1041,7 +1041,7 @@ async fn a_sync_moved_while_streaming_mirrors_each_change_where_the_stream_says(
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let first = common::sync_to(&db, "ticks", dir.path().join("l1").to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     db.exec("INSERT INTO ticks SELECT now() + g * interval '1 ms', 'A', 1, g, NULL FROM generate_series(1, 5) g")
         .await;
@@ -1090,7 +1090,7 @@ async fn a_row_missing_from_delta_stops_the_stream_for_good_naming_it() {
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     // Someone removes a row from the Delta table behind lakets' back.
     let victim: (String, i64) = {
         let delta = lakets::delta::table::open(&config.location)
@@ -1132,7 +1132,10 @@ async fn a_row_missing_from_delta_stops_the_stream_for_good_naming_it() {
                         let sink =
                             DeltaSink::new(lakets::db::connect_with(&db_config).await?, &slot)
                                 .await?;
-                        Ok(Pipeline::new(db_config, pipeline_config(&slot)).operator(sink))
+                        Ok(
+                            lakets::operators::pipeline(db_config, pipeline_config(&slot))
+                                .operator(sink),
+                        )
                     }
                 },
                 stop,
@@ -1190,7 +1193,7 @@ async fn a_column_another_writer_added_stops_a_rewrite_instead_of_dropping_it() 
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
     let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (_shutdown, run) = start(&db, &slot).await;
     db.exec("INSERT INTO ticks SELECT now() + g * interval '1 ms', 'F', 1, g, NULL FROM generate_series(1, 5) g")
         .await;

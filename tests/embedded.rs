@@ -171,7 +171,7 @@ async fn a_server_without_logical_wal_is_refused_with_what_to_change() {
     .unwrap();
     let url = pg.create_database("app").await.unwrap();
     let client = user_connect(&url).await;
-    let err = lakets::wal::setup::preflight(&client, "lakets_app")
+    let err = lakets::wal::slot::preflight(&client, "lakets_app")
         .await
         .unwrap_err()
         .to_string();

@@ -10,7 +10,7 @@ use common::wal::wait_until_confirmed;
 use common::{TestDb, fresh_db};
 use lakets::operators::last_value::LastValueCache;
 use lakets::wal::lsn::Lsn;
-use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
+use lakets::wal::{PipelineConfig, SourceSettings};
 use tokio_util::sync::CancellationToken;
 
 const RECOMPUTED: &str = "SELECT DISTINCT ON (symbol) symbol, time, price, volume
@@ -77,7 +77,7 @@ async fn the_cache_equals_the_latest_row_per_key_under_late_rows_corrections_and
     .unwrap();
     assert_eq!(config.cache_table.name, "lvc_ticks");
     // Enabling created the consumer's slot before the fill: nothing after it can be missed.
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     assert!(
         db.client
             .query_opt(
@@ -104,7 +104,7 @@ async fn the_cache_equals_the_latest_row_per_key_under_late_rows_corrections_and
         .unwrap();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(
-        Pipeline::new(db_config, pipeline_config)
+        lakets::operators::pipeline(db_config, pipeline_config)
             .operator(lvc)
             .run(shutdown.clone()),
     );
@@ -201,7 +201,7 @@ async fn the_cache_equals_the_latest_row_per_key_under_late_rows_corrections_and
         .unwrap();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(
-        Pipeline::new(db_config, pipeline_config)
+        lakets::operators::pipeline(db_config, pipeline_config)
             .operator(lvc)
             .run(shutdown.clone()),
     );
@@ -354,7 +354,7 @@ async fn start_lvc(
         .unwrap();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(
-        Pipeline::new(db.config(), lvc_pipeline(db, slot))
+        lakets::operators::pipeline(db.config(), lvc_pipeline(db, slot))
             .operator(lvc)
             .run(shutdown.clone()),
     );
@@ -416,7 +416,7 @@ async fn keys_of_time_and_float_types_are_compared_as_values_under_any_time_zone
     )
     .await
     .unwrap();
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     const CACHED: &str = "SELECT session, level, time, price FROM lakets.lvc_readings";
     const LATEST: &str = "SELECT DISTINCT ON (session, level) session, level, time, price
                             FROM readings ORDER BY session, level, time DESC";
@@ -495,10 +495,10 @@ async fn lvc_verify(db: &TestDb, table: &str) -> Option<i64> {
 async fn a_cache_enabled_or_dropped_while_streaming_starts_and_ends_at_its_transaction() {
     let mut db = fresh_db("lvc_reconfigured").await;
     ticks_table(&mut db).await;
-    lakets::wal::setup::ensure_default_consumer(&db.client)
+    lakets::catalog::replication::ensure_default_consumer(&db.client)
         .await
         .unwrap();
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start_lvc(&db, &slot).await;
     // A transaction of many slices, streaming while the cache does not exist yet.
     db.exec("INSERT INTO ticks SELECT now() + g * interval '1 ms', 'EARLY', g, g FROM generate_series(1, 20) g")

@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::fresh_db;
 use common::wal::{setup_streaming, wait_until_confirmed};
 use lakets::operators::chunk_tracker::ChunkTracker;
-use lakets::wal::Pipeline;
 use tokio_util::sync::CancellationToken;
 
 fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -37,7 +36,7 @@ async fn replication_lag_and_operator_positions_are_exported() {
         .await
         .unwrap();
     let run = tokio::spawn(
-        Pipeline::new(
+        lakets::operators::pipeline(
             lakets::db::parse_config(&db.url).unwrap(),
             common::wal::config(&db.name),
         )

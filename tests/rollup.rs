@@ -12,7 +12,6 @@ use common::{TestDb, fresh_db};
 use lakets::interval::Interval;
 use lakets::operators::invalidations::Invalidations;
 use lakets::rollup::{self, CreateRollup, check::check_rollup, refresh::refresh};
-use lakets::wal::Pipeline;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -103,14 +102,14 @@ async fn spec_dag(db: &mut TestDb) {
 async fn start_pipeline(
     db: &TestDb,
 ) -> (CancellationToken, JoinHandle<lakets::Result<()>>, String) {
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let config = common::wal::config(&slot);
     let op = Invalidations::new(db.connect().await, slot.clone())
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(
-        Pipeline::new(lakets::db::parse_config(&db.url).unwrap(), config)
+        lakets::operators::pipeline(lakets::db::parse_config(&db.url).unwrap(), config)
             .operator(op)
             .run(shutdown.clone()),
     );

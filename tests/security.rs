@@ -254,7 +254,7 @@ async fn functions_and_operators_shadowed_in_public_never_run_as_lakets() {
          DELETE FROM ticks WHERE symbol = 'S2' AND volume < 10;",
     )
     .await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let end = lsn_now(&db).await;
     wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(60)).await;
     run(&db, &["rollup", "refresh"]);
@@ -299,7 +299,7 @@ fn start_pipeline(
     tokio::task::JoinHandle<lakets::Result<()>>,
     String,
 ) {
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
     config.flush_interval = Duration::from_millis(100);
     config.ack_interval = Duration::from_millis(100);
@@ -758,7 +758,7 @@ async fn the_least_privilege_role_of_grants_sql_runs_lakets_hardened() {
     let end = lsn_now(&db).await;
     wait_until_confirmed(
         &db.client,
-        &lakets::wal::setup::default_slot_name(&db.name),
+        &lakets::wal::slot::default_slot_name(&db.name),
         end,
         Duration::from_secs(60),
     )

@@ -699,7 +699,7 @@ async fn a_definite_error_stops_the_stream_with_its_reason_and_keeps_the_service
         .scalar(&format!(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
                FROM pg_replication_slots WHERE slot_name = '{}'",
-            lakets::wal::setup::default_slot_name(&db.name)
+            lakets::wal::slot::default_slot_name(&db.name)
         ))
         .await;
     assert!(pending > 0);

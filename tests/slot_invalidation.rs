@@ -62,7 +62,7 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
     )
     .await
     .unwrap();
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let db_config = lakets::db::parse_config(&db.url).unwrap();
     let pipeline = |cancel: CancellationToken| {
         let (db_config, slot) = (db_config.clone(), slot.clone());
@@ -179,7 +179,7 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
 
     // Dropping the lost slot by hand does not open the door: the gap stays recorded, and
     // a slot that vanished with progress stored is recognised as a gap on its own.
-    lakets::wal::setup::drop_slot(&db.client, &slot, "lakets", true)
+    lakets::catalog::replication::drop_slot(&db.client, &slot, "lakets", true)
         .await
         .unwrap();
     db.exec("DELETE FROM lakets._stream_gaps").await;

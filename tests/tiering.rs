@@ -51,7 +51,7 @@ type Status = std::sync::Arc<std::sync::Mutex<lakets::wal::PipelineStatus>>;
 async fn start_with_status(
     db: &TestDb,
 ) -> (CancellationToken, JoinHandle<lakets::Result<()>>, Status) {
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
     config.flush_interval = Duration::from_millis(100);
     config.ack_interval = Duration::from_millis(100);
@@ -798,7 +798,7 @@ async fn a_full_disk_under_delta_holds_the_slot_and_the_drops_back_until_space_r
     let mut db = fresh_db("tier_disk_full").await;
     let sync = common::synced_ticks(&mut db, disk.path(), Some(2)).await;
     tier_after_2h_drop_after_4h(&db).await;
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run, status) = start_with_status(&db).await;
     let report = lifecycle::tier(&db.config(), None, None, PATIENT, None)
         .await

@@ -18,7 +18,7 @@ use lakets::delta::schema::Partitioning;
 use lakets::operators::delta_sink::DeltaSink;
 use lakets::wal::lsn::Lsn;
 use lakets::wal::source::WalSource;
-use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
+use lakets::wal::{PipelineConfig, SourceSettings};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -216,7 +216,7 @@ async fn the_cli_and_the_pipeline_connect_with_verify_full_and_stream_encrypted(
     );
 
     let config = lakets::db::parse_config(&secure).unwrap();
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let sink = DeltaSink::new(lakets::db::connect_with(&config).await.unwrap(), &slot)
         .await
         .unwrap();
@@ -225,7 +225,7 @@ async fn the_cli_and_the_pipeline_connect_with_verify_full_and_stream_encrypted(
     pipeline.ack_interval = Duration::from_millis(100);
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(
-        Pipeline::new(config, pipeline)
+        lakets::operators::pipeline(config, pipeline)
             .operator(sink)
             .run(shutdown.clone()),
     );
@@ -415,7 +415,7 @@ columns = ["price"]
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.slot, lakets::wal::setup::default_slot_name(&db.name));
+    assert_eq!(status.slot, lakets::wal::slot::default_slot_name(&db.name));
 
     // Reflection, over the same TLS channel: a client discovers the services.
     let request = ServerReflectionRequest {

@@ -22,7 +22,7 @@ use lakets::ident::TableName;
 use lakets::operators::chunk_tracker::ChunkTracker;
 use lakets::operators::delta_sink::DeltaSink;
 use lakets::operators::last_value::LastValueCache;
-use lakets::wal::{Pipeline, PipelineConfig, SourceSettings, run_with_restarts};
+use lakets::wal::{PipelineConfig, SourceSettings, run_with_restarts};
 use tokio_util::sync::CancellationToken;
 
 const CHILD_URL: &str = "LAKETS_TEST_CONSUMER_URL";
@@ -78,7 +78,7 @@ fn consumer_child() {
                     .await?;
                     let delta =
                         DeltaSink::new(lakets::db::connect_with(&db).await?, slot.clone()).await?;
-                    Ok(Pipeline::new(db, config)
+                    Ok(lakets::operators::pipeline(db, config)
                         .operator(tracker)
                         .operator(recording)
                         .operator(lvc)

@@ -283,7 +283,7 @@ async fn a_chronotable_publishes_rows_as_rows_of_the_parent() {
         .unwrap();
     let config = lakets::db::parse_config(&db.url).unwrap();
     let client = lakets::db::connect_with(&config).await.unwrap();
-    lakets::wal::setup::ensure_publication(&client, "lakets")
+    lakets::catalog::replication::ensure_publication(&client, "lakets")
         .await
         .unwrap();
     let via_root: bool = db

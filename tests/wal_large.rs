@@ -15,7 +15,7 @@ use lakets::Result;
 use lakets::operators::Operator;
 use lakets::wal::lsn::Lsn;
 use lakets::wal::transaction::{Change, TxnSlice};
-use lakets::wal::{Pipeline, PipelineConfig, SourceSettings};
+use lakets::wal::{PipelineConfig, SourceSettings};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
@@ -82,7 +82,7 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
     let counts = Arc::new(Counts::default());
     let db_config = lakets::db::parse_config(&db.url).unwrap();
     let shutdown = CancellationToken::new();
-    let pipeline = Pipeline::new(
+    let pipeline = lakets::operators::pipeline(
         db_config,
         PipelineConfig::new(SourceSettings::new(&db.name, "lakets")),
     )

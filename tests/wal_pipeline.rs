@@ -10,7 +10,6 @@ use common::fresh_db;
 use common::recording::Recording;
 use common::wal::*;
 use lakets::operators::chunk_tracker::ChunkTracker;
-use lakets::wal::Pipeline;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +30,7 @@ async fn chunk_tracker_stamps_the_last_writing_transaction_and_the_slot_waits_fo
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    let pipeline = Pipeline::new(db_config, config(&db.name))
+    let pipeline = lakets::operators::pipeline(db_config, config(&db.name))
         .operator(tracker)
         .operator(recording);
     let status = pipeline.status();

@@ -14,7 +14,7 @@ use common::wal::{setup_streaming, wait_until_confirmed};
 use common::{cluster, fresh_db};
 use lakets::operators::chunk_tracker::ChunkTracker;
 use lakets::wal::lsn::Lsn;
-use lakets::wal::{Pipeline, PipelineConfig, SourceSettings, run_with_restarts};
+use lakets::wal::{PipelineConfig, SourceSettings, run_with_restarts};
 use tokio_util::sync::CancellationToken;
 
 /// The tests restart the shared cluster: one at a time.
@@ -41,7 +41,7 @@ async fn postgres_restarts_and_crashes_mid_stream_lose_nothing_and_double_nothin
                 let tracker =
                     ChunkTracker::new(lakets::db::connect_with(&db).await?, slot.clone()).await?;
                 let recording = Recording::new(lakets::db::connect_with(&db).await?, &slot);
-                Ok(Pipeline::new(db, config)
+                Ok(lakets::operators::pipeline(db, config)
                     .operator(tracker)
                     .operator(recording))
             }
@@ -234,7 +234,7 @@ async fn every_operator_through_with(label: &str, setup: &str, fault: impl Async
     let lake = tempfile::tempdir().unwrap();
     common::sync_to(&db, "ticks", lake.path().join("ticks").to_str().unwrap()).await;
 
-    let slot = lakets::wal::setup::default_slot_name(&db.name);
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
     let db_config = lakets::db::parse_config(&db.url).unwrap();
     let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
     config.flush_interval = Duration::from_millis(100);

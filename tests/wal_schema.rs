@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::fresh_db;
 use common::wal::*;
 use lakets::operators::chunk_tracker::ChunkTracker;
-use lakets::wal::Pipeline;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +22,7 @@ async fn a_renamed_time_column_stops_the_stream_instead_of_missing_stamps() {
     let tracker = ChunkTracker::new(db.connect().await, db.name.clone())
         .await
         .unwrap();
-    let pipeline = Pipeline::new(db_config, config(&db.name)).operator(tracker);
+    let pipeline = lakets::operators::pipeline(db_config, config(&db.name)).operator(tracker);
     let run = tokio::spawn(pipeline.run(CancellationToken::new()));
     wait_for(
         "the slot is streaming",

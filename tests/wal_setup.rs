@@ -16,7 +16,7 @@ async fn setup_errors_say_what_to_change() {
     .await;
     let url = common::url_as(&db.url, "plain_user");
     let client = lakets::db::connect(&url).await.unwrap();
-    let err = lakets::wal::setup::preflight(&client, &db.name)
+    let err = lakets::wal::slot::preflight(&client, &db.name)
         .await
         .unwrap_err()
         .to_string();
@@ -31,7 +31,7 @@ async fn setup_errors_say_what_to_change() {
         "SELECT pg_create_logical_replication_slot('{other}', 'test_decoding')"
     ))
     .await;
-    let err = lakets::wal::setup::preflight(&db.client, &other)
+    let err = lakets::wal::slot::preflight(&db.client, &other)
         .await
         .unwrap_err()
         .to_string();
@@ -40,23 +40,23 @@ async fn setup_errors_say_what_to_change() {
     // Dropping a slot that still holds unconsumed published changes needs --force.
     let mut db = db;
     setup(&mut db).await;
-    lakets::wal::setup::ensure_publication(&db.client, "lakets")
+    lakets::catalog::replication::ensure_publication(&db.client, "lakets")
         .await
         .unwrap();
     let slot = db.name.clone();
-    lakets::wal::setup::ensure_slot(&db.client, &slot)
+    lakets::wal::slot::ensure_slot(&db.client, &slot)
         .await
         .unwrap();
     // Committed and flushed, so that logical decoding can see it.
     db.exec("SET synchronous_commit = on").await;
     db.exec("INSERT INTO events VALUES (now(), 1, 'a')").await;
-    let err = lakets::wal::setup::drop_slot(&db.client, &slot, "lakets", false)
+    let err = lakets::catalog::replication::drop_slot(&db.client, &slot, "lakets", false)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("--force"), "{err}");
     assert_eq!(slot_active(&db).await, Some(false), "still there");
-    lakets::wal::setup::drop_slot(&db.client, &slot, "lakets", true)
+    lakets::catalog::replication::drop_slot(&db.client, &slot, "lakets", true)
         .await
         .unwrap();
     assert_eq!(slot_active(&db).await, None, "gone");
@@ -73,7 +73,7 @@ async fn a_hand_made_publication_is_completed() {
            WITH (publish = 'insert', publish_via_partition_root = false)",
     )
     .await;
-    lakets::wal::setup::ensure_publication(&db.client, "handmade")
+    lakets::catalog::replication::ensure_publication(&db.client, "handmade")
         .await
         .unwrap();
     let complete: bool = db

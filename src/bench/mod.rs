@@ -135,8 +135,8 @@ pub(crate) async fn attach_operators(
     )
     .await?;
     let lake = sync_stock_ticks(db).await?;
-    crate::wal::setup::ensure_publication(&*client, "lakets").await?;
-    let default_slot = crate::wal::setup::default_slot_name("lakets_bench");
+    crate::catalog::replication::ensure_publication(&*client, "lakets").await?;
+    let default_slot = crate::wal::slot::default_slot_name("lakets_bench");
     client
         .execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots

@@ -22,7 +22,7 @@ use crate::operators::invalidations::Invalidations;
 use crate::operators::last_value::LastValueCache;
 use crate::rollup::{self, CreateRollup};
 use crate::wal::lsn::Lsn;
-use crate::wal::{Pipeline, PipelineConfig, SourceSettings};
+use crate::wal::{PipelineConfig, SourceSettings};
 
 #[derive(Debug, Clone)]
 pub struct RollupBenchOptions {
@@ -144,12 +144,12 @@ pub async fn rollup_bench(options: &RollupBenchOptions) -> Result<RollupBenchRep
     }
 
     // The invalidation operator, on the default slot, for the whole refresh part.
-    let slot = crate::wal::setup::default_slot_name("lakets_bench");
+    let slot = crate::wal::slot::default_slot_name("lakets_bench");
     let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
     config.flush_interval = Duration::from_millis(100);
     config.ack_interval = Duration::from_millis(50);
     let op = Invalidations::new(crate::db::connect_with(&db).await?, slot.clone()).await?;
-    let pipeline = Pipeline::new(db.clone(), config).operator(op);
+    let pipeline = crate::operators::pipeline(db.clone(), config).operator(op);
     let status = pipeline.status();
     let stop = CancellationToken::new();
     let run = tokio::spawn(pipeline.run(stop.clone()));
@@ -249,7 +249,7 @@ async fn apply_rates(
     )
     .await?;
     for set in APPLY_SETS {
-        crate::wal::setup::ensure_slot(&*client, &slot_name(set)).await?;
+        crate::wal::slot::ensure_slot(&*client, &slot_name(set)).await?;
     }
     eprintln!("writing a backlog of {rows} ticks");
     let batches = rows.div_ceil(1000);
@@ -273,7 +273,7 @@ async fn apply_rates(
         config.flush_interval = Duration::from_millis(200);
         config.ack_interval = Duration::from_millis(50);
         config.heartbeat_interval = None;
-        let mut pipeline = Pipeline::new(db.clone(), config)
+        let mut pipeline = crate::operators::pipeline(db.clone(), config)
             .operator(ChunkTracker::new(crate::db::connect_with(&db).await?, &slot).await?);
         if set.contains("lvc") {
             pipeline = pipeline

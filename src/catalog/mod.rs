@@ -3,5 +3,6 @@
 pub mod announce;
 pub mod migrations;
 pub mod registry;
+pub mod replication;
 
 pub use migrations::{check_installed, latest_version, migrate};

@@ -114,7 +114,7 @@ pub async fn create_chronotable(
     registry::insert_chronotable(&tx, &ct).await?;
     let report = rebuild(&tx, &def, &ct, &old, &ranges).await?;
     // Every consumer streams the new ChronoTable from this very commit on.
-    crate::wal::setup::publish_new_table(&tx, &name).await?;
+    crate::catalog::replication::publish_new_table(&tx, &name).await?;
     tx.commit()
         .await
         .pg_context(|| format!("committing the conversion of {name}"))?;

@@ -62,7 +62,7 @@ impl Default for ServiceSection {
     fn default() -> Self {
         ServiceSection {
             slot: None,
-            publication: crate::wal::setup::DEFAULT_PUBLICATION.into(),
+            publication: crate::wal::slot::DEFAULT_PUBLICATION.into(),
             protocol: Protocol::Binary,
             flush_interval: Interval::from_secs(1),
             max_message_bytes: ByteSize(crate::wal::source::DEFAULT_MAX_MESSAGE_BYTES as u64),
@@ -384,7 +384,7 @@ impl Config {
             Err(Error::invalid(format!("config: {what}")))
         }
         if let Some(slot) = &self.service.slot {
-            crate::wal::setup::check_slot_name(slot)
+            crate::wal::slot::check_slot_name(slot)
                 .or_else(|e| bad(format!("service.slot: {e}")))?;
         }
         parse_identifier(&self.service.publication)

@@ -67,7 +67,7 @@ pub async fn check(
 ) -> Result<Gate> {
     // A gap in the stream: the Delta table may lack changes of any chunk, whatever the
     // counts say (an UPDATE keeps them). Checked before the lock: writers need not wait.
-    let gaps = crate::wal::setup::list_gaps(tx).await?;
+    let gaps = crate::catalog::replication::list_gaps(tx).await?;
     if let Some(g) = gaps.first() {
         return Ok(Gate::Defer(format!(
             "the WAL stream has a gap (slot {} was {}); run `lakets resync`",

@@ -1,13 +1,6 @@
 //! WAL operators: each receives whole transactions in commit order (as bounded slices) and
-//! makes their effects durable together with the end LSN of the last one it applied.
-//!
-//! The contract, enforced by the runner in [`crate::wal::pipeline`]:
-//! - [`Operator::durable_lsn`] is read once at start from the operator's own store; the
-//!   runner skips every transaction that committed at or before it (exactly once per
-//!   operator across restarts) and every one it has already applied since.
-//! - [`Operator::apply`] may buffer; [`Operator::flush`] is called only between
-//!   transactions and must store the effects and `through` atomically.
-//! - The slot is acknowledged only up to the smallest durable LSN over all operators.
+//! makes their effects durable together with the end LSN of the last one it applied (the
+//! contract: [`lakets_wal::operator`]).
 
 pub mod chunk_tracker;
 pub mod delta_sink;
@@ -15,11 +8,7 @@ pub mod invalidations;
 pub mod last_value;
 pub mod progress;
 
-use std::future::Future;
-
 use crate::error::{PgResultExt, Result};
-use crate::wal::lsn::Lsn;
-use crate::wal::transaction::TxnSlice;
 
 /// Prepares an operator's SQL session: a stuck lock fails the flush (and restarts the
 /// pipeline) instead of hanging it, and every commit is durable before it returns. With a
@@ -37,31 +26,15 @@ pub async fn prepare_session(client: &tokio_postgres::Client, operator: &str) ->
         .pg_context(|| format!("preparing the session of operator {operator}"))
 }
 
-pub trait Operator: Send + 'static {
-    /// A stable name: it keys the operator's row in `lakets._sink_progress`.
-    fn name(&self) -> &str;
+pub use lakets_wal::operator::Operator;
 
-    /// The end LSN of the last transaction whose effects this operator has stored
-    /// (`Lsn::ZERO` when it has never stored anything).
-    fn durable_lsn(&mut self) -> impl Future<Output = Result<Lsn>> + Send;
-
-    /// Applies one slice of a committed transaction (in memory or staged).
-    fn apply(&mut self, slice: &TxnSlice) -> impl Future<Output = Result<()>> + Send;
-
-    /// Stores everything applied so far, together with `through`, the end LSN of the last
-    /// transaction applied, atomically.
-    fn flush(&mut self, through: Lsn) -> impl Future<Output = Result<()>> + Send;
-
-    /// Called on the flush timer between transactions, after a flush: work that must not
-    /// interleave with a window (maintenance), or that only the position calls for.
-    /// `position`: this operator has stored everything the stream carried before it.
-    fn tick(&mut self, position: Lsn) -> impl Future<Output = Result<()>> + Send {
-        let _ = position;
-        async { Ok(()) }
-    }
-
-    /// Asks for a flush before the timer (a buffer is full).
-    fn wants_flush(&self) -> bool {
-        false
-    }
+/// A pipeline of lakets: every (re)start of its stream prepared through the catalog
+/// ([`crate::catalog::replication::StreamPreparation`]).
+pub fn pipeline(
+    db: crate::db::DbConfig,
+    config: crate::wal::PipelineConfig,
+) -> crate::wal::Pipeline {
+    crate::wal::Pipeline::new(db, config).with_preparation(std::sync::Arc::new(
+        crate::catalog::replication::StreamPreparation,
+    ))
 }

@@ -317,9 +317,9 @@ pub async fn create_rollup(client: &mut Client, request: &CreateRollup) -> Resul
     // which cannot be made inside the creating transaction. When there is none yet, the
     // creation is rehearsed (and rolled back) first, so that a refused request leaves no
     // slot behind.
-    if !crate::wal::setup::has_consumer(&*client).await? {
+    if !crate::catalog::replication::has_consumer(&*client).await? {
         create_in_transaction(client, request, false).await?;
-        crate::wal::setup::ensure_default_consumer(&*client).await?;
+        crate::catalog::replication::ensure_default_consumer(&*client).await?;
     }
     create_in_transaction(client, request, true).await
 }

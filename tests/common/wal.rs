@@ -16,10 +16,10 @@ pub async fn setup_streaming(db: &mut TestDb) {
 
 /// The `lakets` publication and the test's slot (named after its database).
 pub async fn publish_and_create_slot(db: &TestDb) {
-    lakets::wal::setup::ensure_publication(&db.client, "lakets")
+    lakets::catalog::replication::ensure_publication(&db.client, "lakets")
         .await
         .unwrap();
-    lakets::wal::setup::ensure_slot(&db.client, &db.name)
+    lakets::wal::slot::ensure_slot(&db.client, &db.name)
         .await
         .unwrap();
 }

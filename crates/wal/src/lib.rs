@@ -1,5 +1,8 @@
-//! The WAL consumer: replication slot and publication, pgoutput decoding, transactions in
-//! commit order, and per-operator durable progress.
+//! The WAL layer: the replication slot and publication, the replication protocol, pgoutput
+//! decoding, transactions in commit order, the operator contract and the pipeline that runs
+//! operators (fan-out, acknowledgement, restarts, lag). It knows no lakets feature and none
+//! of lakets' catalog: what a stream's owner checks and records before it starts comes in
+//! as a [`pipeline::Preparation`].
 //!
 //! # The replication client
 //!
@@ -29,14 +32,19 @@
 //! DateStyle and TimeZone. The benchmarks measure both.
 
 pub mod lsn;
+pub mod operator;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod relation;
-pub mod setup;
+pub mod slot;
 pub mod source;
 pub mod transaction;
 pub mod value;
 
+// The ground this layer stands on, under the names its modules use.
+use lakets_postgres::{db, error, ident};
+
 pub use lsn::Lsn;
-pub use pipeline::{Pipeline, PipelineConfig, PipelineStatus, run_with_restarts};
+pub use operator::Operator;
+pub use pipeline::{Pipeline, PipelineConfig, PipelineStatus, Preparation, run_with_restarts};
 pub use source::SourceSettings;

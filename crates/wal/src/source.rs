@@ -192,7 +192,7 @@ fn quote_literal(s: &str) -> String {
 
 impl WalSource {
     /// Connects and starts streaming from the slot's confirmed position. The slot and the
-    /// publication must exist (see [`super::setup`]).
+    /// publication must exist (see [`crate::slot`]).
     pub async fn start(config: &DbConfig, settings: &SourceSettings) -> Result<Self> {
         let stream = tokio::time::timeout(settings.connect_timeout, connect(config))
             .await

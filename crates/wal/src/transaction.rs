@@ -176,8 +176,8 @@ pub struct Assembler {
 /// rows (large jsonb, bytea) keep memory bounded too.
 pub const DEFAULT_MAX_SLICE_BYTES: usize = 4 << 20;
 
-/// Prefix of lakets' transactional messages (configuration changes, see
-/// `crate::catalog::announce`); messages with any other prefix are dropped undecoded.
+/// Prefix of lakets' transactional messages (configuration changes, announced by its
+/// catalog); messages with any other prefix are dropped undecoded.
 pub const MESSAGE_PREFIX: &str = "lakets";
 
 /// Prefix of the heartbeat messages the pipeline emits to move an idle slot forward.
@@ -442,7 +442,7 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::pgoutput::encode;
+    use crate::pgoutput::encode;
 
     #[test]
     fn wide_rows_cut_slices_by_bytes_before_the_change_count_is_reached() {

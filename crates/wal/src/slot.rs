@@ -3,15 +3,15 @@
 //! Everything is checked up front with errors that say what to change: `wal_level`, the
 //! REPLICATION privilege, free slots and walsenders. The slot is created if absent and never
 //! dropped except by an explicit command; a slot that still holds unconsumed changes needs
-//! `force` even then.
+//! `force` even then. What lakets records about its slots (which publication each streams,
+//! the gaps in a stream) is the catalog's, not this layer's.
 
 use tokio_postgres::GenericClient;
 use tracing::{info, warn};
 
-use super::lsn::Lsn;
-use crate::catalog::registry;
-use crate::error::{Error, PgResultExt, Result};
-use crate::ident::{TableName, quote_ident};
+use crate::lsn::Lsn;
+use lakets_postgres::error::{Error, PgResultExt, Result};
+use lakets_postgres::ident::{MAX_IDENT_BYTES, TableName, quote_ident};
 
 pub const DEFAULT_PUBLICATION: &str = "lakets";
 
@@ -28,21 +28,21 @@ pub fn default_slot_name(database: &str) -> String {
             }
         })
         .collect();
-    name.truncate(crate::ident::MAX_IDENT_BYTES);
+    name.truncate(MAX_IDENT_BYTES);
     name
 }
 
 /// PostgreSQL's rule for slot names: lower-case letters, digits and `_`, at most 63 bytes.
-pub fn check_slot_name(name: &str) -> crate::error::Result<()> {
+pub fn check_slot_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
-        && name.len() <= crate::ident::MAX_IDENT_BYTES
+        && name.len() <= MAX_IDENT_BYTES
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
-        Err(crate::error::Error::invalid(format!(
+        Err(Error::invalid(format!(
             "{name:?} is not a valid replication slot name: use 1 to 63 lower-case letters, \
              digits and underscores"
         )))
@@ -146,8 +146,15 @@ pub async fn preflight(client: &impl GenericClient, slot: &str) -> Result<()> {
                 )));
             }
             if s.wal_status.as_deref() == Some("lost") {
-                record_gap(client, slot, s.confirmed_flush_lsn, GAP_INVALIDATED).await?;
-                return Err(gap_error(&list_gaps(client).await?));
+                return Err(Error::NotReady(format!(
+                    "replication slot {slot} was invalidated: the server removed WAL it still \
+                     needed (max_slot_wal_keep_size), so changes after {} never reached its \
+                     consumer",
+                    s.confirmed_flush_lsn.map_or_else(
+                        || "its last confirmed position".to_owned(),
+                        |l| l.to_string()
+                    )
+                )));
             }
         }
         None => {
@@ -169,129 +176,6 @@ pub async fn preflight(client: &impl GenericClient, slot: &str) -> Result<()> {
     Ok(())
 }
 
-/// Why a slot's stream has a gap (`lakets._stream_gaps.reason`).
-pub const GAP_INVALIDATED: &str = "invalidated: the server removed WAL it still needed \
-                                   (max_slot_wal_keep_size)";
-pub const GAP_DROPPED: &str = "dropped while lakets operators depended on it";
-pub const GAP_RESYNCING: &str = "being resynced (`lakets resync` has not finished)";
-
-/// A stretch of the WAL the stream never delivered to the operators.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StreamGap {
-    pub slot_name: String,
-    /// Where the operators' knowledge ends: changes after it were missed.
-    pub since_lsn: Option<Lsn>,
-    pub reason: String,
-    pub detected_at: chrono::DateTime<chrono::Utc>,
-}
-
-pub async fn list_gaps(client: &impl GenericClient) -> Result<Vec<StreamGap>> {
-    Ok(client
-        .query(
-            "SELECT slot_name, since_lsn::text, reason, detected_at
-               FROM lakets._stream_gaps ORDER BY detected_at, slot_name",
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the recorded stream gaps".into())?
-        .iter()
-        .map(|r| StreamGap {
-            slot_name: r.get(0),
-            since_lsn: r.get::<_, Option<String>>(1).and_then(|l| l.parse().ok()),
-            reason: r.get(2),
-            detected_at: r.get(3),
-        })
-        .collect())
-}
-
-pub(crate) async fn record_gap(
-    client: &impl GenericClient,
-    slot: &str,
-    since: Option<Lsn>,
-    reason: &str,
-) -> Result<()> {
-    let inserted = client
-        .execute(
-            "INSERT INTO lakets._stream_gaps (slot_name, since_lsn, reason)
-             VALUES ($1, $2::text::pg_lsn, $3) ON CONFLICT DO NOTHING",
-            &[&slot, &since.map(|l| l.to_string()), &reason],
-        )
-        .await
-        .pg_context(|| format!("recording the gap in the stream of slot {slot}"))?;
-    if inserted > 0 {
-        warn!(slot, since = ?since.map(|l| l.to_string()), reason, "the stream has a gap; run `lakets resync`");
-    }
-    Ok(())
-}
-
-/// The error for a stream with a gap: what happened, what is safe, what to run.
-pub fn gap_error(gaps: &[StreamGap]) -> Error {
-    let what = gaps
-        .iter()
-        .map(|g| {
-            format!(
-                "replication slot {} was {}{}",
-                g.slot_name,
-                g.reason,
-                g.since_lsn
-                    .map(|l| format!(", and changes after {l} never reached the operators"))
-                    .unwrap_or_default()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    Error::NotReady(format!(
-        "the WAL stream has a gap: {what}. The Delta tables, Last Value Caches and rollups \
-         may lack those changes, so nothing will be dropped from the hot tier and streaming \
-         will not resume until `lakets resync` (run with the service stopped) re-copies the \
-         hot data and recreates the slot"
-    ))
-}
-
-/// Looks for a gap in `slot`'s stream and records it: the slot invalidated, or gone while
-/// lakets operators have stored progress through it and still have work (a sync, a cache
-/// or a rollup) that depends on an unbroken stream.
-pub async fn detect_gap(client: &impl GenericClient, slot: &str) -> Result<()> {
-    match slot_state(client, slot).await? {
-        Some(s) if s.wal_status.as_deref() == Some("lost") => {
-            record_gap(client, slot, s.confirmed_flush_lsn, GAP_INVALIDATED).await
-        }
-        Some(_) => Ok(()),
-        None => {
-            let row = client
-                .query_one(
-                    "SELECT (SELECT min(durable_lsn)::text FROM lakets._sink_progress
-                              WHERE slot_name = $1),
-                            EXISTS (SELECT 1 FROM lakets._sync_registry)
-                         OR EXISTS (SELECT 1 FROM lakets._lvc_registry)
-                         OR EXISTS (SELECT 1 FROM lakets._rollup_registry)",
-                    &[&slot],
-                )
-                .await
-                .pg_context(|| format!("checking what depended on slot {slot}"))?;
-            let progress: Option<String> = row.get(0);
-            let depended: bool = row.get(1);
-            match progress {
-                Some(lsn) if depended => {
-                    record_gap(client, slot, lsn.parse().ok(), GAP_DROPPED).await
-                }
-                _ => Ok(()),
-            }
-        }
-    }
-}
-
-/// Refuses to stream from `slot` while any stream gap is recorded (see [`gap_error`]).
-pub async fn refuse_if_gap(client: &impl GenericClient, slot: &str) -> Result<()> {
-    detect_gap(client, slot).await?;
-    let gaps = list_gaps(client).await?;
-    if gaps.is_empty() {
-        Ok(())
-    } else {
-        Err(gap_error(&gaps))
-    }
-}
-
 /// Creates the slot if it does not exist. Returns whether it was created.
 pub async fn ensure_slot(client: &impl GenericClient, slot: &str) -> Result<bool> {
     if slot_state(client, slot).await?.is_some() {
@@ -308,10 +192,14 @@ pub async fn ensure_slot(client: &impl GenericClient, slot: &str) -> Result<bool
     Ok(true)
 }
 
-/// Creates or updates the publication to cover exactly the registered ChronoTables, with
-/// `publish_via_partition_root` so chunk rows arrive as rows of their ChronoTable.
-pub async fn ensure_publication(client: &impl GenericClient, publication: &str) -> Result<()> {
-    let tables = registry::list_chronotables(client).await?;
+/// Creates or updates the publication to cover `tables` (partitioned parents), with
+/// `publish_via_partition_root` so partition rows arrive as rows of their parent, and every
+/// operation published.
+pub async fn ensure_publication(
+    client: &impl GenericClient,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<()> {
     let exists = client
         .query_opt(
             "SELECT pubviaroot, pubinsert AND pubupdate AND pubdelete AND pubtruncate
@@ -330,7 +218,7 @@ pub async fn ensure_publication(client: &impl GenericClient, publication: &str) 
                     " FOR TABLE {}",
                     tables
                         .iter()
-                        .map(|t| t.table.quoted())
+                        .map(|t| t.quoted())
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
@@ -376,106 +264,20 @@ pub async fn ensure_publication(client: &impl GenericClient, publication: &str) 
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            for t in &tables {
-                let key = (t.table.schema.clone(), t.table.name.clone());
+            for t in tables {
+                let key = (t.schema.clone(), t.name.clone());
                 if !members.contains(&key) {
                     client
                         .batch_execute(&format!(
                             "ALTER PUBLICATION {quoted_pub} ADD TABLE {}",
-                            t.table.quoted()
+                            t.quoted()
                         ))
                         .await
-                        .pg_context(|| {
-                            format!("adding {} to publication {publication}", t.table)
-                        })?;
-                    info!(publication, table = %t.table, "added table to publication");
+                        .pg_context(|| format!("adding {t} to publication {publication}"))?;
+                    info!(publication, table = %t, "added table to publication");
                 }
             }
         }
-    }
-    Ok(())
-}
-
-/// Makes sure some lakets consumer slot exists, creating the default one (with the default
-/// publication) when none is registered. Features that start from a WAL position (a cache
-/// fill, a snapshot) call this first: changes after that position must be in a slot, even
-/// if `lakets run` has never started. Must run outside a transaction that wrote anything.
-pub async fn ensure_default_consumer(client: &impl GenericClient) -> Result<()> {
-    if has_consumer(client).await? {
-        return Ok(());
-    }
-    let database: String = client
-        .query_one("SELECT current_database()::text", &[])
-        .await
-        .pg_context(|| "reading the database name".into())?
-        .get(0);
-    let slot = default_slot_name(&database);
-    // A new slot would silently start after whatever the vanished one never delivered.
-    refuse_if_gap(client, &slot).await?;
-    preflight(client, &slot).await?;
-    ensure_publication(client, DEFAULT_PUBLICATION).await?;
-    register_consumer(client, &slot, DEFAULT_PUBLICATION).await?;
-    ensure_slot(client, &slot).await?;
-    Ok(())
-}
-
-/// Whether a registered lakets consumer slot exists.
-pub async fn has_consumer(client: &impl GenericClient) -> Result<bool> {
-    let registered: i64 = client
-        .query_one(
-            "SELECT count(*) FROM lakets._replication r
-               JOIN pg_replication_slots s ON s.slot_name = r.slot_name",
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the registered slots".into())?
-        .get(0);
-    Ok(registered > 0)
-}
-
-/// Records which publication a slot streams, so that new ChronoTables join it at once.
-pub async fn register_consumer(
-    client: &impl GenericClient,
-    slot: &str,
-    publication: &str,
-) -> Result<()> {
-    client
-        .execute(
-            "INSERT INTO lakets._replication (slot_name, publication) VALUES ($1, $2)
-             ON CONFLICT (slot_name) DO UPDATE SET publication = excluded.publication",
-            &[&slot, &publication],
-        )
-        .await
-        .pg_context(|| format!("registering slot {slot}"))?;
-    Ok(())
-}
-
-/// Adds a new ChronoTable to every publication a lakets consumer streams (and to the
-/// default one), so that no change to it is ever outside the stream. Runs inside the
-/// caller's transaction.
-pub async fn publish_new_table(client: &impl GenericClient, table: &TableName) -> Result<()> {
-    let publications: Vec<String> = client
-        .query(
-            "SELECT p.pubname::text FROM pg_publication p
-              WHERE p.pubname = $1
-                 OR p.pubname IN (SELECT publication FROM lakets._replication)
-              ORDER BY 1",
-            &[&DEFAULT_PUBLICATION],
-        )
-        .await
-        .pg_context(|| "listing the lakets publications".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for publication in publications {
-        client
-            .batch_execute(&format!(
-                "ALTER PUBLICATION {} ADD TABLE {}",
-                quote_ident(&publication),
-                table.quoted()
-            ))
-            .await
-            .pg_context(|| format!("adding {table} to publication {publication}"))?;
     }
     Ok(())
 }
@@ -522,13 +324,6 @@ pub async fn drop_slot(
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
         .pg_context(|| format!("dropping replication slot {slot}"))?;
-    client
-        .execute(
-            "DELETE FROM lakets._replication WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .pg_context(|| format!("unregistering slot {slot}"))?;
     info!(slot, "dropped replication slot");
     Ok(())
 }

@@ -123,7 +123,7 @@ impl RelationCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::pgoutput::RelationColumn as WireColumn;
+    use crate::pgoutput::RelationColumn as WireColumn;
 
     fn message(columns: &[(&'static str, u32)]) -> RelationMessage<'static> {
         RelationMessage {

@@ -30,11 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::lsn::Lsn;
-use super::setup;
 use super::source::{SourceSettings, WalSource};
 use super::transaction::{Assembled, Assembler, Change, HEARTBEAT_PREFIX, TxnSlice};
 use crate::error::{Error, PgResultExt, Result};
-use crate::operators::Operator;
+use crate::operator::Operator;
+use crate::slot;
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -127,12 +127,28 @@ impl OperatorHandle {
     }
 }
 
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What a stream's owner checks and records before each (re)start of the stream, on a
+/// session of its own (lakets: its catalog installed, no gap recorded, the publication
+/// covering its tables, the slot registered). Without one, the pipeline checks the server
+/// can stream and creates the slot; the publication must exist.
+pub trait Preparation: Send + Sync + 'static {
+    fn prepare<'a>(
+        &'a self,
+        client: &'a tokio_postgres::Client,
+        slot: &'a str,
+        publication: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
 /// A set of operators ready to run against one slot.
 pub struct Pipeline {
     config: PipelineConfig,
     db: crate::db::DbConfig,
     operators: Vec<OperatorHandle>,
     status: Arc<Mutex<PipelineStatus>>,
+    preparation: Option<Arc<dyn Preparation>>,
 }
 
 impl Pipeline {
@@ -146,7 +162,14 @@ impl Pipeline {
             db,
             operators: Vec::new(),
             status: Arc::new(Mutex::new(status)),
+            preparation: None,
         }
+    }
+
+    /// Runs `preparation` before the stream starts.
+    pub fn with_preparation(mut self, preparation: Arc<dyn Preparation>) -> Self {
+        self.preparation = Some(preparation);
+        self
     }
 
     /// Shares the status of this run with an existing handle (kept across restarts).
@@ -183,18 +206,23 @@ impl Pipeline {
             db,
             mut operators,
             status,
+            preparation,
         } = self;
         if operators.is_empty() {
             return Err(Error::invalid("a pipeline needs at least one operator"));
         }
         let slot = config.source.slot.clone();
         let client = crate::db::connect_with(&db).await?;
-        crate::catalog::check_installed(&client).await?;
-        setup::refuse_if_gap(&client, &slot).await?;
-        setup::preflight(&client, &slot).await?;
-        setup::ensure_publication(&client, &config.source.publication).await?;
-        setup::register_consumer(&client, &slot, &config.source.publication).await?;
-        setup::ensure_slot(&client, &slot).await?;
+        match &preparation {
+            Some(p) => {
+                p.prepare(&client, &slot, &config.source.publication)
+                    .await?
+            }
+            None => {
+                slot::preflight(&client, &slot).await?;
+                slot::ensure_slot(&client, &slot).await?;
+            }
+        }
         drop(client);
 
         let mut source = WalSource::start(&db, &config.source).await?;

@@ -167,7 +167,7 @@ pub fn cell_at(array: &dyn Array, row: usize) -> Result<Cell> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delta::schema::Partitioning;
+    use crate::schema::Partitioning;
     use crate::wal::value::ColumnType;
 
     #[test]

@@ -1,0 +1,15 @@
+//! The Delta layer: type mapping, Arrow batches, the table itself (exact-base commits,
+//! reads a batch at a time), the per-table mirror that turns a window of WAL changes into
+//! one Delta commit, and maintenance. It knows the WAL's values and positions, nothing of
+//! lakets' catalog.
+
+pub mod batch;
+pub mod maintenance;
+pub mod mirror;
+pub mod read;
+pub mod schema;
+pub mod table;
+
+// The layers below, under the names this crate's modules use.
+use lakets_postgres::error;
+use lakets_wal as wal;
