@@ -3,29 +3,24 @@
 //! The library holds all the logic; the `lakets` binary is a thin command line over it.
 //! See `DESIGN.md` in the shared folder for the architecture and its invariants.
 
-pub mod bench;
-pub mod catalog;
-pub mod chronotable;
-pub mod config;
-pub mod demo;
-pub mod grpc;
-pub mod http;
-pub mod ingest;
-pub mod jobs;
-pub mod lifecycle;
-pub mod lvc;
-pub mod lvc_view;
-pub mod operators;
-pub mod report;
-pub mod resync;
-pub mod rollup;
-pub mod service;
-pub mod status;
-pub mod sync;
-pub mod verify;
-
 pub use error::{Error, Result};
+pub use lakets_bench as bench;
+pub use lakets_bench::{demo, ingest};
+pub use lakets_core::coldtier::{resync, sync, verify};
+pub use lakets_core::lvc::view as lvc_view;
+pub use lakets_core::{catalog, chronotable, jobs, lifecycle, lvc, rollup};
 pub use lakets_delta as delta;
 pub use lakets_postgres::{db, error, ident, install_crypto_provider, interval};
+pub use lakets_server::{config, grpc, http, report, service, status};
 pub use lakets_testkit::embedded;
 pub use lakets_wal as wal;
+
+/// The WAL operators, under their earlier paths.
+pub mod operators {
+    pub use lakets_core::catalog::progress;
+    pub use lakets_core::chronotable::tracker as chunk_tracker;
+    pub use lakets_core::coldtier::sink as delta_sink;
+    pub use lakets_core::lvc::operator as last_value;
+    pub use lakets_core::operators::*;
+    pub use lakets_core::rollup::invalidations;
+}

@@ -1,0 +1,222 @@
+//! `lakets verify TABLE`: checks that what lakets keeps agrees with the table.
+//!
+//! - Cold tier: for every chunk still in PostgreSQL (active or tiered), the rows of its
+//!   range in the Delta table and in the chunk: count and an order-independent content
+//!   hash (the sum of per-row hashes), so duplicates and changed values show too. Rows of
+//!   dropped chunks live only in Delta and are not compared.
+//! - Last Value Cache: the cache table against the latest row per key recomputed.
+//! - Rollups built on the table: their materialized buckets (below the watermark) against
+//!   the same aggregation recomputed from scratch from the table.
+//!
+//! A user can run it at any time; rows written while it reads may show as differences
+//! (run it again, or when writes pause).
+
+use std::hash::{Hash, Hasher};
+
+use tokio_postgres::Client;
+
+use crate::catalog::registry::{self, ChunkStatus};
+use crate::delta::batch::CellRow;
+use crate::delta::mirror::shape_of;
+use crate::error::{PgResultExt, Result};
+use crate::ident::{TableName, quote_ident};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChunkCheck {
+    pub chunk: String,
+    pub postgres_rows: u64,
+    pub delta_rows: u64,
+    pub postgres_hash: String,
+    pub delta_hash: String,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub table: String,
+    pub ok: bool,
+    /// Per chunk, when the table is synced.
+    pub chunks: Vec<ChunkCheck>,
+    /// Rows of the Last Value Cache that differ from the recomputed latest rows (when the
+    /// table has one).
+    pub lvc_differences: Option<i64>,
+    /// Every rollup built on the table.
+    pub rollups: Vec<crate::rollup::check::RollupCheck>,
+    /// What disagrees, first things first.
+    pub differences: Vec<String>,
+}
+
+/// An order-independent digest of a multiset of rows: (count, wrapping sum of row hashes).
+#[derive(Default, Clone, Copy)]
+struct Digest {
+    rows: u64,
+    sum: u64,
+}
+
+impl Digest {
+    fn add(&mut self, row: &CellRow) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        row.hash(&mut h);
+        self.rows += 1;
+        self.sum = self.sum.wrapping_add(h.finish());
+    }
+}
+
+pub async fn verify(client: &Client, table: &str) -> Result<VerifyReport> {
+    crate::catalog::check_installed(client).await?;
+    let ct = registry::find_chronotable(client, table).await?;
+    let mut report = VerifyReport {
+        table: ct.table.to_string(),
+        ..Default::default()
+    };
+    if let Some(sync) = crate::coldtier::sync::find_sync(client, &ct.table)
+        .await?
+        .filter(|s| s.state == crate::coldtier::sync::SyncState::Active)
+    {
+        let delta = crate::delta::table::open(&sync.location)
+            .await?
+            .ok_or_else(|| crate::Error::NotFound {
+                kind: "Delta table at",
+                name: crate::delta::table::display_location(&sync.location),
+            })?;
+        let shape = shape_of(&delta, &sync.time_column, sync.partitioning)?;
+        let chunks: Vec<_> = registry::list_chunks(client, &ct.table, false)
+            .await?
+            .into_iter()
+            .filter(|c| c.status != ChunkStatus::Dropped)
+            .collect();
+        let ranges: Vec<(i64, i64)> = chunks
+            .iter()
+            .map(|c| (c.range_start_micros(), c.range_end_micros()))
+            .collect();
+        let is_date =
+            shape.columns[shape.time_index].kind == crate::delta::schema::ColumnKind::Date;
+        let bucket = |row: &CellRow| -> Option<usize> {
+            let t = row.get(shape.time_index)?.as_int()?;
+            let t = if is_date { t * 86_400_000_000 } else { t };
+            let i = ranges.partition_point(|(start, _)| *start <= t);
+            (i > 0 && t < ranges[i - 1].1).then(|| i - 1)
+        };
+        // Both sides stream: memory follows a batch, not the table.
+        let mut cold = vec![Digest::default(); chunks.len()];
+        crate::delta::read::for_each_row(&delta, &shape, |row| {
+            if let Some(i) = bucket(&row) {
+                cold[i].add(&row);
+            }
+        })
+        .await?;
+        let mut hot = vec![Digest::default(); chunks.len()];
+        let mut outside = Vec::new();
+        crate::coldtier::sync::for_each_postgres_row(
+            client,
+            &ct.table,
+            &shape,
+            |row| match bucket(&row) {
+                Some(i) => hot[i].add(&row),
+                None if outside.len() < 10 => outside.push(row),
+                None => {}
+            },
+        )
+        .await?;
+        for row in outside {
+            report.differences.push(format!(
+                "a row of {} lies in no registered chunk: {row:?}",
+                ct.table
+            ));
+        }
+        for (i, c) in chunks.iter().enumerate() {
+            let ok = hot[i].rows == cold[i].rows && hot[i].sum == cold[i].sum;
+            if !ok {
+                report.differences.push(format!(
+                    "chunk {} ({} .. {}): PostgreSQL has {} rows (hash {:016x}), Delta {} (hash {:016x})",
+                    c.chunk_name,
+                    c.range_start,
+                    c.range_end,
+                    hot[i].rows,
+                    hot[i].sum,
+                    cold[i].rows,
+                    cold[i].sum
+                ));
+            }
+            report.chunks.push(ChunkCheck {
+                chunk: c.chunk_name.clone(),
+                postgres_rows: hot[i].rows,
+                delta_rows: cold[i].rows,
+                postgres_hash: format!("{:016x}", hot[i].sum),
+                delta_hash: format!("{:016x}", cold[i].sum),
+                ok,
+            });
+        }
+    }
+    if let Some(lvc) = crate::lvc::list_lvc(client)
+        .await?
+        .into_iter()
+        .find(|l| l.table == ct.table)
+    {
+        let n = lvc_differences(client, &ct.table, &lvc).await?;
+        if n > 0 {
+            report.differences.push(format!(
+                "the Last Value Cache {} differs from the latest row per key in {n} row(s)",
+                lvc.cache_table
+            ));
+        }
+        report.lvc_differences = Some(n);
+    }
+    for rollup in crate::rollup::list_rollups(client).await? {
+        if rollup.root != ct.table {
+            continue;
+        }
+        let check = crate::rollup::check::check_rollup(client, &rollup).await?;
+        if !check.ok {
+            report.differences.push(format!(
+                "rollup {} differs from its recomputation in {} (bucket, group) row(s), first: {}{}",
+                check.rollup,
+                check.differing_rows,
+                check.examples.join(", "),
+                if check.pending_invalidations > 0 {
+                    format!(
+                        " ({} invalidations pending: run `lakets rollup refresh` and verify again)",
+                        check.pending_invalidations
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        report.rollups.push(check);
+    }
+    report.ok = report.differences.is_empty();
+    Ok(report)
+}
+
+async fn lvc_differences(
+    client: &Client,
+    table: &TableName,
+    lvc: &crate::lvc::LvcConfig,
+) -> Result<i64> {
+    let cols: Vec<String> = lvc.cache_columns().iter().map(|c| quote_ident(c)).collect();
+    let cols = cols.join(", ");
+    let keys: Vec<String> = lvc.key_columns.iter().map(|c| quote_ident(c)).collect();
+    let keys = keys.join(", ");
+    let time = quote_ident(&lvc.time_column);
+    // Rows of one key may share the latest time; the cache holds one of them (the last
+    // committed), and any of them is right.
+    let latest = format!(
+        "SELECT {cols} FROM {table} WHERE ({keys}, {time}) IN
+           (SELECT {keys}, max({time}) FROM {table} GROUP BY {keys})",
+        table = table.quoted()
+    );
+    let cache = format!("SELECT {cols} FROM {}", lvc.cache_table.quoted());
+    Ok(client
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM ({cache} EXCEPT ALL ({latest})) wrong)
+                      + (SELECT count(*) FROM (SELECT DISTINCT {keys} FROM ({latest}) l
+                                               EXCEPT SELECT {keys} FROM ({cache}) c) missing)"
+            ),
+            &[],
+        )
+        .await
+        .pg_context(|| format!("comparing the Last Value Cache of {table}"))?
+        .get(0))
+}

@@ -1,0 +1,813 @@
+//! The Last Value Cache operator: keeps `lakets.lvc_<table>` (and an in-memory map) equal
+//! to the latest row per key of each cached ChronoTable.
+//!
+//! Rules, per key: a row with a time greater than or equal to the cached one replaces it
+//! (ties: the later commit wins); a late row never overwrites a newer one; an update or
+//! delete of the cached row falls back to the latest remaining row, read from the table.
+//! Changed keys are written once per flush (one upsert per key), with the operator's durable
+//! LSN in the same SQL transaction. A table's changes committed before its cache was filled
+//! (`start_lsn`) are skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use crate::catalog::announce::{self, Announcement};
+use crate::catalog::progress;
+use crate::error::{Error, PgResultExt, Result};
+use crate::ident::{TableName, quote_ident};
+use crate::lvc::view::{LastValue, LvcView};
+use crate::lvc::{self, LvcConfig};
+use crate::operators::Operator;
+use crate::wal::lsn::Lsn;
+use crate::wal::relation::Relation;
+use crate::wal::transaction::{Change, OldRow, TxnSlice, check_update_old};
+use crate::wal::value::{ColumnType, Value, decode_text};
+
+pub const NAME: &str = "lvc";
+
+/// Flush early when this many keys have unsaved changes.
+const MAX_DIRTY_KEYS: usize = 50_000;
+
+/// A cached row: the time and the value columns, as PostgreSQL input text.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    time: i64,
+    time_text: String,
+    values: Vec<Option<String>>,
+    lsn: Lsn,
+}
+
+/// A key: per key column, the key text of its typed value ([`Value::to_key_text`]), the
+/// same whether it came from the stream or was read back from a table.
+type Key = Vec<String>;
+
+struct Cache {
+    config: LvcConfig,
+    /// SQL types of the cache table's columns (keys, time, values, lsn), for the casts.
+    column_types: Vec<String>,
+    /// The same columns' types, to read their text back into typed values.
+    column_kinds: Vec<ColumnType>,
+    entries: HashMap<Key, Entry>,
+    /// Keys changed since the last flush (absent from `entries` = deleted).
+    dirty: HashSet<Key>,
+    /// Keys changed by the slice being applied, for the view.
+    touched: Vec<Key>,
+}
+
+pub struct LastValueCache {
+    client: Client,
+    slot: String,
+    caches: CacheSet,
+    /// Where the service reads the cache from (API, subscriptions).
+    view: Option<Arc<LvcView>>,
+    /// The transaction of the slice being applied, and whether it is known visible.
+    slice_xid: u32,
+    slice_visible: bool,
+}
+
+#[derive(Clone)]
+struct Layout {
+    keys: Vec<usize>,
+    time: usize,
+    values: Vec<usize>,
+}
+
+impl LastValueCache {
+    /// Loads every registered cache into memory.
+    pub async fn new(client: Client, slot: impl Into<String>) -> Result<Self> {
+        crate::operators::prepare_session(&client, NAME).await?;
+        let mut op = LastValueCache {
+            client,
+            slot: slot.into(),
+            caches: CacheSet::default(),
+            view: None,
+            slice_xid: 0,
+            slice_visible: false,
+        };
+        op.reload().await?;
+        Ok(op)
+    }
+
+    /// Publishes every cached row, and each change as it is applied, to `view`.
+    pub fn with_view(mut self, view: Arc<LvcView>) -> Self {
+        for cache in self.caches.caches.values() {
+            view.register(
+                &cache.config.table,
+                cache.column_kinds[..cache.config.key_columns.len()].to_vec(),
+            );
+            view.publish(
+                cache
+                    .entries
+                    .iter()
+                    .map(|(key, entry)| last_value(&cache.config, key, Some(entry), entry.lsn)),
+            );
+        }
+        self.view = Some(view);
+        self
+    }
+
+    /// Loads every registered cache (at start).
+    async fn reload(&mut self) -> Result<()> {
+        for config in lvc::list_lvc(&self.client).await? {
+            if !self.caches.contains_key(&config.table) {
+                self.load(config).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads (or loads again) one cache from its table.
+    async fn load(&mut self, config: LvcConfig) -> Result<()> {
+        let columns = self
+            .client
+            .query(
+                "SELECT format_type(a.atttypid, a.atttypmod), a.atttypid FROM pg_attribute a
+                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attnum",
+                &[&config.cache_table.quoted()],
+            )
+            .await
+            .pg_context(|| format!("reading the columns of {}", config.cache_table))?;
+        let column_types: Vec<String> = columns.iter().map(|r| r.get(0)).collect();
+        let column_kinds: Vec<ColumnType> = columns
+            .iter()
+            .map(|r| ColumnType::from_oid(r.get(1)))
+            .collect();
+        let entries = self.load_entries(&config, &column_kinds).await?;
+        if let Some(view) = &self.view {
+            view.register(
+                &config.table,
+                column_kinds[..config.key_columns.len()].to_vec(),
+            );
+            view.publish(
+                entries
+                    .iter()
+                    .map(|(key, entry)| last_value(&config, key, Some(entry), entry.lsn)),
+            );
+        }
+        self.caches.remove(&config.table);
+        self.caches
+            .insert(config, column_types, column_kinds, entries);
+        Ok(())
+    }
+
+    /// Applies an announced change of the registry at its position in the stream.
+    async fn follow(&mut self, change: Announcement) -> Result<()> {
+        match change {
+            Announcement::LvcEnabled { table } | Announcement::LvcRefilled { table } => {
+                // Read as the announcing transaction left it: the fill it committed. A
+                // cache loaded at start from that same fill (a replay) stays as it is.
+                if let Some(config) = lvc::list_lvc(&self.client)
+                    .await?
+                    .into_iter()
+                    .find(|c| c.table == table)
+                {
+                    let loaded = self
+                        .caches
+                        .caches
+                        .get(&table)
+                        .is_some_and(|c| c.config.start_lsn == config.start_lsn);
+                    if !loaded {
+                        self.load(config).await?;
+                    }
+                }
+            }
+            Announcement::LvcDisabled { table } => {
+                self.caches.remove(&table);
+                if let Some(view) = &self.view {
+                    view.unregister(&table);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn load_entries(
+        &self,
+        config: &LvcConfig,
+        kinds: &[ColumnType],
+    ) -> Result<HashMap<Key, Entry>> {
+        let mut entries = HashMap::new();
+        let text_cols: Vec<String> = config
+            .cache_columns()
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(c)))
+            .collect();
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT {}, (extract(epoch FROM {})*1000000)::bigint, lsn::text FROM {}",
+                    text_cols.join(", "),
+                    quote_ident(&config.time_column),
+                    config.cache_table.quoted()
+                ),
+                &[],
+            )
+            .await
+            .pg_context(|| format!("loading the cache {}", config.cache_table))?;
+        let k = config.key_columns.len();
+        let v = config.value_columns.len();
+        for row in rows {
+            // Text of this session read back into typed values: keys meet the stream's.
+            let typed = |i: usize| -> Result<Option<Value>> {
+                row.get::<_, Option<&str>>(i)
+                    .map(|t| decode_text(kinds[i], t.as_bytes()))
+                    .transpose()
+            };
+            let key: Key = (0..k)
+                .map(|i| Ok(typed(i)?.and_then(|v| v.to_key_text()).unwrap_or_default()))
+                .collect::<Result<_>>()?;
+            let entry = Entry {
+                time_text: typed(k)?.and_then(|v| v.to_sql_text()).unwrap_or_default(),
+                values: (0..v)
+                    .map(|i| Ok(typed(k + 1 + i)?.and_then(|v| v.to_sql_text())))
+                    .collect::<Result<_>>()?,
+                time: row.get::<_, Option<i64>>(k + 1 + v).unwrap_or(i64::MAX),
+                lsn: row.get::<_, String>(k + 2 + v).parse()?,
+            };
+            entries.insert(key, entry);
+        }
+        Ok(entries)
+    }
+
+    /// The latest remaining row for a key, read from the table (after an update or delete
+    /// of the cached row). It may already include later transactions; they will arrive
+    /// and apply idempotently.
+    /// Waits until the slice's transaction is visible to new snapshots (see
+    /// [`announce::wait_until_visible`]): a fallback read in the moment before would still
+    /// see the row the transaction deleted or moved, and keep it in the cache.
+    async fn wait_until_visible(&mut self) -> Result<()> {
+        if !self.slice_visible {
+            announce::wait_until_visible(&self.client, self.slice_xid).await?;
+            self.slice_visible = true;
+        }
+        Ok(())
+    }
+
+    async fn latest_from_table(&self, table: &TableName, key: &Key) -> Result<Option<Entry>> {
+        let cache = &self.caches.caches[table];
+        let config = &cache.config;
+        let key_types = &cache.column_types[..config.key_columns.len()];
+        let (predicate, params) = lvc::key_predicate(&config.key_columns, key_types, key);
+        let values: Vec<String> = config
+            .value_columns
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(c)))
+            .collect();
+        let time = quote_ident(&config.time_column);
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT {time}::text, (extract(epoch FROM {time})*1000000)::bigint{comma}{values}
+                       FROM {table} WHERE {predicate} ORDER BY {time} DESC LIMIT 1",
+                    comma = if values.is_empty() { "" } else { ", " },
+                    values = values.join(", "),
+                    table = config.table.quoted(),
+                ),
+                &params,
+            )
+            .await
+            .pg_context(|| format!("reading the latest row of {} for the cache", config.table))?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let k = config.key_columns.len();
+        let typed = |column: usize, i: usize| -> Result<Option<String>> {
+            Ok(r.get::<_, Option<&str>>(i)
+                .map(|t| decode_text(cache.column_kinds[column], t.as_bytes()))
+                .transpose()?
+                .and_then(|v| v.to_sql_text()))
+        };
+        Ok(Some(Entry {
+            time_text: typed(k, 0)?.unwrap_or_default(),
+            time: r.get::<_, Option<i64>>(1).unwrap_or(i64::MAX),
+            values: (0..config.value_columns.len())
+                .map(|i| typed(k + 1 + i, 2 + i))
+                .collect::<Result<_>>()?,
+            lsn: Lsn::ZERO,
+        }))
+    }
+
+    async fn apply_change(&mut self, change: &Change, lsn: Lsn) -> Result<()> {
+        let (relation, old_row, new) = match change {
+            Change::Insert { relation, new } => (relation, None, Some(new)),
+            Change::Update { relation, old, new } => (relation, old.as_ref(), Some(new)),
+            Change::Delete { relation, old } => (relation, Some(old), None),
+            Change::Truncate { relations, .. } => {
+                self.caches.truncate(relations, lsn);
+                return Ok(());
+            }
+            Change::Schema { relation, .. } => {
+                self.caches.layouts.remove(&relation.id);
+                return Ok(());
+            }
+            Change::Message { prefix, content } => {
+                if prefix == announce::PREFIX
+                    && let Some(change) =
+                        announce::verify(&self.client, content, self.slice_xid).await?
+                {
+                    self.follow(change).await?;
+                }
+                return Ok(());
+            }
+        };
+        if let (Change::Update { old: None, .. }, true) =
+            (change, self.caches.contains_key(&relation.table))
+        {
+            check_update_old(relation, None, &[], "Last Value Cache")?;
+        }
+        if let Some(old) = old_row
+            && let Some(key) = self.caches.displaced_key(
+                relation,
+                Some(old),
+                &old.values,
+                new.map(Vec::as_slice),
+                lsn,
+            )?
+        {
+            let config = self.caches.caches[&relation.table].config.clone();
+            self.wait_until_visible().await?;
+            let fallback = self.latest_from_table(&config.table, &key).await?;
+            self.caches
+                .set_fallback(&relation.table, key, fallback, lsn);
+        }
+        match new {
+            Some(new) => self.caches.apply_new_row(relation, new, lsn),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the keys the slice changed to the view.
+    fn publish_touched(&mut self, lsn: Lsn, commit_time: i64) {
+        if self.caches.publish_touched(self.view.as_deref(), lsn) {
+            let now = chrono::Utc::now().timestamp_micros();
+            metrics::histogram!("lakets_lvc_update_latency_seconds")
+                .record((now - commit_time).max(0) as f64 / 1e6);
+        }
+    }
+
+    /// The cached row of a key, from memory (for the service's API).
+    pub fn get(&self, table: &TableName, key: &[String]) -> Option<(String, Vec<Option<String>>)> {
+        self.caches
+            .caches
+            .get(table)?
+            .entries
+            .get(key)
+            .map(|e| (e.time_text.clone(), e.values.clone()))
+    }
+}
+
+/// The caches in memory, and the operator's work on them without I/O: the operator
+/// around it reads the table when a cached row is displaced, and stores the dirty keys.
+#[derive(Default)]
+pub struct CacheSet {
+    caches: HashMap<TableName, Cache>,
+    /// Per relation id: indexes of the key, time and value columns in its rows.
+    layouts: HashMap<u32, Arc<Layout>>,
+}
+
+impl CacheSet {
+    /// Adds an empty cache (the operator adds the stored rows of each).
+    pub fn add_empty(&mut self, config: LvcConfig) {
+        self.insert(config, Vec::new(), Vec::new(), HashMap::new());
+    }
+
+    fn insert(
+        &mut self,
+        config: LvcConfig,
+        column_types: Vec<String>,
+        column_kinds: Vec<ColumnType>,
+        entries: HashMap<Key, Entry>,
+    ) {
+        self.layouts.clear();
+        self.caches.insert(
+            config.table.clone(),
+            Cache {
+                config,
+                column_types,
+                column_kinds,
+                entries,
+                dirty: HashSet::new(),
+                touched: Vec::new(),
+            },
+        );
+    }
+
+    /// Keys with unsaved changes.
+    pub fn dirty_keys(&self) -> usize {
+        self.caches.values().map(|c| c.dirty.len()).sum()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Cache> {
+        self.caches.values()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Cache> {
+        self.caches.values_mut()
+    }
+
+    fn contains_key(&self, table: &TableName) -> bool {
+        self.caches.contains_key(table)
+    }
+
+    fn remove(&mut self, table: &TableName) {
+        if self.caches.remove(table).is_some() {
+            self.layouts.clear();
+        }
+    }
+
+    /// Whether `lsn` committed before the cache of `table` was filled (its effects are in
+    /// the fill already).
+    fn before_start(&self, table: &TableName, lsn: Lsn) -> bool {
+        self.caches
+            .get(table)
+            .is_some_and(|c| lsn < c.config.start_lsn)
+    }
+
+    fn layout(&mut self, relation: &Relation) -> Result<Option<Arc<Layout>>> {
+        if let Some(layout) = self.layouts.get(&relation.id) {
+            return Ok(Some(layout.clone()));
+        }
+        let Some(cache) = self.caches.get(&relation.table) else {
+            return Ok(None);
+        };
+        let find = |name: &str| {
+            relation.column_index(name).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "column {name:?} of {} (cached by its Last Value Cache) is not in its \
+                     replicated rows (renamed or dropped?); streaming stops",
+                    relation.table
+                ))
+            })
+        };
+        let layout = Layout {
+            keys: cache
+                .config
+                .key_columns
+                .iter()
+                .map(|c| find(c))
+                .collect::<Result<_>>()?,
+            time: find(&cache.config.time_column)?,
+            values: cache
+                .config
+                .value_columns
+                .iter()
+                .map(|c| find(c))
+                .collect::<Result<_>>()?,
+        };
+        let layout = Arc::new(layout);
+        self.layouts.insert(relation.id, layout.clone());
+        Ok(Some(layout))
+    }
+
+    fn truncate(&mut self, relations: &[Arc<Relation>], lsn: Lsn) {
+        for r in relations {
+            // A TRUNCATE the cache's initial fill already reflects (a replay) must not
+            // empty it.
+            if self.before_start(&r.table, lsn) {
+                continue;
+            }
+            if let Some(cache) = self.caches.get_mut(&r.table) {
+                let keys: Vec<Key> = cache.entries.keys().cloned().collect();
+                cache.dirty.extend(keys.iter().cloned());
+                cache.touched.extend(keys);
+                cache.entries.clear();
+            }
+        }
+    }
+
+    /// The key whose cached row the old row of an update or delete was, when that row
+    /// left its key or time: the cache must fall back to the latest row left in the table.
+    fn displaced_key(
+        &mut self,
+        relation: &Relation,
+        old_row: Option<&OldRow>,
+        old: &[Value],
+        new: Option<&[Value]>,
+        lsn: Lsn,
+    ) -> Result<Option<Key>> {
+        if self.before_start(&relation.table, lsn) {
+            return Ok(None);
+        }
+        let Some(layout) = self.layout(relation)? else {
+            return Ok(None);
+        };
+        if let Some(old_row) = old_row {
+            let needed: Vec<usize> = layout
+                .keys
+                .iter()
+                .copied()
+                .chain(std::iter::once(layout.time))
+                .collect();
+            old_row.require(relation, &needed, "Last Value Cache")?;
+        }
+        let (Some(old_key), Some(old_time)) = (layout.key_of(old), layout.time_of(old)) else {
+            return Err(Error::Unsupported(format!(
+                "an update or delete on {} did not carry the cache key and time",
+                relation.table
+            )));
+        };
+        let moved = match new {
+            Some(new) => {
+                layout.key_of(new).as_ref() != Some(&old_key)
+                    || layout.time_of(new) != Some(old_time)
+            }
+            None => true,
+        };
+        let was_cached = self.caches[&relation.table]
+            .entries
+            .get(&old_key)
+            .is_some_and(|e| e.time == old_time);
+        Ok((moved && was_cached).then_some(old_key))
+    }
+
+    /// Puts the row read from the table for a displaced key in the cache (None: the key
+    /// has no row left).
+    fn set_fallback(&mut self, table: &TableName, key: Key, fallback: Option<Entry>, lsn: Lsn) {
+        let Some(cache) = self.caches.get_mut(table) else {
+            return;
+        };
+        match fallback {
+            Some(mut entry) => {
+                entry.lsn = lsn;
+                cache.entries.insert(key.clone(), entry);
+            }
+            None => {
+                cache.entries.remove(&key);
+            }
+        }
+        cache.touched.push(key.clone());
+        cache.dirty.insert(key);
+    }
+
+    /// Applies the new row of an insert or update committed at `lsn`: it becomes its
+    /// key's cached row unless the cached one is newer.
+    pub fn apply_new_row(&mut self, relation: &Relation, new: &[Value], lsn: Lsn) -> Result<()> {
+        if self.before_start(&relation.table, lsn) {
+            return Ok(());
+        }
+        let Some(layout) = self.layout(relation)? else {
+            return Ok(());
+        };
+        let (Some(key), Some(time)) = (layout.key_of(new), layout.time_of(new)) else {
+            return Ok(()); // NOT NULL keys are checked when the cache is enabled
+        };
+        let cache = self
+            .caches
+            .get_mut(&relation.table)
+            .expect("layout implies a cache");
+        let current = cache.entries.get(&key);
+        if current.is_some_and(|e| e.time > time) {
+            return Ok(()); // a late row never overwrites a newer one
+        }
+        let values: Vec<Option<String>> = layout
+            .values
+            .iter()
+            .enumerate()
+            .map(|(slot, i)| match new.get(*i) {
+                // Not sent because unchanged: the cached value of this same row stands.
+                Some(Value::UnchangedToast) => current
+                    .filter(|e| e.time == time)
+                    .and_then(|e| e.values.get(slot).cloned().flatten()),
+                Some(v) => v.to_sql_text(),
+                None => None,
+            })
+            .collect();
+        let time_text = new[layout.time].to_sql_text().unwrap_or_default();
+        cache.entries.insert(
+            key.clone(),
+            Entry {
+                time,
+                time_text,
+                values,
+                lsn,
+            },
+        );
+        cache.touched.push(key.clone());
+        cache.dirty.insert(key);
+        Ok(())
+    }
+
+    /// Hands the keys changed since the last call to `view`, each once, as it ended;
+    /// whether any changed.
+    pub fn publish_touched(&mut self, view: Option<&LvcView>, lsn: Lsn) -> bool {
+        let mut any = false;
+        for cache in self.caches.values_mut() {
+            if cache.touched.is_empty() {
+                continue;
+            }
+            any = true;
+            let mut touched = std::mem::take(&mut cache.touched);
+            let Some(view) = view else { continue };
+            touched.sort_unstable();
+            touched.dedup();
+            view.publish(
+                touched
+                    .iter()
+                    .map(|key| last_value(&cache.config, key, cache.entries.get(key), lsn)),
+            );
+        }
+        any
+    }
+}
+
+impl Layout {
+    fn key_of(&self, row: &[Value]) -> Option<Key> {
+        self.keys
+            .iter()
+            .map(|i| row.get(*i).and_then(Value::to_key_text))
+            .collect()
+    }
+
+    fn time_of(&self, row: &[Value]) -> Option<i64> {
+        row.get(self.time).and_then(Value::as_time_micros)
+    }
+}
+
+/// The view's form of a cached row (`entry` None: the key is gone).
+fn last_value(config: &LvcConfig, key: &Key, entry: Option<&Entry>, lsn: Lsn) -> LastValue {
+    LastValue {
+        table: config.table.clone(),
+        key: key.clone(),
+        time: entry.map(|e| e.time_text.clone()).unwrap_or_default(),
+        values: match entry {
+            Some(e) => config
+                .value_columns
+                .iter()
+                .cloned()
+                .zip(e.values.iter().cloned())
+                .collect(),
+            None => Vec::new(),
+        },
+        lsn: entry.map_or(lsn, |e| e.lsn.max(lsn)),
+        deleted: entry.is_none(),
+    }
+}
+
+impl Operator for LastValueCache {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn durable_lsn(&mut self) -> Result<Lsn> {
+        progress::load(&self.client, &self.slot, NAME).await
+    }
+
+    async fn apply(&mut self, slice: &TxnSlice) -> Result<()> {
+        self.slice_xid = slice.xid;
+        self.slice_visible = false;
+        for change in &slice.changes {
+            self.apply_change(change, slice.commit_lsn).await?;
+        }
+        self.publish_touched(slice.commit_lsn, slice.commit_time);
+        Ok(())
+    }
+
+    async fn flush(&mut self, through: Lsn) -> Result<()> {
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .pg_context(|| "starting the LVC transaction".into())?;
+        for cache in self.caches.values() {
+            if cache.dirty.is_empty() {
+                continue;
+            }
+            // `lvc disable` (which drops the cache table) waits for this transaction; a
+            // cache it already dropped is gone at its announcement, a little further on.
+            let registered = tx
+                .query_opt(
+                    "SELECT 1 FROM lakets._lvc_registry
+                      WHERE schema_name = $1 AND table_name = $2 FOR KEY SHARE",
+                    &[&cache.config.table.schema, &cache.config.table.name],
+                )
+                .await
+                .pg_context(|| "reading the LVC registry".into())?
+                .is_some();
+            if registered {
+                write_dirty(&tx, cache).await?;
+            }
+        }
+        progress::store(&tx, &self.slot, NAME, through).await?;
+        tx.commit()
+            .await
+            .pg_context(|| "committing the LVC".into())?;
+        for cache in self.caches.values_mut() {
+            cache.dirty.clear();
+        }
+        Ok(())
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.caches.dirty_keys() >= MAX_DIRTY_KEYS
+    }
+}
+
+/// One upsert for every changed key and one delete for the keys that are gone, with the
+/// values bound as text arrays and cast to the cache's column types.
+async fn write_dirty(tx: &tokio_postgres::Transaction<'_>, cache: &Cache) -> Result<()> {
+    let config = &cache.config;
+    let columns = config.cache_columns();
+    let width = columns.len();
+    let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::new(); width + 1];
+    let mut gone: Vec<Vec<String>> = vec![Vec::new(); config.key_columns.len()];
+    let mut keys: Vec<&Key> = cache.dirty.iter().collect();
+    keys.sort(); // a stable lock order
+    for key in keys {
+        match cache.entries.get(key) {
+            Some(e) => {
+                let row = key
+                    .iter()
+                    .map(|k| Some(k.clone()))
+                    .chain(std::iter::once(Some(e.time_text.clone())))
+                    .chain(e.values.iter().cloned())
+                    .chain(std::iter::once(Some(e.lsn.to_string())));
+                for (array, value) in arrays.iter_mut().zip(row) {
+                    array.push(value);
+                }
+            }
+            None => {
+                for (array, k) in gone.iter_mut().zip(key) {
+                    array.push(k.clone());
+                }
+            }
+        }
+    }
+    let types = &cache.column_types;
+    let quoted: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let key_list = config
+        .key_columns
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !arrays[0].is_empty() {
+        let casts: Vec<String> = (0..=width)
+            .map(|i| {
+                format!(
+                    "u.c{i}::{}",
+                    types.get(i).map(String::as_str).unwrap_or("text")
+                )
+            })
+            .collect();
+        let aliases: Vec<String> = (0..=width).map(|i| format!("c{i}")).collect();
+        let unnest: Vec<String> = (1..=width + 1).map(|i| format!("${i}::text[]")).collect();
+        let updates: Vec<String> = quoted
+            .iter()
+            .skip(config.key_columns.len())
+            .chain(std::iter::once(&"lsn".to_owned()))
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({cols}, lsn)
+             SELECT {casts} FROM unnest({unnest}) AS u({aliases})
+             ON CONFLICT ({key_list}) DO UPDATE SET {updates}",
+            table = config.cache_table.quoted(),
+            cols = quoted.join(", "),
+            casts = casts.join(", "),
+            unnest = unnest.join(", "),
+            aliases = aliases.join(", "),
+            updates = updates.join(", "),
+        );
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        tx.execute(&sql, &params)
+            .await
+            .pg_context(|| format!("updating the cache {}", config.cache_table))?;
+    }
+    if !gone[0].is_empty() {
+        // Typed comparisons: the key columns' text of this session need not be ours.
+        let predicate = config
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("c.{} = u.k{i}::{}", quote_ident(k), types[i]))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let aliases: Vec<String> = (0..gone.len()).map(|i| format!("k{i}")).collect();
+        let unnest: Vec<String> = (1..=gone.len()).map(|i| format!("${i}::text[]")).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = gone
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} c USING unnest({unnest}) AS u({aliases}) WHERE {predicate}",
+                table = config.cache_table.quoted(),
+                unnest = unnest.join(", "),
+                aliases = aliases.join(", "),
+            ),
+            &params,
+        )
+        .await
+        .pg_context(|| format!("removing keys from the cache {}", config.cache_table))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! The service around the features: its configuration (`lakets.toml`, the environment,
+//! reconciliation into the catalog), the long-running service (the pipeline, the jobs, the
+//! listeners, started and stopped together), the gRPC API, the HTTP endpoint (metrics,
+//! probes) and the status report.
+
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod report;
+pub mod service;
+pub mod status;
+
+// The layers below, under the names this crate's modules use.
+use lakets_core::{db, delta, error, ident, interval, wal};
