@@ -1,10 +1,14 @@
 //! LakeTS: time-series on PostgreSQL with a Delta Lake cold tier, driven by the WAL.
 //!
-//! The library holds all the logic; the `lakets` binary is a thin command line over it.
-//! See `DESIGN.md` in the shared folder for the architecture and its invariants.
+//! The logic lives in the workspace's crates, one per role (README, Development); this
+//! crate is the `lakets` command line, and its library re-exports those crates under the
+//! paths the tests and embedders use. See `DESIGN.md` in the shared folder for the
+//! architecture and its invariants.
 
 pub use error::{Error, Result};
+#[cfg(feature = "devtools")]
 pub use lakets_bench as bench;
+#[cfg(feature = "devtools")]
 pub use lakets_bench::{demo, ingest};
 pub use lakets_core::coldtier::{resync, sync, verify};
 pub use lakets_core::lvc::view as lvc_view;
@@ -12,6 +16,7 @@ pub use lakets_core::{catalog, chronotable, jobs, lifecycle, lvc, rollup};
 pub use lakets_delta as delta;
 pub use lakets_postgres::{db, error, ident, install_crypto_provider, interval};
 pub use lakets_server::{config, grpc, http, report, service, status};
+#[cfg(feature = "devtools")]
 pub use lakets_testkit::embedded;
 pub use lakets_wal as wal;
 

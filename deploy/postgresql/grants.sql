@@ -32,20 +32,20 @@
 --
 -- What lakets does in the database, and so what this grants:
 --   * `lakets init` and every `lakets run` start apply the migrations of the `lakets`
---     schema (src/catalog/migrations.rs): CREATE SCHEMA IF NOT EXISTS lakets, then tables.
---   * ChronoTables (src/chronotable/): converts a table in place (LOCK, RENAME, CREATE the
+--     schema (crates/core/src/catalog/migrations.rs): CREATE SCHEMA IF NOT EXISTS lakets, then tables.
+--   * ChronoTables (crates/core/src/chronotable/): converts a table in place (LOCK, RENAME, CREATE the
 --     partitioned table, copy, DROP the original, ALTER SEQUENCE ... OWNED BY, restore the
 --     owner and the grants), then creates chunks (CREATE TABLE ... (LIKE parent) + ALTER
 --     TABLE parent ATTACH PARTITION) and drops old ones (DROP TABLE), all as DDL.
---   * WAL (src/wal/setup.rs): CREATE/ALTER PUBLICATION lakets FOR TABLE <chronotables>,
+--   * WAL (crates/wal/src/slot.rs): CREATE/ALTER PUBLICATION lakets FOR TABLE <chronotables>,
 --     pg_create_logical_replication_slot(slot, 'pgoutput'), a replication=database
 --     connection streaming pgoutput, pg_logical_slot_peek_binary_changes and
 --     pg_drop_replication_slot for `lakets slot drop`.
---   * Last Value Cache (src/lvc.rs): CREATE TABLE lakets.lvc_<table>; LOCK TABLE <table>
+--   * Last Value Cache (crates/core/src/lvc/): CREATE TABLE lakets.lvc_<table>; LOCK TABLE <table>
 --     IN SHARE MODE for the initial fill; reads the table.
---   * RollUps (src/rollup/): CREATE TABLE <schema>.<rollup> AS ... and CREATE VIEW
+--   * RollUps (crates/core/src/rollup/): CREATE TABLE <schema>.<rollup> AS ... and CREATE VIEW
 --     <schema>.<rollup>_realtime in the SOURCE TABLE'S schema; DELETE/INSERT on them.
---   * Tiering and retention (src/lifecycle/): LOCK TABLE <chunk> IN EXCLUSIVE MODE, then
+--   * Tiering and retention (crates/core/src/lifecycle/): LOCK TABLE <chunk> IN EXCLUSIVE MODE, then
 --     DROP TABLE <chunk>.
 --   * pg_logical_emit_message (heartbeats, the gate's requests and the announcements of
 --     configuration changes) and advisory locks: open to every role unless section 7

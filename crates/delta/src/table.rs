@@ -77,6 +77,13 @@ pub fn parse_location(uri: &str) -> Result<Url> {
             }
         }
         "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
+            if let Some(feature) = missing_store_feature(url.scheme()) {
+                return Err(Error::invalid(format!(
+                    "{uri:?}: this lakets was built without the `{feature}` feature, so it \
+                     cannot reach that store; build it with `--features {feature}` (on by \
+                     default)"
+                )));
+            }
             if url.host_str().is_none_or(str::is_empty) {
                 return Err(Error::invalid(format!(
                     "{uri:?} names no bucket or container"
@@ -91,6 +98,16 @@ pub fn parse_location(uri: &str) -> Result<Url> {
         }
     }
     Ok(url)
+}
+
+/// The cargo feature a store's scheme needs, when this build lacks it.
+fn missing_store_feature(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "s3" | "s3a" if !cfg!(feature = "s3") => Some("s3"),
+        "gs" if !cfg!(feature = "gcs") => Some("gcs"),
+        "az" | "abfs" | "abfss" if !cfg!(feature = "azure") => Some("azure"),
+        _ => None,
+    }
 }
 
 /// A location for display: never carries credentials (they are refused at parse time).

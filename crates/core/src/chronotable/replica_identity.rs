@@ -37,7 +37,7 @@ impl Identity {
         }
     }
 
-    fn sql(self) -> &'static str {
+    pub fn sql(self) -> &'static str {
         match self {
             Identity::Default => "DEFAULT",
             Identity::Full => "FULL",
