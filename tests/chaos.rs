@@ -8,7 +8,8 @@
 //! chunk dropped along the way is in the Delta table it was mirrored to, row for row.
 //!
 //! `LAKETS_CHAOS_SEED` replays a run; `LAKETS_CHAOS_KILLS` (default 4, as in CI) sets how
-//! many kills; the long run is `LAKETS_CHAOS_KILLS=20`.
+//! many kills; the long run is `LAKETS_CHAOS_KILLS=20`. Its own test binary: it crashes
+//! the cluster.
 
 mod common;
 

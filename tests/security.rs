@@ -10,6 +10,8 @@
 //! - The gRPC API: a listener beyond loopback needs a token and TLS (or an explicit
 //!   opt-in), the cache can require a read token, and stalled subscribers of a large cache
 //!   keep the service's memory bounded while the stream goes on.
+//!
+//! Its own test binary, so that no other test moves the process's RSS it measures.
 
 mod common;
 

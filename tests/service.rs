@@ -1,6 +1,7 @@
 //! The service and its surfaces, from outside: `lakets demo --duration` end to end, the
 //! gRPC API (LVC Get/Subscribe, admin calls and the token), a metrics scrape, the config
-//! (errors, reconcile, drift), `lakets status` and `lakets ingest`.
+//! (errors, reconcile, drift), `lakets status` and `lakets ingest`. Its own test binary:
+//! it reads the process's metrics (a restart counted elsewhere would show here).
 
 mod common;
 

@@ -14,6 +14,7 @@ pub mod soak;
 pub mod suite;
 pub mod sustained;
 pub mod write_path;
+mod writers;
 
 pub use catchup::{CatchupOptions, CatchupReport, catchup, catchup_table};
 pub use freshness::{FreshnessOptions, FreshnessReport, freshness, freshness_table};

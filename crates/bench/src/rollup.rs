@@ -18,8 +18,8 @@ use crate::error::{Error, PgResultExt, Result};
 use crate::interval::Interval;
 use crate::wal::lsn::Lsn;
 use crate::wal::{PipelineConfig, SourceSettings};
-use lakets_core::chronotable::tracker::ChunkTracker;
-use lakets_core::lvc::operator::LastValueCache;
+use lakets_core::chronotable::tracker;
+use lakets_core::operators::{Attach, COMPONENTS, Component};
 use lakets_core::rollup::invalidations::Invalidations;
 use lakets_core::rollup::{self, CreateRollup};
 use lakets_testkit::embedded::{EmbeddedOptions, EmbeddedPostgres};
@@ -234,6 +234,19 @@ pub async fn rollup_bench(options: &RollupBenchOptions) -> Result<RollupBenchRep
 
 const APPLY_SETS: [&str; 3] = ["tracker", "tracker+lvc", "tracker+invalidations"];
 
+/// The operators of a set, from the one list ("tracker" is the chunk tracker).
+fn components_of(set: &str) -> Vec<&'static dyn Component> {
+    let names: Vec<&str> = set
+        .split('+')
+        .map(|n| if n == "tracker" { tracker::NAME } else { n })
+        .collect();
+    COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| names.contains(&c.name()))
+        .collect()
+}
+
 /// A backlog in `ticks_1x` drained from one slot per operator set.
 async fn apply_rates(
     url: &str,
@@ -273,15 +286,15 @@ async fn apply_rates(
         config.flush_interval = Duration::from_millis(200);
         config.ack_interval = Duration::from_millis(50);
         config.heartbeat_interval = None;
-        let mut pipeline = lakets_core::operators::pipeline(db.clone(), config)
-            .operator(ChunkTracker::new(crate::db::connect_with(&db).await?, &slot).await?);
-        if set.contains("lvc") {
-            pipeline = pipeline
-                .operator(LastValueCache::new(crate::db::connect_with(&db).await?, &slot).await?);
-        }
-        if set.contains("invalidations") {
-            pipeline = pipeline
-                .operator(Invalidations::new(crate::db::connect_with(&db).await?, &slot).await?);
+        let ctx = Attach {
+            db: &db,
+            slot: &slot,
+            view: None,
+            maintenance: None,
+        };
+        let mut pipeline = lakets_core::operators::pipeline(db.clone(), config);
+        for component in components_of(set) {
+            pipeline = component.attach(pipeline, &ctx).await?;
         }
         let status = pipeline.status();
         let stop = CancellationToken::new();

@@ -112,7 +112,7 @@ async fn run_step(
     }
 
     let wal_start = current_wal(client).await?;
-    let writing = tokio::spawn(paced_insert(
+    let writing = tokio::spawn(super::writers::paced_insert(
         db.clone(),
         options.writers,
         rate,
@@ -154,63 +154,6 @@ async fn run_step(
         lag_growth_seconds: growth,
         bounded: achieved >= 0.95 * rate as f64 && growth < 2.0,
     })
-}
-
-/// `writers` connections share `rate` rows/s in 1,000-row transactions for `seconds`;
-/// returns the rows written and each transaction's latency (ms).
-pub(crate) async fn paced_insert(
-    db: crate::db::DbConfig,
-    writers: usize,
-    rate: u64,
-    seconds: f64,
-) -> Result<(u64, Vec<f64>)> {
-    super::on_writer_thread(None, paced_writers(db, writers, rate, seconds)).await
-}
-
-async fn paced_writers(
-    db: crate::db::DbConfig,
-    writers: usize,
-    rate: u64,
-    seconds: f64,
-) -> Result<(u64, Vec<f64>)> {
-    let writers = writers.max(1);
-    let per_writer = rate as f64 / writers as f64;
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let client = crate::db::connect_with(&db.as_application()).await?;
-        tasks.push(tokio::spawn(async move {
-            let insert = client
-                .prepare(super::write_path::INSERT_1000)
-                .await
-                .pg_context(|| "preparing the insert".into())?;
-            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1000.0 / per_writer));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let (mut rows, mut i) = (0u64, w as i64 * 1_000_000_000);
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                ticker.tick().await;
-                let sent = Instant::now();
-                client
-                    .execute(&insert, &[&i])
-                    .await
-                    .pg_context(|| "inserting ticks".into())?;
-                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-                rows += 1000;
-                i += 1000;
-            }
-            Ok::<_, Error>((rows, latencies))
-        }));
-    }
-    let (mut rows, mut latencies) = (0, Vec::new());
-    for task in tasks {
-        let (r, l) = task
-            .await
-            .map_err(|e| Error::Operator(format!("writer task: {e}")))??;
-        rows += r;
-        latencies.extend(l);
-    }
-    Ok((rows, latencies))
 }
 
 async fn current_wal(client: &tokio_postgres::Client) -> Result<Lsn> {

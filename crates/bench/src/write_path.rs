@@ -139,7 +139,7 @@ pub async fn write_path(options: &WritePathOptions) -> Result<WritePathReport> {
     for scenario in SCENARIOS {
         let rate = options.latency_rate;
         let (rows, ms) = in_scenario(&client, &db, scenario, None, async {
-            super::sustained::paced_insert(db.clone(), 2, rate, options.seconds).await
+            super::writers::paced_insert(db.clone(), 2, rate, options.seconds).await
         })
         .await?;
         latencies.push(WriteLatency {
@@ -389,7 +389,7 @@ pub(crate) async fn insert_for(
             let rows = rows.clone();
             tasks.push(tokio::spawn(async move {
                 let insert = client
-                    .prepare(INSERT_1000)
+                    .prepare(super::writers::INSERT_1000)
                     .await
                     .pg_context(|| "preparing the insert".into())?;
                 let mut i = w as i64 * 1_000_000_000;
@@ -415,13 +415,6 @@ pub(crate) async fn insert_for(
     })
     .await
 }
-
-/// One 1,000-row transaction of ticks at the current time over 10 symbols.
-pub(crate) const INSERT_1000: &str = "INSERT INTO stock_ticks
-     SELECT now(),
-            (ARRAY['AAPL','MSFT','NVDA','AMZN','GOOG','META','TSLA','JPM','V','XOM'])[1 + g % 10],
-            100 + (($1::bigint + g) % 1000) * 0.01, 100 + g % 900
-       FROM generate_series(1, 1000) g";
 
 /// The human-readable report.
 pub fn write_path_table(report: &WritePathReport) -> String {

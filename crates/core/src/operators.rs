@@ -1,4 +1,4 @@
-//! The WAL operators lakets runs, in one list ([`standard_pipeline`]). Each receives whole
+//! The WAL operators lakets runs, in one list ([`COMPONENTS`]). Each receives whole
 //! transactions in commit order (as bounded slices) and makes their effects durable
 //! together with the end LSN of the last one it applied (the contract:
 //! [`lakets_wal::operator`]). Each lives beside its feature:
@@ -7,12 +7,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::chronotable::tracker::ChunkTracker;
-use crate::coldtier::sink::{DeltaSink, MaintenanceSchedule};
+use crate::catalog::registry::FeatureRegistry;
+use crate::coldtier::sink::MaintenanceSchedule;
 use crate::error::{PgResultExt, Result};
-use crate::lvc::operator::LastValueCache;
 use crate::lvc::view::LvcView;
-use crate::rollup::invalidations::Invalidations;
+use crate::wal::pipeline::BoxFuture;
 use crate::wal::{Pipeline, PipelineConfig, PipelineStatus};
 
 /// Prepares an operator's SQL session: a stuck lock fails the flush (and restarts the
@@ -40,9 +39,49 @@ pub fn pipeline(db: crate::db::DbConfig, config: PipelineConfig) -> Pipeline {
         .with_preparation(Arc::new(crate::catalog::replication::StreamPreparation))
 }
 
-/// A pipeline with every operator: the chunk tracker, the Last Value Cache, the rollup
-/// invalidations and the Delta mirror, each on its own connection, reporting into `status`
-/// (kept across restarts) and, when given, publishing the LVC to `view`.
+/// What a component needs to open its operator.
+pub struct Attach<'a> {
+    pub db: &'a crate::db::DbConfig,
+    pub slot: &'a str,
+    /// Where the Last Value Cache publishes (the API's view), when served.
+    pub view: Option<Arc<LvcView>>,
+    /// When the Delta operator maintains its tables, when it does.
+    pub maintenance: Option<MaintenanceSchedule>,
+}
+
+/// One feature's WAL operator, as the pipeline and the stream's bookkeeping see it. Each
+/// is implemented beside its feature and listed once, in [`COMPONENTS`]: adding an
+/// operator is one file and one line there (and its tables in the migrations).
+pub trait Component: Sync {
+    /// The operator's name (its row in `lakets._sink_progress`).
+    fn name(&self) -> &'static str;
+
+    /// Opens the operator on a connection of its own and adds it to `pipeline`.
+    fn attach<'a>(
+        &'a self,
+        pipeline: Pipeline,
+        ctx: &'a Attach<'a>,
+    ) -> BoxFuture<'a, Result<Pipeline>>;
+
+    /// The registry whose rows are state that only an unbroken stream keeps exact: while
+    /// it has any, a lost slot is a gap that needs `lakets resync`. `None`: a gap loses
+    /// nothing of this operator's.
+    fn state_registry(&self) -> Option<FeatureRegistry> {
+        None
+    }
+}
+
+/// Every operator lakets runs, in the order the pipeline feeds them.
+pub static COMPONENTS: &[&dyn Component] = &[
+    &crate::chronotable::tracker::COMPONENT,
+    &crate::lvc::operator::COMPONENT,
+    &crate::rollup::invalidations::COMPONENT,
+    &crate::coldtier::sink::COMPONENT,
+];
+
+/// A pipeline with every operator of [`COMPONENTS`], each on its own connection,
+/// reporting into `status` (kept across restarts) and, when given, publishing the LVC to
+/// `view`.
 pub async fn standard_pipeline(
     db: &crate::db::DbConfig,
     config: PipelineConfig,
@@ -61,21 +100,39 @@ pub async fn pipeline_with_maintenance(
     maintenance: Option<MaintenanceSchedule>,
 ) -> Result<Pipeline> {
     let slot = config.source.slot.clone();
-    let tracker = ChunkTracker::new(crate::db::connect_with(db).await?, slot.clone()).await?;
-    let mut lvc = LastValueCache::new(crate::db::connect_with(db).await?, slot.clone()).await?;
-    if let Some(view) = view {
-        lvc = lvc.with_view(view);
+    let ctx = Attach {
+        db,
+        slot: &slot,
+        view,
+        maintenance,
+    };
+    let mut pipeline = pipeline(db.clone(), config).with_status(status);
+    for component in COMPONENTS {
+        pipeline = component.attach(pipeline, &ctx).await?;
     }
-    let invalidations =
-        Invalidations::new(crate::db::connect_with(db).await?, slot.clone()).await?;
-    let mut delta = DeltaSink::new(crate::db::connect_with(db).await?, slot).await?;
-    if let Some(schedule) = maintenance {
-        delta = delta.with_maintenance(schedule);
+    Ok(pipeline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operator_is_listed_once_under_its_progress_name() {
+        let names: Vec<_> = COMPONENTS.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["chunk_tracker", "lvc", "invalidations", "delta"]);
+        // A gap matters to the features that keep state, not to the chunk tracker.
+        let registries: Vec<_> = COMPONENTS
+            .iter()
+            .filter_map(|c| c.state_registry())
+            .collect();
+        assert_eq!(
+            registries,
+            [
+                FeatureRegistry::Lvc,
+                FeatureRegistry::Rollup,
+                FeatureRegistry::Sync
+            ]
+        );
     }
-    Ok(pipeline(db.clone(), config)
-        .with_status(status)
-        .operator(tracker)
-        .operator(lvc)
-        .operator(invalidations)
-        .operator(delta))
 }

@@ -319,3 +319,23 @@ pub async fn mark_chunk_dropped(
         .pg_context(|| format!("marking chunk {chunk} dropped"))?;
     Ok(())
 }
+
+/// The registries of the features whose state the stream keeps exact (a synced table, a
+/// cache, a rollup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureRegistry {
+    Sync,
+    Lvc,
+    Rollup,
+}
+
+impl FeatureRegistry {
+    /// The registry's table in schema `lakets` (a fixed name, never user input).
+    pub fn table(self) -> &'static str {
+        match self {
+            FeatureRegistry::Sync => "_sync_registry",
+            FeatureRegistry::Lvc => "_lvc_registry",
+            FeatureRegistry::Rollup => "_rollup_registry",
+        }
+    }
+}

@@ -100,13 +100,24 @@ pub async fn detect_gap(client: &impl GenericClient, slot: &str) -> Result<()> {
         }
         Some(_) => Ok(()),
         None => {
+            // The features whose state a gap would leave wrong, from the operator list.
+            let depended = crate::operators::COMPONENTS
+                .iter()
+                .filter_map(|c| c.state_registry())
+                .map(|r| format!("EXISTS (SELECT 1 FROM lakets.{})", r.table()))
+                .collect::<Vec<_>>();
+            let depended = if depended.is_empty() {
+                "false".to_owned()
+            } else {
+                depended.join(" OR ")
+            };
             let row = client
                 .query_one(
-                    "SELECT (SELECT min(durable_lsn)::text FROM lakets._sink_progress
-                              WHERE slot_name = $1),
-                            EXISTS (SELECT 1 FROM lakets._sync_registry)
-                         OR EXISTS (SELECT 1 FROM lakets._lvc_registry)
-                         OR EXISTS (SELECT 1 FROM lakets._rollup_registry)",
+                    &format!(
+                        "SELECT (SELECT min(durable_lsn)::text FROM lakets._sink_progress
+                                  WHERE slot_name = $1),
+                                {depended}"
+                    ),
                     &[&slot],
                 )
                 .await

@@ -233,3 +233,26 @@ impl Operator for ChunkTracker {
         self.pending.len() >= MAX_PENDING_CHUNKS
     }
 }
+
+/// The chunk tracker in the operator list ([`crate::operators::COMPONENTS`]).
+pub struct TrackerComponent;
+
+pub static COMPONENT: TrackerComponent = TrackerComponent;
+
+impl crate::operators::Component for TrackerComponent {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attach<'a>(
+        &'a self,
+        pipeline: crate::wal::Pipeline,
+        ctx: &'a crate::operators::Attach<'a>,
+    ) -> crate::wal::pipeline::BoxFuture<'a, Result<crate::wal::Pipeline>> {
+        Box::pin(async move {
+            let operator =
+                ChunkTracker::new(crate::db::connect_with(ctx.db).await?, ctx.slot).await?;
+            Ok(pipeline.operator(operator))
+        })
+    }
+}

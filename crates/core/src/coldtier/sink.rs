@@ -774,3 +774,33 @@ pub(crate) async fn dropped_ranges(client: &Client, table: &TableName) -> Result
         .pg_context(|| format!("reading the dropped chunks of {table}"))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
+
+/// The Delta mirror in the operator list ([`crate::operators::COMPONENTS`]).
+pub struct SinkComponent;
+
+pub static COMPONENT: SinkComponent = SinkComponent;
+
+impl crate::operators::Component for SinkComponent {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attach<'a>(
+        &'a self,
+        pipeline: crate::wal::Pipeline,
+        ctx: &'a crate::operators::Attach<'a>,
+    ) -> crate::wal::pipeline::BoxFuture<'a, Result<crate::wal::Pipeline>> {
+        Box::pin(async move {
+            let mut operator =
+                DeltaSink::new(crate::db::connect_with(ctx.db).await?, ctx.slot).await?;
+            if let Some(schedule) = &ctx.maintenance {
+                operator = operator.with_maintenance(schedule.clone());
+            }
+            Ok(pipeline.operator(operator))
+        })
+    }
+
+    fn state_registry(&self) -> Option<crate::catalog::registry::FeatureRegistry> {
+        Some(crate::catalog::registry::FeatureRegistry::Sync)
+    }
+}

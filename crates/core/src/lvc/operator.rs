@@ -811,3 +811,33 @@ async fn write_dirty(tx: &tokio_postgres::Transaction<'_>, cache: &Cache) -> Res
     }
     Ok(())
 }
+
+/// The Last Value Cache in the operator list ([`crate::operators::COMPONENTS`]).
+pub struct LvcComponent;
+
+pub static COMPONENT: LvcComponent = LvcComponent;
+
+impl crate::operators::Component for LvcComponent {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attach<'a>(
+        &'a self,
+        pipeline: crate::wal::Pipeline,
+        ctx: &'a crate::operators::Attach<'a>,
+    ) -> crate::wal::pipeline::BoxFuture<'a, Result<crate::wal::Pipeline>> {
+        Box::pin(async move {
+            let mut operator =
+                LastValueCache::new(crate::db::connect_with(ctx.db).await?, ctx.slot).await?;
+            if let Some(view) = &ctx.view {
+                operator = operator.with_view(view.clone());
+            }
+            Ok(pipeline.operator(operator))
+        })
+    }
+
+    fn state_registry(&self) -> Option<crate::catalog::registry::FeatureRegistry> {
+        Some(crate::catalog::registry::FeatureRegistry::Lvc)
+    }
+}

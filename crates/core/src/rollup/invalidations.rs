@@ -454,3 +454,30 @@ impl Operator for Invalidations {
         self.coalescer.pending_buckets() >= MAX_PENDING_BUCKETS
     }
 }
+
+/// The rollup invalidation log in the operator list ([`crate::operators::COMPONENTS`]).
+pub struct InvalidationsComponent;
+
+pub static COMPONENT: InvalidationsComponent = InvalidationsComponent;
+
+impl crate::operators::Component for InvalidationsComponent {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attach<'a>(
+        &'a self,
+        pipeline: crate::wal::Pipeline,
+        ctx: &'a crate::operators::Attach<'a>,
+    ) -> crate::wal::pipeline::BoxFuture<'a, Result<crate::wal::Pipeline>> {
+        Box::pin(async move {
+            let operator =
+                Invalidations::new(crate::db::connect_with(ctx.db).await?, ctx.slot).await?;
+            Ok(pipeline.operator(operator))
+        })
+    }
+
+    fn state_registry(&self) -> Option<crate::catalog::registry::FeatureRegistry> {
+        Some(crate::catalog::registry::FeatureRegistry::Rollup)
+    }
+}

@@ -1,7 +1,7 @@
 //! The Prometheus endpoint against a real pipeline: replication lag and per-operator
 //! durable positions are exported, histograms have buckets, and /healthz answers.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::time::Duration;

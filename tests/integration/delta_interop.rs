@@ -7,7 +7,7 @@
 //! and sets `LAKETS_INTEROP_PYTHON`. Without it the test says so and passes, unless
 //! `LAKETS_REQUIRE_INTEROP=1` (set by CI) makes that a failure.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The WAL pipeline against a real PostgreSQL: the chunk tracker's `last_write_lsn`, the
 //! slot never acknowledged past what every operator stored, and an idle slot moving on.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

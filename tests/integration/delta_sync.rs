@@ -4,7 +4,7 @@
 //! mirror cannot follow. After each step the Delta table, read back through `deltalake`,
 //! equals the PostgreSQL table row for row (as multisets: no loss, no duplicate).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

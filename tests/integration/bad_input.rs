@@ -5,7 +5,7 @@
 //! in tests/embedded.rs; the attacks that come through the database and the stream, such
 //! as shadowing functions, forged and oversized messages, are in tests/security.rs.)
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The `lakets` command line as users script it: commands, output formats, exit codes,
 //! error messages, and the demo's start-up and shutdown.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! rollup equals the same aggregation recomputed from scratch; topological refresh order;
 //! concurrent refreshes; refresh_lag; bad requests.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Setup checks before streaming: missing privileges, a slot of another plugin, and the
 //! refusal to drop a slot that still holds unconsumed changes.
 
-mod common;
+use crate::common;
 
 use common::fresh_db;
 use common::wal::*;

@@ -2,7 +2,7 @@
 //! text and binary mode, updates with and without REPLICA IDENTITY FULL, unchanged TOAST,
 //! TRUNCATE, logical messages, and a schema change mid-stream.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, fresh_db};
 use lakets::wal::source::{SourceSettings, WalSource};

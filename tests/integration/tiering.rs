@@ -5,7 +5,7 @@
 //! data is in Delta. Also: policy validation, the gate on `drop-chunks`, writers of
 //! current chunks while an old one is locked, and one job leader among instances.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! pipeline that stops on this error sometimes hangs while dropping its replication
 //! connection (under investigation, see the issue notes); a service runs one pipeline.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

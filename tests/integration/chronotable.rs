@@ -1,7 +1,7 @@
 //! ChronoTables against a real PostgreSQL: conversion, routing, provisioning, interval
 //! changes, chunk drops, teardown, and every bad input refused with nothing changed.
 
-mod common;
+use crate::common;
 
 use common::{TestDb, fresh_db, fresh_empty_db, ts};
 use lakets::Error;

@@ -2,7 +2,7 @@
 //! and late ticks, corrections (price, time, symbol) and deletes of the latest rows; the
 //! cache then equals the latest row per key recomputed from the table.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
