@@ -13,7 +13,12 @@ pub async fn run(ctx: &Context, cmd: &ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Check { config, json } => {
             let config = ctx.load_config(config.as_deref(), None)?;
             let format = Format::json(*json);
-            format.print(&config)?;
+            // Rendered first: a config that cannot be written out fails the check.
+            let toml = toml::to_string(&config)?;
+            format.print(&Effective {
+                config: &config,
+                toml,
+            })?;
             if !format.is_json() {
                 eprintln!(
                     "config OK: {} table(s), {} rollup(s)",
@@ -32,10 +37,22 @@ pub async fn run(ctx: &Context, cmd: &ConfigCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Render for Config {
-    /// The effective config as TOML (file, environment and flags merged).
+/// The effective config (file, environment and flags merged): as JSON the config itself,
+/// as text its TOML.
+struct Effective<'a> {
+    config: &'a Config,
+    toml: String,
+}
+
+impl serde::Serialize for Effective<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.config.serialize(serializer)
+    }
+}
+
+impl Render for Effective<'_> {
     fn text(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
+        self.toml.clone()
     }
 }
 

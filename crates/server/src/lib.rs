@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod http;
 pub mod report;
 pub mod service;
+pub mod state;
 pub mod status;
 
 // The layers below, under the names this crate's modules use.

@@ -15,7 +15,6 @@ use crate::delta::mirror::MaintenancePolicy;
 use crate::error::{Error, Result};
 use crate::wal::{PipelineConfig, PipelineStatus};
 use lakets_core::coldtier::sink::MaintenanceSchedule;
-use lakets_core::lifecycle::GateSettings;
 use lakets_core::lvc::view::LvcView;
 
 /// How often the catalog metrics (slot, chunks, rollups, Delta files) are read.
@@ -23,18 +22,7 @@ const COLLECT_EVERY: Duration = Duration::from_secs(15);
 
 pub use lakets_core::operators::{pipeline_with_maintenance, standard_pipeline};
 
-/// What the API and the probes read.
-pub struct ServiceState {
-    pub db: crate::db::DbConfig,
-    /// The sessions the admin calls share (bounded).
-    pub admin_pool: crate::db::pool::Pool,
-    pub slot: String,
-    pub status: Arc<Mutex<PipelineStatus>>,
-    pub lvc: Arc<LvcView>,
-    pub gate: GateSettings,
-    /// Cancelled when the service stops (ends subscriptions, so shutdown is not held).
-    pub shutdown: CancellationToken,
-}
+pub use crate::state::ServiceState;
 
 /// A started service.
 pub struct Service {

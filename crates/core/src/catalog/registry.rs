@@ -201,6 +201,8 @@ pub struct Chunk {
     pub created_at: DateTime<Utc>,
     pub tiered_at: Option<DateTime<Utc>>,
     pub dropped_at: Option<DateTime<Utc>>,
+    /// Why the gate last deferred the chunk, until it moves.
+    pub deferred_reason: Option<String>,
 }
 
 impl Chunk {
@@ -218,7 +220,8 @@ impl Chunk {
 }
 
 const CHUNK_COLUMNS: &str = "schema_name, table_name, chunk_name, range_start, range_end, status, \
-     row_count, size_bytes, last_write_lsn::text, created_at, tiered_at, dropped_at";
+     row_count, size_bytes, last_write_lsn::text, created_at, tiered_at, dropped_at, \
+     deferred_reason";
 
 fn chunk_from_row(row: &Row) -> Result<Chunk> {
     Ok(Chunk {
@@ -234,6 +237,7 @@ fn chunk_from_row(row: &Row) -> Result<Chunk> {
         created_at: row.get(9),
         tiered_at: row.get(10),
         dropped_at: row.get(11),
+        deferred_reason: row.get(12),
     })
 }
 
@@ -254,6 +258,32 @@ pub async fn list_chunks(
         )
         .await
         .pg_context(|| format!("listing the chunks of {table}"))?;
+    rows.iter().map(chunk_from_row).collect()
+}
+
+/// The chunks of every ChronoTable (or of `table`), by table and time; dropped ones only
+/// when asked.
+pub async fn list_all_chunks(
+    client: &impl GenericClient,
+    table: Option<&TableName>,
+    include_dropped: bool,
+) -> Result<Vec<Chunk>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {CHUNK_COLUMNS} FROM lakets._chunk_metadata
+                  WHERE ($1::text IS NULL OR (schema_name = $1 AND table_name = $2))
+                    AND ($3 OR status <> 'dropped')
+                  ORDER BY schema_name, table_name, range_start"
+            ),
+            &[
+                &table.map(|t| t.schema.as_str()),
+                &table.map(|t| t.name.as_str()),
+                &include_dropped,
+            ],
+        )
+        .await
+        .pg_context(|| "listing the chunks".into())?;
     rows.iter().map(chunk_from_row).collect()
 }
 
@@ -317,6 +347,127 @@ pub async fn mark_chunk_dropped(
         )
         .await
         .pg_context(|| format!("marking chunk {chunk} dropped"))?;
+    Ok(())
+}
+
+/// A chunk's time range (microseconds since the epoch) and whether it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRange {
+    pub start_micros: i64,
+    pub end_micros: i64,
+    pub dropped: bool,
+}
+
+/// The ranges of every chunk of `table`, dropped ones included, in time order.
+pub async fn chunk_ranges(
+    client: &impl GenericClient,
+    table: &TableName,
+) -> Result<Vec<ChunkRange>> {
+    let rows = client
+        .query(
+            "SELECT (extract(epoch FROM range_start) * 1000000)::bigint,
+                    (extract(epoch FROM range_end) * 1000000)::bigint,
+                    status = 'dropped'
+               FROM lakets._chunk_metadata
+              WHERE schema_name = $1 AND table_name = $2
+              ORDER BY range_start",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .pg_context(|| format!("reading the chunks of {table}"))?;
+    Ok(rows
+        .iter()
+        .map(|r| ChunkRange {
+            start_micros: r.get(0),
+            end_micros: r.get(1),
+            dropped: r.get(2),
+        })
+        .collect())
+}
+
+/// The time ranges (microseconds) of `table`'s dropped chunks.
+pub async fn dropped_ranges(
+    client: &impl GenericClient,
+    table: &TableName,
+) -> Result<Vec<(i64, i64)>> {
+    Ok(chunk_ranges(client, table)
+        .await?
+        .into_iter()
+        .filter(|r| r.dropped)
+        .map(|r| (r.start_micros, r.end_micros))
+        .collect())
+}
+
+/// Raises each chunk's `last_write_lsn` to the given position (never lowers it): the
+/// chunk tracker's stamps, `(schema, chunk, lsn)` in a stable order so that row locks are
+/// taken in the same order by every writer.
+pub async fn stamp_last_writes(
+    client: &impl GenericClient,
+    schemas: &[&str],
+    chunks: &[&str],
+    lsns: &[String],
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._chunk_metadata m
+                SET last_write_lsn = greatest(coalesce(m.last_write_lsn, '0/0'::pg_lsn), u.lsn::pg_lsn)
+               FROM unnest($1::text[], $2::text[], $3::text[]) AS u(schema_name, chunk_name, lsn)
+              WHERE m.schema_name = u.schema_name AND m.chunk_name = u.chunk_name",
+            &[&schemas, &chunks, &lsns],
+        )
+        .await
+        .pg_context(|| "stamping last_write_lsn of chunks".into())?;
+    Ok(())
+}
+
+/// The end LSN of the last transaction that wrote into `chunk`, as the tracker stamped it.
+pub async fn last_write_lsn(
+    client: &impl GenericClient,
+    chunk: &TableName,
+) -> Result<Option<tokio_postgres::types::PgLsn>> {
+    Ok(client
+        .query_one(
+            "SELECT last_write_lsn FROM lakets._chunk_metadata WHERE schema_name = $1 AND chunk_name = $2",
+            &[&chunk.schema, &chunk.name],
+        )
+        .await
+        .pg_context(|| format!("reading the metadata of {chunk}"))?
+        .get(0))
+}
+
+/// Records why the gate deferred `chunk` (shown by status until it moves).
+pub async fn record_deferral(
+    client: &impl GenericClient,
+    chunk: &TableName,
+    reason: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._chunk_metadata SET deferred_reason = $3, deferred_at = now()
+              WHERE schema_name = $1 AND chunk_name = $2",
+            &[&chunk.schema, &chunk.name, &reason],
+        )
+        .await
+        .pg_context(|| format!("recording why {} was deferred", chunk.name))?;
+    Ok(())
+}
+
+/// Marks `chunk` tiered with the row count the gate verified, clearing any deferral.
+pub async fn mark_chunk_tiered(
+    client: &impl GenericClient,
+    chunk: &TableName,
+    rows: i64,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._chunk_metadata
+                SET status = 'tiered', tiered_at = now(), row_count = $3,
+                    deferred_reason = NULL, deferred_at = NULL
+              WHERE schema_name = $1 AND chunk_name = $2",
+            &[&chunk.schema, &chunk.name, &rows],
+        )
+        .await
+        .pg_context(|| format!("marking {} tiered", chunk.name))?;
     Ok(())
 }
 

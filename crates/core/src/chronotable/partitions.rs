@@ -220,22 +220,13 @@ async fn ensure_table_partitions(
             kind: "ChronoTable",
             name: table.to_string(),
         })?;
-    let newest_end: Option<DateTime<Utc>> = tx
-        .query_one(
-            "SELECT max(range_end) FROM lakets._chunk_metadata
-              WHERE schema_name = $1 AND table_name = $2",
-            &[&table.schema, &table.name],
-        )
-        .await
-        .pg_context(|| format!("reading the newest chunk of {table}"))?
-        .get(0);
+    let newest_end = registry::chunk_ranges(&tx, table)
+        .await?
+        .iter()
+        .map(|c| c.end_micros)
+        .max();
     let now = now_or_db(&tx, at).await?;
-    let plan = bounds::plan_window_chunks(
-        newest_end.map(|t| t.timestamp_micros()),
-        now,
-        ct.chunk_interval,
-        ct.premake,
-    );
+    let plan = bounds::plan_window_chunks(newest_end, now, ct.chunk_interval, ct.premake);
     if plan.len() > bounds::MAX_CHUNKS_PER_OPERATION {
         return Err(Error::invalid(format!(
             "provisioning {table} would create {} chunks at once (more than {}); raise the \

@@ -211,15 +211,7 @@ impl Operator for ChunkTracker {
             .await
             .pg_context(|| "starting the chunk tracker's transaction".into())?;
         if !schemas.is_empty() {
-            tx.execute(
-                "UPDATE lakets._chunk_metadata m
-                    SET last_write_lsn = greatest(coalesce(m.last_write_lsn, '0/0'::pg_lsn), u.lsn::pg_lsn)
-                   FROM unnest($1::text[], $2::text[], $3::text[]) AS u(schema_name, chunk_name, lsn)
-                  WHERE m.schema_name = u.schema_name AND m.chunk_name = u.chunk_name",
-                &[&schemas, &names, &lsns],
-            )
-            .await
-            .pg_context(|| "stamping last_write_lsn of chunks".into())?;
+            crate::catalog::registry::stamp_last_writes(&tx, &schemas, &names, &lsns).await?;
         }
         progress::store(&tx, &self.slot, NAME, through).await?;
         tx.commit()

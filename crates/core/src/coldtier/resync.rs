@@ -243,7 +243,7 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
         Lsn::ZERO,
     );
     mirror.add_columns(added).await?;
-    let keep = crate::coldtier::sink::dropped_ranges(client, &config.table).await?;
+    let keep = crate::catalog::registry::dropped_ranges(client, &config.table).await?;
     let kept_ranges = keep.len();
     mirror.truncate(keep).await?;
     let shape = mirror.shape.clone();

@@ -539,7 +539,8 @@ impl DeltaSink {
                         // empties the hot table, so it removes only the rows PostgreSQL
                         // held. (No chunk can be dropped between the TRUNCATE and this
                         // point: the gate waits for this operator to pass the drop first.)
-                        let keep = dropped_ranges(&self.client, &r.table).await?;
+                        let keep = crate::catalog::registry::dropped_ranges(&self.client, &r.table)
+                            .await?;
                         let m = self.mirrors.get_mut(&r.table).expect("checked above");
                         warn!(table = %r.table, location = %m.location(), kept_ranges = keep.len(), "TRUNCATE mirrored: the rows of the hot chunks leave the Delta table (earlier versions keep them until vacuum); the dropped chunks' history stays");
                         m.truncate(keep).await?;
@@ -758,21 +759,6 @@ async fn current_columns(client: &Client, table: &TableName) -> Result<HashSet<S
         .iter()
         .map(|r| r.get(0))
         .collect())
-}
-
-/// The time ranges (microseconds) of a table's dropped chunks.
-pub(crate) async fn dropped_ranges(client: &Client, table: &TableName) -> Result<Vec<(i64, i64)>> {
-    let rows = client
-        .query(
-            "SELECT (extract(epoch FROM range_start) * 1000000)::bigint,
-                    (extract(epoch FROM range_end) * 1000000)::bigint
-               FROM lakets._chunk_metadata
-              WHERE schema_name = $1 AND table_name = $2 AND status = 'dropped'",
-            &[&table.schema, &table.name],
-        )
-        .await
-        .pg_context(|| format!("reading the dropped chunks of {table}"))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// The Delta mirror in the operator list ([`crate::operators::COMPONENTS`]).

@@ -182,14 +182,7 @@ pub async fn check(
     };
 
     // 4. The chunk tracker's stamp.
-    let last_write: Option<PgLsn> = tx
-        .query_one(
-            "SELECT last_write_lsn FROM lakets._chunk_metadata WHERE schema_name = $1 AND chunk_name = $2",
-            &[&chunk.schema_name, &chunk.chunk_name],
-        )
-        .await
-        .pg_context(|| format!("reading the metadata of {target}"))?
-        .get(0);
+    let last_write = crate::catalog::registry::last_write_lsn(tx, &chunk.chunk_table()).await?;
     if let Some(lw) = last_write.map(Lsn::from)
         && lw > durable
     {

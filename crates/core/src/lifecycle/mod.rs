@@ -70,15 +70,7 @@ async fn record_deferral(client: &Client, chunk: &Chunk, reason: &str) -> Result
         .trim()
         .replace(' ', "_");
     metrics::counter!("lakets_chunk_deferrals_total", "reason" => kind).increment(1);
-    client
-        .execute(
-            "UPDATE lakets._chunk_metadata SET deferred_reason = $3, deferred_at = now()
-              WHERE schema_name = $1 AND chunk_name = $2",
-            &[&chunk.schema_name, &chunk.chunk_name, &reason],
-        )
-        .await
-        .pg_context(|| format!("recording why {} was deferred", chunk.chunk_name))?;
-    Ok(())
+    crate::catalog::registry::record_deferral(client, &chunk.chunk_table(), reason).await
 }
 
 /// What a chunk's turn under the table's lifecycle lock found.
@@ -207,15 +199,8 @@ pub async fn tier(
             };
             match gate::check(&tx, &mut announcer, &c, &sync, settings).await? {
                 Gate::Pass { lsn, rows } => {
-                    tx.execute(
-                        "UPDATE lakets._chunk_metadata
-                            SET status = 'tiered', tiered_at = now(), row_count = $3,
-                                deferred_reason = NULL, deferred_at = NULL
-                          WHERE schema_name = $1 AND chunk_name = $2",
-                        &[&c.schema_name, &c.chunk_name, &rows],
-                    )
-                    .await
-                    .pg_context(|| format!("marking {} tiered", c.chunk_name))?;
+                    crate::catalog::registry::mark_chunk_tiered(&tx, &c.chunk_table(), rows)
+                        .await?;
                     tx.commit()
                         .await
                         .pg_context(|| format!("committing the tiering of {}", c.chunk_name))?;

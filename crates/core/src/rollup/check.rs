@@ -33,16 +33,11 @@ pub async fn check_rollup(client: &impl GenericClient, rollup: &Rollup) -> Resul
     let bound = rollup.bucket_type.from_timestamptz("$1::text::timestamptz");
     // Rows of dropped chunks are gone from the source but stay aggregated in the rollup (it
     // outlives the raw data): compare only buckets wholly after the last dropped chunk.
-    let dropped_until: Option<i64> = client
-        .query_one(
-            "SELECT max((extract(epoch FROM range_end) * 1000000)::bigint)
-               FROM lakets._chunk_metadata
-              WHERE schema_name = $1 AND table_name = $2 AND status = 'dropped'",
-            &[&rollup.root.schema, &rollup.root.name],
-        )
-        .await
-        .pg_context(|| format!("reading the dropped chunks of {}", rollup.root))?
-        .get(0);
+    let dropped_until = crate::catalog::registry::dropped_ranges(client, &rollup.root)
+        .await?
+        .into_iter()
+        .map(|(_, end)| end)
+        .max();
     let retained_from = dropped_until
         .map(|t| format_micros(super::ceil(t, rollup.width_micros)))
         .unwrap_or_else(|| "-infinity".into());

@@ -355,24 +355,14 @@ impl Coalescer {
 /// dropped, the ranges of the chunks still in PostgreSQL. The candles of dropped chunks
 /// stay, as the cold tier keeps their rows.
 pub(crate) async fn hot_ranges(client: &Client, table: &TableName) -> Result<Vec<(i64, i64)>> {
-    let rows = client
-        .query(
-            "SELECT (extract(epoch FROM range_start) * 1000000)::bigint,
-                    (extract(epoch FROM range_end) * 1000000)::bigint,
-                    status = 'dropped'
-               FROM lakets._chunk_metadata
-              WHERE schema_name = $1 AND table_name = $2",
-            &[&table.schema, &table.name],
-        )
-        .await
-        .pg_context(|| format!("reading the chunks of {table}"))?;
-    if !rows.iter().any(|r| r.get::<_, bool>(2)) {
+    let chunks = crate::catalog::registry::chunk_ranges(client, table).await?;
+    if !chunks.iter().any(|c| c.dropped) {
         return Ok(vec![(i64::MIN, i64::MAX)]);
     }
-    Ok(rows
+    Ok(chunks
         .iter()
-        .filter(|r| !r.get::<_, bool>(2))
-        .map(|r| (r.get(0), r.get(1)))
+        .filter(|c| !c.dropped)
+        .map(|c| (c.start_micros, c.end_micros))
         .collect())
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{proto, status_of};
-use crate::service::ServiceState;
+use crate::state::ServiceState;
 
 pub struct AdminApi {
     state: Arc<ServiceState>,
@@ -81,36 +81,25 @@ impl proto::admin_server::Admin for AdminApi {
             ),
             None => None,
         };
-        let rows = client
-            .query(
-                "SELECT schema_name || '.' || table_name, chunk_name,
-                        range_start::text, range_end::text, status,
-                        coalesce(row_count, 0), coalesce(size_bytes, 0),
-                        coalesce(deferred_reason, '')
-                   FROM lakets._chunk_metadata
-                  WHERE ($1::text IS NULL OR (schema_name = $1 AND table_name = $2))
-                    AND ($3 OR status <> 'dropped')
-                  ORDER BY schema_name, table_name, range_start",
-                &[
-                    &table.as_ref().map(|t| t.schema.clone()),
-                    &table.as_ref().map(|t| t.name.clone()),
-                    &r.include_dropped,
-                ],
-            )
-            .await
-            .map_err(|e| Status::internal(format!("reading chunks: {e}")))?;
+        let chunks = lakets_core::catalog::registry::list_all_chunks(
+            &*client,
+            table.as_ref(),
+            r.include_dropped,
+        )
+        .await
+        .map_err(status_of)?;
         Ok(Response::new(proto::ChunksResponse {
-            chunks: rows
-                .iter()
-                .map(|r| proto::Chunk {
-                    table: r.get(0),
-                    chunk: r.get(1),
-                    range_start: r.get(2),
-                    range_end: r.get(3),
-                    status: r.get(4),
-                    row_count: r.get(5),
-                    size_bytes: r.get(6),
-                    deferred_reason: r.get(7),
+            chunks: chunks
+                .into_iter()
+                .map(|c| proto::Chunk {
+                    table: format!("{}.{}", c.schema_name, c.table_name),
+                    range_start: pg_utc_text(c.range_start),
+                    range_end: pg_utc_text(c.range_end),
+                    status: c.status.as_str().to_owned(),
+                    row_count: c.row_count.unwrap_or(0),
+                    size_bytes: c.size_bytes.unwrap_or(0),
+                    deferred_reason: c.deferred_reason.unwrap_or_default(),
+                    chunk: c.chunk_name,
                 })
                 .collect(),
         }))
@@ -245,5 +234,30 @@ impl proto::admin_server::Admin for AdminApi {
             achieved_rate: 0.0,
             total_rows: 0,
         }))
+    }
+}
+
+/// A timestamp as PostgreSQL writes a timestamptz in UTC (`2026-12-02 10:00:00+00`, with a
+/// fraction only when there is one): the form the API has always sent.
+fn pg_utc_text(t: chrono::DateTime<chrono::Utc>) -> String {
+    let base = t.format("%Y-%m-%d %H:%M:%S");
+    match t.timestamp_subsec_micros() {
+        0 => format!("{base}+00"),
+        micros => format!("{base}.{}+00", format!("{micros:06}").trim_end_matches('0')),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    #[test]
+    fn timestamps_read_as_postgresql_writes_them_in_utc() {
+        let t = chrono::Utc.with_ymd_and_hms(2026, 12, 2, 10, 0, 0).unwrap();
+        assert_eq!(super::pg_utc_text(t), "2026-12-02 10:00:00+00");
+        let t = t + chrono::Duration::microseconds(500_000);
+        assert_eq!(super::pg_utc_text(t), "2026-12-02 10:00:00.5+00");
+        let t = t + chrono::Duration::microseconds(1);
+        assert_eq!(super::pg_utc_text(t), "2026-12-02 10:00:00.500001+00");
     }
 }

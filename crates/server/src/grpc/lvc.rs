@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::proto;
 use crate::ident::{QualifiedName, TableName};
-use crate::service::ServiceState;
+use crate::state::ServiceState;
 use lakets_core::lvc::view::{LastValue, LvcView};
 
 /// Rows per page of a snapshot (a subscription's first rows, a BatchGet of every key).

@@ -17,7 +17,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::info;
 
 use crate::error::{Error, Result};
-use crate::service::ServiceState;
+use crate::state::ServiceState;
 
 pub use admin::AdminApi;
 pub use lvc::LvcApi;
