@@ -1,11 +1,10 @@
-//! One module per command; [`dispatch`] routes the parsed arguments to it.
+//! One module per command; [`dispatch`] routes the parsed arguments to it. The demo is
+//! all in [`lakets::demo`].
 
 #[cfg(feature = "devtools")]
 mod bench;
 mod chronotable;
 mod config;
-#[cfg(feature = "devtools")]
-mod demo;
 #[cfg(feature = "devtools")]
 mod ingest;
 mod init;
@@ -102,7 +101,8 @@ pub async fn dispatch(command: &Command, ctx: &Context, shutdown: Shutdown) -> a
                 symbols: (*symbols).clamp(1, 10_000),
                 rate: *rate,
             };
-            demo::run(options, shutdown).await
+            lakets::demo::run(options, shutdown).await?;
+            Ok(())
         }
     }
 }

@@ -4,6 +4,12 @@ use std::fmt::Write as _;
 
 use lakets_core::catalog::registry::Chunk;
 
+/// A chunk bound as PostgreSQL writes a timestamptz in UTC (`2026-12-02 10:00:00+00`).
+/// Bounds are whole seconds: chunk intervals are, and they are aligned to the epoch.
+pub fn chunk_bound(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S+00").to_string()
+}
+
 /// An aligned text table of chunks: name, range, status, rows, size, last write LSN.
 pub fn chunks_table(chunks: &[Chunk]) -> String {
     let header = [
@@ -20,8 +26,8 @@ pub fn chunks_table(chunks: &[Chunk]) -> String {
         .map(|c| {
             [
                 c.chunk_name.clone(),
-                c.range_start.format("%Y-%m-%d %H:%M:%S+00").to_string(),
-                c.range_end.format("%Y-%m-%d %H:%M:%S+00").to_string(),
+                chunk_bound(c.range_start),
+                chunk_bound(c.range_end),
                 c.status.as_str().to_owned(),
                 c.row_count
                     .map(|n| n.to_string())

@@ -93,8 +93,8 @@ impl proto::admin_server::Admin for AdminApi {
                 .into_iter()
                 .map(|c| proto::Chunk {
                     table: format!("{}.{}", c.schema_name, c.table_name),
-                    range_start: pg_utc_text(c.range_start),
-                    range_end: pg_utc_text(c.range_end),
+                    range_start: crate::report::chunk_bound(c.range_start),
+                    range_end: crate::report::chunk_bound(c.range_end),
                     status: c.status.as_str().to_owned(),
                     row_count: c.row_count.unwrap_or(0),
                     size_bytes: c.size_bytes.unwrap_or(0),
@@ -234,30 +234,5 @@ impl proto::admin_server::Admin for AdminApi {
             achieved_rate: 0.0,
             total_rows: 0,
         }))
-    }
-}
-
-/// A timestamp as PostgreSQL writes a timestamptz in UTC (`2026-12-02 10:00:00+00`, with a
-/// fraction only when there is one): the form the API has always sent.
-fn pg_utc_text(t: chrono::DateTime<chrono::Utc>) -> String {
-    let base = t.format("%Y-%m-%d %H:%M:%S");
-    match t.timestamp_subsec_micros() {
-        0 => format!("{base}+00"),
-        micros => format!("{base}.{}+00", format!("{micros:06}").trim_end_matches('0')),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::TimeZone;
-
-    #[test]
-    fn timestamps_read_as_postgresql_writes_them_in_utc() {
-        let t = chrono::Utc.with_ymd_and_hms(2026, 12, 2, 10, 0, 0).unwrap();
-        assert_eq!(super::pg_utc_text(t), "2026-12-02 10:00:00+00");
-        let t = t + chrono::Duration::microseconds(500_000);
-        assert_eq!(super::pg_utc_text(t), "2026-12-02 10:00:00.5+00");
-        let t = t + chrono::Duration::microseconds(1);
-        assert_eq!(super::pg_utc_text(t), "2026-12-02 10:00:00.500001+00");
     }
 }
