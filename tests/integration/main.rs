@@ -12,6 +12,7 @@ mod bad_input;
 mod bench;
 mod chronotable;
 mod cli;
+mod dashboard;
 mod delta_interop;
 mod delta_sync;
 mod embedded;

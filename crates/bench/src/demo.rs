@@ -122,6 +122,9 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()>) -> Re
          (also ohlcv_1hour, ohlcv_1day; `lakets rollup show`)"
     );
     if let Some(addr) = service.http_addr {
+        println!(
+            "Dashboard:      http://{addr}/ (live panels; the ingest's controls; JSON at /api/status)"
+        );
         println!("Metrics:        http://{addr}/metrics (lakets_replication_lag_seconds, ...)");
     }
     if let Some(addr) = service.grpc_addr {

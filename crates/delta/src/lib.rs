@@ -10,6 +10,10 @@ pub mod read;
 pub mod schema;
 pub mod table;
 
+/// The types of the crates below that this layer's API hands out.
+pub use deltalake::DeltaTable;
+pub use url::Url;
+
 // The layers below, under the names this crate's modules use.
 use lakets_postgres::error;
 use lakets_wal as wal;

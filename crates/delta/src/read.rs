@@ -20,6 +20,31 @@ pub async fn active_files(delta: &DeltaTable) -> Result<Vec<deltalake::kernel::L
         .delta_context(|| format!("listing the files of {location}"))
 }
 
+/// What a table's current version holds, from its log alone (no data file is read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableSummary {
+    pub version: i64,
+    pub files: u64,
+    pub bytes: u64,
+    /// Rows by the files' statistics; `None` when a file was written without them.
+    pub rows: Option<u64>,
+}
+
+/// The version, files, bytes and rows of the table as loaded.
+pub async fn summary(delta: &DeltaTable) -> Result<TableSummary> {
+    let files = active_files(delta).await?;
+    let rows = files
+        .iter()
+        .map(|f| f.num_records().map(|n| n as u64))
+        .sum::<Option<u64>>();
+    Ok(TableSummary {
+        version: delta.version().map_or(-1, |v| v as i64),
+        files: files.len() as u64,
+        bytes: files.iter().map(|f| f.size().max(0) as u64).sum(),
+        rows,
+    })
+}
+
 /// The rows of a record batch read from a file of the table, as cells in the shape's
 /// column order (columns the file predates read NULL).
 pub fn batch_rows(batch: &RecordBatch, shape: &TableShape) -> Result<Vec<CellRow>> {

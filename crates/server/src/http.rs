@@ -1,6 +1,7 @@
 //! The service's HTTP endpoint: Prometheus metrics (`GET /metrics`), a liveness probe
 //! (`GET /healthz`: the process answers) and a readiness probe (`GET /readyz`: streaming,
-//! and not lagging beyond the configured bound; 503 with the reason otherwise).
+//! and not lagging beyond the configured bound; 503 with the reason otherwise), and, in the
+//! service, the dashboard (`crate::dashboard`).
 //!
 //! Metrics go through the `metrics` facade everywhere in lakets; this installs the
 //! Prometheus recorder once per process and renders it. Histograms get explicit buckets
@@ -69,8 +70,19 @@ pub async fn serve_with_readiness(
     shutdown: CancellationToken,
     ready: Readiness,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
+    serve_with_routes(addr, shutdown, ready, Router::new()).await
+}
+
+/// As [`serve_with_readiness`], with more routes beside the metrics and probes (the
+/// service's dashboard).
+pub async fn serve_with_routes(
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    ready: Readiness,
+    routes: Router,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<Result<()>>)> {
     let handle = prometheus()?;
-    let app = Router::new()
+    let app = routes
         .route(
             "/metrics",
             get(move || {

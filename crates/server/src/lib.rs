@@ -4,9 +4,11 @@
 //! probes) and the status report.
 
 pub mod config;
+pub mod dashboard;
 pub mod grpc;
 pub mod http;
 pub mod report;
+pub mod series;
 pub mod service;
 pub mod state;
 pub mod status;

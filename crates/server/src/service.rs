@@ -102,7 +102,24 @@ pub async fn start(
                 st.slot, st.lag_seconds
             ))
         });
-        let (bound, task) = crate::http::serve_with_readiness(addr, cancel.clone(), ready).await?;
+        let dashboard = crate::dashboard::Dashboard::new(
+            state.clone(),
+            crate::dashboard::Access {
+                admin_token: config.admin_token()?,
+                read_token: config.read_token()?,
+                beyond_loopback: !addr.ip().is_loopback(),
+            },
+        );
+        let (bound, task) = crate::http::serve_with_routes(
+            addr,
+            cancel.clone(),
+            ready,
+            crate::dashboard::router(dashboard),
+        )
+        .await?;
+        info!(url = %format!("http://{bound}/"), "serving the dashboard");
+        // The recorder is installed now: the series exist from the first scrape.
+        crate::series::export_from_start();
         others.push(("http", task));
         Some(bound)
     };
@@ -354,6 +371,15 @@ async fn collect_once(state: &ServiceState, warn_bytes: u64, with_delta: bool) -
             "the slot retains more WAL than the warning threshold; is an operator stuck?"
         );
     }
+    crate::series::export_for(
+        &s.tables.iter().map(|t| t.table.clone()).collect::<Vec<_>>(),
+        &s.tables
+            .iter()
+            .filter(|t| t.synced)
+            .map(|t| t.table.clone())
+            .collect::<Vec<_>>(),
+        &s.rollups.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+    );
     for t in &s.tables {
         for status in ["active", "tiered", "dropped"] {
             metrics::gauge!("lakets_chunks", "table" => t.table.clone(), "status" => status)

@@ -9,6 +9,9 @@ use crate::error::{Error, PgResultExt, Result};
 
 const PROFILE_NAME: &str = "default";
 
+/// The most rows per second a profile may ask of one ingest connection.
+pub const MAX_RATE: u64 = 10_000_000;
+
 /// What a running ingest writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct IngestProfile {
@@ -16,6 +19,18 @@ pub struct IngestProfile {
     /// Rows per second.
     pub rate: u64,
     pub burst: bool,
+}
+
+/// `lakets ingest`'s defaults: what a change names no value for starts from, when no
+/// profile is stored yet.
+impl Default for IngestProfile {
+    fn default() -> Self {
+        IngestProfile {
+            symbols: 10,
+            rate: 1000,
+            burst: false,
+        }
+    }
 }
 
 impl IngestProfile {
@@ -26,9 +41,9 @@ impl IngestProfile {
                 self.symbols
             )));
         }
-        if self.rate > 10_000_000 {
+        if self.rate > MAX_RATE {
             return Err(Error::invalid(format!(
-                "rate {} rows/s is beyond what one ingest connection can write; use at most 10000000",
+                "rate {} rows/s is beyond what one ingest connection can write; use at most {MAX_RATE}",
                 self.rate
             )));
         }

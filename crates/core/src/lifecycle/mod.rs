@@ -60,16 +60,41 @@ fn after_deferral(settings: GateSettings, reason: &str) -> GateSettings {
     }
 }
 
+/// The label values of `lakets_chunk_deferrals_total{reason}`: a bounded set, so that a
+/// reason's details (a slot or a table name) never become a series of their own.
+pub const DEFERRAL_KINDS: &[&str] = &[
+    "lagging",
+    "count_mismatch",
+    "sink_failing",
+    "not_tiered_yet",
+    "lock_timeout",
+    "stream_gap",
+    "detached",
+    "missing",
+    "other",
+];
+
+/// The kind of a deferral's reason, one of [`DEFERRAL_KINDS`].
+pub fn deferral_kind(reason: &str) -> &'static str {
+    let head = reason.split(':').next().unwrap_or("").trim();
+    match head {
+        "lagging" => "lagging",
+        "count mismatch" => "count_mismatch",
+        "sink failing" => "sink_failing",
+        "not tiered yet" => "not_tiered_yet",
+        "lock timeout" => "lock_timeout",
+        _ if reason.contains("WAL stream has a gap") => "stream_gap",
+        _ if reason.contains("no longer a partition") => "detached",
+        _ if reason.contains("is missing") => "missing",
+        _ => "other",
+    }
+}
+
 async fn record_deferral(client: &Client, chunk: &Chunk, reason: &str) -> Result<()> {
     warn!(chunk = %chunk.chunk_name, reason, "chunk deferred");
-    // The reason's kind ("lagging", "count mismatch", ...) is the label; details go to the log.
-    let kind = reason
-        .split(':')
-        .next()
-        .unwrap_or("other")
-        .trim()
-        .replace(' ', "_");
-    metrics::counter!("lakets_chunk_deferrals_total", "reason" => kind).increment(1);
+    // The reason's kind is the label; details go to the log and the catalog.
+    metrics::counter!("lakets_chunk_deferrals_total", "reason" => deferral_kind(reason))
+        .increment(1);
     crate::catalog::registry::record_deferral(client, &chunk.chunk_table(), reason).await
 }
 
@@ -417,4 +442,48 @@ pub async fn drop_chunks_gated(
         info!(table = %table, dropped = report.moved.len(), "dropped chunks");
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod deferral_tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_the_gate_gives_has_a_bounded_kind() {
+        for (reason, kind) in [
+            (
+                "lagging: the chunk's last write at 0/1 is past what the Delta table holds (0/0)",
+                "lagging",
+            ),
+            (
+                "count mismatch: the chunk holds 3 rows, the Delta table 2",
+                "count_mismatch",
+            ),
+            ("sink failing: no Delta table at /x", "sink_failing"),
+            (
+                "not tiered yet: a synced table's chunk is dropped only after tiering",
+                "not_tiered_yet",
+            ),
+            (
+                "lock timeout: readers or writers held the chunk",
+                "lock_timeout",
+            ),
+            (
+                "the WAL stream has a gap (slot s was invalidated); run `lakets resync`",
+                "stream_gap",
+            ),
+            (
+                "the chunk is no longer a partition of public.t (detached outside lakets)",
+                "detached",
+            ),
+            (
+                "the chunk's table is missing (dropped outside lakets)",
+                "missing",
+            ),
+            ("something new", "other"),
+        ] {
+            assert_eq!(deferral_kind(reason), kind, "{reason}");
+            assert!(DEFERRAL_KINDS.contains(&kind));
+        }
+    }
 }
