@@ -25,6 +25,7 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use crate::catalog::replication::{self, GAP_RESYNCING, StreamGap};
+use crate::catalog::sync_registry;
 use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SyncConfig, SyncState};
 use crate::db::DbConfig;
 use crate::delta::mirror::{TableMirror, shape_of};
@@ -139,10 +140,7 @@ pub async fn resync(db: &DbConfig, force: bool) -> Result<ResyncReport> {
     }
 
     // Every table, cache and rollup was rebuilt, whichever slot's gap it was.
-    client
-        .execute("DELETE FROM lakets._stream_gaps", &[])
-        .await
-        .pg_context(|| "clearing the stream gaps".into())?;
+    replication::clear_gaps(&client).await?;
     info!(
         tables = report.tables.len(),
         caches = report.caches.len(),
@@ -154,15 +152,10 @@ pub async fn resync(db: &DbConfig, force: bool) -> Result<ResyncReport> {
 
 /// The registered consumer slots and their publications (the default one when none is).
 async fn consumer_slots(client: &Client) -> Result<Vec<(String, String)>> {
-    let mut slots: Vec<(String, String)> = client
-        .query(
-            "SELECT slot_name, publication FROM lakets._replication ORDER BY 1",
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the registered slots".into())?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
+    let mut slots: Vec<(String, String)> = replication::list_consumers(client)
+        .await?
+        .into_iter()
+        .map(|c| (c.slot_name, c.publication))
         .collect();
     if slots.is_empty() {
         let database: String = client
@@ -262,7 +255,7 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
     )
     .await?;
     mirror.flush(start_lsn).await?;
-    sync::record_copied(client, &config.table, rows).await?;
+    sync_registry::record_rows_copied(client, &config.table, rows as i64).await?;
     info!(table = %config.table, rows, start_lsn = %start_lsn, kept_ranges, "hot rows re-copied into Delta");
     Ok(TableResync {
         table: config.table.to_string(),
@@ -279,14 +272,5 @@ async fn invalidate_hot_range(client: &Client, rollup: &str, table: &TableName) 
         .iter()
         .map(|&(lo, hi)| (bound_text(lo), bound_text(hi)))
         .unzip();
-    client
-        .execute(
-            "INSERT INTO lakets._rollup_invalidation_log (rollup_name, lo, hi, group_key)
-             SELECT $1, u.lo::timestamptz, u.hi::timestamptz, NULL
-               FROM unnest($2::text[], $3::text[]) AS u(lo, hi)",
-            &[&rollup, &los, &his],
-        )
-        .await
-        .pg_context(|| format!("invalidating rollup {rollup} over the hot chunks"))?;
-    Ok(())
+    crate::catalog::rollup_registry::invalidate_hot_ranges(client, rollup, &los, &his).await
 }

@@ -680,16 +680,7 @@ impl Operator for LastValueCache {
             }
             // `lvc disable` (which drops the cache table) waits for this transaction; a
             // cache it already dropped is gone at its announcement, a little further on.
-            let registered = tx
-                .query_opt(
-                    "SELECT 1 FROM lakets._lvc_registry
-                      WHERE schema_name = $1 AND table_name = $2 FOR KEY SHARE",
-                    &[&cache.config.table.schema, &cache.config.table.name],
-                )
-                .await
-                .pg_context(|| "reading the LVC registry".into())?
-                .is_some();
-            if registered {
+            if crate::catalog::lvc_registry::hold_registration(&tx, &cache.config.table).await? {
                 write_dirty(&tx, cache).await?;
             }
         }

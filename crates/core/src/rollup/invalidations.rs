@@ -420,15 +420,10 @@ impl Operator for Invalidations {
             .pg_context(|| "starting the invalidation transaction".into())?;
         if !rollups.is_empty() {
             // Rollups dropped since we loaded the registry are skipped.
-            tx.execute(
-                "INSERT INTO lakets._rollup_invalidation_log (rollup_name, lo, hi, group_key)
-                 SELECT u.r, u.lo::timestamptz, u.hi::timestamptz, u.k::jsonb
-                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(r, lo, hi, k)
-                  WHERE EXISTS (SELECT 1 FROM lakets._rollup_registry g WHERE g.rollup_name = u.r)",
-                &[&rollups, &los, &his, &keys],
+            crate::catalog::rollup_registry::invalidate_registered(
+                &tx, &rollups, &los, &his, &keys,
             )
-            .await
-            .pg_context(|| "writing rollup invalidations".into())?;
+            .await?;
         }
         progress::store(&tx, &self.slot, NAME, through).await?;
         tx.commit()
