@@ -774,4 +774,13 @@ impl crate::operators::Component for SinkComponent {
     fn state_registry(&self) -> Option<crate::catalog::registry::FeatureRegistry> {
         Some(crate::catalog::registry::FeatureRegistry::Sync)
     }
+
+    fn resync<'a>(
+        &'a self,
+        db: &'a crate::db::DbConfig,
+        client: &'a mut Client,
+        report: &'a mut crate::coldtier::resync::ResyncReport,
+    ) -> crate::operators::LocalBoxFuture<'a, Result<()>> {
+        Box::pin(crate::coldtier::resync::resync_tables(db, client, report))
+    }
 }

@@ -831,4 +831,24 @@ impl crate::operators::Component for LvcComponent {
     fn state_registry(&self) -> Option<crate::catalog::registry::FeatureRegistry> {
         Some(crate::catalog::registry::FeatureRegistry::Lvc)
     }
+
+    /// Refills every cache from its table.
+    fn resync<'a>(
+        &'a self,
+        _db: &'a crate::db::DbConfig,
+        client: &'a mut Client,
+        report: &'a mut crate::coldtier::resync::ResyncReport,
+    ) -> crate::operators::LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for config in lvc::list_lvc(&*client).await? {
+                let (keys, start_lsn) = lvc::refill(client, &config).await?;
+                report.caches.push(crate::coldtier::resync::CacheResync {
+                    table: config.table.to_string(),
+                    keys,
+                    start_lsn,
+                });
+            }
+            Ok(())
+        })
+    }
 }
