@@ -27,15 +27,7 @@ pub struct GateReport {
 
 pub async fn gate(inserts: usize) -> Result<GateReport> {
     let (pg, url, client) = super::stock_ticks_database(Some(5)).await?;
-    let old: Option<String> = client
-        .query_opt(
-            "SELECT chunk_name FROM lakets._chunk_metadata
-              WHERE range_end <= now() - interval '1 hour' ORDER BY range_start LIMIT 1",
-            &[],
-        )
-        .await
-        .pg_context(|| "finding an old chunk".into())?
-        .map(|r| r.get(0));
+    let old = lakets_core::catalog::registry::chunk_ended_an_hour_ago(&client).await?;
     let _lake = super::sync_stock_ticks(&crate::db::parse_config(&url)?).await?;
     lifecycle::policy::set_policy(
         &client,

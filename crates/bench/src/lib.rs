@@ -191,14 +191,7 @@ pub(crate) async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> Re
             Ok(_) => {
                 // A throwaway slot: its operators' progress goes with it (a slot that
                 // vanished with progress stored would read as a gap in the stream).
-                client
-                    .execute(
-                        "DELETE FROM lakets._sink_progress WHERE slot_name = $1",
-                        &[&slot],
-                    )
-                    .await
-                    .pg_context(|| format!("forgetting the progress of slot {slot}"))?;
-                return Ok(());
+                return lakets_core::catalog::progress::forget_slot(client, slot).await;
             }
             Err(e)
                 if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)

@@ -111,23 +111,15 @@ pub async fn soak(options: &SoakOptions) -> Result<SoakReport> {
     while !ingest.is_finished() {
         ticker.tick().await;
         let st = state.status.lock().unwrap().clone();
-        let row = client
-            .query_one(
-                "SELECT count(*) FILTER (WHERE status = 'tiered'),
-                        count(*) FILTER (WHERE status = 'dropped')
-                   FROM lakets._chunk_metadata",
-                &[],
-            )
-            .await
-            .pg_context(|| "counting chunks".into())?;
+        let chunks = lakets_core::catalog::registry::count_chunks(&client).await?;
         let sample = SoakSample {
             elapsed_s: started.elapsed().as_secs_f64(),
             changes: st.changes,
             lag_bytes: st.lag_bytes,
             lag_seconds: st.lag_seconds,
             rss_mib: super::memory::rss_kib("VmRSS")? as f64 / 1024.0,
-            chunks_tiered: row.get(0),
-            chunks_dropped: row.get(1),
+            chunks_tiered: chunks.tiered,
+            chunks_dropped: chunks.dropped,
         };
         tracing::info!(
             elapsed_s = sample.elapsed_s as u64,

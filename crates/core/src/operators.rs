@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::catalog::registry::FeatureRegistry;
+use crate::coldtier::resync::ResyncReport;
 use crate::coldtier::sink::MaintenanceSchedule;
 use crate::error::{PgResultExt, Result};
 use crate::lvc::view::LvcView;
@@ -49,6 +50,11 @@ pub struct Attach<'a> {
     pub maintenance: Option<MaintenanceSchedule>,
 }
 
+/// A boxed future that need not be `Send`: [`Component::resync`] runs on the task of
+/// `lakets resync` itself, and the Delta mirror's part awaits a snapshot reader whose
+/// future the compiler cannot prove `Send` (an async closure over a borrowed mirror).
+pub type LocalBoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
 /// One feature's WAL operator, as the pipeline and the stream's bookkeeping see it. Each
 /// is implemented beside its feature and listed once, in [`COMPONENTS`]: adding an
 /// operator is one file and one line there (and its tables in the migrations).
@@ -68,6 +74,20 @@ pub trait Component: Sync {
     /// nothing of this operator's.
     fn state_registry(&self) -> Option<FeatureRegistry> {
         None
+    }
+
+    /// Rebuilds, after a gap in the stream, the state [`Self::state_registry`] names from
+    /// the tables as they are now, and adds what it did to `report` (`lakets resync`,
+    /// with the service stopped and the new slot created: see
+    /// [`crate::coldtier::resync`]). A component without such state does nothing.
+    fn resync<'a>(
+        &'a self,
+        db: &'a crate::db::DbConfig,
+        client: &'a mut tokio_postgres::Client,
+        report: &'a mut ResyncReport,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        let _ = (db, client, report);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

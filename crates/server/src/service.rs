@@ -308,22 +308,7 @@ async fn record_stop(db: &crate::db::DbConfig, slot: &str, e: Option<&Error>) ->
         ),
         None => (None, None),
     };
-    client
-        .execute(
-            "UPDATE lakets._replication
-                SET stopped_reason = $2, stopped_kind = $3,
-                    stopped_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END
-              WHERE slot_name = $1",
-            &[&slot, &reason, &kind],
-        )
-        .await
-        .map_err(|source| Error::Postgres {
-            context: "recording why the stream stopped".into(),
-            message: crate::error::describe_pg_error(&source),
-            code: source.code().map(|c| c.code().to_owned()),
-            source,
-        })?;
-    Ok(())
+    lakets_core::catalog::replication::record_stop(&client, slot, reason.as_deref(), kind).await
 }
 
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr> {

@@ -8,6 +8,8 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::PgLsn;
 
+use lakets_core::catalog::{job_runs, progress, registry, replication};
+
 use crate::error::{PgResultExt, Result};
 use crate::wal::PipelineStatus;
 use crate::wal::lsn::Lsn;
@@ -102,23 +104,14 @@ pub async fn collect(
         .get(0);
     let wal_lsn = Lsn::from(wal_lsn);
     let state = crate::wal::slot::slot_state(client, slot).await?;
-    let operators: Vec<OperatorStatus> = client
-        .query(
-            "SELECT operator, durable_lsn, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-               FROM lakets._sink_progress WHERE slot_name = $1 ORDER BY operator",
-            &[&slot],
-        )
-        .await
-        .pg_context(|| "reading operator progress".into())?
-        .iter()
-        .map(|r| {
-            let durable = Lsn::from(r.get::<_, PgLsn>(1));
-            OperatorStatus {
-                operator: r.get(0),
-                durable_lsn: durable,
-                lag_bytes: wal_lsn.0.saturating_sub(durable.0),
-                stored_at: r.get(2),
-            }
+    let operators: Vec<OperatorStatus> = progress::list_for_slot(client, slot)
+        .await?
+        .into_iter()
+        .map(|p| OperatorStatus {
+            operator: p.operator,
+            durable_lsn: p.durable_lsn,
+            lag_bytes: wal_lsn.0.saturating_sub(p.durable_lsn.0),
+            stored_at: p.updated_at,
         })
         .collect();
     // A running pipeline knows every operator's durable position, including the ones
@@ -146,37 +139,17 @@ pub async fn collect(
         .or(state.as_ref().and_then(|s| s.confirmed_flush_lsn));
     let lag_bytes = slowest.map_or(0, |l| wal_lsn.0.saturating_sub(l.0));
 
-    let tables = client
-        .query(
-            "SELECT r.schema_name || '.' || r.table_name, r.chunk_interval::text,
-                    coalesce((SELECT jsonb_object_agg(status, n) FROM
-                        (SELECT status, count(*) n FROM lakets._chunk_metadata m
-                          WHERE m.schema_name = r.schema_name AND m.table_name = r.table_name
-                          GROUP BY status) s), '{}'::jsonb),
-                    (SELECT count(*) FROM lakets._chunk_metadata m
-                      WHERE m.schema_name = r.schema_name AND m.table_name = r.table_name
-                        AND m.deferred_reason IS NOT NULL AND m.status <> 'dropped'),
-                    (SELECT m.chunk_name || ': ' || m.deferred_reason FROM lakets._chunk_metadata m
-                      WHERE m.schema_name = r.schema_name AND m.table_name = r.table_name
-                        AND m.deferred_reason IS NOT NULL AND m.status <> 'dropped'
-                      ORDER BY m.deferred_at DESC NULLS LAST LIMIT 1),
-                    r.sync_enabled,
-                    EXISTS (SELECT 1 FROM lakets._lvc_registry l
-                             WHERE l.schema_name = r.schema_name AND l.table_name = r.table_name)
-               FROM lakets._chronotable_registry r ORDER BY 1",
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the ChronoTables' chunks".into())?
-        .iter()
-        .map(|r| TableStatus {
-            table: r.get(0),
-            chunk_interval: r.get(1),
-            chunks: serde_json::from_value(r.get::<_, serde_json::Value>(2)).unwrap_or_default(),
-            deferred: r.get(3),
-            last_deferral: r.get(4),
-            synced: r.get(5),
-            lvc: r.get(6),
+    let tables = registry::table_summaries(client)
+        .await?
+        .into_iter()
+        .map(|t| TableStatus {
+            table: t.table,
+            chunk_interval: t.chunk_interval,
+            chunks: serde_json::from_value(t.chunks).unwrap_or_default(),
+            deferred: t.deferred,
+            last_deferral: t.last_deferral,
+            synced: t.synced,
+            lvc: t.lvc,
         })
         .collect();
 
@@ -192,26 +165,15 @@ pub async fn collect(
         })
         .collect();
 
-    let jobs = client
-        .query(
-            "SELECT DISTINCT ON (job) job,
-                    to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    outcome, error,
-                    (SELECT count(*) FROM lakets._job_runs f
-                      WHERE f.job = j.job AND f.outcome = 'failed'
-                        AND f.started_at > now() - interval '1 hour')
-               FROM lakets._job_runs j ORDER BY job, started_at DESC",
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the job runs".into())?
-        .iter()
+    let jobs = job_runs::latest_runs(client)
+        .await?
+        .into_iter()
         .map(|r| JobStatus {
-            job: r.get(0),
-            last_started_at: r.get(1),
-            last_outcome: r.get(2),
-            last_error: r.get(3),
-            failures_last_hour: r.get(4),
+            job: r.job,
+            last_started_at: r.started_at,
+            last_outcome: r.outcome,
+            last_error: r.error,
+            failures_last_hour: r.failures_last_hour,
         })
         .collect();
 
@@ -229,20 +191,13 @@ pub async fn collect(
         received_lsn: live.map(|l| l.received_lsn),
         streaming: live.map(|l| l.streaming),
         last_error: live.and_then(|l| l.last_error.clone()),
-        stream_gaps: lakets_core::catalog::replication::list_gaps(client).await?,
-        stopped: client
-            .query_opt(
-                "SELECT stopped_kind, stopped_reason,
-                        to_char(stopped_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-                   FROM lakets._replication WHERE slot_name = $1 AND stopped_reason IS NOT NULL",
-                &[&slot],
-            )
-            .await
-            .pg_context(|| "reading why the stream stopped".into())?
+        stream_gaps: replication::list_gaps(client).await?,
+        stopped: replication::recorded_stop(client, slot)
+            .await?
             .map(|r| StreamStop {
-                kind: r.get::<_, Option<String>>(0).unwrap_or_default(),
-                reason: r.get(1),
-                at: r.get(2),
+                kind: r.kind.unwrap_or_default(),
+                reason: r.reason,
+                at: r.at,
             }),
         tables,
         rollups,

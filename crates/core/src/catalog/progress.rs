@@ -80,3 +80,43 @@ pub async fn store(
         .pg_context(|| format!("recording the progress of operator {operator}"))?;
     Ok(())
 }
+
+/// An operator's stored progress through one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredProgress {
+    pub operator: String,
+    pub durable_lsn: Lsn,
+    /// When it was stored: UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub updated_at: Option<String>,
+}
+
+/// The progress every operator stored through `slot`, by operator.
+pub async fn list_for_slot(client: &impl GenericClient, slot: &str) -> Result<Vec<StoredProgress>> {
+    Ok(client
+        .query(
+            "SELECT operator, durable_lsn, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+               FROM lakets._sink_progress WHERE slot_name = $1 ORDER BY operator",
+            &[&slot],
+        )
+        .await
+        .pg_context(|| "reading operator progress".into())?
+        .iter()
+        .map(|r| StoredProgress {
+            operator: r.get(0),
+            durable_lsn: Lsn::from(r.get::<_, PgLsn>(1)),
+            updated_at: r.get(2),
+        })
+        .collect())
+}
+
+/// Forgets the progress of every operator through `slot` (a throwaway slot, dropped).
+pub async fn forget_slot(client: &impl GenericClient, slot: &str) -> Result<()> {
+    client
+        .execute(
+            "DELETE FROM lakets._sink_progress WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .pg_context(|| format!("forgetting the progress of slot {slot}"))?;
+    Ok(())
+}

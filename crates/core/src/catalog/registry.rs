@@ -156,6 +156,131 @@ pub async fn insert_chronotable(client: &impl GenericClient, ct: &ChronoTable) -
     Ok(())
 }
 
+/// Changes the interval of the chunks `table` creates from now on.
+pub async fn set_chunk_interval(
+    client: &impl GenericClient,
+    table: &TableName,
+    interval: Interval,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._chronotable_registry SET chunk_interval = ($3::text)::interval
+              WHERE schema_name = $1 AND table_name = $2",
+            &[&table.schema, &table.name, &interval.to_postgres()],
+        )
+        .await
+        .pg_context(|| format!("changing the chunk interval of {table}"))?;
+    Ok(())
+}
+
+/// Records whether `table` is mirrored into Delta Lake.
+pub async fn set_sync_enabled(
+    client: &impl GenericClient,
+    table: &TableName,
+    enabled: bool,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._chronotable_registry SET sync_enabled = $3
+              WHERE schema_name = $1 AND table_name = $2",
+            &[&table.schema, &table.name, &enabled],
+        )
+        .await
+        .pg_context(|| {
+            if enabled {
+                format!("marking {table} synced")
+            } else {
+                format!("marking {table} unsynced")
+            }
+        })?;
+    Ok(())
+}
+
+/// Records whether `table`'s chunks are tiered into the cold tier.
+pub async fn set_tiering_enabled(
+    client: &impl GenericClient,
+    table: &TableName,
+    enabled: bool,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._chronotable_registry SET tiering_enabled = $3
+              WHERE schema_name = $1 AND table_name = $2",
+            &[&table.schema, &table.name, &enabled],
+        )
+        .await
+        .pg_context(|| format!("marking {table} tiered"))?;
+    Ok(())
+}
+
+/// Removes `table`'s registry row; its `_chunk_metadata` and `_lvc_registry` rows go with
+/// it (ON DELETE CASCADE).
+pub async fn unregister_chronotable(client: &impl GenericClient, table: &TableName) -> Result<()> {
+    client
+        .execute(
+            "DELETE FROM lakets._chronotable_registry WHERE schema_name = $1 AND table_name = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .pg_context(|| format!("unregistering {table}"))?;
+    Ok(())
+}
+
+/// One ChronoTable as `lakets status` summarizes it.
+#[derive(Debug, Clone)]
+pub struct TableSummary {
+    /// `schema.table`.
+    pub table: String,
+    /// The chunk interval as PostgreSQL prints it.
+    pub chunk_interval: String,
+    /// A JSON object: chunk count by status.
+    pub chunks: serde_json::Value,
+    /// Chunks (not dropped) whose last tiering or drop was deferred.
+    pub deferred: i64,
+    /// The latest deferral: `chunk: reason`.
+    pub last_deferral: Option<String>,
+    pub synced: bool,
+    /// Whether the table has a Last Value Cache.
+    pub lvc: bool,
+}
+
+/// Every ChronoTable with its chunk counts, deferrals, sync and cache, by name.
+pub async fn table_summaries(client: &impl GenericClient) -> Result<Vec<TableSummary>> {
+    Ok(client
+        .query(
+            "SELECT r.schema_name || '.' || r.table_name, r.chunk_interval::text,
+                    coalesce((SELECT jsonb_object_agg(status, n) FROM
+                        (SELECT status, count(*) n FROM lakets._chunk_metadata m
+                          WHERE m.schema_name = r.schema_name AND m.table_name = r.table_name
+                          GROUP BY status) s), '{}'::jsonb),
+                    (SELECT count(*) FROM lakets._chunk_metadata m
+                      WHERE m.schema_name = r.schema_name AND m.table_name = r.table_name
+                        AND m.deferred_reason IS NOT NULL AND m.status <> 'dropped'),
+                    (SELECT m.chunk_name || ': ' || m.deferred_reason FROM lakets._chunk_metadata m
+                      WHERE m.schema_name = r.schema_name AND m.table_name = r.table_name
+                        AND m.deferred_reason IS NOT NULL AND m.status <> 'dropped'
+                      ORDER BY m.deferred_at DESC NULLS LAST LIMIT 1),
+                    r.sync_enabled,
+                    EXISTS (SELECT 1 FROM lakets._lvc_registry l
+                             WHERE l.schema_name = r.schema_name AND l.table_name = r.table_name)
+               FROM lakets._chronotable_registry r ORDER BY 1",
+            &[],
+        )
+        .await
+        .pg_context(|| "reading the ChronoTables' chunks".into())?
+        .iter()
+        .map(|r| TableSummary {
+            table: r.get(0),
+            chunk_interval: r.get(1),
+            chunks: r.get(2),
+            deferred: r.get(3),
+            last_deferral: r.get(4),
+            synced: r.get(5),
+            lvc: r.get(6),
+        })
+        .collect())
+}
+
 /// Lifecycle status of a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -469,6 +594,44 @@ pub async fn mark_chunk_tiered(
         .await
         .pg_context(|| format!("marking {} tiered", chunk.name))?;
     Ok(())
+}
+
+/// How many chunks, of every ChronoTable, are tiered and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkCounts {
+    pub tiered: i64,
+    pub dropped: i64,
+}
+
+/// Counts the tiered and the dropped chunks of every ChronoTable.
+pub async fn count_chunks(client: &impl GenericClient) -> Result<ChunkCounts> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'tiered'),
+                    count(*) FILTER (WHERE status = 'dropped')
+               FROM lakets._chunk_metadata",
+            &[],
+        )
+        .await
+        .pg_context(|| "counting chunks".into())?;
+    Ok(ChunkCounts {
+        tiered: row.get(0),
+        dropped: row.get(1),
+    })
+}
+
+/// The name of the earliest chunk, of any ChronoTable, whose range ended an hour ago or
+/// more.
+pub async fn chunk_ended_an_hour_ago(client: &impl GenericClient) -> Result<Option<String>> {
+    Ok(client
+        .query_opt(
+            "SELECT chunk_name FROM lakets._chunk_metadata
+              WHERE range_end <= now() - interval '1 hour' ORDER BY range_start LIMIT 1",
+            &[],
+        )
+        .await
+        .pg_context(|| "finding an old chunk".into())?
+        .map(|r| r.get(0)))
 }
 
 /// The registries of the features whose state the stream keeps exact (a synced table, a

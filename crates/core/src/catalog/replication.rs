@@ -66,6 +66,15 @@ pub async fn record_gap(
     Ok(())
 }
 
+/// Forgets every recorded gap (`lakets resync` rebuilt what they lost).
+pub async fn clear_gaps(client: &impl GenericClient) -> Result<()> {
+    client
+        .execute("DELETE FROM lakets._stream_gaps", &[])
+        .await
+        .pg_context(|| "clearing the stream gaps".into())?;
+    Ok(())
+}
+
 /// The error for a stream with a gap: what happened, what is safe, what to run.
 pub fn gap_error(gaps: &[StreamGap]) -> Error {
     let what = gaps
@@ -182,6 +191,30 @@ pub async fn has_consumer(client: &impl GenericClient) -> Result<bool> {
     Ok(registered > 0)
 }
 
+/// A registered consumer slot and the publication it streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub slot_name: String,
+    pub publication: String,
+}
+
+/// The registered consumer slots, by name (whether or not the slots exist).
+pub async fn list_consumers(client: &impl GenericClient) -> Result<Vec<Consumer>> {
+    Ok(client
+        .query(
+            "SELECT slot_name, publication FROM lakets._replication ORDER BY 1",
+            &[],
+        )
+        .await
+        .pg_context(|| "reading the registered slots".into())?
+        .iter()
+        .map(|r| Consumer {
+            slot_name: r.get(0),
+            publication: r.get(1),
+        })
+        .collect())
+}
+
 /// Records which publication a slot streams, so that new ChronoTables join it at once.
 pub async fn register_consumer(
     client: &impl GenericClient,
@@ -255,6 +288,57 @@ pub async fn drop_slot(
         .await
         .pg_context(|| format!("unregistering slot {slot_name}"))?;
     Ok(())
+}
+
+/// Records why the stream of `slot` stopped for good, and what kind of error stopped it
+/// (`None`: clears both).
+pub async fn record_stop(
+    client: &impl GenericClient,
+    slot: &str,
+    reason: Option<&str>,
+    kind: Option<&str>,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE lakets._replication
+                SET stopped_reason = $2, stopped_kind = $3,
+                    stopped_at = CASE WHEN $2::text IS NULL THEN NULL ELSE now() END
+              WHERE slot_name = $1",
+            &[&slot, &reason, &kind],
+        )
+        .await
+        .pg_context(|| "recording why the stream stopped".into())?;
+    Ok(())
+}
+
+/// Why the stream of a slot stopped for good, as [`record_stop`] recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedStop {
+    pub kind: Option<String>,
+    pub reason: String,
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub at: String,
+}
+
+/// Why the stream of `slot` stopped for good, if it did.
+pub async fn recorded_stop(
+    client: &impl GenericClient,
+    slot: &str,
+) -> Result<Option<RecordedStop>> {
+    Ok(client
+        .query_opt(
+            "SELECT stopped_kind, stopped_reason,
+                    to_char(stopped_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+               FROM lakets._replication WHERE slot_name = $1 AND stopped_reason IS NOT NULL",
+            &[&slot],
+        )
+        .await
+        .pg_context(|| "reading why the stream stopped".into())?
+        .map(|r| RecordedStop {
+            kind: r.get(0),
+            reason: r.get(1),
+            at: r.get(2),
+        }))
 }
 
 /// What every stream of lakets goes through before it starts: the catalog installed, no

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use super::bounds;
 use super::partitions::{self, ddl_transaction, lock_table_ddl};
 use crate::catalog::announce::{Announcement, announce};
+use crate::catalog::lvc_registry;
 use crate::catalog::registry::{self, Chunk, ChunkStatus};
 use crate::error::{PgResultExt, Result};
 use crate::ident::TableName;
@@ -80,13 +81,7 @@ pub async fn set_chunk_interval(
         .await
         .pg_context(|| "starting a transaction".into())?;
     lock_table_ddl(&tx, &ct.table).await?;
-    tx.execute(
-        "UPDATE lakets._chronotable_registry SET chunk_interval = ($3::text)::interval
-          WHERE schema_name = $1 AND table_name = $2",
-        &[&ct.table.schema, &ct.table.name, &interval.to_postgres()],
-    )
-    .await
-    .pg_context(|| format!("changing the chunk interval of {}", ct.table))?;
+    registry::set_chunk_interval(&tx, &ct.table, interval).await?;
     tx.commit()
         .await
         .pg_context(|| "committing the interval change".into())?;
@@ -192,21 +187,10 @@ pub async fn drop_chronotable(client: &mut Client, table: &str) -> Result<TableN
     // What later features created for the table goes first: rollups (readers first), then
     // the Last Value Cache.
     crate::rollup::drop_rollups_of(&tx, &ct.table).await?;
-    let cache: Option<String> = tx
-        .query_opt(
-            "SELECT cache_table FROM lakets._lvc_registry WHERE schema_name = $1 AND table_name = $2",
-            &[&ct.table.schema, &ct.table.name],
-        )
-        .await
-        .pg_context(|| format!("looking up the Last Value Cache of {}", ct.table))?
-        .map(|r| r.get(0));
-    if let Some(cache) = cache {
-        tx.batch_execute(&format!(
-            "DROP TABLE IF EXISTS {}",
-            TableName::new("lakets", cache).quoted()
-        ))
-        .await
-        .pg_context(|| format!("dropping the Last Value Cache of {}", ct.table))?;
+    if let Some(cache) = lvc_registry::cache_table_of(&tx, &ct.table).await? {
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", cache.quoted()))
+            .await
+            .pg_context(|| format!("dropping the Last Value Cache of {}", ct.table))?;
         announce(
             &tx,
             &Announcement::LvcDisabled {
@@ -228,12 +212,7 @@ pub async fn drop_chronotable(client: &mut Client, table: &str) -> Result<TableN
         .await?;
     }
     // _chunk_metadata and _lvc_registry rows go with the registry row (ON DELETE CASCADE).
-    tx.execute(
-        "DELETE FROM lakets._chronotable_registry WHERE schema_name = $1 AND table_name = $2",
-        &[&ct.table.schema, &ct.table.name],
-    )
-    .await
-    .pg_context(|| format!("unregistering {}", ct.table))?;
+    registry::unregister_chronotable(&tx, &ct.table).await?;
     let exists: bool = tx
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&ct.table.quoted()])
         .await

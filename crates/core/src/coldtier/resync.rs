@@ -9,14 +9,16 @@
 //!
 //! Resync, with the service stopped:
 //! 1. drops the lost slot and creates a new one: the stream resumes from here;
-//! 2. re-reads each synced table's hot rows from a snapshot that meets the new stream
-//!    exactly (as `sync enable` does) and, in one Delta commit, replaces the rows of the
-//!    hot chunks' ranges with them; the rows of dropped chunks, which only Delta holds,
-//!    stay;
-//! 3. refills each Last Value Cache from its table;
-//! 4. invalidates each rollup over a ChronoTable across the hot chunks' ranges: the next
-//!    refresh recomputes them, and the rollups that read them;
-//! 5. clears the gap.
+//! 2. has each operator in [`crate::operators::COMPONENTS`] rebuild, in that order, the
+//!    state a gap loses ([`crate::operators::Component::resync`]):
+//!    - the Last Value Cache refills each cache from its table;
+//!    - the rollup invalidations invalidate each rollup over a ChronoTable across the hot
+//!      chunks' ranges: the next refresh recomputes them, and the rollups that read them;
+//!    - the Delta mirror re-reads each synced table's hot rows from a snapshot that meets
+//!      the new stream exactly (as `sync enable` does) and, in one Delta commit, replaces
+//!      the rows of the hot chunks' ranges with them; the rows of dropped chunks, which
+//!      only Delta holds, stay;
+//! 3. clears the gap.
 //!
 //! Interrupted, it is simply run again: the gap stays recorded until the end, and every
 //! step replaces rather than adds.
@@ -25,13 +27,13 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use crate::catalog::replication::{self, GAP_RESYNCING, StreamGap};
+use crate::catalog::sync_registry;
 use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SyncConfig, SyncState};
 use crate::db::DbConfig;
 use crate::delta::mirror::{TableMirror, shape_of};
 use crate::delta::table;
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::TableName;
-use crate::rollup::{self, Source, bound_text};
 use crate::wal::lsn::Lsn;
 use crate::wal::slot::{self, DEFAULT_PUBLICATION};
 
@@ -114,35 +116,12 @@ pub async fn resync(db: &DbConfig, force: bool) -> Result<ResyncReport> {
         }
     }
 
-    for config in sync::list_syncs(&client).await? {
-        if config.state != SyncState::Active {
-            // An interrupted `sync enable`: running it again copies from scratch.
-            continue;
-        }
-        report
-            .tables
-            .push(locked(&client, &config.table, resync_table(db, &client, &config)).await?);
-    }
-    for config in crate::lvc::list_lvc(&client).await? {
-        let (keys, start_lsn) = crate::lvc::refill(&mut client, &config).await?;
-        report.caches.push(CacheResync {
-            table: config.table.to_string(),
-            keys,
-            start_lsn,
-        });
-    }
-    for r in rollup::list_rollups(&client).await? {
-        if let Source::Table { table, .. } = &r.source {
-            invalidate_hot_range(&client, &r.name, table).await?;
-            report.rollups.push(r.name.clone());
-        }
+    for component in crate::operators::COMPONENTS {
+        component.resync(db, &mut client, &mut report).await?;
     }
 
     // Every table, cache and rollup was rebuilt, whichever slot's gap it was.
-    client
-        .execute("DELETE FROM lakets._stream_gaps", &[])
-        .await
-        .pg_context(|| "clearing the stream gaps".into())?;
+    replication::clear_gaps(&client).await?;
     info!(
         tables = report.tables.len(),
         caches = report.caches.len(),
@@ -154,15 +133,10 @@ pub async fn resync(db: &DbConfig, force: bool) -> Result<ResyncReport> {
 
 /// The registered consumer slots and their publications (the default one when none is).
 async fn consumer_slots(client: &Client) -> Result<Vec<(String, String)>> {
-    let mut slots: Vec<(String, String)> = client
-        .query(
-            "SELECT slot_name, publication FROM lakets._replication ORDER BY 1",
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the registered slots".into())?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
+    let mut slots: Vec<(String, String)> = replication::list_consumers(client)
+        .await?
+        .into_iter()
+        .map(|c| (c.slot_name, c.publication))
         .collect();
     if slots.is_empty() {
         let database: String = client
@@ -176,6 +150,26 @@ async fn consumer_slots(client: &Client) -> Result<Vec<(String, String)>> {
         ));
     }
     Ok(slots)
+}
+
+/// The Delta mirror's part ([`crate::coldtier::sink::COMPONENT`]'s resync): replaces the
+/// hot rows of every active sync's Delta table (an interrupted `sync enable` is left to
+/// run again: it copies from scratch).
+pub(crate) async fn resync_tables(
+    db: &DbConfig,
+    client: &Client,
+    report: &mut ResyncReport,
+) -> Result<()> {
+    for config in sync::list_syncs(client).await? {
+        if config.state != SyncState::Active {
+            // An interrupted `sync enable`: running it again copies from scratch.
+            continue;
+        }
+        report
+            .tables
+            .push(locked(client, &config.table, resync_table(db, client, &config)).await?);
+    }
+    Ok(())
 }
 
 /// Runs `work` holding the table's sync lock (the one `sync enable` takes).
@@ -262,7 +256,7 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
     )
     .await?;
     mirror.flush(start_lsn).await?;
-    sync::record_copied(client, &config.table, rows).await?;
+    sync_registry::record_rows_copied(client, &config.table, rows as i64).await?;
     info!(table = %config.table, rows, start_lsn = %start_lsn, kept_ranges, "hot rows re-copied into Delta");
     Ok(TableResync {
         table: config.table.to_string(),
@@ -270,23 +264,4 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
         start_lsn,
         kept_ranges,
     })
-}
-
-/// Marks a rollup's buckets over the hot chunks' ranges for recomputation.
-async fn invalidate_hot_range(client: &Client, rollup: &str, table: &TableName) -> Result<()> {
-    let ranges = crate::rollup::invalidations::hot_ranges(client, table).await?;
-    let (los, his): (Vec<String>, Vec<String>) = ranges
-        .iter()
-        .map(|&(lo, hi)| (bound_text(lo), bound_text(hi)))
-        .unzip();
-    client
-        .execute(
-            "INSERT INTO lakets._rollup_invalidation_log (rollup_name, lo, hi, group_key)
-             SELECT $1, u.lo::timestamptz, u.hi::timestamptz, NULL
-               FROM unnest($2::text[], $3::text[]) AS u(lo, hi)",
-            &[&rollup, &los, &his],
-        )
-        .await
-        .pg_context(|| format!("invalidating rollup {rollup} over the hot chunks"))?;
-    Ok(())
 }

@@ -32,7 +32,7 @@ use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use crate::catalog::announce::{self, Announcement};
-use crate::catalog::progress;
+use crate::catalog::{job_runs, progress, sync_registry};
 use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SyncState};
 use crate::delta::batch::CellRow;
 use crate::delta::mirror::{MaintenancePolicy, TableMirror, shape_of};
@@ -369,7 +369,7 @@ impl DeltaSink {
                     self.followed.get_mut(table).expect("present").state = SyncState::Active;
                     return self.open(table).await;
                 }
-                sync::reset_abandoned_copy(&self.client, table, f.start_lsn).await?;
+                sync_registry::reset_abandoned_copy(&self.client, table, f.start_lsn).await?;
                 if let Some(f) = self.followed.get_mut(table) {
                     f.start_lsn = None;
                 }
@@ -610,15 +610,7 @@ impl DeltaSink {
     /// Compacts, checkpoints and vacuums each mirrored table, recording the run in
     /// `lakets._job_runs`. A failure is recorded and logged; the stream goes on.
     async fn maintain(&mut self, schedule: &MaintenanceSchedule) -> Result<()> {
-        let id: i64 = self
-            .client
-            .query_one(
-                "INSERT INTO lakets._job_runs (job, instance) VALUES ($1, $2) RETURNING id",
-                &[&MAINTENANCE_JOB, &schedule.instance],
-            )
-            .await
-            .pg_context(|| "recording a job run".into())?
-            .get(0);
+        let id = job_runs::start_run(&self.client, MAINTENANCE_JOB, &schedule.instance).await?;
         let started = Instant::now();
         let mut details = Vec::new();
         let mut files = 0i64;
@@ -648,22 +640,15 @@ impl DeltaSink {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("lakets_job_runs_total", "job_name" => MAINTENANCE_JOB, "outcome" => outcome)
             .increment(1);
-        self.client
-            .execute(
-                "UPDATE lakets._job_runs SET finished_at = now(), outcome = $2, error = $3,
-                        rows_affected = $4, details = $5
-                  WHERE id = $1",
-                &[
-                    &id,
-                    &outcome,
-                    &failure,
-                    &files,
-                    &serde_json::Value::Array(details),
-                ],
-            )
-            .await
-            .pg_context(|| "recording a job's outcome".into())?;
-        Ok(())
+        job_runs::finish_run(
+            &self.client,
+            id,
+            outcome,
+            failure.as_deref(),
+            Some(files),
+            Some(&serde_json::Value::Array(details)),
+        )
+        .await
     }
 }
 
@@ -788,5 +773,14 @@ impl crate::operators::Component for SinkComponent {
 
     fn state_registry(&self) -> Option<crate::catalog::registry::FeatureRegistry> {
         Some(crate::catalog::registry::FeatureRegistry::Sync)
+    }
+
+    fn resync<'a>(
+        &'a self,
+        db: &'a crate::db::DbConfig,
+        client: &'a mut Client,
+        report: &'a mut crate::coldtier::resync::ResyncReport,
+    ) -> crate::operators::LocalBoxFuture<'a, Result<()>> {
+        Box::pin(crate::coldtier::resync::resync_tables(db, client, report))
     }
 }

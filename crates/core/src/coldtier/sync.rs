@@ -16,10 +16,11 @@ use deltalake::writer::DeltaWriter;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, GenericClient, IsolationLevel};
 use tracing::info;
-use url::Url;
 
 use crate::catalog::announce::{Announcement, announce};
 use crate::catalog::registry;
+use crate::catalog::sync_registry;
+pub use crate::catalog::sync_registry::{SyncConfig, SyncState, find_sync, list_syncs};
 use crate::delta::batch::{CellRow, build_batch};
 use crate::delta::mirror::shape_of;
 use crate::delta::schema::{Cell, Partitioning, TableShape};
@@ -28,31 +29,6 @@ use crate::error::{DeltaResultExt, Error, PgResultExt, Result};
 use crate::ident::TableName;
 use crate::wal::lsn::Lsn;
 use crate::wal::value::{ColumnType, decode_text};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncState {
-    Copying,
-    Active,
-}
-
-/// A registered sync.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SyncConfig {
-    pub table: TableName,
-    pub time_column: String,
-    #[serde(serialize_with = "serialize_location")]
-    pub location: Url,
-    pub partitioning: Partitioning,
-    pub state: SyncState,
-    pub start_lsn: Option<Lsn>,
-    pub rows_copied: i64,
-    pub rows_estimate: Option<i64>,
-}
-
-fn serialize_location<S: serde::Serializer>(url: &Url, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&table::display_location(url))
-}
 
 /// Advisory lock namespace held by `enable_sync` for the length of a copy (second key:
 /// `hashtext` of the table name).
@@ -66,55 +42,6 @@ pub fn stream_app_id(slot: &str, table: &TableName) -> String {
 /// The `txn` application id of the initial snapshot's commit.
 pub fn snapshot_app_id(table: &TableName) -> String {
     format!("lakets:snapshot:{table}")
-}
-
-const SELECT_SYNC: &str = "SELECT s.schema_name, s.table_name, c.time_column, s.location,
-        s.partitioning, s.state, s.start_lsn, s.rows_copied, s.rows_estimate
-   FROM lakets._sync_registry s
-   JOIN lakets._chronotable_registry c USING (schema_name, table_name)";
-
-fn sync_from_row(row: &tokio_postgres::Row) -> Result<SyncConfig> {
-    let location: String = row.get(3);
-    Ok(SyncConfig {
-        table: TableName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
-        time_column: row.get(2),
-        location: Url::parse(&location)
-            .map_err(|e| Error::invalid(format!("registered location {location:?}: {e}")))?,
-        partitioning: Partitioning::parse(row.get(4))?,
-        state: match row.get::<_, &str>(5) {
-            "active" => SyncState::Active,
-            _ => SyncState::Copying,
-        },
-        start_lsn: row.get::<_, Option<PgLsn>>(6).map(Lsn::from),
-        rows_copied: row.get(7),
-        rows_estimate: row.get(8),
-    })
-}
-
-pub async fn list_syncs(client: &impl GenericClient) -> Result<Vec<SyncConfig>> {
-    client
-        .query(&format!("{SELECT_SYNC} ORDER BY 1, 2"), &[])
-        .await
-        .pg_context(|| "reading the sync registry".into())?
-        .iter()
-        .map(sync_from_row)
-        .collect()
-}
-
-pub async fn find_sync(
-    client: &impl GenericClient,
-    table: &TableName,
-) -> Result<Option<SyncConfig>> {
-    client
-        .query_opt(
-            &format!("{SELECT_SYNC} WHERE s.schema_name = $1 AND s.table_name = $2"),
-            &[&table.schema, &table.name],
-        )
-        .await
-        .pg_context(|| format!("reading the sync registry for {table}"))?
-        .as_ref()
-        .map(sync_from_row)
-        .transpose()
 }
 
 /// Progress of a long initial copy.
@@ -197,19 +124,7 @@ pub async fn enable_sync(
             .transaction()
             .await
             .pg_context(|| "starting a transaction".into())?;
-        tx.execute(
-            "INSERT INTO lakets._sync_registry (schema_name, table_name, location, partitioning, state)
-             VALUES ($1, $2, $3, $4, 'copying')
-             ON CONFLICT (schema_name, table_name) DO UPDATE SET updated_at = now()",
-            &[
-                &ct.table.schema,
-                &ct.table.name,
-                &url.to_string(),
-                &partitioning.as_str(),
-            ],
-        )
-        .await
-        .pg_context(|| format!("registering the sync of {}", ct.table))?;
+        sync_registry::register_sync(&tx, &ct.table, &url, partitioning).await?;
         announce(
             &tx,
             &Announcement::SyncRegistered {
@@ -256,20 +171,8 @@ async fn activate(client: &mut Client, table: &TableName) -> Result<SyncConfig> 
         .transaction()
         .await
         .pg_context(|| "starting a transaction".into())?;
-    tx.execute(
-        "UPDATE lakets._sync_registry SET state = 'active', updated_at = now()
-              WHERE schema_name = $1 AND table_name = $2",
-        &[&table.schema, &table.name],
-    )
-    .await
-    .pg_context(|| format!("activating the sync of {table}"))?;
-    tx.execute(
-        "UPDATE lakets._chronotable_registry SET sync_enabled = true
-          WHERE schema_name = $1 AND table_name = $2",
-        &[&table.schema, &table.name],
-    )
-    .await
-    .pg_context(|| format!("marking {table} synced"))?;
+    sync_registry::activate_sync(&tx, table).await?;
+    registry::set_sync_enabled(&tx, table, true).await?;
     announce(
         &tx,
         &Announcement::SyncActivated {
@@ -392,24 +295,8 @@ async fn copy_snapshot(
         Some((&snapshot_app_id(table_name), start_lsn)),
     )
     .await?;
-    record_copied(client, table_name, copied).await?;
+    sync_registry::record_rows_copied(client, table_name, copied as i64).await?;
     Ok((start_lsn, copied))
-}
-
-pub(crate) async fn record_copied(
-    client: &Client,
-    table_name: &TableName,
-    rows: u64,
-) -> Result<()> {
-    client
-        .execute(
-            "UPDATE lakets._sync_registry SET rows_copied = $3, updated_at = now()
-              WHERE schema_name = $1 AND table_name = $2",
-            &[&table_name.schema, &table_name.name, &(rows as i64)],
-        )
-        .await
-        .pg_context(|| "recording the copy".into())?;
-    Ok(())
 }
 
 /// Reads every row of `table_name` as of a snapshot that meets the WAL stream exactly
@@ -462,20 +349,7 @@ pub(crate) async fn read_snapshot(
         .pg_context(|| "taking the snapshot".into())?;
     let start_lsn = Lsn::from(row.get::<_, PgLsn>(0));
     let estimate: i64 = row.get(1);
-    locker
-        .execute(
-            "UPDATE lakets._sync_registry
-                SET start_lsn = $3, rows_estimate = $4, rows_copied = 0, updated_at = now()
-              WHERE schema_name = $1 AND table_name = $2",
-            &[
-                &table_name.schema,
-                &table_name.name,
-                &PgLsn::from(start_lsn),
-                &estimate,
-            ],
-        )
-        .await
-        .pg_context(|| "recording the snapshot position".into())?;
+    sync_registry::record_snapshot(&locker, table_name, start_lsn, estimate).await?;
     announce(
         &locker,
         &Announcement::SyncSnapshot {
@@ -521,13 +395,7 @@ pub(crate) async fn read_snapshot(
                 rows: copied,
                 estimate,
             });
-            let _ = client
-                .execute(
-                    "UPDATE lakets._sync_registry SET rows_copied = $3, updated_at = now()
-                      WHERE schema_name = $1 AND table_name = $2",
-                    &[&table_name.schema, &table_name.name, &(copied as i64)],
-                )
-                .await;
+            let _ = sync_registry::record_rows_copied(client, table_name, copied as i64).await;
         }
     }
     tx.commit()
@@ -646,26 +514,13 @@ pub async fn disable_sync(client: &mut Client, table: &str) -> Result<()> {
         .transaction()
         .await
         .pg_context(|| "starting a transaction".into())?;
-    let n = tx
-        .execute(
-            "DELETE FROM lakets._sync_registry WHERE schema_name = $1 AND table_name = $2",
-            &[&ct.table.schema, &ct.table.name],
-        )
-        .await
-        .pg_context(|| format!("unregistering the sync of {}", ct.table))?;
-    if n == 0 {
+    if !sync_registry::unregister_sync(&tx, &ct.table).await? {
         return Err(Error::NotFound {
             kind: "sync of",
             name: ct.table.to_string(),
         });
     }
-    tx.execute(
-        "UPDATE lakets._chronotable_registry SET sync_enabled = false
-          WHERE schema_name = $1 AND table_name = $2",
-        &[&ct.table.schema, &ct.table.name],
-    )
-    .await
-    .pg_context(|| format!("marking {} unsynced", ct.table))?;
+    registry::set_sync_enabled(&tx, &ct.table, false).await?;
     announce(
         &tx,
         &Announcement::SyncDisabled {
@@ -676,23 +531,5 @@ pub async fn disable_sync(client: &mut Client, table: &str) -> Result<()> {
     tx.commit()
         .await
         .pg_context(|| format!("committing the end of the sync of {}", ct.table))?;
-    Ok(())
-}
-
-/// Forgets the snapshot of a copy whose `sync enable` died (the next one takes another).
-pub(crate) async fn reset_abandoned_copy(
-    client: &impl GenericClient,
-    table: &TableName,
-    start: Option<Lsn>,
-) -> Result<()> {
-    client
-        .execute(
-            "UPDATE lakets._sync_registry SET start_lsn = NULL
-              WHERE schema_name = $1 AND table_name = $2
-                AND state = 'copying' AND start_lsn = $3",
-            &[&table.schema, &table.name, &start.map(PgLsn::from)],
-        )
-        .await
-        .pg_context(|| format!("resetting the abandoned copy of {table}"))?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::catalog::job_runs;
 use crate::catalog::migrations::ADVISORY_NAMESPACE;
 use crate::error::{PgResultExt, Result};
 use crate::lifecycle::{self, GateSettings};
@@ -180,14 +181,7 @@ pub async fn run_recorded(
     schedule: &Schedule,
     instance: &str,
 ) -> Result<()> {
-    let id: i64 = client
-        .query_one(
-            "INSERT INTO lakets._job_runs (job, instance) VALUES ($1, $2) RETURNING id",
-            &[&job.name(), &instance],
-        )
-        .await
-        .pg_context(|| "recording a job run".into())?
-        .get(0);
+    let id = job_runs::start_run(&*client, job.name(), instance).await?;
     let started = Instant::now();
     let outcome = run_job(db, client, job, schedule).await;
     metrics::histogram!("lakets_job_duration_seconds", "job_name" => job.name())
@@ -212,16 +206,15 @@ pub async fn run_recorded(
             )));
         }
     }
-    client
-        .execute(
-            "UPDATE lakets._job_runs SET finished_at = now(), outcome = $2, error = $3,
-                    rows_affected = $4, details = $5
-              WHERE id = $1",
-            &[&id, &status, &error, &rows, &details],
-        )
-        .await
-        .pg_context(|| "recording a job's outcome".into())?;
-    Ok(())
+    job_runs::finish_run(
+        &*client,
+        id,
+        status,
+        error.as_deref(),
+        rows,
+        details.as_ref(),
+    )
+    .await
 }
 
 async fn run_job(

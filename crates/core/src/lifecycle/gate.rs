@@ -216,12 +216,10 @@ pub async fn check(
 /// The app ids under which the registered consumers' streams commit to `table`'s Delta
 /// table.
 async fn stream_app_ids(client: &impl GenericClient, table: &TableName) -> Result<Vec<String>> {
-    Ok(client
-        .query("SELECT slot_name FROM lakets._replication ORDER BY 1", &[])
-        .await
-        .pg_context(|| "reading the registered slots".into())?
+    Ok(crate::catalog::replication::list_consumers(client)
+        .await?
         .iter()
-        .map(|r| crate::coldtier::sync::stream_app_id(r.get(0), table))
+        .map(|c| crate::coldtier::sync::stream_app_id(&c.slot_name, table))
         .collect())
 }
 

@@ -2,20 +2,10 @@
 
 use tokio_postgres::GenericClient;
 
-use crate::catalog::registry;
-use crate::error::{Error, PgResultExt, Result};
-use crate::ident::TableName;
+pub use crate::catalog::retention_policies::{Policy, list_policies};
+use crate::catalog::{registry, retention_policies};
+use crate::error::{Error, Result};
 use crate::interval::Interval;
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Policy {
-    pub table: TableName,
-    /// Chunks older than this move to the cold tier (synced tables).
-    pub tier_after: Option<Interval>,
-    /// Chunks older than this leave the hot tier (synced tables: once tiered).
-    pub drop_after: Option<Interval>,
-    pub synced: bool,
-}
 
 /// Sets (or replaces) the policy of a ChronoTable. Tiering needs the table to be synced
 /// to the cold tier; a synced table's chunks are dropped only once tiered, so it needs
@@ -63,60 +53,12 @@ pub async fn set_policy(
             ct.table
         )));
     }
-    client
-        .execute(
-            "INSERT INTO lakets._retention_policies (schema_name, table_name, tier_after, drop_after)
-             VALUES ($1, $2, $3::text::interval, $4::text::interval)
-             ON CONFLICT (schema_name, table_name) DO UPDATE
-                SET tier_after = excluded.tier_after, drop_after = excluded.drop_after,
-                    updated_at = now()",
-            &[
-                &ct.table.schema,
-                &ct.table.name,
-                &tier_after.map(|i| i.to_postgres()),
-                &drop_after.map(|i| i.to_postgres()),
-            ],
-        )
-        .await
-        .pg_context(|| format!("storing the policy of {}", ct.table))?;
-    client
-        .execute(
-            "UPDATE lakets._chronotable_registry SET tiering_enabled = $3
-              WHERE schema_name = $1 AND table_name = $2",
-            &[&ct.table.schema, &ct.table.name, &tier_after.is_some()],
-        )
-        .await
-        .pg_context(|| format!("marking {} tiered", ct.table))?;
+    retention_policies::store_policy(client, &ct.table, tier_after, drop_after).await?;
+    registry::set_tiering_enabled(client, &ct.table, tier_after.is_some()).await?;
     Ok(Policy {
         table: ct.table,
         tier_after,
         drop_after,
         synced,
     })
-}
-
-pub async fn list_policies(client: &impl GenericClient) -> Result<Vec<Policy>> {
-    let rows = client
-        .query(
-            "SELECT p.schema_name, p.table_name,
-                    (extract(epoch FROM p.tier_after) * 1000000)::bigint,
-                    (extract(epoch FROM p.drop_after) * 1000000)::bigint,
-                    EXISTS (SELECT 1 FROM lakets._sync_registry s
-                             WHERE s.schema_name = p.schema_name AND s.table_name = p.table_name
-                               AND s.state = 'active')
-               FROM lakets._retention_policies p ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the retention policies".into())?;
-    rows.iter()
-        .map(|r| {
-            Ok(Policy {
-                table: TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                tier_after: r.get::<_, Option<i64>>(2).map(Interval::from_micros),
-                drop_after: r.get::<_, Option<i64>>(3).map(Interval::from_micros),
-                synced: r.get(4),
-            })
-        })
-        .collect()
 }

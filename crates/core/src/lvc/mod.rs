@@ -13,33 +13,12 @@ use tokio_postgres::{Client, GenericClient};
 use tracing::info;
 
 use crate::catalog::announce::{Announcement, announce};
+use crate::catalog::lvc_registry;
+pub use crate::catalog::lvc_registry::{LvcConfig, list_lvc};
 use crate::catalog::registry;
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::{TableName, parse_identifier, quote_ident};
 use crate::wal::lsn::Lsn;
-
-/// A registered cache.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LvcConfig {
-    pub table: TableName,
-    pub time_column: String,
-    pub key_columns: Vec<String>,
-    pub value_columns: Vec<String>,
-    pub cache_table: TableName,
-    pub start_lsn: Lsn,
-}
-
-impl LvcConfig {
-    /// Cache columns in order: keys, time, values (then `lsn`).
-    pub fn cache_columns(&self) -> Vec<&str> {
-        self.key_columns
-            .iter()
-            .map(String::as_str)
-            .chain(std::iter::once(self.time_column.as_str()))
-            .chain(self.value_columns.iter().map(String::as_str))
-            .collect()
-    }
-}
 
 pub fn cache_table_name(table: &TableName) -> TableName {
     TableName::new("lakets", format!("lvc_{}", table.name))
@@ -141,15 +120,7 @@ pub async fn enable_lvc(
     tx.batch_execute("SET LOCAL lock_timeout = '10s'")
         .await
         .pg_context(|| "setting lock_timeout".into())?;
-    if tx
-        .query_opt(
-            "SELECT 1 FROM lakets._lvc_registry WHERE schema_name = $1 AND table_name = $2",
-            &[&ct.table.schema, &ct.table.name],
-        )
-        .await
-        .pg_context(|| "reading the LVC registry".into())?
-        .is_some()
-    {
+    if lvc_registry::is_registered(&tx, &ct.table).await? {
         return Err(Error::Conflict(format!(
             "{} already has a Last Value Cache",
             ct.table
@@ -185,21 +156,7 @@ pub async fn enable_lvc(
         &cache_columns,
     )
     .await?;
-    tx.execute(
-        "INSERT INTO lakets._lvc_registry
-             (schema_name, table_name, key_columns, value_columns, cache_table, start_lsn)
-         VALUES ($1, $2, $3, $4, $5, $6::text::pg_lsn)",
-        &[
-            &ct.table.schema,
-            &ct.table.name,
-            &keys,
-            &values,
-            &cache.name,
-            &start,
-        ],
-    )
-    .await
-    .pg_context(|| "registering the cache".into())?;
+    lvc_registry::register(&tx, &ct.table, &keys, &values, &cache, &start).await?;
     announce(
         &tx,
         &Announcement::LvcEnabled {
@@ -313,27 +270,15 @@ pub async fn disable_lvc(client: &mut Client, table: &str) -> Result<()> {
     tx.batch_execute("SET LOCAL lock_timeout = '10s'")
         .await
         .pg_context(|| "setting lock_timeout".into())?;
-    let cache: Option<String> = tx
-        .query_opt(
-            "DELETE FROM lakets._lvc_registry WHERE schema_name = $1 AND table_name = $2
-             RETURNING cache_table",
-            &[&ct.table.schema, &ct.table.name],
-        )
-        .await
-        .pg_context(|| "unregistering the cache".into())?
-        .map(|r| r.get(0));
-    let Some(cache) = cache else {
+    let Some(cache) = lvc_registry::unregister(&tx, &ct.table).await? else {
         return Err(Error::NotFound {
             kind: "Last Value Cache of",
             name: ct.table.to_string(),
         });
     };
-    tx.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {}",
-        TableName::new("lakets", cache).quoted()
-    ))
-    .await
-    .pg_context(|| format!("dropping the cache table of {}", ct.table))?;
+    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", cache.quoted()))
+        .await
+        .pg_context(|| format!("dropping the cache table of {}", ct.table))?;
     announce(
         &tx,
         &Announcement::LvcDisabled {
@@ -371,13 +316,7 @@ pub async fn refill(client: &mut Client, config: &LvcConfig) -> Result<(u64, Lsn
         &config.cache_columns(),
     )
     .await?;
-    tx.execute(
-        "UPDATE lakets._lvc_registry SET start_lsn = $3::text::pg_lsn
-          WHERE schema_name = $1 AND table_name = $2",
-        &[&config.table.schema, &config.table.name, &start],
-    )
-    .await
-    .pg_context(|| "recording the refill position".into())?;
+    lvc_registry::record_refill(&tx, &config.table, &start).await?;
     announce(
         &tx,
         &Announcement::LvcRefilled {
@@ -390,33 +329,6 @@ pub async fn refill(client: &mut Client, config: &LvcConfig) -> Result<(u64, Lsn
         .pg_context(|| format!("committing the refill of {}", config.table))?;
     info!(table = %config.table, keys = filled, start_lsn = %start, "Last Value Cache refilled");
     Ok((filled, start.parse()?))
-}
-
-/// All registered caches.
-pub async fn list_lvc(client: &impl GenericClient) -> Result<Vec<LvcConfig>> {
-    let rows = client
-        .query(
-            "SELECT l.schema_name, l.table_name, r.time_column, l.key_columns, l.value_columns,
-                    l.cache_table, l.start_lsn::text
-               FROM lakets._lvc_registry l
-               JOIN lakets._chronotable_registry r USING (schema_name, table_name)
-              ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the LVC registry".into())?;
-    rows.iter()
-        .map(|r| {
-            Ok(LvcConfig {
-                table: TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                time_column: r.get(2),
-                key_columns: r.get(3),
-                value_columns: r.get(4),
-                cache_table: TableName::new("lakets", r.get::<_, String>(5)),
-                start_lsn: r.get::<_, String>(6).parse()?,
-            })
-        })
-        .collect()
 }
 
 /// `lakets lvc get`: the cached row for a key (one value per key column, as text), as JSON.

@@ -680,16 +680,7 @@ impl Operator for LastValueCache {
             }
             // `lvc disable` (which drops the cache table) waits for this transaction; a
             // cache it already dropped is gone at its announcement, a little further on.
-            let registered = tx
-                .query_opt(
-                    "SELECT 1 FROM lakets._lvc_registry
-                      WHERE schema_name = $1 AND table_name = $2 FOR KEY SHARE",
-                    &[&cache.config.table.schema, &cache.config.table.name],
-                )
-                .await
-                .pg_context(|| "reading the LVC registry".into())?
-                .is_some();
-            if registered {
+            if crate::catalog::lvc_registry::hold_registration(&tx, &cache.config.table).await? {
                 write_dirty(&tx, cache).await?;
             }
         }
@@ -839,5 +830,25 @@ impl crate::operators::Component for LvcComponent {
 
     fn state_registry(&self) -> Option<crate::catalog::registry::FeatureRegistry> {
         Some(crate::catalog::registry::FeatureRegistry::Lvc)
+    }
+
+    /// Refills every cache from its table.
+    fn resync<'a>(
+        &'a self,
+        _db: &'a crate::db::DbConfig,
+        client: &'a mut Client,
+        report: &'a mut crate::coldtier::resync::ResyncReport,
+    ) -> crate::operators::LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for config in lvc::list_lvc(&*client).await? {
+                let (keys, start_lsn) = lvc::refill(client, &config).await?;
+                report.caches.push(crate::coldtier::resync::CacheResync {
+                    table: config.table.to_string(),
+                    keys,
+                    start_lsn,
+                });
+            }
+            Ok(())
+        })
     }
 }

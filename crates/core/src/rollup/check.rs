@@ -107,14 +107,8 @@ pub async fn check_rollup(client: &impl GenericClient, rollup: &Rollup) -> Resul
         .query(&sql, &[&watermark, &retained_from])
         .await
         .pg_context(|| format!("recomputing rollup {} from scratch", rollup.name))?;
-    let pending: i64 = client
-        .query_one(
-            "SELECT count(*) FROM lakets._rollup_invalidation_log WHERE rollup_name = $1",
-            &[&rollup.name],
-        )
-        .await
-        .pg_context(|| "counting invalidations".into())?
-        .get(0);
+    let pending =
+        crate::catalog::rollup_registry::count_invalidations(client, &rollup.name).await?;
     Ok(RollupCheck {
         rollup: rollup.name.clone(),
         watermark: rollup.watermark.map(format_micros),

@@ -354,7 +354,7 @@ impl Coalescer {
 /// What a TRUNCATE of `table` invalidates: everything, or, once chunks have been
 /// dropped, the ranges of the chunks still in PostgreSQL. The candles of dropped chunks
 /// stay, as the cold tier keeps their rows.
-pub(crate) async fn hot_ranges(client: &Client, table: &TableName) -> Result<Vec<(i64, i64)>> {
+async fn hot_ranges(client: &Client, table: &TableName) -> Result<Vec<(i64, i64)>> {
     let chunks = crate::catalog::registry::chunk_ranges(client, table).await?;
     if !chunks.iter().any(|c| c.dropped) {
         return Ok(vec![(i64::MIN, i64::MAX)]);
@@ -420,15 +420,10 @@ impl Operator for Invalidations {
             .pg_context(|| "starting the invalidation transaction".into())?;
         if !rollups.is_empty() {
             // Rollups dropped since we loaded the registry are skipped.
-            tx.execute(
-                "INSERT INTO lakets._rollup_invalidation_log (rollup_name, lo, hi, group_key)
-                 SELECT u.r, u.lo::timestamptz, u.hi::timestamptz, u.k::jsonb
-                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(r, lo, hi, k)
-                  WHERE EXISTS (SELECT 1 FROM lakets._rollup_registry g WHERE g.rollup_name = u.r)",
-                &[&rollups, &los, &his, &keys],
+            crate::catalog::rollup_registry::invalidate_registered(
+                &tx, &rollups, &los, &his, &keys,
             )
-            .await
-            .pg_context(|| "writing rollup invalidations".into())?;
+            .await?;
         }
         progress::store(&tx, &self.slot, NAME, through).await?;
         tx.commit()
@@ -470,4 +465,33 @@ impl crate::operators::Component for InvalidationsComponent {
     fn state_registry(&self) -> Option<crate::catalog::registry::FeatureRegistry> {
         Some(crate::catalog::registry::FeatureRegistry::Rollup)
     }
+
+    /// Invalidates every rollup over a ChronoTable across the hot chunks' ranges (rollups
+    /// over rollups follow at their refresh).
+    fn resync<'a>(
+        &'a self,
+        _db: &'a crate::db::DbConfig,
+        client: &'a mut Client,
+        report: &'a mut crate::coldtier::resync::ResyncReport,
+    ) -> crate::operators::LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for r in rollup::list_rollups(&*client).await? {
+                if let Source::Table { table, .. } = &r.source {
+                    invalidate_hot_range(client, &r.name, table).await?;
+                    report.rollups.push(r.name.clone());
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Marks a rollup's buckets over the hot chunks' ranges for recomputation.
+async fn invalidate_hot_range(client: &Client, rollup: &str, table: &TableName) -> Result<()> {
+    let ranges = hot_ranges(client, table).await?;
+    let (los, his): (Vec<String>, Vec<String>) = ranges
+        .iter()
+        .map(|&(lo, hi)| (bound_text(lo), bound_text(hi)))
+        .unzip();
+    crate::catalog::rollup_registry::invalidate_hot_ranges(client, rollup, &los, &his).await
 }

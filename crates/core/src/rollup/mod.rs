@@ -22,11 +22,12 @@ pub mod sql;
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, GenericClient, Row};
+use tokio_postgres::{Client, GenericClient};
 use tracing::info;
 
 use crate::catalog::migrations::ADVISORY_NAMESPACE;
 use crate::catalog::registry::{self, TimeType};
+use crate::catalog::rollup_registry::{self, RollupRecord};
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::{MAX_IDENT_BYTES, QualifiedName, TableName, parse_identifier, quote_ident};
 use crate::interval::Interval;
@@ -106,31 +107,39 @@ pub struct CreateRollup {
     pub refresh_lag: Interval,
 }
 
-const ROLLUP_COLUMNS: &str = "r.rollup_name, r.schema_name, r.source_schema, r.source_name, \
-    r.source_rollup, r.source_time_column, r.source_time_type, r.root_schema, r.root_name, \
-    r.root_time_column, r.root_time_type, r.bucket_type, \
-    (extract(epoch FROM r.bucket_width) * 1000000)::bigint, r.group_by, r.aggregate, \
-    r.columns::text, (extract(epoch FROM r.refresh_lag) * 1000000)::bigint, \
-    (extract(epoch FROM r.watermark) * 1000000)::bigint, \
-    (extract(epoch FROM r.last_refresh_at) * 1000000)::bigint, \
-    (SELECT count(*) FROM lakets._rollup_invalidation_log l WHERE l.rollup_name = r.rollup_name)";
-
-fn rollup_from_row(row: &Row) -> Result<Rollup> {
-    let name: String = row.get(0);
-    let schema: String = row.get(1);
-    let source_table = TableName::new(row.get::<_, String>(2), row.get::<_, String>(3));
-    let source = match row.get::<_, Option<String>>(4) {
+fn rollup_from_record(record: RollupRecord) -> Result<Rollup> {
+    let RollupRecord {
+        name,
+        schema,
+        source: source_table,
+        source_rollup,
+        source_time_column,
+        source_time_type,
+        root,
+        root_time_column,
+        root_time_type,
+        bucket_type,
+        width_micros,
+        group_by,
+        aggregate,
+        columns,
+        refresh_lag_micros,
+        watermark,
+        last_refresh_at,
+        pending_invalidations,
+    } = record;
+    let source = match source_rollup {
         Some(rollup) => Source::Rollup {
             name: rollup,
             table: source_table,
         },
         None => Source::Table {
             table: source_table,
-            time_column: row.get(5),
-            time_type: time_type(row.get(6))?,
+            time_column: source_time_column,
+            time_type: time_type(&source_time_type)?,
         },
     };
-    let columns: Vec<OutputColumn> = serde_json::from_str(row.get::<_, &str>(15)).map_err(|e| {
+    let columns: Vec<OutputColumn> = serde_json::from_str(&columns).map_err(|e| {
         Error::NotReady(format!(
             "the registry row of rollup {name} is unreadable: {e}"
         ))
@@ -140,18 +149,18 @@ fn rollup_from_row(row: &Row) -> Result<Rollup> {
         view: TableName::new(schema, format!("{name}{REALTIME_SUFFIX}")),
         name,
         source,
-        root: TableName::new(row.get::<_, String>(7), row.get::<_, String>(8)),
-        root_time_column: row.get(9),
-        root_time_type: row.get(10),
-        bucket_type: BucketType::parse(row.get(11)),
-        width_micros: row.get(12),
-        group_by: row.get(13),
-        aggregate: row.get(14),
+        root,
+        root_time_column,
+        root_time_type,
+        bucket_type: BucketType::parse(&bucket_type),
+        width_micros,
+        group_by,
+        aggregate,
         columns,
-        refresh_lag: Interval::from_micros(row.get(16)),
-        watermark: row.get(17),
-        last_refresh_at: row.get(18),
-        pending_invalidations: row.get(19),
+        refresh_lag: Interval::from_micros(refresh_lag_micros),
+        watermark,
+        last_refresh_at,
+        pending_invalidations,
     })
 }
 
@@ -168,32 +177,18 @@ fn time_type(text: &str) -> Result<TimeType> {
 
 /// Every rollup, by name.
 pub async fn list_rollups(client: &impl GenericClient) -> Result<Vec<Rollup>> {
-    client
-        .query(
-            &format!("SELECT {ROLLUP_COLUMNS} FROM lakets._rollup_registry r ORDER BY 1"),
-            &[],
-        )
-        .await
-        .pg_context(|| "reading the rollup registry".into())?
-        .iter()
-        .map(rollup_from_row)
+    rollup_registry::list_rollups(client)
+        .await?
+        .into_iter()
+        .map(rollup_from_record)
         .collect()
 }
 
 /// One rollup by name.
 pub async fn find_rollup(client: &impl GenericClient, name: &str) -> Result<Rollup> {
     let name = parse_identifier(name.trim())?;
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT {ROLLUP_COLUMNS} FROM lakets._rollup_registry r WHERE r.rollup_name = $1"
-            ),
-            &[&name],
-        )
-        .await
-        .pg_context(|| format!("looking up rollup {name}"))?;
-    match row {
-        Some(row) => rollup_from_row(&row),
+    match rollup_registry::find_rollup(client, &name).await? {
+        Some(record) => rollup_from_record(record),
         None => Err(Error::NotFound {
             kind: "rollup",
             name,
@@ -351,15 +346,7 @@ async fn create_in_transaction(
         .collect::<Result<_>>()?;
 
     let tx = registry_transaction(client).await?;
-    if tx
-        .query_opt(
-            "SELECT 1 FROM lakets._rollup_registry WHERE rollup_name = $1",
-            &[&name],
-        )
-        .await
-        .pg_context(|| "reading the rollup registry".into())?
-        .is_some()
-    {
+    if rollup_registry::rollup_exists(&tx, &name).await? {
         return Err(Error::Conflict(format!("rollup {name} already exists")));
     }
 
@@ -535,55 +522,46 @@ async fn create_in_transaction(
         }
     }
     create_objects(&tx, &rollup).await?;
-    let (source_schema, source_table, source_time_column, source_time_type) = match &rollup.source {
+    let (source, source_time_column, source_time_type) = match &rollup.source {
         Source::Table {
             table,
             time_column,
             time_type,
         } => (
-            table.schema.clone(),
-            table.name.clone(),
+            table.clone(),
             time_column.clone(),
             time_type.as_str().to_owned(),
         ),
         Source::Rollup { table, .. } => (
-            table.schema.clone(),
-            table.name.clone(),
+            table.clone(),
             "bucket".to_owned(),
             rollup.bucket_type.as_str().to_owned(),
         ),
     };
-    let columns_json = serde_json::to_string(&rollup.columns).expect("columns serialize");
-    tx.execute(
-        "INSERT INTO lakets._rollup_registry
-            (rollup_name, schema_name, source_schema, source_name, source_rollup,
-             source_time_column, source_time_type, root_schema, root_name, root_time_column,
-             root_time_type, bucket_type, bucket_width, group_by, aggregate, columns, refresh_lag)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                 $13::bigint * interval '1 microsecond', $14, $15, $16::text::jsonb,
-                 $17::bigint * interval '1 microsecond')",
-        &[
-            &rollup.name,
-            &rollup.table.schema,
-            &source_schema,
-            &source_table,
-            &rollup.source_rollup(),
-            &source_time_column,
-            &source_time_type,
-            &rollup.root.schema,
-            &rollup.root.name,
-            &rollup.root_time_column,
-            &rollup.root_time_type,
-            &rollup.bucket_type.as_str(),
-            &rollup.width_micros,
-            &rollup.group_by,
-            &rollup.aggregate,
-            &columns_json,
-            &rollup.refresh_lag.as_micros(),
-        ],
+    rollup_registry::register_rollup(
+        &tx,
+        &RollupRecord {
+            name: rollup.name.clone(),
+            schema: rollup.table.schema.clone(),
+            source,
+            source_rollup: rollup.source_rollup().map(str::to_owned),
+            source_time_column,
+            source_time_type,
+            root: rollup.root.clone(),
+            root_time_column: rollup.root_time_column.clone(),
+            root_time_type: rollup.root_time_type.clone(),
+            bucket_type: rollup.bucket_type.as_str().to_owned(),
+            width_micros: rollup.width_micros,
+            group_by: rollup.group_by.clone(),
+            aggregate: rollup.aggregate.clone(),
+            columns: serde_json::to_string(&rollup.columns).expect("columns serialize"),
+            refresh_lag_micros: rollup.refresh_lag.as_micros(),
+            watermark: None,
+            last_refresh_at: None,
+            pending_invalidations: 0,
+        },
     )
-    .await
-    .pg_context(|| format!("registering rollup {name}"))?;
+    .await?;
     announce(&tx, &name).await?;
     if commit {
         tx.commit()
@@ -628,10 +606,9 @@ async fn create_objects(tx: &tokio_postgres::Transaction<'_>, rollup: &Rollup) -
 
     // Real-time: the materialized buckets, then the newer ones computed from the source
     // (the source rollup's own real-time view, so the whole chain is current).
-    let watermark = rollup.bucket_type.from_timestamptz(&format!(
-        "coalesce((SELECT w.watermark FROM lakets._rollup_registry w WHERE w.rollup_name = {}), '-infinity')",
-        crate::ident::quote_literal(&rollup.name)
-    ));
+    let watermark = rollup
+        .bucket_type
+        .from_timestamptz(&rollup_registry::watermark_expression(&rollup.name));
     let live_source = match &rollup.source {
         Source::Table { table, .. } => table.quoted(),
         Source::Rollup { table, .. } => TableName::new(
@@ -697,16 +674,7 @@ pub async fn drop_rollup(client: &mut Client, name: &str) -> Result<Rollup> {
     crate::catalog::check_installed(&*client).await?;
     let tx = registry_transaction(client).await?;
     let rollup = find_rollup(&tx, name).await?;
-    let dependents: Vec<String> = tx
-        .query(
-            "SELECT rollup_name FROM lakets._rollup_registry WHERE source_rollup = $1 ORDER BY 1",
-            &[&rollup.name],
-        )
-        .await
-        .pg_context(|| "reading the rollup registry".into())?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let dependents = rollup_registry::readers_of(&tx, &rollup.name).await?;
     if !dependents.is_empty() {
         return Err(Error::Conflict(format!(
             "rollup {} is read by {}; drop {} first",
@@ -731,12 +699,7 @@ async fn drop_objects(tx: &tokio_postgres::Transaction<'_>, rollup: &Rollup) -> 
     ))
     .await
     .pg_context(|| format!("dropping the objects of rollup {}", rollup.name))?;
-    tx.execute(
-        "DELETE FROM lakets._rollup_registry WHERE rollup_name = $1",
-        &[&rollup.name],
-    )
-    .await
-    .pg_context(|| format!("unregistering rollup {}", rollup.name))?;
+    rollup_registry::unregister_rollup(tx, &rollup.name).await?;
     announce(tx, &rollup.name).await
 }
 

@@ -26,6 +26,7 @@ use tracing::debug;
 
 use super::sql::BucketType;
 use super::{Rollup, bound_text, ceil, dag, find_rollup, floor, format_micros, list_rollups};
+use crate::catalog::rollup_registry::{self, Reader, RefreshLock};
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::quote_ident;
 
@@ -101,21 +102,15 @@ pub async fn refresh_one(client: &mut Client, name: &str, force: bool) -> Result
         .transaction()
         .await
         .pg_context(|| format!("starting the refresh of {name}"))?;
-    let locked = tx
-        .query_opt(
-            "SELECT (extract(epoch FROM now()) * 1000000)::bigint,
-                    coalesce(last_refresh_at + refresh_lag > now(), false)
-               FROM lakets._rollup_registry WHERE rollup_name = $1 FOR NO KEY UPDATE",
-            &[&name],
-        )
-        .await
-        .pg_context(|| format!("locking rollup {name} for its refresh"))?
+    let RefreshLock {
+        now_micros: now,
+        gated,
+    } = rollup_registry::lock_for_refresh(&tx, name)
+        .await?
         .ok_or_else(|| Error::NotFound {
             kind: "rollup",
             name: name.to_owned(),
         })?;
-    let now: i64 = locked.get(0);
-    let gated: bool = locked.get(1);
     let rollup = find_rollup(&tx, name).await?;
     let mut report = RefreshReport {
         rollup: rollup.name.clone(),
@@ -137,15 +132,8 @@ pub async fn refresh_one(client: &mut Client, name: &str, force: bool) -> Result
     let width = rollup.width_micros;
     let limit = match rollup.source_rollup() {
         None => Some(now),
-        Some(source) => tx
-            .query_opt(
-                "SELECT (extract(epoch FROM watermark) * 1000000)::bigint
-                   FROM lakets._rollup_registry WHERE rollup_name = $1",
-                &[&source],
-            )
-            .await
-            .pg_context(|| format!("reading the watermark of {source}"))?
-            .and_then(|r| r.get::<_, Option<i64>>(0))
+        Some(source) => rollup_registry::watermark(&tx, source)
+            .await?
             .map(|w| w.min(now)),
     };
     let old = rollup.watermark;
@@ -155,27 +143,18 @@ pub async fn refresh_one(client: &mut Client, name: &str, force: bool) -> Result
     };
 
     // Consume every invalidation; keep what lies below the old watermark.
-    let consumed = tx
-        .query(
-            "DELETE FROM lakets._rollup_invalidation_log WHERE rollup_name = $1
-             RETURNING CASE WHEN isfinite(lo) THEN (extract(epoch FROM lo) * 1000000)::bigint END,
-                       CASE WHEN isfinite(hi) THEN (extract(epoch FROM hi) * 1000000)::bigint END,
-                       group_key::text",
-            &[&rollup.name],
-        )
-        .await
-        .pg_context(|| format!("consuming the invalidations of {name}"))?;
+    let consumed = rollup_registry::consume_invalidations(&tx, &rollup.name).await?;
     report.invalidations_consumed = consumed.len() as u64;
     let below = old.unwrap_or(i64::MIN);
     let mut whole: Vec<Range> = Vec::new();
     let mut grouped: HashMap<GroupKey, Vec<Range>> = HashMap::new();
-    for row in &consumed {
-        let lo = floor(row.get::<_, Option<i64>>(0).unwrap_or(i64::MIN), width);
-        let hi = ceil(row.get::<_, Option<i64>>(1).unwrap_or(i64::MAX), width).min(below);
+    for invalidation in &consumed {
+        let lo = floor(invalidation.lo.unwrap_or(i64::MIN), width);
+        let hi = ceil(invalidation.hi.unwrap_or(i64::MAX), width).min(below);
         if lo >= hi {
             continue;
         }
-        match group_key(&rollup, row.get(2)) {
+        match group_key(&rollup, invalidation.group_key.as_deref()) {
             Some(key) => grouped.entry(key).or_default().push((lo, hi)),
             None => whole.push((lo, hi)),
         }
@@ -210,14 +189,7 @@ pub async fn refresh_one(client: &mut Client, name: &str, force: bool) -> Result
     }
 
     log_for_readers(&tx, &rollup, &recomputed).await?;
-    tx.execute(
-        "UPDATE lakets._rollup_registry
-            SET watermark = $2::text::timestamptz, last_refresh_at = now()
-          WHERE rollup_name = $1",
-        &[&rollup.name, &new.map(bound_text)],
-    )
-    .await
-    .pg_context(|| format!("storing the watermark of {name}"))?;
+    rollup_registry::store_watermark(&tx, &rollup.name, new.map(bound_text).as_deref()).await?;
     tx.commit()
         .await
         .pg_context(|| format!("committing the refresh of {name}"))?;
@@ -398,18 +370,12 @@ async fn log_for_readers(
     if recomputed.is_empty() {
         return Ok(());
     }
-    let readers = tx
-        .query(
-            "SELECT rollup_name, (extract(epoch FROM bucket_width) * 1000000)::bigint, group_by
-               FROM lakets._rollup_registry WHERE source_rollup = $1",
-            &[&rollup.name],
-        )
-        .await
-        .pg_context(|| format!("reading the rollups that read {}", rollup.name))?;
-    for reader in readers {
-        let name: String = reader.get(0);
-        let width: i64 = reader.get(1);
-        let groups: Vec<String> = reader.get(2);
+    for Reader {
+        name,
+        width_micros: width,
+        group_by: groups,
+    } in rollup_registry::readers_with_buckets(tx, &rollup.name).await?
+    {
         let mut per_key: HashMap<Option<String>, Vec<Range>> = HashMap::new();
         for ((lo, hi), key) in recomputed {
             let projected = match key {
@@ -441,14 +407,7 @@ async fn log_for_readers(
                 keys.push(key.clone());
             }
         }
-        tx.execute(
-            "INSERT INTO lakets._rollup_invalidation_log (rollup_name, lo, hi, group_key)
-             SELECT $1, u.lo::timestamptz, u.hi::timestamptz, u.k::jsonb
-               FROM unnest($2::text[], $3::text[], $4::text[]) AS u(lo, hi, k)",
-            &[&name, &los, &his, &keys],
-        )
-        .await
-        .pg_context(|| format!("invalidating buckets of {name}"))?;
+        rollup_registry::invalidate_groups(tx, &name, &los, &his, &keys).await?;
     }
     Ok(())
 }
