@@ -194,6 +194,14 @@ async fn the_api_answers_figures_and_refuses_bad_changes_with_reasons() {
     assert_eq!(status["ingest"]["symbols"], 4, "{status}");
     assert_eq!(status["ingest"]["rows_per_second"], 200);
     assert_eq!(status["controls"]["token_required"], true);
+    let operators = status["operators"].as_array().unwrap();
+    assert_eq!(operators.len(), 4, "{status}");
+    for o in operators {
+        assert!(
+            o["lag_seconds"].as_f64().is_some() && o["lag_bytes"].as_u64().is_some(),
+            "{o}"
+        );
+    }
     let symbols: i64 = db
         .scalar("SELECT count(DISTINCT symbol) FROM stock_ticks")
         .await;

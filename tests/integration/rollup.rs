@@ -802,3 +802,27 @@ async fn a_replica_identity_set_on_the_table_only_is_refused_until_every_chunk_h
     assert!(!lakets::wal::pipeline::is_retryable(&err));
     let _ = (shutdown, slot);
 }
+
+/// A name the user quoted keeps its case and characters, and every path finds it: the
+/// scheduled refresh of all rollups, a refresh named the way the user typed it, `show`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quoted_mixed_case_rollup_name_refreshes_like_any_other() {
+    let mut db = fresh_db("rollup_quoted").await;
+    ticks_table(&mut db).await;
+    rollup::create_rollup(
+        &mut db.client,
+        &request("\"Candles-1m\"", "ticks", "1 minute", "symbol", SPEC),
+    )
+    .await
+    .unwrap();
+    let all = refresh(&mut db.client, None, false, true).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].rollup, "Candles-1m");
+    assert!(all[0].rows_written > 0, "{:?}", all[0]);
+    let named = refresh(&mut db.client, Some("\"Candles-1m\""), false, true)
+        .await
+        .unwrap();
+    assert_eq!(named[0].rollup, "Candles-1m");
+    let rows: i64 = db.scalar("SELECT count(*) FROM \"Candles-1m\"").await;
+    assert!(rows > 0);
+}

@@ -31,6 +31,8 @@ pub fn export_from_start() {
     for component in COMPONENTS {
         metrics::counter!("lakets_wal_backpressure_waits_total", "operator" => component.name())
             .increment(0);
+        metrics::gauge!("lakets_operator_lag_seconds", "operator" => component.name())
+            .increment(0.0);
     }
     for kind in DEFERRAL_KINDS {
         metrics::counter!("lakets_chunk_deferrals_total", "reason" => *kind).increment(0);

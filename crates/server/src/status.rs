@@ -87,6 +87,8 @@ pub struct JobStatus {
     pub last_outcome: Option<String>,
     pub last_error: Option<String>,
     pub failures_last_hour: i64,
+    /// How long the last run took; `None` while it runs.
+    pub duration_seconds: Option<f64>,
 }
 
 /// Reads the status of `slot` from the database; `live` adds what only the running
@@ -174,6 +176,7 @@ pub async fn collect(
             last_outcome: r.outcome,
             last_error: r.error,
             failures_last_hour: r.failures_last_hour,
+            duration_seconds: r.duration_micros.map(|us| us as f64 / 1e6),
         })
         .collect();
 

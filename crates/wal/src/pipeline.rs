@@ -89,6 +89,9 @@ pub struct PipelineStatus {
     pub operators: Vec<(String, Lsn)>,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
+    /// Per operator: seconds between now and the commit of the oldest transaction it has
+    /// not made durable yet (0 when it holds everything received).
+    pub operator_lag_seconds: Vec<(String, f64)>,
     pub transactions: u64,
     pub changes: u64,
     /// Connected to the walsender and streaming.
@@ -449,6 +452,11 @@ async fn acknowledge(
     source.acknowledge(new_ack).await?;
     let received = source.received_lsn();
     let lag_bytes = received.0.saturating_sub(new_ack.0);
+    let now = chrono::Utc::now().timestamp_micros();
+    let operator_lag_seconds: Vec<(String, f64)> = durables
+        .iter()
+        .map(|(name, lsn)| (name.clone(), lag.seconds_behind_at(*lsn, now)))
+        .collect();
     let lag_seconds = lag.seconds_behind(new_ack);
     metrics::gauge!("lakets_wal_acknowledged_lsn").set(new_ack.0 as f64);
     metrics::gauge!("lakets_replication_lag_bytes").set(lag_bytes as f64);
@@ -459,12 +467,16 @@ async fn acknowledge(
         metrics::gauge!("lakets_operator_lag_bytes", "operator" => name.clone())
             .set(received.0.saturating_sub(lsn.0) as f64);
     }
+    for (name, seconds) in &operator_lag_seconds {
+        metrics::gauge!("lakets_operator_lag_seconds", "operator" => name.clone()).set(*seconds);
+    }
     let mut st = status.lock().unwrap();
     st.received_lsn = received;
     st.acknowledged_lsn = new_ack;
     st.operators = durables;
     st.lag_bytes = lag_bytes;
     st.lag_seconds = lag_seconds;
+    st.operator_lag_seconds = operator_lag_seconds;
     Ok(new_ack)
 }
 
@@ -484,6 +496,15 @@ impl LagTracker {
         if sampled && self.pending.len() < 100_000 {
             self.pending.push_back((end, commit_time));
         }
+    }
+
+    /// Seconds between `now` and the commit of the oldest transaction past `durable`
+    /// (the queue is in commit order, so a search finds it).
+    fn seconds_behind_at(&self, durable: Lsn, now: i64) -> f64 {
+        let first = self.pending.partition_point(|(end, _)| *end <= durable);
+        self.pending
+            .get(first)
+            .map_or(0.0, |(_, t)| ((now - t).max(0) as f64) / 1e6)
     }
 
     /// Seconds between now and the commit of the oldest transaction not yet durable.
@@ -681,6 +702,28 @@ pub fn is_retryable(e: &Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_operator_lags_from_the_oldest_commit_it_has_not_made_durable() {
+        let mut lag = LagTracker::default();
+        let second = 1_000_000;
+        for (end, at) in [(100, 10 * second), (200, 20 * second), (300, 30 * second)] {
+            lag.committed(Lsn(end), at);
+        }
+        let now = 40 * second;
+        assert_eq!(lag.seconds_behind_at(Lsn(50), now), 30.0);
+        assert_eq!(
+            lag.seconds_behind_at(Lsn(100), now),
+            20.0,
+            "the first is durable"
+        );
+        assert_eq!(lag.seconds_behind_at(Lsn(250), now), 10.0);
+        assert_eq!(
+            lag.seconds_behind_at(Lsn(300), now),
+            0.0,
+            "holds everything"
+        );
+    }
 
     struct Probe(Arc<Mutex<Vec<Lsn>>>);
 

@@ -49,6 +49,8 @@ pub struct LatestRun {
     pub error: Option<String>,
     /// The job's failed runs started in the last hour.
     pub failures_last_hour: i64,
+    /// How long the run took; `None` while it runs.
+    pub duration_micros: Option<i64>,
 }
 
 /// The latest run of every job that ever ran, by job.
@@ -60,7 +62,8 @@ pub async fn latest_runs(client: &impl GenericClient) -> Result<Vec<LatestRun>> 
                     outcome, error,
                     (SELECT count(*) FROM lakets._job_runs f
                       WHERE f.job = j.job AND f.outcome = 'failed'
-                        AND f.started_at > now() - interval '1 hour')
+                        AND f.started_at > now() - interval '1 hour'),
+                    (extract(epoch FROM finished_at - started_at) * 1000000)::bigint
                FROM lakets._job_runs j ORDER BY job, started_at DESC",
             &[],
         )
@@ -73,6 +76,7 @@ pub async fn latest_runs(client: &impl GenericClient) -> Result<Vec<LatestRun>> 
             outcome: r.get(2),
             error: r.get(3),
             failures_last_hour: r.get(4),
+            duration_micros: r.get(5),
         })
         .collect())
 }

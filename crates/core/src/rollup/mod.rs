@@ -196,6 +196,18 @@ pub async fn find_rollup(client: &impl GenericClient, name: &str) -> Result<Roll
     }
 }
 
+/// The rollup registered under exactly `name` (a name read from the registry, which
+/// [`find_rollup`] would parse again: `"Candles"` would become `candles`).
+pub(crate) async fn find_registered(client: &impl GenericClient, name: &str) -> Result<Rollup> {
+    match rollup_registry::find_rollup(client, name).await? {
+        Some(record) => rollup_from_record(record),
+        None => Err(Error::NotFound {
+            kind: "rollup",
+            name: name.to_owned(),
+        }),
+    }
+}
+
 /// The columns of a table as the SPEC planner needs them.
 struct TableColumns {
     /// name -> (info, NOT NULL)

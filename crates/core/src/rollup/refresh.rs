@@ -95,7 +95,7 @@ fn coalesce(mut ranges: Vec<Range>) -> Vec<Range> {
     out
 }
 
-/// Refreshes one rollup in one transaction.
+/// Refreshes one rollup, named as the registry names it, in one transaction.
 pub async fn refresh_one(client: &mut Client, name: &str, force: bool) -> Result<RefreshReport> {
     let started = Instant::now();
     let tx = client
@@ -111,7 +111,7 @@ pub async fn refresh_one(client: &mut Client, name: &str, force: bool) -> Result
             kind: "rollup",
             name: name.to_owned(),
         })?;
-    let rollup = find_rollup(&tx, name).await?;
+    let rollup = super::find_registered(&tx, name).await?;
     let mut report = RefreshReport {
         rollup: rollup.name.clone(),
         watermark_before: rollup.watermark.map(format_micros),

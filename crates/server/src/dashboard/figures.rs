@@ -83,6 +83,8 @@ pub struct OperatorLag {
     pub operator: String,
     pub durable_lsn: String,
     pub lag_bytes: u64,
+    /// Since the commit of the oldest transaction it has not made durable (live only).
+    pub lag_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -266,6 +268,11 @@ impl Collector {
                     operator: o.operator.clone(),
                     durable_lsn: o.durable_lsn.to_string(),
                     lag_bytes: o.lag_bytes,
+                    lag_seconds: live
+                        .operator_lag_seconds
+                        .iter()
+                        .find(|(name, _)| *name == o.operator)
+                        .map(|(_, s)| *s),
                 })
                 .collect(),
             rates: Rates {

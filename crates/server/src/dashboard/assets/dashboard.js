@@ -139,7 +139,12 @@ function renderStream(s) {
   const body = $("operators").tBodies[0];
   body.replaceChildren(...s.operators.map((o) => {
     const tr = el("tr", { "data-operator": o.operator });
-    tr.append(el("td", {}, o.operator), el("td", {}, o.durable_lsn), el("td", { class: "num lag" }, bytes(o.lag_bytes)));
+    tr.append(
+      el("td", {}, o.operator),
+      el("td", {}, o.durable_lsn),
+      el("td", { class: "num lag-seconds" }, o.lag_seconds === null || o.lag_seconds === undefined ? "-" : seconds(o.lag_seconds) + " s"),
+      el("td", { class: "num lag" }, bytes(o.lag_bytes)),
+    );
     return tr;
   }));
 }
