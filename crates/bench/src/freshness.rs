@@ -89,21 +89,30 @@ pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
     // Commit -> visible in the served view, resolved as the view publishes (every
     // transaction updates every symbol, so one published position resolves it).
     let visible_pending: Arc<Mutex<VecDeque<(Lsn, Instant)>>> = Arc::default();
+    let visible_resolved = Arc::new(AtomicUsize::new(0));
     let visible_watch = {
         let mut updates = view.subscribe();
-        let (pending, stop) = (visible_pending.clone(), stop.clone());
+        let (pending, resolved, stop) = (
+            visible_pending.clone(),
+            visible_resolved.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut newest = Lsn::ZERO;
             loop {
+                // The view may publish a transaction before its writer has queued it (the
+                // commit returns after the WAL is sent): look again shortly even when no
+                // update comes, or the last one would never resolve.
                 let update = tokio::select! {
                     _ = stop.cancelled() => break,
-                    u = updates.recv() => u,
+                    u = updates.recv() => Some(u),
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => None,
                 };
                 match update {
-                    Ok(value) => newest = newest.max(value.lsn),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    Some(Ok(value)) => newest = newest.max(value.lsn),
+                    Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) | None => {}
+                    Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break,
                 }
                 let now = Instant::now();
                 let mut pending = pending.lock().unwrap();
@@ -111,6 +120,7 @@ pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
                     let (_, committed) = pending.pop_front().unwrap();
                     latencies.push(now.duration_since(committed).as_secs_f64() * 1000.0);
                 }
+                resolved.store(latencies.len(), Ordering::SeqCst);
             }
             latencies
         })
@@ -177,7 +187,9 @@ pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
     .await?;
     // Let the last transactions arrive everywhere.
     let drain = Instant::now();
-    while resolved.load(Ordering::SeqCst) < i as usize && drain.elapsed() < Duration::from_secs(30)
+    while (resolved.load(Ordering::SeqCst) < i as usize
+        || visible_resolved.load(Ordering::SeqCst) < i as usize)
+        && drain.elapsed() < Duration::from_secs(30)
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
