@@ -33,6 +33,7 @@ pub fn export_from_start() {
             .increment(0);
         metrics::gauge!("lakets_operator_lag_seconds", "operator" => component.name())
             .increment(0.0);
+        metrics::gauge!("lakets_operator_lag_bytes", "operator" => component.name()).increment(0.0);
     }
     for kind in DEFERRAL_KINDS {
         metrics::counter!("lakets_chunk_deferrals_total", "reason" => *kind).increment(0);
@@ -52,24 +53,33 @@ pub fn export_from_start() {
         "lakets_replication_lag_bytes",
         "lakets_slot_active",
         "lakets_slot_retained_wal_bytes",
+        "lakets_wal_received_lsn",
+        "lakets_wal_acknowledged_lsn",
     ] {
         metrics::gauge!(name).increment(0.0);
     }
 }
 
-/// Registers the series of the tables and rollups the catalog names.
-pub fn export_for(tables: &[String], synced: &[String], rollups: &[String]) {
-    for table in tables {
-        for status in ["active", "tiered", "dropped"] {
-            metrics::gauge!("lakets_chunks", "table" => table.clone(), "status" => status)
+/// Registers the series of the tables, caches and rollups the catalog names.
+pub fn export_for(status: &crate::status::ServiceStatus) {
+    for t in &status.tables {
+        let table = t.table.clone();
+        for chunk_status in ["active", "tiered", "dropped"] {
+            metrics::gauge!("lakets_chunks", "table" => table.clone(), "status" => chunk_status)
                 .increment(0.0);
         }
+        if t.synced {
+            metrics::counter!("lakets_delta_commits_total", "table" => table.clone()).increment(0);
+            metrics::counter!("lakets_delta_rows_written_total", "table" => table.clone())
+                .increment(0);
+        }
+        if t.lvc {
+            metrics::gauge!("lakets_lvc_keys", "table" => table.clone()).increment(0.0);
+        }
     }
-    for table in synced {
-        metrics::counter!("lakets_delta_commits_total", "table" => table.clone()).increment(0);
-        metrics::counter!("lakets_delta_rows_written_total", "table" => table.clone()).increment(0);
-    }
-    for rollup in rollups {
-        metrics::counter!("lakets_rollup_refreshes_total", "rollup" => rollup.clone()).increment(0);
+    for r in &status.rollups {
+        metrics::counter!("lakets_rollup_refreshes_total", "rollup" => r.name.clone()).increment(0);
+        metrics::gauge!("lakets_rollup_invalidation_backlog", "rollup" => r.name.clone())
+            .increment(0.0);
     }
 }

@@ -102,14 +102,10 @@ pub async fn start(
                 st.slot, st.lag_seconds
             ))
         });
-        let dashboard = crate::dashboard::Dashboard::new(
-            state.clone(),
-            crate::dashboard::Access {
-                admin_token: config.admin_token()?,
-                read_token: config.read_token()?,
-                beyond_loopback: !addr.ip().is_loopback(),
-            },
-        );
+        let access = crate::dashboard::Access::new(config.admin_token()?, config.read_token()?);
+        let bound_to = access.listen.clone();
+        let dashboard =
+            crate::dashboard::Dashboard::new(state.clone(), access, addr.ip().is_loopback());
         let (bound, task) = crate::http::serve_with_routes(
             addr,
             cancel.clone(),
@@ -117,6 +113,7 @@ pub async fn start(
             crate::dashboard::router(dashboard),
         )
         .await?;
+        let _ = bound_to.set(bound);
         info!(url = %format!("http://{bound}/"), "serving the dashboard");
         // The recorder is installed now: the series exist from the first scrape.
         crate::series::export_from_start();
@@ -356,15 +353,7 @@ async fn collect_once(state: &ServiceState, warn_bytes: u64, with_delta: bool) -
             "the slot retains more WAL than the warning threshold; is an operator stuck?"
         );
     }
-    crate::series::export_for(
-        &s.tables.iter().map(|t| t.table.clone()).collect::<Vec<_>>(),
-        &s.tables
-            .iter()
-            .filter(|t| t.synced)
-            .map(|t| t.table.clone())
-            .collect::<Vec<_>>(),
-        &s.rollups.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
-    );
+    crate::series::export_for(&s);
     for t in &s.tables {
         for status in ["active", "tiered", "dropped"] {
             metrics::gauge!("lakets_chunks", "table" => t.table.clone(), "status" => status)

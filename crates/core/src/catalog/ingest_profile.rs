@@ -108,6 +108,57 @@ pub async fn set_profile(
     Ok(())
 }
 
+/// Fields of the profile to change; `None` keeps the stored value (the default when no
+/// profile is stored yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProfileChange {
+    pub symbols: Option<u32>,
+    pub rate: Option<u64>,
+    pub burst: Option<bool>,
+}
+
+/// Changes the named fields in one statement (two changes of different fields both land,
+/// whatever their order) and returns the profile now stored.
+pub async fn change_profile(
+    client: &impl tokio_postgres::GenericClient,
+    change: ProfileChange,
+) -> Result<IngestProfile> {
+    let defaults = IngestProfile::default();
+    IngestProfile {
+        symbols: change.symbols.unwrap_or(defaults.symbols),
+        rate: change.rate.unwrap_or(defaults.rate),
+        burst: change.burst.unwrap_or(defaults.burst),
+    }
+    .validate()?;
+    crate::catalog::check_installed(client).await?;
+    let row = client
+        .query_one(
+            "INSERT INTO lakets._ingest_profile AS p (name, symbols, rate, burst)
+             VALUES ($1, coalesce($2::int4, $5::int4), coalesce($3::int8, $6::int8),
+                     coalesce($4::bool, $7::bool))
+             ON CONFLICT (name) DO UPDATE
+                SET symbols = coalesce($2::int4, p.symbols), rate = coalesce($3::int8, p.rate),
+                    burst = coalesce($4::bool, p.burst), updated_at = now()
+             RETURNING symbols, rate, burst",
+            &[
+                &PROFILE_NAME,
+                &change.symbols.map(|n| n as i32),
+                &change.rate.map(|n| n as i64),
+                &change.burst,
+                &(defaults.symbols as i32),
+                &(defaults.rate as i64),
+                &defaults.burst,
+            ],
+        )
+        .await
+        .pg_context(|| "changing the ingest profile".into())?;
+    Ok(IngestProfile {
+        symbols: row.get::<_, i32>(0) as u32,
+        rate: row.get::<_, i64>(1) as u64,
+        burst: row.get(2),
+    })
+}
+
 /// Records what the running ingest achieved and returns the profile it should follow now.
 pub async fn report_and_poll(
     client: &Client,

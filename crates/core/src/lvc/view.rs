@@ -117,6 +117,12 @@ impl LvcView {
         rows
     }
 
+    /// How many live keys the table's cache holds.
+    pub fn len(&self, table: &TableName) -> usize {
+        let tables = self.tables.read().expect("LVC view lock poisoned");
+        tables.get(table).map_or(0, |v| v.live_keys)
+    }
+
     /// Up to `n` live rows of a table whose keys come after `after`, in key order: a
     /// snapshot a page at a time, so that no caller holds the whole cache.
     pub fn page(

@@ -27,6 +27,19 @@ pub const FRESH_FOR: Duration = Duration::from_millis(900);
 const DELTA_EVERY: Duration = Duration::from_secs(3);
 /// Lag past this reads "catching up" rather than "streaming".
 const CATCHING_UP_SECONDS: f64 = 5.0;
+/// The hot tables are counted at most this often: a count scans them, and holds off a
+/// chunk's drop while it runs.
+const HOT_COUNT_EVERY: Duration = Duration::from_secs(5);
+/// A collection that takes longer gives up (a hung database or store must not hang the
+/// page).
+const COLLECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keys of the Last Value Cache sent (in key order); `lvc_keys` says how many there are.
+const MAX_LVC_KEYS: usize = 500;
+/// Dropped chunks kept in the timeline, per table (the newest).
+const DROPPED_IN_TIMELINE: usize = 24;
+/// The dashboard's session: a count waits at most this long for a lock (a chunk's drop
+/// goes first) and runs at most this long.
+const SESSION: &str = "SET lock_timeout = '500ms'; SET statement_timeout = '5s'";
 
 /// The page's figures, also the body of `GET /api/status`.
 #[derive(Debug, Clone, Serialize)]
@@ -42,13 +55,17 @@ pub struct DashboardStatus {
     pub rates: Rates,
     /// Chunk count by status over every ChronoTable (active, tiered, dropped; each present).
     pub chunks: BTreeMap<String, i64>,
-    /// Every chunk's range and status, oldest first per table.
+    /// Every chunk's range and status, oldest first per table (of the dropped ones, the
+    /// newest few).
     pub timeline: Vec<ChunkSpan>,
     /// Rollup name -> watermark and pending invalidations.
     pub rollups: BTreeMap<String, RollupFigures>,
     /// Key -> latest values (PostgreSQL text, plus `time`). With one cached table the key
     /// is the key's values joined by `/`; with several it is prefixed by `schema.table/`.
+    /// At most [`MAX_LVC_KEYS`], in key order.
     pub lvc: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    /// How many keys the caches hold (`lvc` may show fewer).
+    pub lvc_keys: usize,
     pub rows: Rows,
     /// The stored ingest profile (what a running `lakets ingest` follows), if any.
     pub ingest: Option<IngestFigures>,
@@ -167,6 +184,9 @@ struct Inner {
     /// The pipeline's change count at the previous collection.
     previous_changes: Option<(Instant, u64)>,
     delta: HashMap<String, DeltaState>,
+    /// Hot rows per table, and when they were counted.
+    hot: HashMap<String, i64>,
+    hot_counted: Option<Instant>,
 }
 
 struct DeltaState {
@@ -196,7 +216,12 @@ impl Collector {
         {
             return Ok(figures.clone());
         }
-        let result = self.collect(&mut inner).await;
+        let result = match tokio::time::timeout(COLLECT_TIMEOUT, self.collect(&mut inner)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::NotReady(format!(
+                "reading the figures took more than {COLLECT_TIMEOUT:?}"
+            ))),
+        };
         if result.is_err() {
             // The database may have restarted: the next collection connects again.
             inner.client = None;
@@ -208,7 +233,12 @@ impl Collector {
 
     async fn collect(&self, inner: &mut Inner) -> Result<DashboardStatus> {
         if inner.client.as_ref().is_none_or(|c| c.is_closed()) {
-            inner.client = Some(crate::db::connect_with(&self.state.db).await?);
+            let client = crate::db::connect_with(&self.state.db).await?;
+            client
+                .batch_execute(SESSION)
+                .await
+                .pg_context(|| "preparing the dashboard's session".into())?;
+            inner.client = Some(client);
         }
         let client = inner.client.as_ref().expect("connected above");
         let live = self.state.status.lock().unwrap().clone();
@@ -232,8 +262,21 @@ impl Collector {
                 *chunks.entry(status.clone()).or_default() += n;
             }
         }
-        let timeline = registry::list_all_chunks(client, None, true)
-            .await?
+        let mut chunks_listed = registry::list_all_chunks(client, None, true).await?;
+        // Of each table's dropped chunks, only the newest: the list only grows.
+        let mut dropped_seen: HashMap<(String, String), usize> = HashMap::new();
+        chunks_listed.reverse();
+        chunks_listed.retain(|c| {
+            c.status != ChunkStatus::Dropped || {
+                let n = dropped_seen
+                    .entry((c.schema_name.clone(), c.table_name.clone()))
+                    .or_default();
+                *n += 1;
+                *n <= DROPPED_IN_TIMELINE
+            }
+        });
+        chunks_listed.reverse();
+        let timeline = chunks_listed
             .into_iter()
             .map(|c| ChunkSpan {
                 table: format!("{}.{}", c.schema_name, c.table_name),
@@ -251,7 +294,14 @@ impl Collector {
             })
             .collect();
 
-        let rows = self.rows(client, &mut inner.delta).await?;
+        let recount = inner
+            .hot_counted
+            .is_none_or(|at| at.elapsed() >= HOT_COUNT_EVERY);
+        let rows = rows(client, &mut inner.delta, &mut inner.hot, recount).await?;
+        if recount {
+            inner.hot_counted = Some(Instant::now());
+        }
+        let (lvc, lvc_keys) = self.last_values();
         let ingest = ingest_profile::get_profile(client)
             .await?
             .map(IngestFigures::from);
@@ -295,7 +345,8 @@ impl Collector {
                     )
                 })
                 .collect(),
-            lvc: self.last_values(),
+            lvc,
+            lvc_keys,
             rows,
             ingest,
             jobs: report.jobs,
@@ -304,46 +355,18 @@ impl Collector {
         })
     }
 
-    /// Hot rows per synced table (exact), and the Delta side from each table's log.
-    async fn rows(&self, client: &Client, cache: &mut HashMap<String, DeltaState>) -> Result<Rows> {
-        let mut rows = Rows::default();
-        let mut delta_total = Some(0u64);
-        for sync in lakets_core::coldtier::sync::list_syncs(client).await? {
-            let name = sync.table.to_string();
-            let hot: i64 = client
-                .query_one(
-                    &format!("SELECT count(*) FROM {}", sync.table.quoted()),
-                    &[],
-                )
-                .await
-                .pg_context(|| format!("counting the rows of {name}"))?
-                .get(0);
-            let summary = delta_summary(cache, &name, &sync.location).await;
-            rows.hot += hot;
-            delta_total = match (delta_total, summary.and_then(|s| s.rows)) {
-                (Some(total), Some(n)) => Some(total + n),
-                _ => None,
-            };
-            rows.tables.push(TableRows {
-                table: name,
-                hot,
-                delta: summary.and_then(|s| s.rows),
-                delta_version: summary.map(|s| s.version),
-                delta_files: summary.map(|s| s.files),
-                delta_location: lakets_core::delta::table::display_location(&sync.location),
-            });
-        }
-        rows.delta = delta_total;
-        Ok(rows)
-    }
-
-    fn last_values(&self) -> BTreeMap<String, BTreeMap<String, Option<String>>> {
+    /// The first [`MAX_LVC_KEYS`] keys in key order, and how many there are.
+    fn last_values(&self) -> (BTreeMap<String, BTreeMap<String, Option<String>>>, usize) {
         let view = &self.state.lvc;
-        let tables = view.tables();
+        let mut tables = view.tables();
+        tables.sort_by_key(|t| t.to_string());
         let qualify = tables.len() > 1;
         let mut out = BTreeMap::new();
+        let mut total = 0;
         for table in &tables {
-            for value in view.all(table) {
+            total += view.len(table);
+            let room = MAX_LVC_KEYS.saturating_sub(out.len());
+            for value in view.page(table, None, room) {
                 let key = value.key.join("/");
                 let key = if qualify {
                     format!("{table}/{key}")
@@ -356,8 +379,65 @@ impl Collector {
                 out.insert(key, columns);
             }
         }
-        out
+        (out, total)
     }
+}
+
+/// Hot rows per synced table (an exact count, taken again when `recount`), and the Delta
+/// side from each table's log.
+async fn rows(
+    client: &Client,
+    delta_cache: &mut HashMap<String, DeltaState>,
+    hot_cache: &mut HashMap<String, i64>,
+    recount: bool,
+) -> Result<Rows> {
+    let mut rows = Rows::default();
+    let mut delta_total = Some(0u64);
+    let syncs = lakets_core::coldtier::sync::list_syncs(client).await?;
+    let listed: Vec<String> = syncs
+        .iter()
+        .map(|s| format!("{} {}", s.table, s.location))
+        .collect();
+    // A sync disabled, or enabled again elsewhere, leaves no stale entry behind.
+    delta_cache.retain(|key, _| listed.contains(key));
+    for (sync, key) in syncs.iter().zip(&listed) {
+        let name = sync.table.to_string();
+        if recount || !hot_cache.contains_key(&name) {
+            let counted = client
+                .query_one(
+                    &format!("SELECT count(*) FROM {}", sync.table.quoted()),
+                    &[],
+                )
+                .await;
+            match counted {
+                Ok(row) => {
+                    hot_cache.insert(name.clone(), row.get(0));
+                }
+                // A drop held the lock, or the count ran long: keep the last count.
+                Err(e) if matches!(e.code().map(|c| c.code()), Some("55P03" | "57014")) => {}
+                Err(e) => {
+                    return Err(e).pg_context(|| format!("counting the rows of {name}"));
+                }
+            }
+        }
+        let hot = hot_cache.get(&name).copied().unwrap_or(0);
+        let summary = delta_summary(delta_cache, key, &sync.location).await;
+        rows.hot += hot;
+        delta_total = match (delta_total, summary.and_then(|s| s.rows)) {
+            (Some(total), Some(n)) => Some(total + n),
+            _ => None,
+        };
+        rows.tables.push(TableRows {
+            table: name,
+            hot,
+            delta: summary.and_then(|s| s.rows),
+            delta_version: summary.map(|s| s.version),
+            delta_files: summary.map(|s| s.files),
+            delta_location: lakets_core::delta::table::display_location(&sync.location),
+        });
+    }
+    rows.delta = delta_total;
+    Ok(rows)
 }
 
 /// The table's summary, read again when older than [`DELTA_EVERY`]; a failed read keeps

@@ -8,10 +8,12 @@
 //!
 //! Who may do what follows the gRPC API: with a read token configured the figures need it
 //! (or the admin token), with an admin token configured a change needs it, as
-//! `Authorization: Bearer <token>`. A listener beyond loopback with no admin token serves
-//! the page but refuses changes. A change must be sent as JSON, and a browser's `Origin`
-//! must be this listener's, so that another site open in the same browser cannot steer
-//! the ingest.
+//! `Authorization: Bearer <token>`. The listener has no TLS, so a token never crosses a
+//! network: beyond loopback a change is refused, and so are the figures when a read token
+//! is configured (the admin API over gRPC and TLS remains). On loopback the `Host` must
+//! name this host, so that a page whose name was rebound to 127.0.0.1 gets nothing. A
+//! change must be sent as JSON, and a browser's `Origin` must be this listener's, so that
+//! another site open in the same browser cannot steer the ingest.
 
 pub mod figures;
 
@@ -50,15 +52,37 @@ pub struct Dashboard {
 pub struct Access {
     pub admin_token: Option<String>,
     pub read_token: Option<String>,
-    /// The listener is reachable from other hosts.
-    pub beyond_loopback: bool,
+    /// The listener's bound address, set once it is bound (port 0 picks one); until then
+    /// every call is refused.
+    pub listen: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+}
+
+impl Access {
+    pub fn new(admin_token: Option<String>, read_token: Option<String>) -> Self {
+        Access {
+            admin_token,
+            read_token,
+            listen: Arc::default(),
+        }
+    }
+
+    fn listen(&self) -> Result<std::net::SocketAddr, Refusal> {
+        self.listen.get().copied().ok_or_else(|| {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "the listener is starting")
+        })
+    }
+
+    fn beyond_loopback(&self) -> bool {
+        self.listen.get().is_none_or(|a| !a.ip().is_loopback())
+    }
 }
 
 impl Dashboard {
-    pub fn new(state: Arc<ServiceState>, access: Access) -> Arc<Self> {
+    /// `loopback`: the listener's configured address is a loopback one.
+    pub fn new(state: Arc<ServiceState>, access: Access, loopback: bool) -> Arc<Self> {
         let controls = figures::Controls {
             token_required: access.admin_token.is_some(),
-            changes_allowed: access.admin_token.is_some() || !access.beyond_loopback,
+            changes_allowed: loopback,
         };
         Arc::new(Dashboard {
             collector: Collector::new(state, controls),
@@ -191,7 +215,47 @@ fn authorize(headers: &HeaderMap, needed: bool, accepted: &[&str]) -> Result<(),
 }
 
 impl Access {
+    /// On loopback, the request must name this host: a name rebound to 127.0.0.1 by
+    /// someone else's DNS would otherwise reach the API from their page.
+    fn check_host(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let listen = self.listen()?;
+        if !listen.ip().is_loopback() {
+            return Ok(());
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let port = listen.port();
+        let ours = [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+            listen.to_string(),
+        ];
+        if ours.iter().any(|o| o.eq_ignore_ascii_case(host)) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "Host {host:?} is not this dashboard's: it listens on {listen}; open \
+                     http://{listen}/"
+                ),
+            ))
+        }
+    }
+
     fn may_read(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        self.check_host(headers)?;
+        if self.read_token.is_some() && self.beyond_loopback() {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "a read token is configured and this listener is reachable from other hosts \
+                 without TLS: the token would cross the network in clear text. Read the \
+                 figures on a loopback listener (or through an SSH tunnel), or over gRPC",
+            ));
+        }
         let accepted: Vec<&str> = [&self.read_token, &self.admin_token]
             .into_iter()
             .flatten()
@@ -201,14 +265,17 @@ impl Access {
     }
 
     fn may_change(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        self.check_host(headers)?;
+        if self.beyond_loopback() {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "this listener is reachable from other hosts without TLS: changes are \
+                 refused here (a token would cross the network in clear text). Change the \
+                 ingest on a loopback listener, or with gRPC Admin.SetIngestProfile over TLS",
+            ));
+        }
         match &self.admin_token {
             Some(admin) => authorize(headers, true, &[admin.as_str()]),
-            None if self.beyond_loopback => Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "this listener is reachable from other hosts and no admin token is set: \
-                 changes are refused. Set grpc.admin_token_file (or LAKETS_GRPC_ADMIN_TOKEN), \
-                 or listen on 127.0.0.1",
-            )),
             None => Ok(()),
         }
     }
@@ -315,12 +382,16 @@ async fn change_ingest(
     let state = d.collector.state();
     let result = async {
         let client = state.admin_pool.get().await?;
-        let current = ingest_profile::get_profile(&*client)
-            .await?
-            .map_or_else(IngestProfile::default, |s| s.profile);
-        let next = change.apply(current);
-        ingest_profile::set_profile(&*client, next).await?;
-        Ok::<_, crate::error::Error>(next)
+        // One statement: two changes naming different fields both land.
+        ingest_profile::change_profile(
+            &*client,
+            ingest_profile::ProfileChange {
+                symbols: change.symbols,
+                rate: change.rows_per_second,
+                burst: change.burst,
+            },
+        )
+        .await
     }
     .await;
     match result {
@@ -427,14 +498,6 @@ impl IngestChange {
         }
         Ok(change)
     }
-
-    fn apply(&self, current: IngestProfile) -> IngestProfile {
-        IngestProfile {
-            symbols: self.symbols.unwrap_or(current.symbols),
-            rate: self.rows_per_second.unwrap_or(current.rate),
-            burst: self.burst.unwrap_or(current.burst),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -444,19 +507,11 @@ mod tests {
     #[test]
     fn a_change_names_any_subset_and_refuses_what_is_wrong() {
         let c = IngestChange::parse(br#"{"rows_per_second": 5000}"#).unwrap();
-        assert_eq!(c.rows_per_second, Some(5000));
-        assert_eq!(c.symbols, None);
-        let current = IngestProfile {
-            symbols: 10,
-            rate: 100,
-            burst: true,
-        };
         assert_eq!(
-            c.apply(current),
-            IngestProfile {
-                symbols: 10,
-                rate: 5000,
-                burst: true
+            c,
+            IngestChange {
+                rows_per_second: Some(5000),
+                ..IngestChange::default()
             }
         );
         for (body, says) in [
@@ -496,37 +551,66 @@ mod tests {
         assert!(same_origin(&h).is_err());
     }
 
+    fn headers(host: &str, token: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(t) = token {
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+            );
+        }
+        h
+    }
+
     #[test]
-    fn tokens_are_asked_for_only_where_configured() {
-        let open = Access::default();
-        let h = HeaderMap::new();
-        assert!(open.may_read(&h).is_ok() && open.may_change(&h).is_ok());
-        let remote = Access {
-            beyond_loopback: true,
-            ..Access::default()
+    fn tokens_are_asked_for_only_where_configured_and_never_cross_a_network() {
+        let at = |addr: &str| {
+            let access = Access::default();
+            access.listen.set(addr.parse().unwrap()).unwrap();
+            access
         };
-        assert!(remote.may_read(&h).is_ok());
-        assert!(remote.may_change(&h).is_err(), "no token beyond loopback");
+        let local = at("127.0.0.1:9187");
+        let h = headers("127.0.0.1:9187", None);
+        assert!(local.may_read(&h).is_ok() && local.may_change(&h).is_ok());
+        assert!(local.may_read(&headers("localhost:9187", None)).is_ok());
+        let rebound = headers("attacker.example:9187", None);
+        assert!(local.may_read(&rebound).is_err() && local.may_change(&rebound).is_err());
+
         let guarded = Access {
             admin_token: Some("admin".into()),
             read_token: Some("read".into()),
-            beyond_loopback: true,
+            ..local.clone()
         };
         assert!(guarded.may_read(&h).is_err());
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer read"),
-        );
-        assert!(guarded.may_read(&h).is_ok());
+        let read = headers("127.0.0.1:9187", Some("read"));
+        assert!(guarded.may_read(&read).is_ok());
         assert!(
-            guarded.may_change(&h).is_err(),
+            guarded.may_change(&read).is_err(),
             "the read token changes nothing"
         );
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer admin"),
+        let admin = headers("127.0.0.1:9187", Some("admin"));
+        assert!(guarded.may_read(&admin).is_ok() && guarded.may_change(&admin).is_ok());
+
+        let remote = at("0.0.0.0:9187");
+        let any = headers("metrics.internal:9187", None);
+        assert!(
+            remote.may_read(&any).is_ok(),
+            "no token: the figures are open"
         );
-        assert!(guarded.may_read(&h).is_ok() && guarded.may_change(&h).is_ok());
+        assert!(
+            remote.may_change(&any).is_err(),
+            "no change beyond loopback"
+        );
+        let remote_guarded = Access {
+            listen: remote.listen.clone(),
+            ..guarded
+        };
+        let admin = headers("metrics.internal:9187", Some("admin"));
+        assert!(
+            remote_guarded.may_read(&admin).is_err(),
+            "no token in clear text"
+        );
+        assert!(remote_guarded.may_change(&admin).is_err());
     }
 }

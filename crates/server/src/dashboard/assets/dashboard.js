@@ -6,7 +6,6 @@
 const HISTORY = 300; // points kept per chart: five minutes at one a second
 const SVG = "http://www.w3.org/2000/svg";
 const history = [];
-let profileShown = false;
 
 const $ = (id) => document.getElementById(id);
 
@@ -156,8 +155,13 @@ function renderChunks(s) {
   const deferred = s.timeline.filter((c) => c.deferred_reason);
   $("chunks-deferred").textContent = num(deferred.length);
   $("deferred").replaceChildren(...deferred.map((c) => el("li", { "data-chunk": c.chunk }, `${c.chunk}: ${c.deferred_reason}`)));
-  // The newest chunks: older ones would squeeze the bars to nothing.
-  timeline($("timeline"), s.timeline.slice(-72));
+  // Each table's newest chunks: older ones would squeeze the bars to nothing.
+  const perTable = new Map();
+  for (const c of s.timeline) {
+    if (!perTable.has(c.table)) perTable.set(c.table, []);
+    perTable.get(c.table).push(c);
+  }
+  timeline($("timeline"), [...perTable.values()].flatMap((chunks) => chunks.slice(-48)));
 }
 
 function renderRows(s) {
@@ -227,14 +231,16 @@ function renderProfile(s) {
   $("ingest-profile").textContent = p
     ? `${num(p.symbols)} symbols at ${num(p.rows_per_second)} rows/s${p.burst ? ", burst" : ""}`
     : "no ingest profile stored yet";
-  // The form starts from the stored profile, and is left alone once the user edits it.
-  if (p && !profileShown) {
-    $("ctl-symbols").value = p.symbols;
-    $("ctl-rate").value = p.rows_per_second;
-    $("ctl-burst").checked = p.burst;
-    profileShown = true;
+  // Fields follow the stored profile until the user edits them; an edited field waits
+  // for Apply, and only edited fields are sent.
+  if (p) {
+    if (!edited.has("ctl-symbols")) $("ctl-symbols").value = p.symbols;
+    if (!edited.has("ctl-rate")) $("ctl-rate").value = p.rows_per_second;
+    if (!edited.has("ctl-burst")) $("ctl-burst").checked = p.burst;
   }
 }
+
+const edited = new Set();
 
 function render(s) {
   history.push({
@@ -295,7 +301,11 @@ function askForToken(why) {
 }
 
 async function stream() {
-  const response = await fetch("/api/events", { headers: { Accept: "text/event-stream", ...tokenHeader() } });
+  reconnect = new AbortController();
+  const response = await fetch("/api/events", {
+    headers: { Accept: "text/event-stream", ...tokenHeader() },
+    signal: reconnect.signal,
+  });
   if (response.status === 401) {
     askForToken("The figures need the read token (or the admin token).");
     throw new Error("unauthorized");
@@ -336,18 +346,24 @@ async function poll() {
 
 async function connect() {
   for (let failures = 0; ; failures++) {
+    const started = Date.now();
     try {
       await stream();
     } catch (e) {
-      if (failures >= 2) {
-        // Streaming keeps failing (a proxy that buffers, say): poll instead.
-        for (;;) {
+      if (e.name === "AbortError") { failures = 0; continue; } // a new token: at once
+      if (Date.now() - started > 10000) failures = 0; // it streamed for a while
+      if (failures >= 2 && e.message !== "unauthorized") {
+        // Streaming keeps failing (a proxy that buffers, say): poll for a minute, then
+        // try streaming again.
+        for (let i = 0; i < 60; i++) {
           try { await poll(); } catch (e) { unreachable(e.message); }
           await new Promise((r) => setTimeout(r, 1000));
         }
+        failures = 0;
+        continue;
       }
       if (e.message !== "unauthorized") unreachable(e.message + "; reconnecting");
-      await new Promise((r) => setTimeout(r, 1000));
+      await new Promise((r) => setTimeout(r, e.message === "unauthorized" ? 3000 : 1000));
     }
   }
 }
@@ -359,11 +375,15 @@ async function applyProfile(event) {
   const message = $("ctl-message");
   const token = $("ctl-token").value.trim();
   if (token) sessionStorage.setItem("lakets-token", token);
-  const change = {
-    symbols: Number($("ctl-symbols").value),
-    rows_per_second: Number($("ctl-rate").value),
-    burst: $("ctl-burst").checked,
-  };
+  const change = {};
+  if (edited.has("ctl-symbols")) change.symbols = Number($("ctl-symbols").value);
+  if (edited.has("ctl-rate")) change.rows_per_second = Number($("ctl-rate").value);
+  if (edited.has("ctl-burst")) change.burst = $("ctl-burst").checked;
+  if (Object.keys(change).length === 0) {
+    message.className = "muted";
+    message.textContent = "Nothing changed: edit a field first.";
+    return;
+  }
   $("ctl-apply").disabled = true;
   try {
     const response = await fetch("/api/ingest", {
@@ -373,6 +393,7 @@ async function applyProfile(event) {
     });
     const body = await response.json();
     if (response.ok) {
+      edited.clear();
       message.className = "ok";
       message.textContent = `Ingest now: ${num(body.symbols)} symbols at ${num(body.rows_per_second)} rows/s${body.burst ? ", burst" : ""}.`;
     } else {
@@ -391,7 +412,19 @@ async function applyProfile(event) {
   }
 }
 
+// A token typed in is kept for this tab, and the figures are asked for again with it.
+let reconnect = null;
+function useToken() {
+  const token = $("ctl-token").value.trim();
+  if (token) sessionStorage.setItem("lakets-token", token);
+  if (reconnect) reconnect.abort();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("controls").addEventListener("submit", applyProfile);
+  for (const id of ["ctl-symbols", "ctl-rate", "ctl-burst"]) {
+    $(id).addEventListener("input", () => edited.add(id));
+  }
+  $("ctl-token").addEventListener("change", useToken);
   connect();
 });
