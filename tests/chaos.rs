@@ -346,6 +346,22 @@ premake = 2
     let slot = lakets::wal::slot::default_slot_name(&db.name);
     let end = lsn_now(&db).await;
     wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(120)).await;
+    // The run must exercise the sink's compaction (checked below): on a loaded machine the
+    // kills can leave maintenance no window during the workload, so the running service
+    // gets a bounded while more (maintenance every 2 s, the workload's small files remain).
+    wait_for(
+        "a compaction by the running service",
+        Duration::from_secs(60),
+        async || {
+            db.scalar::<i64>(
+                "SELECT count(*) FROM lakets._job_runs, jsonb_array_elements(details) d
+              WHERE job = 'delta_maintenance' AND (d -> 'compaction' ->> 'files_removed')::int > 0",
+            )
+            .await
+                > 0
+        },
+    )
+    .await;
     unsafe {
         libc::kill(service.0.id() as i32, libc::SIGTERM);
     }
