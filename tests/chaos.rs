@@ -372,6 +372,10 @@ premake = 2
         .unwrap();
 
     let report = lakets::verify::verify(&db.client, "ticks").await.unwrap();
+    if !report.ok {
+        // Keep the service's log and both Delta tables for the post-mortem.
+        let _ = dir.keep();
+    }
     assert!(
         report.ok,
         "seed {seed}: verify: {:?}\n(service log: {})",

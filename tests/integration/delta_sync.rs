@@ -1273,3 +1273,80 @@ async fn a_window_meeting_a_commit_of_its_own_stream_is_not_committed_twice() {
     let rows = lakets::delta::read::scan(&delta, &shape).await.unwrap();
     assert_eq!(rows.len(), 11, "the row landed once");
 }
+
+/// An ADD COLUMN that commits while `enable_sync` starts (after it read the columns,
+/// before its snapshot): every copied row keeps its value in the new column, though the
+/// stream never sends those rows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_while_the_sync_starts_reaches_every_copied_row() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_snapshot_add_column").await;
+    ticks_table(&mut db, 200).await;
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
+    // The slot first: creating one waits for the open ALTER below.
+    lakets::catalog::replication::ensure_default_consumer(&db.client)
+        .await
+        .unwrap();
+    let (shutdown, run) = start(&db, &slot).await;
+
+    // The ALTER holds its lock until the snapshot waits for it.
+    let alter = db.connect().await;
+    alter
+        .batch_execute(
+            "BEGIN;
+             ALTER TABLE ticks ADD COLUMN source text;
+             UPDATE ticks SET source = 'copied ' || volume WHERE volume % 2 = 0;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("t");
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    // Both in this task: enable_sync's future is not Send (its row callback borrows).
+    let enable = lakets::sync::enable_sync(
+        &db_config,
+        "ticks",
+        location.to_str().unwrap(),
+        Partitioning::Day,
+        |_| {},
+    );
+    let commit_when_waited_for = async {
+        common::wal::wait_for(
+            "the snapshot waiting for the ALTER's lock",
+            Duration::from_secs(30),
+            async || {
+                db.scalar::<i64>(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'
+                        AND query LIKE '%LOCK TABLE%IN SHARE MODE%'",
+                )
+                .await
+                    > 0
+            },
+        )
+        .await;
+        alter.batch_execute("COMMIT").await.unwrap();
+    };
+    let (config, ()) = tokio::join!(enable, commit_when_waited_for);
+    let config = config.unwrap();
+
+    let delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    assert!(
+        shape.columns.iter().any(|c| c.name == "source"),
+        "the snapshot's Delta table has the new column: {:?}",
+        shape.columns
+    );
+    // The stream goes on in the new shape.
+    db.exec("INSERT INTO ticks VALUES (now(), 'NEW', 1, 1, NULL, 'streamed')")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "a copy that met an ADD COLUMN").await;
+    let report = lakets::verify::verify(&db.client, "ticks").await.unwrap();
+    assert!(report.ok, "{report:?}");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}

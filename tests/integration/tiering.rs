@@ -278,7 +278,28 @@ async fn a_count_mismatch_blocks_the_drop() {
         "{:?}",
         verified.differences
     );
-    assert!(verified.chunks.iter().any(|c| !c.ok && c.delta_rows == 0));
+    // ... and the rows behind the difference.
+    let missing = verified
+        .chunks
+        .iter()
+        .find(|c| !c.ok && c.delta_rows == 0)
+        .expect("a chunk missing from Delta");
+    assert_eq!(
+        missing.only_in_postgres.len(),
+        (missing.postgres_rows as usize).min(5),
+        "{missing:?}"
+    );
+    assert!(missing.only_in_delta.is_empty(), "{missing:?}");
+    assert!(
+        missing.only_in_postgres[0].starts_with("(time=20")
+            && missing.only_in_postgres[0].contains(", symbol=\"S"),
+        "{missing:?}"
+    );
+    assert!(
+        verified.differences[0].contains(&missing.only_in_postgres[0]),
+        "{:?}",
+        verified.differences
+    );
     stop(shutdown, run).await;
 }
 

@@ -316,23 +316,7 @@ impl TableMirror {
         self.spill().await?;
         self.seal().await?;
         self.writer = None;
-        let fields = columns
-            .iter()
-            .map(|c| {
-                Ok(deltalake::kernel::StructField::new(
-                    &c.name,
-                    c.kind.delta_type()?,
-                    true,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let location = self.location();
-        let table = self.table.clone();
-        self.table = table
-            .add_columns()
-            .with_fields(fields)
-            .await
-            .delta_context(|| format!("adding columns to the Delta table at {location}"))?;
+        self.table = table::add_columns(&self.table, &columns).await?;
         self.shape.columns.extend(columns);
         Ok(())
     }

@@ -23,7 +23,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use url::Url;
 
-use super::schema::TableShape;
+use super::schema::{DataColumn, TableShape};
 use crate::error::{DeltaResultExt, Error, Result};
 use crate::wal::lsn::Lsn;
 
@@ -171,6 +171,28 @@ pub async fn create(url: &Url, shape: &TableShape, name: &str) -> Result<DeltaTa
     builder
         .await
         .delta_context(|| format!("creating the Delta table at {}", display_location(url)))
+}
+
+/// Adds `columns` to the table's schema (nullable: rows written before read NULL) in a
+/// commit of its own, and returns the table at that version.
+pub async fn add_columns(table: &DeltaTable, columns: &[DataColumn]) -> Result<DeltaTable> {
+    let fields = columns
+        .iter()
+        .map(|c| {
+            Ok(deltalake::kernel::StructField::new(
+                &c.name,
+                c.kind.delta_type()?,
+                true,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let location = display_location(table.table_url());
+    table
+        .clone()
+        .add_columns()
+        .with_fields(fields)
+        .await
+        .delta_context(|| format!("adding columns to the Delta table at {location}"))
 }
 
 /// A writer for the table's current schema: zstd Parquet, statistics on the first 32

@@ -28,7 +28,7 @@ use tracing::info;
 
 use crate::catalog::replication::{self, GAP_RESYNCING, StreamGap};
 use crate::catalog::sync_registry;
-use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SyncConfig, SyncState};
+use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SnapshotRead, SyncConfig, SyncState};
 use crate::db::DbConfig;
 use crate::delta::mirror::{TableMirror, shape_of};
 use crate::delta::table;
@@ -215,21 +215,7 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
     )
     .await?;
     // Columns added while the stream was away join the Delta schema first.
-    let mut added = Vec::new();
-    for column in &current.columns {
-        match shape.columns.iter().find(|c| c.name == column.name) {
-            None => added.push(column.clone()),
-            Some(old) if old.kind != column.kind => {
-                return Err(Error::Unsupported(format!(
-                    "column {} of {} changed type while the stream was away ({:?} in Delta, \
-                     {:?} now); resync cannot carry that: `lakets sync disable {1}` and enable \
-                     it into a new location",
-                    column.name, config.table, old.kind, column.kind
-                )));
-            }
-            Some(_) => {}
-        }
-    }
+    let added = sync::columns_to_add(&config.table, &shape, &current)?;
     let mut mirror = TableMirror::new(
         shape,
         delta,
@@ -240,21 +226,35 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
     let keep = crate::catalog::registry::dropped_ranges(client, &config.table).await?;
     let kept_ranges = keep.len();
     mirror.truncate(keep).await?;
-    let shape = mirror.shape.clone();
-    let (start_lsn, rows) = sync::read_snapshot(
-        db,
-        client,
-        &config.table,
-        &shape,
-        &mut |_| {},
-        async |rows| {
-            for row in rows {
-                mirror.insert(row).await?;
+    let mut attempts = 0;
+    let (start_lsn, rows) = loop {
+        let shape = mirror.shape.clone();
+        let read = sync::read_snapshot(
+            db,
+            client,
+            &config.table,
+            &shape,
+            &mut |_| {},
+            async |rows| {
+                for row in rows {
+                    mirror.insert(row).await?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        match read {
+            SnapshotRead::Copied { start_lsn, rows } => break (start_lsn, rows),
+            // An ADD COLUMN between the shape's reading and the snapshot.
+            SnapshotRead::ColumnsAdded(columns) => {
+                attempts += 1;
+                if attempts > sync::MAX_SHAPE_RETRIES {
+                    return Err(sync::columns_keep_changing(&config.table));
+                }
+                mirror.add_columns(columns).await?;
             }
-            Ok(())
-        },
-    )
-    .await?;
+        }
+    };
     mirror.flush(start_lsn).await?;
     sync_registry::record_rows_copied(client, &config.table, rows as i64).await?;
     info!(table = %config.table, rows, start_lsn = %start_lsn, kept_ranges, "hot rows re-copied into Delta");

@@ -23,7 +23,7 @@ use crate::catalog::sync_registry;
 pub use crate::catalog::sync_registry::{SyncConfig, SyncState, find_sync, list_syncs};
 use crate::delta::batch::{CellRow, build_batch};
 use crate::delta::mirror::shape_of;
-use crate::delta::schema::{Cell, Partitioning, TableShape};
+use crate::delta::schema::{Cell, DataColumn, Partitioning, TableShape};
 use crate::delta::table;
 use crate::error::{DeltaResultExt, Error, PgResultExt, Result};
 use crate::ident::TableName;
@@ -241,41 +241,58 @@ async fn copy_snapshot(
     delta: &mut deltalake::DeltaTable,
     progress: &mut impl FnMut(CopyProgress),
 ) -> Result<(Lsn, u64)> {
-    let mut writer = table::writer(delta)?;
-    let mut adds = Vec::new();
-    let mut since_seal: u64 = 0;
-    let (start_lsn, copied) = read_snapshot(
-        db,
-        client,
-        table_name,
-        shape,
-        progress,
-        async |rows: Vec<CellRow>| {
-            let refs: Vec<&CellRow> = rows.iter().collect();
-            writer
-                .write(build_batch(shape, &refs)?)
-                .await
-                .delta_context(|| "writing the initial snapshot".into())?;
-            since_seal += rows.len() as u64;
-            if since_seal >= SEAL_ROWS {
+    let mut shape = shape.clone();
+    let mut attempts = 0;
+    let (start_lsn, copied, adds) = loop {
+        let mut writer = table::writer(delta)?;
+        let mut adds = Vec::new();
+        let mut since_seal: u64 = 0;
+        let read = read_snapshot(
+            db,
+            client,
+            table_name,
+            &shape,
+            progress,
+            async |rows: Vec<CellRow>| {
+                let refs: Vec<&CellRow> = rows.iter().collect();
+                writer
+                    .write(build_batch(&shape, &refs)?)
+                    .await
+                    .delta_context(|| "writing the initial snapshot".into())?;
+                since_seal += rows.len() as u64;
+                if since_seal >= SEAL_ROWS {
+                    adds.extend(
+                        writer
+                            .flush()
+                            .await
+                            .delta_context(|| "writing the initial snapshot".into())?,
+                    );
+                    since_seal = 0;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        match read {
+            SnapshotRead::Copied { start_lsn, rows } => {
                 adds.extend(
                     writer
                         .flush()
                         .await
                         .delta_context(|| "writing the initial snapshot".into())?,
                 );
-                since_seal = 0;
+                break (start_lsn, rows, adds);
             }
-            Ok(())
-        },
-    )
-    .await?;
-    adds.extend(
-        writer
-            .flush()
-            .await
-            .delta_context(|| "writing the initial snapshot".into())?,
-    );
+            SnapshotRead::ColumnsAdded(columns) => {
+                attempts += 1;
+                if attempts > MAX_SHAPE_RETRIES {
+                    return Err(columns_keep_changing(table_name));
+                }
+                *delta = table::add_columns(delta, &columns).await?;
+                shape.columns.extend(columns);
+            }
+        }
+    };
     // The copy replaces whatever an interrupted earlier copy committed (the stream never
     // writes to a table whose copy is pending), so running `enable` again never doubles.
     let earlier = crate::delta::read::active_files(delta).await?;
@@ -299,10 +316,31 @@ async fn copy_snapshot(
     Ok((start_lsn, copied))
 }
 
+/// What [`read_snapshot`] found.
+pub(crate) enum SnapshotRead {
+    /// Every row went to `each`: the snapshot's position and the number of rows.
+    Copied { start_lsn: Lsn, rows: u64 },
+    /// The table has columns `shape` lacks (an ADD COLUMN committed after the caller read
+    /// the shape): nothing was read. The caller adds them to the Delta table and reads
+    /// again, so that no copied row loses a value the stream would never send again.
+    ColumnsAdded(Vec<DataColumn>),
+}
+
+/// Snapshot attempts that may each find new columns before the copy gives up.
+pub(crate) const MAX_SHAPE_RETRIES: u32 = 3;
+
+pub(crate) fn columns_keep_changing(table: &TableName) -> Error {
+    Error::Conflict(format!(
+        "the columns of {table} changed {MAX_SHAPE_RETRIES} times while the snapshot was \
+         being taken; run the command again when the schema changes are done"
+    ))
+}
+
 /// Reads every row of `table_name` as of a snapshot that meets the WAL stream exactly
 /// (see the module docs), handing them to `each` in batches. The snapshot's position is
-/// recorded as the sync's `start_lsn` while writers are held off. Returns the position
-/// and the number of rows.
+/// recorded as the sync's `start_lsn` while writers are held off. The table's columns
+/// are checked against `shape` under the same lock, since that is the only moment no
+/// ALTER TABLE can slip in between.
 pub(crate) async fn read_snapshot(
     db: &crate::db::DbConfig,
     client: &Client,
@@ -310,7 +348,7 @@ pub(crate) async fn read_snapshot(
     shape: &TableShape,
     progress: &mut impl FnMut(CopyProgress),
     mut each: impl AsyncFnMut(Vec<CellRow>) -> Result<()>,
-) -> Result<(Lsn, u64)> {
+) -> Result<SnapshotRead> {
     // Both connections first: writers wait only while the snapshot is taken.
     let mut reader = crate::db::connect_with(db).await?;
     reader
@@ -349,6 +387,16 @@ pub(crate) async fn read_snapshot(
         .pg_context(|| "taking the snapshot".into())?;
     let start_lsn = Lsn::from(row.get::<_, PgLsn>(0));
     let estimate: i64 = row.get(1);
+    let time_column = &shape.columns[shape.time_index].name;
+    let columns_now = postgres_shape(&tx, table_name, time_column, shape.partitioning).await?;
+    let added = columns_to_add(table_name, shape, &columns_now)?;
+    if !added.is_empty() {
+        locker
+            .batch_execute("ROLLBACK")
+            .await
+            .pg_context(|| format!("releasing the lock on {table_name}"))?;
+        return Ok(SnapshotRead::ColumnsAdded(added));
+    }
     sync_registry::record_snapshot(&locker, table_name, start_lsn, estimate).await?;
     announce(
         &locker,
@@ -405,7 +453,35 @@ pub(crate) async fn read_snapshot(
         rows: copied,
         estimate,
     });
-    Ok((start_lsn, copied))
+    Ok(SnapshotRead::Copied {
+        start_lsn,
+        rows: copied,
+    })
+}
+
+/// The columns `postgres` has and `delta` lacks, in PostgreSQL's order. A column both
+/// have whose type differs cannot be carried into the Delta table.
+pub(crate) fn columns_to_add(
+    table: &TableName,
+    delta: &TableShape,
+    postgres: &TableShape,
+) -> Result<Vec<DataColumn>> {
+    let mut added = Vec::new();
+    for column in &postgres.columns {
+        match delta.columns.iter().find(|c| c.name == column.name) {
+            None => added.push(column.clone()),
+            Some(old) if old.kind != column.kind => {
+                return Err(Error::Unsupported(format!(
+                    "column {} of {table} is {:?} in the Delta table and {:?} in PostgreSQL; \
+                     the Delta table cannot carry a type change: `lakets sync disable {table}` \
+                     and enable it into a new location",
+                    column.name, old.kind, column.kind
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(added)
 }
 
 /// The select list (`col::text, ...`, in the shape's order) and the columns' types.
