@@ -362,6 +362,11 @@ pub enum SyncCommand {
         /// Partition the Delta table by the time column's day, month, or not at all.
         #[arg(long, default_value = "day", value_parser = ["day", "month", "none"])]
         partition_by: String,
+        /// Connections reading the copy at once, all under one snapshot (each a backend
+        /// on the server while the copy runs).
+        #[arg(long, default_value_t = lakets::sync::DEFAULT_READERS as u16,
+              value_parser = clap::value_parser!(u16).range(1..=64))]
+        readers: u16,
     },
     /// List synced tables: location, state, snapshot position, Delta version.
     Show {
@@ -478,6 +483,18 @@ pub enum BenchCommand {
         /// Seconds of writing per method.
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The initial copy into Delta (`sync enable`, by 1 and by N readers of one exported
+    /// snapshot) against `COPY (SELECT ...) TO STDOUT` of the same rows into nothing.
+    Snapshot {
+        /// Table sizes, one measurement each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+        rows: Vec<u64>,
+        /// Readers of the copy, one run each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        readers: Vec<usize>,
         #[arg(long)]
         json: bool,
     },

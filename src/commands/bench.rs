@@ -4,8 +4,8 @@
 use anyhow::{Context as _, bail};
 use lakets::bench::memory::DeleteMemory;
 use lakets::bench::{
-    CatchupReport, FreshnessReport, GateReport, RollupBenchReport, SoakReport, SuiteReport,
-    WritePathReport,
+    CatchupReport, FreshnessReport, GateReport, RollupBenchReport, SnapshotReport, SoakReport,
+    SuiteReport, WritePathReport,
 };
 use lakets::ingest::MethodComparison;
 
@@ -147,6 +147,18 @@ pub async fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
                 )?
             );
         }
+        BenchCommand::Snapshot {
+            rows,
+            readers,
+            json,
+        } => {
+            let report = lakets::bench::snapshot(&lakets::bench::SnapshotOptions {
+                rows: rows.iter().map(|r| (*r).max(1000)).collect(),
+                readers: readers.iter().map(|r| (*r).max(1)).collect(),
+            })
+            .await?;
+            Format::json(*json).print(&report)?;
+        }
         BenchCommand::Gate { inserts, json } => {
             let report = lakets::bench::gate(*inserts).await?;
             Format::json(*json).print(&report)?;
@@ -205,6 +217,7 @@ rendered_by! {
     RollupBenchReport => lakets::bench::rollup_bench_table,
     DeleteMemory => lakets::bench::memory::delete_table,
     GateReport => lakets::bench::gate_table,
+    SnapshotReport => lakets::bench::snapshot_table,
     WritePathReport => lakets::bench::write_path_table,
     FreshnessReport => lakets::bench::freshness_table,
 }

@@ -12,11 +12,17 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
             table,
             to,
             partition_by,
+            readers,
         } => {
             let db = ctx.database_config()?;
             let partitioning = lakets::delta::schema::Partitioning::parse(partition_by)?;
-            let config =
-                lakets::sync::enable_sync(&db, table, to, partitioning, |p| match p.estimate {
+            let config = lakets::sync::enable_sync_with_readers(
+                &db,
+                table,
+                to,
+                partitioning,
+                usize::from(*readers),
+                |p| match p.estimate {
                     Some(total) if total > 0 => eprintln!(
                         "copied {} of about {} rows ({:.0}%)",
                         p.rows,
@@ -24,8 +30,9 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
                         100.0 * p.rows as f64 / total as f64
                     ),
                     _ => eprintln!("copied {} rows", p.rows),
-                })
-                .await?;
+                },
+            )
+            .await?;
             println!(
                 "{} is synced to {} (partitioned by {}; {} rows copied at {}); `lakets run` \
                  mirrors every later change",

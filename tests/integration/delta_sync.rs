@@ -1350,3 +1350,80 @@ async fn a_column_added_while_the_sync_starts_reaches_every_copied_row() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }
+
+/// A copy read by several connections in heap-page ranges of one exported snapshot (a
+/// chunk of about 80 MB: three ranges), while updates move rows to pages no range had
+/// and inserts land: every row reaches Delta exactly once, in its state at the snapshot,
+/// and the stream brings the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_split_across_readers_and_page_ranges_reads_every_row_once() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_snapshot_ranges").await;
+    db.exec(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
+                             price numeric(12, 4), volume bigint, note text,
+                             PRIMARY KEY (symbol, time));
+         INSERT INTO ticks
+           SELECT date_trunc('hour', now()) - i * interval '10 ms', 'S' || (i % 7), i % 1000,
+                  i, repeat('x', 1000)
+             FROM generate_series(1, 70000) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(6);
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+    let pages: i64 = db
+        .scalar(
+            "SELECT max(pg_relation_size(relid) / 8192) FROM pg_partition_tree('ticks') WHERE isleaf",
+        )
+        .await;
+    assert!(
+        pages > 2 * 4096,
+        "a chunk spans three page ranges: {pages} pages"
+    );
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
+    lakets::catalog::replication::ensure_default_consumer(&db.client)
+        .await
+        .unwrap();
+    let (shutdown, run) = start(&db, &slot).await;
+
+    let writer_db = db.connect().await;
+    let stop = CancellationToken::new();
+    let stop_writer = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut i = 0i64;
+        while !stop_writer.is_cancelled() {
+            i += 1;
+            writer_db
+                .batch_execute(&format!(
+                    "UPDATE ticks SET price = price + 1, note = 'moved {i}' WHERE volume = {};
+                     INSERT INTO ticks VALUES (now() + {i} * interval '1 microsecond', 'W', {i}, {i}, NULL);",
+                    (i * 7919) % 70000 + 1
+                ))
+                .await
+                .unwrap();
+        }
+        i
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = lakets::sync::enable_sync_with_readers(
+        &lakets::db::parse_config(&db.url).unwrap(),
+        "ticks",
+        dir.path().join("t").to_str().unwrap(),
+        Partitioning::Day,
+        3,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    stop.cancel();
+    let writes = writer.await.unwrap();
+    assert!(writes > 10, "writes went on during the copy ({writes})");
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "a copy by three readers").await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::catchup::{CatchupOptions, CatchupReport};
 use super::freshness::{FreshnessOptions, FreshnessReport};
 use super::memory::MemoryReport;
+use super::snapshot::{SnapshotOptions, SnapshotReport};
 use super::sustained::{SustainedOptions, SustainedReport};
 use super::write_path::{WritePathOptions, WritePathReport};
 use crate::error::Result;
@@ -25,6 +26,7 @@ pub struct SuiteOptions {
     /// Rows of the compacted file the memory phase deletes one row of.
     pub delete_file_rows: u64,
     pub sustained: SustainedOptions,
+    pub snapshot: SnapshotOptions,
 }
 
 impl SuiteOptions {
@@ -56,6 +58,7 @@ impl SuiteOptions {
                 max_steps: 5,
                 writers: 4,
             },
+            snapshot: SnapshotOptions::default(),
         }
     }
 
@@ -87,6 +90,10 @@ impl SuiteOptions {
                 max_steps: 2,
                 writers: 2,
             },
+            snapshot: SnapshotOptions {
+                rows: vec![20_000],
+                readers: vec![1, 2],
+            },
         }
     }
 }
@@ -111,6 +118,8 @@ pub struct SuiteReport {
     pub freshness: Vec<FreshnessReport>,
     pub memory: MemoryReport,
     pub sustained: SustainedReport,
+    /// The initial copy against COPY TO STDOUT.
+    pub snapshot: SnapshotReport,
     pub targets: Vec<TargetCheck>,
 }
 
@@ -138,7 +147,9 @@ pub async fn suite(options: &SuiteOptions) -> Result<SuiteReport> {
     let memory = super::memory::memory(options.memory_rows, options.delete_file_rows).await?;
     phase("sustained rate");
     let sustained = super::sustained::sustained(&options.sustained).await?;
-    let targets = targets(
+    phase("initial copy: lakets sync enable vs COPY TO STDOUT");
+    let snapshot = super::snapshot::snapshot(&options.snapshot).await?;
+    let mut targets = targets(
         &write_path,
         &catchup,
         &freshness,
@@ -146,6 +157,15 @@ pub async fn suite(options: &SuiteOptions) -> Result<SuiteReport> {
         &sustained,
         options.freshness.rate,
     );
+    for size in &snapshot.sizes {
+        let best = size.runs.iter().map(|r| r.ratio).fold(0.0, f64::max);
+        targets.push(TargetCheck {
+            figure: format!("initial copy of {} rows / COPY TO STDOUT", size.rows),
+            target: ">= 0.80x".into(),
+            measured: format!("{best:.2}x"),
+            met: best >= 0.8,
+        });
+    }
     Ok(SuiteReport {
         machine: super::catchup::machine_description(),
         postgres: write_path.postgres.clone(),
@@ -155,6 +175,7 @@ pub async fn suite(options: &SuiteOptions) -> Result<SuiteReport> {
         freshness,
         memory,
         sustained,
+        snapshot,
         targets,
     })
 }
@@ -302,6 +323,9 @@ pub fn suite_table(report: &SuiteReport) -> String {
             if s.bounded { "yes" } else { "no" }
         ));
     }
+
+    out.push_str("\n-- ");
+    out.push_str(&super::snapshot_table(&report.snapshot));
 
     out.push_str("\n-- targets (DESIGN.md)\n");
     for t in &report.targets {

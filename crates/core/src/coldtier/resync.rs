@@ -28,7 +28,8 @@ use tracing::info;
 
 use crate::catalog::replication::{self, GAP_RESYNCING, StreamGap};
 use crate::catalog::sync_registry;
-use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SnapshotRead, SyncConfig, SyncState};
+use crate::coldtier::snapshot::{self, SnapshotRead};
+use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SyncConfig, SyncState};
 use crate::db::DbConfig;
 use crate::delta::mirror::{TableMirror, shape_of};
 use crate::delta::table;
@@ -215,7 +216,7 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
     )
     .await?;
     // Columns added while the stream was away join the Delta schema first.
-    let added = sync::columns_to_add(&config.table, &shape, &current)?;
+    let added = snapshot::columns_to_add(&config.table, &shape, &current)?;
     let mut mirror = TableMirror::new(
         shape,
         delta,
@@ -229,11 +230,12 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
     let mut attempts = 0;
     let (start_lsn, rows) = loop {
         let shape = mirror.shape.clone();
-        let read = sync::read_snapshot(
+        let read = snapshot::read_snapshot(
             db,
             client,
             &config.table,
             &shape,
+            snapshot::DEFAULT_READERS,
             &mut |_| {},
             async |rows| {
                 for row in rows {
@@ -248,8 +250,8 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
             // An ADD COLUMN between the shape's reading and the snapshot.
             SnapshotRead::ColumnsAdded(columns) => {
                 attempts += 1;
-                if attempts > sync::MAX_SHAPE_RETRIES {
-                    return Err(sync::columns_keep_changing(&config.table));
+                if attempts > snapshot::MAX_SHAPE_RETRIES {
+                    return Err(snapshot::columns_keep_changing(&config.table));
                 }
                 mirror.add_columns(columns).await?;
             }

@@ -1,34 +1,32 @@
 //! Syncing a ChronoTable to Delta Lake (spec: `enable_sync`): the registry, the table
-//! creation and the initial snapshot.
+//! creation and the initial copy.
 //!
-//! The snapshot meets the stream exactly: a second connection holds a SHARE lock on the
-//! table for the instant it takes the (already connected) reader to start a REPEATABLE
-//! READ transaction and read the WAL insert position. No writer is in flight at that instant, so every transaction
-//! committed before the position is in the snapshot and every later one commits after it.
-//! The lock is released at once; the copy then runs as long as it needs while writes
-//! continue. The copy is committed to Delta as one version whose `txn` action records the
-//! position, and the WAL operator skips the table's changes committed before it.
-
-use std::time::{Duration, Instant};
+//! The copy reads a snapshot that meets the stream exactly ([`super::snapshot`]). It is
+//! committed to Delta as one version whose `txn` action records the snapshot's position,
+//! and the WAL operator skips the table's changes committed before it.
 
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::DeltaWriter;
-use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, GenericClient, IsolationLevel};
+use tokio_postgres::{Client, GenericClient};
 use tracing::info;
 
+pub use super::snapshot::DEFAULT_READERS;
+use super::snapshot::{
+    MAX_SHAPE_RETRIES, SnapshotRead, TEXT_SESSION, columns_keep_changing, read_snapshot,
+    text_row_cells, text_select,
+};
 use crate::catalog::announce::{Announcement, announce};
 use crate::catalog::registry;
 use crate::catalog::sync_registry;
 pub use crate::catalog::sync_registry::{SyncConfig, SyncState, find_sync, list_syncs};
 use crate::delta::batch::{CellRow, build_batch};
 use crate::delta::mirror::shape_of;
-use crate::delta::schema::{Cell, DataColumn, Partitioning, TableShape};
+use crate::delta::schema::{Partitioning, TableShape};
 use crate::delta::table;
 use crate::error::{DeltaResultExt, Error, PgResultExt, Result};
 use crate::ident::TableName;
 use crate::wal::lsn::Lsn;
-use crate::wal::value::{ColumnType, decode_text};
+use crate::wal::value::ColumnType;
 
 /// Advisory lock namespace held by `enable_sync` for the length of a copy (second key:
 /// `hashtext` of the table name).
@@ -60,6 +58,18 @@ pub async fn enable_sync(
     table: &str,
     location: &str,
     partitioning: Partitioning,
+    progress: impl FnMut(CopyProgress),
+) -> Result<SyncConfig> {
+    enable_sync_with_readers(db, table, location, partitioning, DEFAULT_READERS, progress).await
+}
+
+/// [`enable_sync`] with the copy read by `readers` connections at once.
+pub async fn enable_sync_with_readers(
+    db: &crate::db::DbConfig,
+    table: &str,
+    location: &str,
+    partitioning: Partitioning,
+    readers: usize,
     mut progress: impl FnMut(CopyProgress),
 ) -> Result<SyncConfig> {
     let mut client = crate::db::connect_with(db).await?;
@@ -152,8 +162,16 @@ pub async fn enable_sync(
         return activate(&mut client, &ct.table).await;
     }
 
-    let (start_lsn, rows) =
-        copy_snapshot(db, &client, &ct.table, &shape, &mut delta, &mut progress).await?;
+    let (start_lsn, rows) = copy_snapshot(
+        db,
+        &client,
+        &ct.table,
+        &shape,
+        &mut delta,
+        readers,
+        &mut progress,
+    )
+    .await?;
     info!(table = %ct.table, rows, start_lsn = %start_lsn, location = %table::display_location(&url), "initial snapshot committed to Delta");
     let config = activate(&mut client, &ct.table).await?;
     client
@@ -228,8 +246,6 @@ pub async fn postgres_shape(
     })
 }
 
-/// Rows per fetch from the snapshot cursor.
-const FETCH_ROWS: i32 = 10_000;
 /// Staged files are sealed every this many rows (bounds the writer's memory).
 const SEAL_ROWS: u64 = 1_000_000;
 
@@ -239,6 +255,7 @@ async fn copy_snapshot(
     table_name: &TableName,
     shape: &TableShape,
     delta: &mut deltalake::DeltaTable,
+    readers: usize,
     progress: &mut impl FnMut(CopyProgress),
 ) -> Result<(Lsn, u64)> {
     let mut shape = shape.clone();
@@ -252,6 +269,7 @@ async fn copy_snapshot(
             client,
             table_name,
             &shape,
+            readers,
             progress,
             async |rows: Vec<CellRow>| {
                 let refs: Vec<&CellRow> = rows.iter().collect();
@@ -316,224 +334,6 @@ async fn copy_snapshot(
     Ok((start_lsn, copied))
 }
 
-/// What [`read_snapshot`] found.
-pub(crate) enum SnapshotRead {
-    /// Every row went to `each`: the snapshot's position and the number of rows.
-    Copied { start_lsn: Lsn, rows: u64 },
-    /// The table has columns `shape` lacks (an ADD COLUMN committed after the caller read
-    /// the shape): nothing was read. The caller adds them to the Delta table and reads
-    /// again, so that no copied row loses a value the stream would never send again.
-    ColumnsAdded(Vec<DataColumn>),
-}
-
-/// Snapshot attempts that may each find new columns before the copy gives up.
-pub(crate) const MAX_SHAPE_RETRIES: u32 = 3;
-
-pub(crate) fn columns_keep_changing(table: &TableName) -> Error {
-    Error::Conflict(format!(
-        "the columns of {table} changed {MAX_SHAPE_RETRIES} times while the snapshot was \
-         being taken; run the command again when the schema changes are done"
-    ))
-}
-
-/// Reads every row of `table_name` as of a snapshot that meets the WAL stream exactly
-/// (see the module docs), handing them to `each` in batches. The snapshot's position is
-/// recorded as the sync's `start_lsn` while writers are held off. The table's columns
-/// are checked against `shape` under the same lock, since that is the only moment no
-/// ALTER TABLE can slip in between.
-pub(crate) async fn read_snapshot(
-    db: &crate::db::DbConfig,
-    client: &Client,
-    table_name: &TableName,
-    shape: &TableShape,
-    progress: &mut impl FnMut(CopyProgress),
-    mut each: impl AsyncFnMut(Vec<CellRow>) -> Result<()>,
-) -> Result<SnapshotRead> {
-    // Both connections first: writers wait only while the snapshot is taken.
-    let mut reader = crate::db::connect_with(db).await?;
-    reader
-        .batch_execute(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \
-             SET bytea_output = 'hex'",
-        )
-        .await
-        .pg_context(|| "preparing the snapshot session".into())?;
-    let locker = crate::db::connect_with(db).await?;
-    locker
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN SHARE MODE",
-            table_name.quoted()
-        ))
-        .await
-        .pg_context(|| {
-            format!("locking {table_name} briefly to take a snapshot consistent with the WAL")
-        })?;
-    let tx = reader
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .pg_context(|| "starting the snapshot transaction".into())?;
-    let row = tx
-        .query_one(
-            "SELECT pg_current_wal_insert_lsn(),
-                    (SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
-                       FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                      WHERE i.inhparent = $1::text::regclass)",
-            &[&table_name.quoted()],
-        )
-        .await
-        .pg_context(|| "taking the snapshot".into())?;
-    let start_lsn = Lsn::from(row.get::<_, PgLsn>(0));
-    let estimate: i64 = row.get(1);
-    let time_column = &shape.columns[shape.time_index].name;
-    let columns_now = postgres_shape(&tx, table_name, time_column, shape.partitioning).await?;
-    let added = columns_to_add(table_name, shape, &columns_now)?;
-    if !added.is_empty() {
-        locker
-            .batch_execute("ROLLBACK")
-            .await
-            .pg_context(|| format!("releasing the lock on {table_name}"))?;
-        return Ok(SnapshotRead::ColumnsAdded(added));
-    }
-    sync_registry::record_snapshot(&locker, table_name, start_lsn, estimate).await?;
-    announce(
-        &locker,
-        &Announcement::SyncSnapshot {
-            table: table_name.clone(),
-            start_lsn,
-        },
-    )
-    .await?;
-    locker
-        .batch_execute("COMMIT")
-        .await
-        .pg_context(|| format!("releasing the lock on {table_name}"))?;
-
-    let (select, types) = text_select(&tx, table_name, shape).await?;
-    let portal = tx
-        .bind(
-            &format!("SELECT {select} FROM {}", table_name.quoted()),
-            &[],
-        )
-        .await
-        .pg_context(|| format!("reading {table_name}"))?;
-    let mut copied: u64 = 0;
-    let mut last_report = Instant::now();
-    let estimate = (estimate > 0).then_some(estimate as u64);
-    loop {
-        let rows = tx
-            .query_portal(&portal, FETCH_ROWS)
-            .await
-            .pg_context(|| format!("reading {table_name}"))?;
-        if rows.is_empty() {
-            break;
-        }
-        copied += rows.len() as u64;
-        each(
-            rows.iter()
-                .map(|row| text_row_cells(row, &types, shape))
-                .collect::<Result<_>>()?,
-        )
-        .await?;
-        if last_report.elapsed() >= Duration::from_secs(2) {
-            last_report = Instant::now();
-            progress(CopyProgress {
-                rows: copied,
-                estimate,
-            });
-            let _ = sync_registry::record_rows_copied(client, table_name, copied as i64).await;
-        }
-    }
-    tx.commit()
-        .await
-        .pg_context(|| "ending the snapshot transaction".into())?;
-    progress(CopyProgress {
-        rows: copied,
-        estimate,
-    });
-    Ok(SnapshotRead::Copied {
-        start_lsn,
-        rows: copied,
-    })
-}
-
-/// The columns `postgres` has and `delta` lacks, in PostgreSQL's order. A column both
-/// have whose type differs cannot be carried into the Delta table.
-pub(crate) fn columns_to_add(
-    table: &TableName,
-    delta: &TableShape,
-    postgres: &TableShape,
-) -> Result<Vec<DataColumn>> {
-    let mut added = Vec::new();
-    for column in &postgres.columns {
-        match delta.columns.iter().find(|c| c.name == column.name) {
-            None => added.push(column.clone()),
-            Some(old) if old.kind != column.kind => {
-                return Err(Error::Unsupported(format!(
-                    "column {} of {table} is {:?} in the Delta table and {:?} in PostgreSQL; \
-                     the Delta table cannot carry a type change: `lakets sync disable {table}` \
-                     and enable it into a new location",
-                    column.name, old.kind, column.kind
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(added)
-}
-
-/// The select list (`col::text, ...`, in the shape's order) and the columns' types.
-async fn text_select(
-    client: &impl GenericClient,
-    table_name: &TableName,
-    shape: &TableShape,
-) -> Result<(String, Vec<ColumnType>)> {
-    let rows = client
-        .query(
-            "SELECT attname::text, atttypid::oid FROM pg_attribute
-              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-            &[&table_name.quoted()],
-        )
-        .await
-        .pg_context(|| format!("reading the columns of {table_name}"))?;
-    let types = shape
-        .columns
-        .iter()
-        .map(|c| {
-            rows.iter()
-                .find(|r| r.get::<_, &str>(0) == c.name)
-                .map(|r| ColumnType::from_oid(r.get(1)))
-                .ok_or_else(|| Error::Conflict(format!("{table_name} has no column {:?}", c.name)))
-        })
-        .collect::<Result<_>>()?;
-    let select = shape
-        .columns
-        .iter()
-        .map(|c| format!("{}::text", crate::ident::quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    Ok((select, types))
-}
-
-/// A row selected as `col::text, ...` (in a session with ISO dates in UTC) as cells.
-fn text_row_cells(
-    row: &tokio_postgres::Row,
-    types: &[ColumnType],
-    shape: &TableShape,
-) -> Result<CellRow> {
-    shape
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, column)| match row.get::<_, Option<&str>>(i) {
-            None => Ok(Cell::Null),
-            Some(text) => Cell::from_value(&decode_text(types[i], text.as_bytes())?, column),
-        })
-        .collect()
-}
-
 /// Every row of a PostgreSQL table as cells in the shape's column order, read the way
 /// the initial copy reads them (for comparisons with the Delta table).
 pub async fn postgres_rows(
@@ -556,10 +356,7 @@ pub async fn for_each_postgres_row(
 ) -> Result<()> {
     use futures_util::TryStreamExt;
     client
-        .batch_execute(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \
-             SET bytea_output = 'hex'",
-        )
+        .batch_execute(TEXT_SESSION)
         .await
         .pg_context(|| "preparing the session".into())?;
     let (select, types) = text_select(client, table_name, shape).await?;

@@ -1,0 +1,426 @@
+//! Reading a table as of one snapshot that meets the WAL stream exactly, in parallel.
+//!
+//! A second connection holds a SHARE lock on the table for the instant it takes the
+//! (already connected) reader to start a REPEATABLE READ transaction, read the WAL insert
+//! position and export its snapshot. No writer is in flight at that instant, so every
+//! transaction committed before the position is in the snapshot and every later one
+//! commits after it. The lock is released at once; writes continue while the copy runs.
+//!
+//! The copy is split into ranges of heap pages of each partition (`ctid` ranges, which
+//! PostgreSQL reads with a TID range scan) and read by several connections that all
+//! import the exported snapshot (`SET TRANSACTION SNAPSHOT`), as supabase/etl and PeerDB
+//! do: the server's reading and text output, and lakets' decoding, run on every core.
+//! Memory is bounded by a channel of a few batches between the readers and the caller.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Client, GenericClient, IsolationLevel};
+
+use super::sync::{CopyProgress, postgres_shape};
+use crate::catalog::announce::{Announcement, announce};
+use crate::catalog::sync_registry;
+use crate::delta::batch::CellRow;
+use crate::delta::schema::{Cell, DataColumn, TableShape};
+use crate::error::{Error, PgResultExt, Result};
+use crate::ident::TableName;
+use crate::wal::lsn::Lsn;
+use crate::wal::value::{ColumnType, decode_text};
+
+/// Rows per fetch from a reader's cursor (and per batch handed over).
+const FETCH_ROWS: usize = 10_000;
+/// Heap pages per range (8 kB pages: 32 MB), so that ranges balance across readers.
+const PAGES_PER_RANGE: i64 = 4096;
+/// Batches in flight between the readers and the caller, per reader.
+const BATCHES_PER_READER: usize = 2;
+/// Snapshot attempts that may each find new columns before the copy gives up.
+pub(crate) const MAX_SHAPE_RETRIES: u32 = 3;
+
+/// Readers of a snapshot when the caller does not choose.
+pub const DEFAULT_READERS: usize = 4;
+
+/// The session every snapshot and comparison read runs in: values as text the decoder
+/// reads exactly (UTC ISO times, round-tripping floats, hex bytea).
+pub(crate) const TEXT_SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; \
+     SET extra_float_digits = 3; SET bytea_output = 'hex'";
+
+/// What [`read_snapshot`] found.
+pub(crate) enum SnapshotRead {
+    /// Every row went to `each`: the snapshot's position and the number of rows.
+    Copied { start_lsn: Lsn, rows: u64 },
+    /// The table has columns `shape` lacks (an ADD COLUMN committed after the caller read
+    /// the shape): nothing was read. The caller adds them to the Delta table and reads
+    /// again, so that no copied row loses a value the stream would never send again.
+    ColumnsAdded(Vec<DataColumn>),
+}
+
+pub(crate) fn columns_keep_changing(table: &TableName) -> Error {
+    Error::Conflict(format!(
+        "the columns of {table} changed {MAX_SHAPE_RETRIES} times while the snapshot was \
+         being taken; run the command again when the schema changes are done"
+    ))
+}
+
+/// A part of one partition a reader reads at a time.
+#[derive(Debug, Clone)]
+struct PageRange {
+    partition: TableName,
+    /// Heap pages `[first, end)` (`end` open for the last range); `None` for a
+    /// partition without a heap to range over (read whole).
+    pages: Option<(i64, Option<i64>)>,
+}
+
+/// Reads every row of `table_name` as of a snapshot that meets the WAL stream exactly
+/// (see the module docs) with `readers` connections, handing them to `each` in batches.
+/// The snapshot's position is recorded as the sync's `start_lsn` while writers are held
+/// off. The table's columns are checked against `shape` under the same lock, since that
+/// is the only moment no ALTER TABLE can slip in between.
+pub(crate) async fn read_snapshot(
+    db: &crate::db::DbConfig,
+    client: &Client,
+    table_name: &TableName,
+    shape: &TableShape,
+    readers: usize,
+    progress: &mut impl FnMut(CopyProgress),
+    mut each: impl AsyncFnMut(Vec<CellRow>) -> Result<()>,
+) -> Result<SnapshotRead> {
+    let readers = readers.max(1);
+    // Every connection first: writers wait only while the snapshot is taken.
+    let mut exporter = crate::db::connect_with(db).await?;
+    let mut workers = Vec::with_capacity(readers);
+    for _ in 0..readers {
+        let worker = crate::db::connect_with(db).await?;
+        worker
+            .batch_execute(TEXT_SESSION)
+            .await
+            .pg_context(|| "preparing a snapshot reader".into())?;
+        workers.push(worker);
+    }
+    let locker = crate::db::connect_with(db).await?;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN SHARE MODE",
+            table_name.quoted()
+        ))
+        .await
+        .pg_context(|| {
+            format!("locking {table_name} briefly to take a snapshot consistent with the WAL")
+        })?;
+    let tx = exporter
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .pg_context(|| "starting the snapshot transaction".into())?;
+    let row = tx
+        .query_one(
+            "SELECT pg_current_wal_insert_lsn(), pg_export_snapshot(),
+                    (SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
+                       FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhparent = $1::text::regclass)",
+            &[&table_name.quoted()],
+        )
+        .await
+        .pg_context(|| "taking the snapshot".into())?;
+    let start_lsn = Lsn::from(row.get::<_, PgLsn>(0));
+    let snapshot: String = row.get(1);
+    let estimate: i64 = row.get(2);
+    let time_column = &shape.columns[shape.time_index].name;
+    let columns_now = postgres_shape(&tx, table_name, time_column, shape.partitioning).await?;
+    let added = columns_to_add(table_name, shape, &columns_now)?;
+    if !added.is_empty() {
+        locker
+            .batch_execute("ROLLBACK")
+            .await
+            .pg_context(|| format!("releasing the lock on {table_name}"))?;
+        return Ok(SnapshotRead::ColumnsAdded(added));
+    }
+    sync_registry::record_snapshot(&locker, table_name, start_lsn, estimate).await?;
+    announce(
+        &locker,
+        &Announcement::SyncSnapshot {
+            table: table_name.clone(),
+            start_lsn,
+        },
+    )
+    .await?;
+    locker
+        .batch_execute("COMMIT")
+        .await
+        .pg_context(|| format!("releasing the lock on {table_name}"))?;
+
+    let (select, types) = text_select(&tx, table_name, shape).await?;
+    let ranges = page_ranges(&tx, table_name).await?;
+    // Every reader imports the snapshot while the exporting transaction is open.
+    for worker in &workers {
+        worker
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                crate::ident::quote_literal(&snapshot)
+            ))
+            .await
+            .pg_context(|| "importing the snapshot into a reader".into())?;
+    }
+
+    let queue = Arc::new(Mutex::new(ranges));
+    let shape = Arc::new(shape.clone());
+    let types: Arc<[ColumnType]> = types.into();
+    let (batches, mut received) =
+        tokio::sync::mpsc::channel::<Vec<CellRow>>(readers * BATCHES_PER_READER);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in workers {
+        let job = ReaderJob {
+            client: worker,
+            queue: queue.clone(),
+            select: select.clone(),
+            types: types.clone(),
+            shape: shape.clone(),
+            batches: batches.clone(),
+        };
+        tasks.spawn(job.run());
+    }
+    drop(batches);
+
+    let mut copied: u64 = 0;
+    let mut last_report = Instant::now();
+    let estimate = (estimate > 0).then_some(estimate as u64);
+    // Ends when every reader has dropped its sender: all ranges read, or one failed
+    // (and emptied the queue so that the others stop soon; its error comes below).
+    while let Some(rows) = received.recv().await {
+        copied += rows.len() as u64;
+        each(rows).await?;
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            last_report = Instant::now();
+            progress(CopyProgress {
+                rows: copied,
+                estimate,
+            });
+            let _ = sync_registry::record_rows_copied(client, table_name, copied as i64).await;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| Error::Operator(format!("a snapshot reader failed: {e}")))??;
+    }
+    tx.commit()
+        .await
+        .pg_context(|| "ending the snapshot transaction".into())?;
+    progress(CopyProgress {
+        rows: copied,
+        estimate,
+    });
+    Ok(SnapshotRead::Copied {
+        start_lsn,
+        rows: copied,
+    })
+}
+
+/// One reader: takes ranges off the queue until none is left.
+struct ReaderJob {
+    client: Client,
+    queue: Arc<Mutex<VecDeque<PageRange>>>,
+    select: String,
+    types: Arc<[ColumnType]>,
+    shape: Arc<TableShape>,
+    batches: tokio::sync::mpsc::Sender<Vec<CellRow>>,
+}
+
+impl ReaderJob {
+    async fn run(self) -> Result<()> {
+        let outcome = self.read_all().await;
+        if outcome.is_err() {
+            self.queue.lock().expect("range queue").clear();
+        }
+        outcome
+    }
+
+    async fn read_all(&self) -> Result<()> {
+        loop {
+            let Some(range) = self.queue.lock().expect("range queue").pop_front() else {
+                break;
+            };
+            self.read_range(&range).await?;
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .pg_context(|| "ending a snapshot reader's transaction".into())
+    }
+
+    async fn read_range(&self, range: &PageRange) -> Result<()> {
+        let what = || match range.pages {
+            Some((first, _)) => format!("reading {} from page {first}", range.partition),
+            None => format!("reading {}", range.partition),
+        };
+        let table = range.partition.quoted();
+        let (sql, bounds) = match range.pages {
+            None => (format!("SELECT {} FROM ONLY {table}", self.select), vec![]),
+            Some((first, None)) => (
+                format!(
+                    "SELECT {} FROM ONLY {table} WHERE ctid >= $1::text::tid",
+                    self.select
+                ),
+                vec![format!("({first},0)")],
+            ),
+            Some((first, Some(end))) => (
+                format!(
+                    "SELECT {} FROM ONLY {table} WHERE ctid >= $1::text::tid AND ctid < $2::text::tid",
+                    self.select
+                ),
+                vec![format!("({first},0)"), format!("({end},0)")],
+            ),
+        };
+        // Rows stream from the server as they are consumed (the connection hands over
+        // one message batch at a time), so a range never sits in memory whole.
+        let rows = self
+            .client
+            .query_raw(&sql, &bounds)
+            .await
+            .pg_context(what)?;
+        futures_util::pin_mut!(rows);
+        let mut batch = Vec::with_capacity(FETCH_ROWS);
+        while let Some(row) = rows.try_next().await.pg_context(what)? {
+            batch.push(text_row_cells(&row, &self.types, &self.shape)?);
+            if batch.len() == FETCH_ROWS && !self.hand_over(&mut batch).await {
+                return Ok(());
+            }
+        }
+        if !batch.is_empty() {
+            self.hand_over(&mut batch).await;
+        }
+        Ok(())
+    }
+
+    /// Sends the batch to the caller; false when the caller has stopped (it failed).
+    async fn hand_over(&self, batch: &mut Vec<CellRow>) -> bool {
+        let full = std::mem::replace(batch, Vec::with_capacity(FETCH_ROWS));
+        self.batches.send(full).await.is_ok()
+    }
+}
+
+/// The heap-page ranges of every partition holding rows (the table itself when it has
+/// none), sizes as of now: a row the snapshot sees lies on a page that exists, and the
+/// last range of each partition is open-ended all the same. Largest partitions first, so
+/// that the last ranges to finish are small ones.
+async fn page_ranges(
+    client: &impl GenericClient,
+    table_name: &TableName,
+) -> Result<VecDeque<PageRange>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text,
+                    CASE WHEN c.relkind = 'r'
+                         THEN pg_relation_size(c.oid) / current_setting('block_size')::bigint
+                    END
+               FROM pg_partition_tree($1::text::regclass) t
+               JOIN pg_class c ON c.oid = t.relid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE t.isleaf
+              ORDER BY 3 DESC NULLS LAST",
+            &[&table_name.quoted()],
+        )
+        .await
+        .pg_context(|| format!("listing the partitions of {table_name}"))?;
+    let mut ranges = VecDeque::new();
+    for row in rows {
+        let partition = TableName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let Some(pages) = row.get::<_, Option<i64>>(2) else {
+            ranges.push_back(PageRange {
+                partition,
+                pages: None,
+            });
+            continue;
+        };
+        let mut first = 0;
+        while first + PAGES_PER_RANGE < pages {
+            ranges.push_back(PageRange {
+                partition: partition.clone(),
+                pages: Some((first, Some(first + PAGES_PER_RANGE))),
+            });
+            first += PAGES_PER_RANGE;
+        }
+        ranges.push_back(PageRange {
+            partition,
+            pages: Some((first, None)),
+        });
+    }
+    Ok(ranges)
+}
+
+/// The columns `postgres` has and `delta` lacks, in PostgreSQL's order. A column both
+/// have whose type differs cannot be carried into the Delta table.
+pub(crate) fn columns_to_add(
+    table: &TableName,
+    delta: &TableShape,
+    postgres: &TableShape,
+) -> Result<Vec<DataColumn>> {
+    let mut added = Vec::new();
+    for column in &postgres.columns {
+        match delta.columns.iter().find(|c| c.name == column.name) {
+            None => added.push(column.clone()),
+            Some(old) if old.kind != column.kind => {
+                return Err(Error::Unsupported(format!(
+                    "column {} of {table} is {:?} in the Delta table and {:?} in PostgreSQL; \
+                     the Delta table cannot carry a type change: `lakets sync disable {table}` \
+                     and enable it into a new location",
+                    column.name, old.kind, column.kind
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(added)
+}
+
+/// The select list (`col::text, ...`, in the shape's order) and the columns' types.
+pub(crate) async fn text_select(
+    client: &impl GenericClient,
+    table_name: &TableName,
+    shape: &TableShape,
+) -> Result<(String, Vec<ColumnType>)> {
+    let rows = client
+        .query(
+            "SELECT attname::text, atttypid::oid FROM pg_attribute
+              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&table_name.quoted()],
+        )
+        .await
+        .pg_context(|| format!("reading the columns of {table_name}"))?;
+    let types = shape
+        .columns
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .find(|r| r.get::<_, &str>(0) == c.name)
+                .map(|r| ColumnType::from_oid(r.get(1)))
+                .ok_or_else(|| Error::Conflict(format!("{table_name} has no column {:?}", c.name)))
+        })
+        .collect::<Result<_>>()?;
+    let select = shape
+        .columns
+        .iter()
+        .map(|c| format!("{}::text", crate::ident::quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((select, types))
+}
+
+/// A row selected as `col::text, ...` (in [`TEXT_SESSION`]) as cells.
+pub(crate) fn text_row_cells(
+    row: &tokio_postgres::Row,
+    types: &[ColumnType],
+    shape: &TableShape,
+) -> Result<CellRow> {
+    shape
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| match row.get::<_, Option<&str>>(i) {
+            None => Ok(Cell::Null),
+            Some(text) => Cell::from_value(&decode_text(types[i], text.as_bytes())?, column),
+        })
+        .collect()
+}
