@@ -92,9 +92,9 @@ async fn one_size(rows: u64, readers: &[usize]) -> Result<SnapshotSize> {
     client
         .execute(
             "INSERT INTO stock_ticks
-             SELECT now() - (g * 86400.0 / $1) * interval '1 second', 'S' || (g % 100),
+             SELECT now() - (g * 86400.0 / $1::bigint) * interval '1 second', 'S' || (g % 100),
                     100 + (g % 1000) / 7.0, g
-               FROM generate_series(1, $1) g",
+               FROM generate_series(1, $1::bigint) g",
             &[&rows_i],
         )
         .await

@@ -376,9 +376,17 @@ impl Cell {
             Value::Uuid(bytes) => Cell::Str(format_uuid(bytes)),
             Value::Bytea(b) => Cell::Bytes(b.clone()),
             Value::Timestamptz(v) | Value::Timestamp(v) if kind == ColumnKind::Timestamp => {
+                if !(DELTA_MIN_MICROS..=DELTA_MAX_MICROS).contains(v) {
+                    return Err(out_of_delta_range(column, value));
+                }
                 Cell::Int(*v)
             }
-            Value::Date(d) if kind == ColumnKind::Date => Cell::Int(*d as i64),
+            Value::Date(d) if kind == ColumnKind::Date => {
+                if !(DELTA_MIN_DAYS..=DELTA_MAX_DAYS).contains(&i64::from(*d)) {
+                    return Err(out_of_delta_range(column, value));
+                }
+                Cell::Int(*d as i64)
+            }
             _ => return Err(mismatch()),
         })
     }
@@ -399,6 +407,23 @@ impl Cell {
                 _ => 0,
             }
     }
+}
+
+/// Delta's date and timestamp range: 0001-01-01 through 9999-12-31 (readers, and
+/// deltalake's own statistics, fail outside it).
+const DELTA_MIN_DAYS: i64 = -719_162;
+const DELTA_MAX_DAYS: i64 = 2_932_896;
+const DELTA_MIN_MICROS: i64 = DELTA_MIN_DAYS * 86_400_000_000;
+const DELTA_MAX_MICROS: i64 = (DELTA_MAX_DAYS + 1) * 86_400_000_000 - 1;
+
+fn out_of_delta_range(column: &DataColumn, value: &Value) -> Error {
+    let shown = value.to_sql_text().unwrap_or_default();
+    Error::Unsupported(format!(
+        "column {:?}: {shown} lies outside the dates a Delta table holds (0001-01-01 through \
+         9999-12-31, no infinity); change the row in PostgreSQL (the stream waits at it, \
+         losing nothing)",
+        column.name
+    ))
 }
 
 pub fn format_uuid(b: &[u8; 16]) -> String {
@@ -459,6 +484,33 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> std::result::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_and_times_outside_what_delta_holds_are_refused_by_name() {
+        let column = |kind| DataColumn {
+            name: "at".into(),
+            kind,
+        };
+        let date = column(ColumnKind::Date);
+        let time = column(ColumnKind::Timestamp);
+        assert_eq!(
+            Cell::from_value(&Value::Date(-719_162), &date).unwrap(),
+            Cell::Int(-719_162)
+        );
+        assert!(Cell::from_value(&Value::Date(2_932_896), &date).is_ok());
+        let err = Cell::from_value(&Value::Date(i32::MIN), &date)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"at\"") && err.contains("-infinity") && err.contains("9999-12-31"),
+            "{err}"
+        );
+        assert!(Cell::from_value(&Value::Date(2_932_897), &date).is_err());
+        assert!(Cell::from_value(&Value::Timestamptz(i64::MAX), &time).is_err());
+        assert!(Cell::from_value(&Value::Timestamp(DELTA_MAX_MICROS + 1), &time).is_err());
+        assert!(Cell::from_value(&Value::Timestamp(DELTA_MAX_MICROS), &time).is_ok());
+        assert!(Cell::from_value(&Value::Timestamptz(DELTA_MIN_MICROS), &time).is_ok());
+    }
 
     #[test]
     fn decimals_are_exact_or_refused() {

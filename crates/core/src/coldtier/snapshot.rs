@@ -9,7 +9,8 @@
 //! The copy is split into ranges of heap pages of each partition (`ctid` ranges, which
 //! PostgreSQL reads with a TID range scan) and read by several connections that all
 //! import the exported snapshot (`SET TRANSACTION SNAPSHOT`), as supabase/etl and PeerDB
-//! do: the server's reading and text output, and lakets' decoding, run on every core.
+//! do: the server's reading and output, and lakets' decoding, run on every core. Each
+//! range is a binary `COPY (SELECT ...) TO STDOUT`, the cheapest form on both sides.
 //! Memory is bounded by a channel of a few batches between the readers and the caller.
 
 use std::collections::VecDeque;
@@ -28,7 +29,7 @@ use crate::delta::schema::{Cell, DataColumn, TableShape};
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::TableName;
 use crate::wal::lsn::Lsn;
-use crate::wal::value::{ColumnType, decode_text};
+use crate::wal::value::{ColumnType, decode_binary, decode_text};
 
 /// Rows per fetch from a reader's cursor (and per batch handed over).
 const FETCH_ROWS: usize = 10_000;
@@ -42,8 +43,8 @@ pub(crate) const MAX_SHAPE_RETRIES: u32 = 3;
 /// Readers of a snapshot when the caller does not choose.
 pub const DEFAULT_READERS: usize = 4;
 
-/// The session every snapshot and comparison read runs in: values as text the decoder
-/// reads exactly (UTC ISO times, round-tripping floats, hex bytea).
+/// The session of every read of values as text (comparisons with Delta): text the
+/// decoder reads exactly (UTC ISO times, round-tripping floats, hex bytea).
 pub(crate) const TEXT_SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; \
      SET extra_float_digits = 3; SET bytea_output = 'hex'";
 
@@ -92,12 +93,7 @@ pub(crate) async fn read_snapshot(
     let mut exporter = crate::db::connect_with(db).await?;
     let mut workers = Vec::with_capacity(readers);
     for _ in 0..readers {
-        let worker = crate::db::connect_with(db).await?;
-        worker
-            .batch_execute(TEXT_SESSION)
-            .await
-            .pg_context(|| "preparing a snapshot reader".into())?;
-        workers.push(worker);
+        workers.push(crate::db::connect_with(db).await?);
     }
     let locker = crate::db::connect_with(db).await?;
     locker
@@ -153,7 +149,13 @@ pub(crate) async fn read_snapshot(
         .await
         .pg_context(|| format!("releasing the lock on {table_name}"))?;
 
-    let (select, types) = text_select(&tx, table_name, shape).await?;
+    let (_, types) = text_select(&tx, table_name, shape).await?;
+    let columns = shape
+        .columns
+        .iter()
+        .map(|c| crate::ident::quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
     let ranges = page_ranges(&tx, table_name).await?;
     // Every reader imports the snapshot while the exporting transaction is open.
     for worker in &workers {
@@ -176,7 +178,7 @@ pub(crate) async fn read_snapshot(
         let job = ReaderJob {
             client: worker,
             queue: queue.clone(),
-            select: select.clone(),
+            columns: columns.clone(),
             types: types.clone(),
             shape: shape.clone(),
             batches: batches.clone(),
@@ -222,7 +224,8 @@ pub(crate) async fn read_snapshot(
 struct ReaderJob {
     client: Client,
     queue: Arc<Mutex<VecDeque<PageRange>>>,
-    select: String,
+    /// The shape's columns, quoted, in its order.
+    columns: String,
     types: Arc<[ColumnType]>,
     shape: Arc<TableShape>,
     batches: tokio::sync::mpsc::Sender<Vec<CellRow>>,
@@ -255,39 +258,35 @@ impl ReaderJob {
             Some((first, _)) => format!("reading {} from page {first}", range.partition),
             None => format!("reading {}", range.partition),
         };
-        let table = range.partition.quoted();
-        let (sql, bounds) = match range.pages {
-            None => (format!("SELECT {} FROM ONLY {table}", self.select), vec![]),
-            Some((first, None)) => (
-                format!(
-                    "SELECT {} FROM ONLY {table} WHERE ctid >= $1::text::tid",
-                    self.select
-                ),
-                vec![format!("({first},0)")],
-            ),
-            Some((first, Some(end))) => (
-                format!(
-                    "SELECT {} FROM ONLY {table} WHERE ctid >= $1::text::tid AND ctid < $2::text::tid",
-                    self.select
-                ),
-                vec![format!("({first},0)"), format!("({end},0)")],
-            ),
+        // COPY takes no bind parameters: the page numbers are lakets' own integers.
+        let bounds = match range.pages {
+            None => String::new(),
+            Some((first, None)) => format!(" WHERE ctid >= '({first},0)'::tid"),
+            Some((first, Some(end))) => {
+                format!(" WHERE ctid >= '({first},0)'::tid AND ctid < '({end},0)'::tid")
+            }
         };
-        // Rows stream from the server as they are consumed (the connection hands over
-        // one message batch at a time), so a range never sits in memory whole.
-        let rows = self
-            .client
-            .query_raw(&sql, &bounds)
-            .await
-            .pg_context(what)?;
-        futures_util::pin_mut!(rows);
+        // Binary COPY: the server's cheapest output (no float or time formatting) and
+        // the decoder's cheapest input, streamed as it is consumed.
+        let sql = format!(
+            "COPY (SELECT {} FROM ONLY {}{bounds}) TO STDOUT (FORMAT binary)",
+            self.columns,
+            range.partition.quoted()
+        );
+        let stream = self.client.copy_out(&sql).await.pg_context(what)?;
+        futures_util::pin_mut!(stream);
+        let mut parser = BinaryCopy::default();
         let mut batch = Vec::with_capacity(FETCH_ROWS);
-        while let Some(row) = rows.try_next().await.pg_context(what)? {
-            batch.push(text_row_cells(&row, &self.types, &self.shape)?);
-            if batch.len() == FETCH_ROWS && !self.hand_over(&mut batch).await {
+        while let Some(data) = stream.try_next().await.pg_context(what)? {
+            parser.feed(&data, self.types.len(), |fields| {
+                batch.push(binary_row_cells(fields, &self.types, &self.shape)?);
+                Ok(())
+            })?;
+            if batch.len() >= FETCH_ROWS && !self.hand_over(&mut batch).await {
                 return Ok(());
             }
         }
+        parser.finish()?;
         if !batch.is_empty() {
             self.hand_over(&mut batch).await;
         }
@@ -299,6 +298,131 @@ impl ReaderJob {
         let full = std::mem::replace(batch, Vec::with_capacity(FETCH_ROWS));
         self.batches.send(full).await.is_ok()
     }
+}
+
+/// The rows of `COPY ... TO STDOUT (FORMAT binary)` as they arrive, in pieces of any
+/// size: the 19-byte header (signature, flags, extension length), then per row a field
+/// count and each field's length (-1: NULL) and bytes, then a -1 trailer.
+#[derive(Default)]
+struct BinaryCopy {
+    /// An incomplete row (or header) carried over to the next piece.
+    pending: Vec<u8>,
+    header_read: bool,
+    ended: bool,
+}
+
+const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+impl BinaryCopy {
+    fn feed(
+        &mut self,
+        data: &[u8],
+        fields: usize,
+        mut row: impl FnMut(&[Option<&[u8]>]) -> Result<()>,
+    ) -> Result<()> {
+        let joined;
+        let data = if self.pending.is_empty() {
+            data
+        } else {
+            self.pending.extend_from_slice(data);
+            joined = std::mem::take(&mut self.pending);
+            &joined[..]
+        };
+        let mut at = 0;
+        let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(fields);
+        loop {
+            if !self.header_read {
+                let Some(header) = data.get(at..at + 19) else {
+                    break;
+                };
+                if &header[..11] != COPY_SIGNATURE {
+                    return Err(copy_format_error("no binary COPY signature"));
+                }
+                let extension = u32::from_be_bytes(header[15..19].try_into().expect("4 bytes"));
+                let end = at + 19 + extension as usize;
+                if data.len() < end {
+                    break;
+                }
+                at = end;
+                self.header_read = true;
+            }
+            let Some(count) = data.get(at..at + 2) else {
+                break;
+            };
+            let count = i16::from_be_bytes([count[0], count[1]]);
+            if count == -1 {
+                self.ended = true;
+                at += 2;
+                break;
+            }
+            if count as usize != fields {
+                return Err(copy_format_error(&format!(
+                    "a row of {count} fields where {fields} were selected"
+                )));
+            }
+            values.clear();
+            let mut p = at + 2;
+            let mut complete = true;
+            for _ in 0..fields {
+                let Some(len) = data.get(p..p + 4) else {
+                    complete = false;
+                    break;
+                };
+                let len = i32::from_be_bytes(len.try_into().expect("4 bytes"));
+                p += 4;
+                if len < 0 {
+                    values.push(None);
+                    continue;
+                }
+                let Some(value) = data.get(p..p + len as usize) else {
+                    complete = false;
+                    break;
+                };
+                values.push(Some(value));
+                p += len as usize;
+            }
+            if !complete {
+                break;
+            }
+            row(&values)?;
+            at = p;
+        }
+        self.pending.extend_from_slice(&data[at..]);
+        Ok(())
+    }
+
+    /// Checks that the copy ended where a row ends, with its trailer.
+    fn finish(&self) -> Result<()> {
+        if self.ended && self.pending.is_empty() {
+            Ok(())
+        } else {
+            Err(copy_format_error(
+                "the COPY ended inside a row or without its trailer",
+            ))
+        }
+    }
+}
+
+fn copy_format_error(why: &str) -> Error {
+    Error::Operator(format!("reading the snapshot's binary COPY: {why}"))
+}
+
+/// A binary COPY row as cells in the shape's order.
+fn binary_row_cells(
+    fields: &[Option<&[u8]>],
+    types: &[ColumnType],
+    shape: &TableShape,
+) -> Result<CellRow> {
+    shape
+        .columns
+        .iter()
+        .zip(fields)
+        .zip(types)
+        .map(|((column, field), ty)| match field {
+            None => Ok(Cell::Null),
+            Some(bytes) => Cell::from_value(&decode_binary(*ty, bytes)?, column),
+        })
+        .collect()
 }
 
 /// The heap-page ranges of every partition holding rows (the table itself when it has
@@ -375,7 +499,11 @@ pub(crate) fn columns_to_add(
     Ok(added)
 }
 
-/// The select list (`col::text, ...`, in the shape's order) and the columns' types.
+/// The select list (each column as its type's output function prints it, in the shape's
+/// order) and the columns' types. Not `col::text`: that cast prints a boolean as `true`
+/// and strips a `char(n)`'s padding, where the stream (and the binary copy) carry `t` and
+/// the padded value. The functions are named with their schema, so that nothing in a
+/// user's search path can stand in for them.
 pub(crate) async fn text_select(
     client: &impl GenericClient,
     table_name: &TableName,
@@ -383,32 +511,37 @@ pub(crate) async fn text_select(
 ) -> Result<(String, Vec<ColumnType>)> {
     let rows = client
         .query(
-            "SELECT attname::text, atttypid::oid FROM pg_attribute
-              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            "SELECT a.attname::text, a.atttypid::oid, n.nspname::text, p.proname::text
+               FROM pg_attribute a
+               JOIN pg_type t ON t.oid = a.atttypid
+               JOIN pg_proc p ON p.oid = t.typoutput
+               JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped",
             &[&table_name.quoted()],
         )
         .await
         .pg_context(|| format!("reading the columns of {table_name}"))?;
-    let types = shape
-        .columns
-        .iter()
-        .map(|c| {
-            rows.iter()
-                .find(|r| r.get::<_, &str>(0) == c.name)
-                .map(|r| ColumnType::from_oid(r.get(1)))
-                .ok_or_else(|| Error::Conflict(format!("{table_name} has no column {:?}", c.name)))
-        })
-        .collect::<Result<_>>()?;
-    let select = shape
-        .columns
-        .iter()
-        .map(|c| format!("{}::text", crate::ident::quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    Ok((select, types))
+    let mut types = Vec::with_capacity(shape.columns.len());
+    let mut select = Vec::with_capacity(shape.columns.len());
+    for column in &shape.columns {
+        let row = rows
+            .iter()
+            .find(|r| r.get::<_, &str>(0) == column.name)
+            .ok_or_else(|| {
+                Error::Conflict(format!("{table_name} has no column {:?}", column.name))
+            })?;
+        types.push(ColumnType::from_oid(row.get(1)));
+        select.push(format!(
+            "pg_catalog.textin({}.{}({}))",
+            crate::ident::quote_ident(row.get(2)),
+            crate::ident::quote_ident(row.get(3)),
+            crate::ident::quote_ident(&column.name)
+        ));
+    }
+    Ok((select.join(", "), types))
 }
 
-/// A row selected as `col::text, ...` (in [`TEXT_SESSION`]) as cells.
+/// A row selected through [`text_select`] (in [`TEXT_SESSION`]) as cells.
 pub(crate) fn text_row_cells(
     row: &tokio_postgres::Row,
     types: &[ColumnType],
@@ -423,4 +556,79 @@ pub(crate) fn text_row_cells(
             Some(text) => Cell::from_value(&decode_text(types[i], text.as_bytes())?, column),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary COPY stream of `rows` (fields as bytes, None for NULL).
+    fn copy_stream(rows: &[Vec<Option<&[u8]>>]) -> Vec<u8> {
+        let mut out = COPY_SIGNATURE.to_vec();
+        out.extend_from_slice(&0u32.to_be_bytes()); // flags
+        out.extend_from_slice(&4u32.to_be_bytes()); // extension area
+        out.extend_from_slice(b"ext!");
+        for row in rows {
+            out.extend_from_slice(&(row.len() as i16).to_be_bytes());
+            for field in row {
+                match field {
+                    None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(bytes) => {
+                        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                        out.extend_from_slice(bytes);
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+
+    fn parse_in_pieces(stream: &[u8], piece: usize) -> Result<Vec<Vec<Option<Vec<u8>>>>> {
+        let mut parser = BinaryCopy::default();
+        let mut rows = Vec::new();
+        for chunk in stream.chunks(piece) {
+            parser.feed(chunk, 2, |fields| {
+                rows.push(fields.iter().map(|f| f.map(<[u8]>::to_vec)).collect());
+                Ok(())
+            })?;
+        }
+        parser.finish()?;
+        Ok(rows)
+    }
+
+    #[test]
+    fn rows_split_anywhere_across_pieces_read_whole() {
+        let rows = vec![
+            vec![Some(&b"first"[..]), None],
+            vec![Some(&b""[..]), Some(&b"\xff\x00\x01"[..])],
+            vec![None, Some(&b"last row"[..])],
+        ];
+        let stream = copy_stream(&rows);
+        let expected: Vec<Vec<Option<Vec<u8>>>> = rows
+            .iter()
+            .map(|r| r.iter().map(|f| f.map(<[u8]>::to_vec)).collect())
+            .collect();
+        for piece in 1..=stream.len() {
+            assert_eq!(
+                parse_in_pieces(&stream, piece).unwrap(),
+                expected,
+                "pieces of {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_stream_or_a_wrong_row_width_is_an_error() {
+        let stream = copy_stream(&[vec![Some(&b"a"[..]), Some(&b"b"[..])]]);
+        let cut = &stream[..stream.len() - 3];
+        let err = parse_in_pieces(cut, 7).unwrap_err().to_string();
+        assert!(err.contains("ended inside a row"), "{err}");
+        let wide = copy_stream(&[vec![Some(&b"a"[..]), None, None]]);
+        let err = parse_in_pieces(&wide, 64).unwrap_err().to_string();
+        assert!(err.contains("3 fields where 2"), "{err}");
+        let mut forged = stream.clone();
+        forged[0] = b'X';
+        assert!(parse_in_pieces(&forged, 64).is_err());
+    }
 }
