@@ -493,7 +493,7 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
         rows: Vec<u64>,
         /// Readers of the copy, one run each (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
         readers: Vec<usize>,
         #[arg(long)]
         json: bool,

@@ -23,7 +23,7 @@ impl Default for SnapshotOptions {
     fn default() -> Self {
         SnapshotOptions {
             rows: vec![1_000_000, 10_000_000],
-            readers: vec![1, lakets_core::coldtier::snapshot::DEFAULT_READERS],
+            readers: vec![1, 2, 4],
         }
     }
 }

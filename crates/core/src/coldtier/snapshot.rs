@@ -40,8 +40,10 @@ const BATCHES_PER_READER: usize = 2;
 /// Snapshot attempts that may each find new columns before the copy gives up.
 pub(crate) const MAX_SHAPE_RETRIES: u32 = 3;
 
-/// Readers of a snapshot when the caller does not choose.
-pub const DEFAULT_READERS: usize = 4;
+/// Readers of a snapshot when the caller does not choose. Measured on 2 cores (`lakets
+/// bench snapshot`): 2 beat 1 on small tables and matched it on large ones, 4 lost to
+/// both (the cores were full); a larger server takes more with `--readers`.
+pub const DEFAULT_READERS: usize = 2;
 
 /// The session of every read of values as text (comparisons with Delta): text the
 /// decoder reads exactly (UTC ISO times, round-tripping floats, hex bytea).
