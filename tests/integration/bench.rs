@@ -166,10 +166,24 @@ fn bench_all_reports_every_figure_in_one_run() {
         assert!(s["lag_bytes"].as_array().unwrap().len() >= 2, "{s}");
     }
 
-    // Twelve targets (the split write path, two per freshness size, two of memory), each
-    // with a verdict.
+    // The initial copy: one size, a run per reader count, each of every row.
+    let sizes = report["snapshot"]["sizes"].as_array().unwrap();
+    assert_eq!(sizes.len(), 1, "{sizes:?}");
+    assert!(f(&sizes[0]["copy_rows_per_second"]) > 0.0, "{sizes:?}");
+    let copies = sizes[0]["runs"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    for (run, readers) in copies.iter().zip([1, 2]) {
+        assert_eq!(run["readers"].as_u64(), Some(readers), "{run}");
+        assert!(
+            f(&run["rows_per_second"]) > 0.0 && f(&run["ratio"]) > 0.0,
+            "{run}"
+        );
+    }
+
+    // Thirteen targets (the split write path, two per freshness size, two of memory, one
+    // per copy size), each with a verdict.
     let targets = report["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 12, "{targets:?}");
+    assert_eq!(targets.len(), 13, "{targets:?}");
     assert!(targets.iter().all(|t| t["met"].is_boolean()));
     assert!(
         report["postgres"]

@@ -420,8 +420,7 @@ fn out_of_delta_range(column: &DataColumn, value: &Value) -> Error {
     let shown = value.to_sql_text().unwrap_or_default();
     Error::Unsupported(format!(
         "column {:?}: {shown} lies outside the dates a Delta table holds (0001-01-01 through \
-         9999-12-31, no infinity); change the row in PostgreSQL (the stream waits at it, \
-         losing nothing)",
+         9999-12-31, no infinity)",
         column.name
     ))
 }

@@ -97,6 +97,14 @@ pub(crate) async fn read_snapshot(
     for _ in 0..readers {
         workers.push(crate::db::connect_with(db).await?);
     }
+    // The exporter idles in its transaction for the whole copy, and a reader's COPY
+    // waits on the Delta writer: a server's or role's timeouts must not end them.
+    for session in workers.iter().chain([&exporter]) {
+        session
+            .batch_execute("SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0")
+            .await
+            .pg_context(|| "preparing a snapshot session".into())?;
+    }
     let locker = crate::db::connect_with(db).await?;
     locker
         .batch_execute(&format!(
@@ -137,6 +145,10 @@ pub(crate) async fn read_snapshot(
             .pg_context(|| format!("releasing the lock on {table_name}"))?;
         return Ok(SnapshotRead::ColumnsAdded(added));
     }
+    // The partitions are listed (and so locked against DETACH and DROP for the rest of
+    // the copy) while the table's lock still holds them all.
+    let (_, types) = text_select(&tx, table_name, shape).await?;
+    let ranges = page_ranges(&tx, table_name).await?;
     sync_registry::record_snapshot(&locker, table_name, start_lsn, estimate).await?;
     announce(
         &locker,
@@ -151,14 +163,12 @@ pub(crate) async fn read_snapshot(
         .await
         .pg_context(|| format!("releasing the lock on {table_name}"))?;
 
-    let (_, types) = text_select(&tx, table_name, shape).await?;
     let columns = shape
         .columns
         .iter()
         .map(|c| crate::ident::quote_ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    let ranges = page_ranges(&tx, table_name).await?;
     // Every reader imports the snapshot while the exporting transaction is open.
     for worker in &workers {
         worker
@@ -372,9 +382,12 @@ impl BinaryCopy {
                 };
                 let len = i32::from_be_bytes(len.try_into().expect("4 bytes"));
                 p += 4;
-                if len < 0 {
+                if len == -1 {
                     values.push(None);
                     continue;
+                }
+                if len < 0 {
+                    return Err(copy_format_error(&format!("a field of length {len}")));
                 }
                 let Some(value) = data.get(p..p + len as usize) else {
                     complete = false;

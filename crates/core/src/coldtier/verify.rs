@@ -149,9 +149,9 @@ pub async fn verify(client: &Client, table: &str) -> Result<VerifyReport> {
             .collect();
         let mut examples: Vec<Examples> = (0..chunks.len()).map(|_| Examples::default()).collect();
         if differing.contains(&true) {
-            // Two more passes, only when something differs: the net count per row hash
-            // (memory: 16 bytes a row of the differing chunks), then the rows behind the
-            // hashes that do not cancel out.
+            // More passes, only when something differs: the net count per row hash
+            // (memory: about 40 bytes a row of the differing chunks), then the rows behind
+            // the hashes that do not cancel out.
             let in_differing = |row: &CellRow| bucket(row).filter(|&i| differing[i]);
             let mut net: std::collections::HashMap<u64, i64> = Default::default();
             crate::coldtier::sync::for_each_postgres_row(client, &ct.table, &shape, |row| {
@@ -294,6 +294,12 @@ fn render_row(shape: &crate::delta::schema::TableShape, row: &CellRow) -> String
                         (v % unit).abs(),
                         width = scale as usize
                     )
+                }
+                (Cell::Decimal(v), _) => v.to_string(),
+                (Cell::Bool(b), _) => b.to_string(),
+                (Cell::Bytes(bytes), _) => {
+                    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("\\x{hex}")
                 }
                 (Cell::Str(text), _) => format!("{text:?}"),
                 (other, _) => format!("{other:?}"),
