@@ -1485,8 +1485,22 @@ async fn every_mapped_type_copies_exactly_as_postgres_prints_it() {
         err.contains("\"d\"") && err.contains("-infinity") && err.contains("0001-01-01"),
         "{err}"
     );
-    db.exec("UPDATE ticks SET d = '2026-01-01' WHERE id = 3")
-        .await;
+    // The rerun finishes it, in the shape the table has by then.
+    db.exec(
+        "UPDATE ticks SET d = '2026-01-01' WHERE id = 3;
+         ALTER TABLE ticks ADD COLUMN added_meanwhile text;
+         UPDATE ticks SET added_meanwhile = 'v' || id;",
+    )
+    .await;
     let config = common::sync_to(&db, "ticks", dir.path().join("t2").to_str().unwrap()).await;
     assert_mirrored(&db, &config.location, "the copy finished after the fix").await;
+    let delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    assert_eq!(
+        shape.columns.last().map(|c| c.name.as_str()),
+        Some("added_meanwhile")
+    );
 }

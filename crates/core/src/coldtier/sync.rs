@@ -116,14 +116,23 @@ pub async fn enable_sync_with_readers(
         .pg_context(|| format!("waiting for another sync of {} to finish", ct.table))?;
 
     let found = table::open(&url).await?;
+    // The copy writes in the Delta table's shape; columns PostgreSQL gained since an
+    // interrupted earlier enable made it join before the copy (see `copy_snapshot`).
+    let mut copy_shape = shape.clone();
     if let Some(t) = &found {
-        let same =
-            shape_of(t, &ct.time_column, partitioning).is_ok_and(|f| f.columns == shape.columns);
-        if existing.is_none() || !same {
-            return Err(Error::Conflict(format!(
-                "a Delta table already exists at {}; sync into a new (empty) location",
-                table::display_location(&url)
-            )));
+        let resumable = shape_of(t, &ct.time_column, partitioning).ok().filter(|f| {
+            existing.is_some()
+                && f.partition_column == shape.partition_column
+                && f.columns.iter().all(|c| shape.columns.contains(c))
+        });
+        match resumable {
+            Some(f) => copy_shape = f,
+            None => {
+                return Err(Error::Conflict(format!(
+                    "a Delta table already exists at {}; sync into a new (empty) location",
+                    table::display_location(&url)
+                )));
+            }
         }
     }
 
@@ -166,7 +175,7 @@ pub async fn enable_sync_with_readers(
         db,
         &client,
         &ct.table,
-        &shape,
+        &copy_shape,
         &mut delta,
         readers,
         &mut progress,
