@@ -116,8 +116,8 @@ pub async fn enable_sync_with_readers(
         .pg_context(|| format!("waiting for another sync of {} to finish", ct.table))?;
 
     let found = table::open(&url).await?;
-    // The copy writes in the Delta table's shape; columns PostgreSQL gained since an
-    // interrupted earlier enable made it join before the copy (see `copy_snapshot`).
+    // A pending sync resumes in its Delta table's shape: columns PostgreSQL gained
+    // since the interrupted enable created the table join it before the copy.
     let mut copy_shape = shape.clone();
     if let Some(t) = &found {
         let resumable = shape_of(t, &ct.time_column, partitioning).ok().filter(|f| {
