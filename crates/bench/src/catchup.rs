@@ -72,7 +72,7 @@ const SPLIT_PUBLICATIONS: [(&str, &str); 2] = [
 ];
 
 pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
-    let (pg, url, mut client) = super::stock_ticks_database(None).await?;
+    let (pg, url, mut client) = super::stock_ticks_database(super::History::None).await?;
     let db_config = crate::db::parse_config(&url)?;
     let _lake = super::attach_operators(&mut client, &db_config).await?;
     for (publication, filter) in SPLIT_PUBLICATIONS {

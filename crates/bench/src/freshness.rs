@@ -62,7 +62,7 @@ pub struct FreshnessReport {
 }
 
 pub async fn freshness(options: &FreshnessOptions) -> Result<FreshnessReport> {
-    let (pg, url, mut client) = super::stock_ticks_database(None).await?;
+    let (pg, url, mut client) = super::stock_ticks_database(super::History::None).await?;
     let db = crate::db::parse_config(&url)?;
     let _lake = super::attach_operators(&mut client, &db).await?;
     let slot = "bench_freshness";

@@ -26,7 +26,7 @@ pub struct GateReport {
 }
 
 pub async fn gate(inserts: usize) -> Result<GateReport> {
-    let (pg, url, client) = super::stock_ticks_database(Some(5)).await?;
+    let (pg, url, client) = super::stock_ticks_database(super::History::HourAgo(5)).await?;
     let old = lakets_core::catalog::registry::chunk_ended_an_hour_ago(&client).await?;
     let _lake = super::sync_stock_ticks(&crate::db::parse_config(&url)?).await?;
     lifecycle::policy::set_policy(

@@ -65,11 +65,21 @@ where
         .map_err(|_| Error::Operator("the writers' thread panicked".into()))?
 }
 
+/// Rows `stock_ticks` holds before it converts to a ChronoTable (they land in chunks of
+/// their own, as a table a user brings would).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum History {
+    None,
+    /// An hour of ticks, one a second, this many hours back.
+    HourAgo(i32),
+    /// This many ticks spread over the day before now, over 100 symbols.
+    LastDay(u64),
+}
+
 /// An embedded PostgreSQL with database `lakets_bench` holding `stock_ticks` as a
-/// ChronoTable with one-hour chunks (with `history_hours_ago`, an hour of ticks that many
-/// hours back, in chunks of their own), and a connection to it.
+/// ChronoTable with one-hour chunks (after `history` was written), and a connection to it.
 pub(crate) async fn stock_ticks_database(
-    history_hours_ago: Option<i32>,
+    history: History,
 ) -> Result<(EmbeddedPostgres, String, tokio_postgres::Client)> {
     let pg = tokio::task::spawn_blocking(|| EmbeddedPostgres::start(EmbeddedOptions::default()))
         .await
@@ -84,16 +94,31 @@ pub(crate) async fn stock_ticks_database(
         )
         .await
         .pg_context(|| "creating stock_ticks".into())?;
-    if let Some(hours) = history_hours_ago {
-        client
-            .execute(
-                "INSERT INTO stock_ticks
-                 SELECT now() - make_interval(hours => $1) + g * interval '1 second', 'AAPL', 100, 1
-                   FROM generate_series(1, 3600) g",
-                &[&hours],
-            )
-            .await
-            .pg_context(|| "writing history".into())?;
+    match history {
+        History::None => {}
+        History::HourAgo(hours) => {
+            client
+                .execute(
+                    "INSERT INTO stock_ticks
+                     SELECT now() - make_interval(hours => $1) + g * interval '1 second', 'AAPL', 100, 1
+                       FROM generate_series(1, 3600) g",
+                    &[&hours],
+                )
+                .await
+                .pg_context(|| "writing history".into())?;
+        }
+        History::LastDay(rows) => {
+            client
+                .execute(
+                    "INSERT INTO stock_ticks
+                     SELECT now() - (g * 86400.0 / $1::bigint) * interval '1 second',
+                            'S' || (g % 100), 100 + (g % 1000) / 7.0, g
+                       FROM generate_series(1, $1::bigint) g",
+                    &[&(rows as i64)],
+                )
+                .await
+                .pg_context(|| "writing history".into())?;
+        }
     }
     let mut create = CreateOptions::new("time");
     create.chunk_interval = Interval::hours(1);

@@ -67,7 +67,7 @@ pub enum ProbeMode {
 /// Drains backlogs of `rows` and `10 * rows` through every operator, then deletes one row
 /// of a file of `delete_file_rows`.
 pub async fn memory(rows: u64, delete_file_rows: u64) -> Result<MemoryReport> {
-    let (pg, url, mut client) = super::stock_ticks_database(None).await?;
+    let (pg, url, mut client) = super::stock_ticks_database(super::History::None).await?;
     let db = crate::db::parse_config(&url)?;
     let _lake = super::attach_operators(&mut client, &db).await?;
     let mut runs = Vec::new();

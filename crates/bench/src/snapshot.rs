@@ -1,6 +1,7 @@
 //! `lakets bench snapshot`: the initial copy of a table into Delta (`lakets sync enable`)
 //! against `COPY (SELECT ...) TO STDOUT` of the same rows into nothing, in one run: the
-//! fastest way PostgreSQL hands a table's rows to a client, and so the baseline.
+//! fastest way PostgreSQL hands a table's rows to a client, and so the baseline. The
+//! table is a day of ticks in one-hour chunks, written before it converts.
 
 use std::time::Instant;
 
@@ -8,8 +9,6 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::error::{PgResultExt, Result};
-use lakets_core::chronotable::{self, CreateOptions};
-use lakets_testkit::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 #[derive(Debug, Clone)]
 pub struct SnapshotOptions {
@@ -72,36 +71,7 @@ pub async fn snapshot(options: &SnapshotOptions) -> Result<SnapshotReport> {
 }
 
 async fn one_size(rows: u64, readers: &[usize]) -> Result<SnapshotSize> {
-    let pg = tokio::task::spawn_blocking(|| EmbeddedPostgres::start(EmbeddedOptions::default()))
-        .await
-        .map_err(|e| crate::error::Error::Embedded(e.to_string()))??;
-    let url = pg.create_database("lakets_bench").await?;
-    let mut client = crate::db::connect_as_application(&url).await?;
-    lakets_core::catalog::migrate(&mut client).await?;
-    // A day of ticks before now, in one-hour chunks: the rows exist before the table
-    // converts, as a table a user brings would.
-    client
-        .execute(
-            "CREATE TABLE stock_ticks (time timestamptz NOT NULL, symbol text NOT NULL,
-                                       price double precision NOT NULL, volume bigint NOT NULL)",
-            &[],
-        )
-        .await
-        .pg_context(|| "creating stock_ticks".into())?;
-    let rows_i = rows as i64;
-    client
-        .execute(
-            "INSERT INTO stock_ticks
-             SELECT now() - (g * 86400.0 / $1::bigint) * interval '1 second', 'S' || (g % 100),
-                    100 + (g % 1000) / 7.0, g
-               FROM generate_series(1, $1::bigint) g",
-            &[&rows_i],
-        )
-        .await
-        .pg_context(|| "writing the table".into())?;
-    let mut create = CreateOptions::new("time");
-    create.chunk_interval = crate::interval::Interval::hours(1);
-    chronotable::create_chronotable(&mut client, "stock_ticks", &create).await?;
+    let (pg, url, mut client) = super::stock_ticks_database(super::History::LastDay(rows)).await?;
     // Hint bits and visibility set once, so that no run pays them for the others.
     client
         .batch_execute("VACUUM (FREEZE, ANALYZE) stock_ticks")

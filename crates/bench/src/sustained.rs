@@ -48,7 +48,7 @@ pub struct SustainedReport {
 }
 
 pub async fn sustained(options: &SustainedOptions) -> Result<SustainedReport> {
-    let (pg, url, mut client) = super::stock_ticks_database(None).await?;
+    let (pg, url, mut client) = super::stock_ticks_database(super::History::None).await?;
     let db = crate::db::parse_config(&url)?;
     let _lake = super::attach_operators(&mut client, &db).await?;
     let mut steps: Vec<SustainedStep> = Vec::new();

@@ -97,7 +97,7 @@ pub struct WritePathReport {
 }
 
 pub async fn write_path(options: &WritePathOptions) -> Result<WritePathReport> {
-    let (pg, url, mut client) = super::stock_ticks_database(None).await?;
+    let (pg, url, mut client) = super::stock_ticks_database(super::History::None).await?;
     let db = crate::db::parse_config(&url)?;
     let _lake = super::attach_operators(&mut client, &db).await?;
     super::create_slot(&client, SLOT).await?;

@@ -28,7 +28,7 @@ use tracing::info;
 
 use crate::catalog::replication::{self, GAP_RESYNCING, StreamGap};
 use crate::catalog::sync_registry;
-use crate::coldtier::snapshot::{self, SnapshotRead};
+use crate::coldtier::snapshot;
 use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SyncConfig, SyncState};
 use crate::db::DbConfig;
 use crate::delta::mirror::{TableMirror, shape_of};
@@ -227,36 +227,15 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
     let keep = crate::catalog::registry::dropped_ranges(client, &config.table).await?;
     let kept_ranges = keep.len();
     mirror.truncate(keep).await?;
-    let mut attempts = 0;
-    let (start_lsn, rows) = loop {
-        let shape = mirror.shape.clone();
-        let read = snapshot::read_snapshot(
-            db,
-            client,
-            &config.table,
-            &shape,
-            snapshot::DEFAULT_READERS,
-            &mut |_| {},
-            async |rows| {
-                for row in rows {
-                    mirror.insert(row).await?;
-                }
-                Ok(())
-            },
-        )
-        .await?;
-        match read {
-            SnapshotRead::Copied { start_lsn, rows } => break (start_lsn, rows),
-            // An ADD COLUMN between the shape's reading and the snapshot.
-            SnapshotRead::ColumnsAdded(columns) => {
-                attempts += 1;
-                if attempts > snapshot::MAX_SHAPE_RETRIES {
-                    return Err(snapshot::columns_keep_changing(&config.table));
-                }
-                mirror.add_columns(columns).await?;
-            }
-        }
-    };
+    let (start_lsn, rows) = snapshot::read_snapshot(
+        db,
+        client,
+        &config.table,
+        snapshot::DEFAULT_READERS,
+        &mut |_| {},
+        &mut mirror,
+    )
+    .await?;
     mirror.flush(start_lsn).await?;
     sync_registry::record_rows_copied(client, &config.table, rows as i64).await?;
     info!(table = %config.table, rows, start_lsn = %start_lsn, kept_ranges, "hot rows re-copied into Delta");

@@ -31,14 +31,14 @@ use crate::ident::TableName;
 use crate::wal::lsn::Lsn;
 use crate::wal::value::{ColumnType, decode_binary, decode_text};
 
-/// Rows per fetch from a reader's cursor (and per batch handed over).
+/// Rows per batch a reader hands over.
 const FETCH_ROWS: usize = 10_000;
 /// Heap pages per range (8 kB pages: 32 MB), so that ranges balance across readers.
 const PAGES_PER_RANGE: i64 = 4096;
 /// Batches in flight between the readers and the caller, per reader.
 const BATCHES_PER_READER: usize = 2;
 /// Snapshot attempts that may each find new columns before the copy gives up.
-pub(crate) const MAX_SHAPE_RETRIES: u32 = 3;
+const MAX_SHAPE_RETRIES: u32 = 3;
 
 /// Readers of a snapshot when the caller does not choose. Measured on 2 cores (`lakets
 /// bench snapshot`): 2 beat 1 on small tables and matched it on large ones, 4 lost to
@@ -50,21 +50,40 @@ pub const DEFAULT_READERS: usize = 2;
 pub(crate) const TEXT_SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; \
      SET extra_float_digits = 3; SET bytea_output = 'hex'";
 
-/// What [`read_snapshot`] found.
-pub(crate) enum SnapshotRead {
-    /// Every row went to `each`: the snapshot's position and the number of rows.
-    Copied { start_lsn: Lsn, rows: u64 },
-    /// The table has columns `shape` lacks (an ADD COLUMN committed after the caller read
-    /// the shape): nothing was read. The caller adds them to the Delta table and reads
-    /// again, so that no copied row loses a value the stream would never send again.
-    ColumnsAdded(Vec<DataColumn>),
+/// Where a snapshot's rows go: the initial copy's Parquet files, or resync's mirror.
+pub(crate) trait SnapshotSink {
+    /// The shape the rows are read in (the Delta table's).
+    fn shape(&self) -> &TableShape;
+    /// Columns the table has and the shape lacks, found before any row is written: an
+    /// ADD COLUMN committed after the shape was read. They join the Delta table first, so
+    /// that no copied row loses a value the stream would never send again.
+    async fn add_columns(&mut self, columns: Vec<DataColumn>) -> Result<()>;
+    async fn write(&mut self, rows: Vec<CellRow>) -> Result<()>;
 }
 
-pub(crate) fn columns_keep_changing(table: &TableName) -> Error {
-    Error::Conflict(format!(
-        "the columns of {table} changed {MAX_SHAPE_RETRIES} times while the snapshot was \
-         being taken; run the command again when the schema changes are done"
-    ))
+impl SnapshotSink for crate::delta::mirror::TableMirror {
+    fn shape(&self) -> &TableShape {
+        &self.shape
+    }
+
+    async fn add_columns(&mut self, columns: Vec<DataColumn>) -> Result<()> {
+        crate::delta::mirror::TableMirror::add_columns(self, columns).await
+    }
+
+    async fn write(&mut self, rows: Vec<CellRow>) -> Result<()> {
+        for row in rows {
+            self.insert(row).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What one attempt at a snapshot found.
+enum SnapshotRead {
+    /// Every row went to the sink: the snapshot's position and the number of rows.
+    Copied { start_lsn: Lsn, rows: u64 },
+    /// The table has columns the sink's shape lacks; nothing was read.
+    ColumnsAdded(Vec<DataColumn>),
 }
 
 /// A part of one partition a reader reads at a time.
@@ -77,19 +96,41 @@ struct PageRange {
 }
 
 /// Reads every row of `table_name` as of a snapshot that meets the WAL stream exactly
-/// (see the module docs) with `readers` connections, handing them to `each` in batches.
+/// (see the module docs) with `readers` connections, handing them to `sink` in batches.
 /// The snapshot's position is recorded as the sync's `start_lsn` while writers are held
-/// off. The table's columns are checked against `shape` under the same lock, since that
-/// is the only moment no ALTER TABLE can slip in between.
+/// off. The table's columns are checked against the sink's shape under the same lock,
+/// the only moment no ALTER TABLE can slip in between; new ones join the sink and the
+/// snapshot is taken again. Returns the position and the number of rows.
 pub(crate) async fn read_snapshot(
     db: &crate::db::DbConfig,
     client: &Client,
     table_name: &TableName,
-    shape: &TableShape,
     readers: usize,
     progress: &mut impl FnMut(CopyProgress),
-    mut each: impl AsyncFnMut(Vec<CellRow>) -> Result<()>,
+    sink: &mut impl SnapshotSink,
+) -> Result<(Lsn, u64)> {
+    for _ in 0..=MAX_SHAPE_RETRIES {
+        match read_once(db, client, table_name, readers, progress, sink).await? {
+            SnapshotRead::Copied { start_lsn, rows } => return Ok((start_lsn, rows)),
+            SnapshotRead::ColumnsAdded(columns) => sink.add_columns(columns).await?,
+        }
+    }
+    Err(Error::Conflict(format!(
+        "the columns of {table_name} changed {} times while the snapshot was being taken; \
+         run the command again when the schema changes are done",
+        MAX_SHAPE_RETRIES + 1
+    )))
+}
+
+async fn read_once(
+    db: &crate::db::DbConfig,
+    client: &Client,
+    table_name: &TableName,
+    readers: usize,
+    progress: &mut impl FnMut(CopyProgress),
+    sink: &mut impl SnapshotSink,
 ) -> Result<SnapshotRead> {
+    let shape = &sink.shape().clone();
     let readers = readers.max(1);
     // Every connection first: writers wait only while the snapshot is taken.
     let mut exporter = crate::db::connect_with(db).await?;
@@ -147,7 +188,6 @@ pub(crate) async fn read_snapshot(
     }
     // The partitions are listed (and so locked against DETACH and DROP for the rest of
     // the copy) while the table's lock still holds them all.
-    let (_, types) = text_select(&tx, table_name, shape).await?;
     let ranges = page_ranges(&tx, table_name).await?;
     sync_registry::record_snapshot(&locker, table_name, start_lsn, estimate).await?;
     announce(
@@ -163,6 +203,7 @@ pub(crate) async fn read_snapshot(
         .await
         .pg_context(|| format!("releasing the lock on {table_name}"))?;
 
+    let (_, types) = text_select(&tx, table_name, shape).await?;
     let columns = shape
         .columns
         .iter()
@@ -206,7 +247,7 @@ pub(crate) async fn read_snapshot(
     // (and emptied the queue so that the others stop soon; its error comes below).
     while let Some(rows) = received.recv().await {
         copied += rows.len() as u64;
-        each(rows).await?;
+        sink.write(rows).await?;
         if last_report.elapsed() >= Duration::from_secs(2) {
             last_report = Instant::now();
             progress(CopyProgress {
@@ -305,10 +346,15 @@ impl ReaderJob {
         Ok(())
     }
 
-    /// Sends the batch to the caller; false when the caller has stopped (it failed).
+    /// Sends the batch to the caller; false when the caller has stopped (it failed),
+    /// and then no reader takes another range.
     async fn hand_over(&self, batch: &mut Vec<CellRow>) -> bool {
         let full = std::mem::replace(batch, Vec::with_capacity(FETCH_ROWS));
-        self.batches.send(full).await.is_ok()
+        let sent = self.batches.send(full).await.is_ok();
+        if !sent {
+            self.queue.lock().expect("range queue").clear();
+        }
+        sent
     }
 }
 

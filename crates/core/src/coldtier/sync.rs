@@ -11,17 +11,14 @@ use tokio_postgres::{Client, GenericClient};
 use tracing::info;
 
 pub use super::snapshot::DEFAULT_READERS;
-use super::snapshot::{
-    MAX_SHAPE_RETRIES, SnapshotRead, TEXT_SESSION, columns_keep_changing, read_snapshot,
-    text_row_cells, text_select,
-};
+use super::snapshot::{SnapshotSink, TEXT_SESSION, read_snapshot, text_row_cells, text_select};
 use crate::catalog::announce::{Announcement, announce};
 use crate::catalog::registry;
 use crate::catalog::sync_registry;
 pub use crate::catalog::sync_registry::{SyncConfig, SyncState, find_sync, list_syncs};
 use crate::delta::batch::{CellRow, build_batch};
 use crate::delta::mirror::shape_of;
-use crate::delta::schema::{Partitioning, TableShape};
+use crate::delta::schema::{DataColumn, Partitioning, TableShape};
 use crate::delta::table;
 use crate::error::{DeltaResultExt, Error, PgResultExt, Result};
 use crate::ident::TableName;
@@ -258,6 +255,54 @@ pub async fn postgres_shape(
 /// Staged files are sealed every this many rows (bounds the writer's memory).
 const SEAL_ROWS: u64 = 1_000_000;
 
+/// The initial copy's Parquet files, written as the snapshot's rows arrive.
+struct CopyFiles<'a> {
+    delta: &'a mut deltalake::DeltaTable,
+    shape: TableShape,
+    writer: deltalake::writer::RecordBatchWriter,
+    adds: Vec<deltalake::kernel::Add>,
+    since_seal: u64,
+}
+
+impl SnapshotSink for CopyFiles<'_> {
+    fn shape(&self) -> &TableShape {
+        &self.shape
+    }
+
+    async fn add_columns(&mut self, columns: Vec<DataColumn>) -> Result<()> {
+        *self.delta = table::add_columns(self.delta, &columns).await?;
+        self.shape.columns.extend(columns);
+        self.writer = table::writer(self.delta)?; // nothing written yet: none lost
+        Ok(())
+    }
+
+    async fn write(&mut self, rows: Vec<CellRow>) -> Result<()> {
+        let refs: Vec<&CellRow> = rows.iter().collect();
+        self.writer
+            .write(build_batch(&self.shape, &refs)?)
+            .await
+            .delta_context(|| "writing the initial snapshot".into())?;
+        self.since_seal += rows.len() as u64;
+        if self.since_seal >= SEAL_ROWS {
+            self.seal().await?;
+        }
+        Ok(())
+    }
+}
+
+impl CopyFiles<'_> {
+    async fn seal(&mut self) -> Result<()> {
+        self.adds.extend(
+            self.writer
+                .flush()
+                .await
+                .delta_context(|| "writing the initial snapshot".into())?,
+        );
+        self.since_seal = 0;
+        Ok(())
+    }
+}
+
 async fn copy_snapshot(
     db: &crate::db::DbConfig,
     client: &Client,
@@ -267,59 +312,20 @@ async fn copy_snapshot(
     readers: usize,
     progress: &mut impl FnMut(CopyProgress),
 ) -> Result<(Lsn, u64)> {
-    let mut shape = shape.clone();
-    let mut attempts = 0;
-    let (start_lsn, copied, adds) = loop {
-        let mut writer = table::writer(delta)?;
-        let mut adds = Vec::new();
-        let mut since_seal: u64 = 0;
-        let read = read_snapshot(
-            db,
-            client,
-            table_name,
-            &shape,
-            readers,
-            progress,
-            async |rows: Vec<CellRow>| {
-                let refs: Vec<&CellRow> = rows.iter().collect();
-                writer
-                    .write(build_batch(&shape, &refs)?)
-                    .await
-                    .delta_context(|| "writing the initial snapshot".into())?;
-                since_seal += rows.len() as u64;
-                if since_seal >= SEAL_ROWS {
-                    adds.extend(
-                        writer
-                            .flush()
-                            .await
-                            .delta_context(|| "writing the initial snapshot".into())?,
-                    );
-                    since_seal = 0;
-                }
-                Ok(())
-            },
-        )
-        .await?;
-        match read {
-            SnapshotRead::Copied { start_lsn, rows } => {
-                adds.extend(
-                    writer
-                        .flush()
-                        .await
-                        .delta_context(|| "writing the initial snapshot".into())?,
-                );
-                break (start_lsn, rows, adds);
-            }
-            SnapshotRead::ColumnsAdded(columns) => {
-                attempts += 1;
-                if attempts > MAX_SHAPE_RETRIES {
-                    return Err(columns_keep_changing(table_name));
-                }
-                *delta = table::add_columns(delta, &columns).await?;
-                shape.columns.extend(columns);
-            }
-        }
+    let writer = table::writer(delta)?;
+    let mut files = CopyFiles {
+        delta,
+        shape: shape.clone(),
+        writer,
+        adds: Vec::new(),
+        since_seal: 0,
     };
+    let (start_lsn, copied) =
+        read_snapshot(db, client, table_name, readers, progress, &mut files).await?;
+    files.seal().await?;
+    let CopyFiles {
+        delta, shape, adds, ..
+    } = files;
     // The copy replaces whatever an interrupted earlier copy committed (the stream never
     // writes to a table whose copy is pending), so running `enable` again never doubles.
     let earlier = crate::delta::read::active_files(delta).await?;
