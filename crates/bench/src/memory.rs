@@ -90,7 +90,7 @@ pub async fn memory(rows: u64, delete_file_rows: u64) -> Result<MemoryReport> {
         );
         let waited = super::wait_acknowledged(&status, &task, end, Duration::from_secs(3600)).await;
         let seconds = started.elapsed().as_secs_f64();
-        let peak = rss_kib("VmHWM")?;
+        let peak = drain_peak(baseline)?;
         super::stop_pipeline(&stop, task).await?;
         waited?;
         super::drop_slot(&client, &slot).await?;
@@ -260,7 +260,7 @@ pub async fn delete_probe(location: &str, rows: u64, mode: ProbeMode) -> Result<
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let peak = rss_kib("VmHWM")?;
+    let peak = drain_peak(baseline)?;
     Ok(DeleteProbe {
         baseline_rss_mib: baseline as f64 / 1024.0,
         peak_growth_mib: peak.saturating_sub(baseline) as f64 / 1024.0,
@@ -304,6 +304,13 @@ fn probe_row(i: u64) -> crate::delta::batch::CellRow {
 fn reset_peak_rss() -> Result<()> {
     std::fs::write("/proc/self/clear_refs", "5")
         .map_err(|e| Error::io("resetting the peak RSS (/proc/self/clear_refs)", e))
+}
+
+/// The peak RSS since the last reset, in KiB, and at least `baseline` (resident when the
+/// measured work began): the kernel syncs its per-thread RSS counters lazily, so its
+/// high-water mark can read a few pages below an earlier VmRSS.
+fn drain_peak(baseline: u64) -> Result<u64> {
+    Ok(rss_kib("VmHWM")?.max(baseline))
 }
 
 /// A `/proc/self/status` figure in KiB (VmRSS: now, VmHWM: peak).
