@@ -14,124 +14,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::wal::{lsn_now, wait_for, wait_until_confirmed};
-use common::{TestDb, fresh_db};
+use common::workload::{Rng, statement};
+use common::{fresh_db, spawn_service};
 use lakets::delta::schema::{Cell, Partitioning};
 use lakets::interval::Interval;
-
-/// xorshift64*: deterministic per seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// `lakets run`, killed when dropped.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_service(db: &TestDb, config: &std::path::Path, log: &std::path::Path) -> Service {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Service(
-        Command::new(env!("CARGO_BIN_EXE_lakets"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env_remove("DATABASE_URL")
-            .env("LAKETS_DATABASE_URL", &db.url)
-            .env(
-                "LAKETS_LOG",
-                std::env::var("LAKETS_TEST_CHILD_LOG")
-                    .unwrap_or_else(|_| "warn,lakets=info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// One statement (or small transaction) of the workload. `tick` makes times unique.
-fn statement(rng: &mut Rng, tick: &mut i64, noted: bool) -> String {
-    *tick += 1;
-    let t = *tick;
-    let symbol = format!("S{}", rng.below(6));
-    let note = |v: &str| {
-        if noted {
-            format!(", {v}")
-        } else {
-            String::new()
-        }
-    };
-    let note_col = if noted { ", note" } else { "" };
-    let pick = |rng: &mut Rng| {
-        format!(
-            "(SELECT symbol, time FROM ticks WHERE symbol = '{symbol}' AND time > now() - interval '100 minutes'
-               ORDER BY time DESC OFFSET {} LIMIT 1)",
-            rng.below(20)
-        )
-    };
-    match rng.below(12) {
-        0..=4 => format!(
-            "INSERT INTO ticks (time, symbol, price, volume{note_col})
-             SELECT now() + ({t} * 100 + g) * interval '1 microsecond', '{symbol}', {}, g{}
-               FROM generate_series(1, {}) g",
-            rng.below(500),
-            note("'n'"),
-            1 + rng.below(30)
-        ),
-        // A late row, into an older hot chunk (never one old enough to be dropped).
-        5 => format!(
-            "INSERT INTO ticks (time, symbol, price, volume{note_col})
-             VALUES (now() - interval '{} minutes' + {t} * interval '1 microsecond', '{symbol}', 1.5, 1{})",
-            1 + rng.below(90),
-            note("'late'")
-        ),
-        // A correction in place.
-        6 | 7 => format!(
-            "UPDATE ticks SET price = price + 1 WHERE (symbol, time) IN {}",
-            pick(rng)
-        ),
-        // The key moves: another symbol and another time (maybe another chunk).
-        8 => format!(
-            "UPDATE ticks SET symbol = 'S{}', time = time - interval '{} minutes' + {t} * interval '1 microsecond'
-              WHERE (symbol, time) IN {}",
-            rng.below(6),
-            rng.below(60),
-            pick(rng)
-        ),
-        9 | 10 => format!("DELETE FROM ticks WHERE (symbol, time) IN {}", pick(rng)),
-        // A transaction that inserts, corrects and deletes its own rows.
-        _ => format!(
-            "BEGIN;
-             INSERT INTO ticks (time, symbol, price, volume) VALUES
-               (now() + {t} * interval '1 microsecond', 'T', 1, 1),
-               (now() + ({t} + 1) * interval '1 microsecond', 'U', 2, 2);
-             UPDATE ticks SET price = 3 WHERE symbol = 'T' AND time = now() + {t} * interval '1 microsecond';
-             DELETE FROM ticks WHERE symbol = 'U' AND time = now() + ({t} + 1) * interval '1 microsecond';
-             COMMIT;"
-        ),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_at_once_with_kills_and_a_postgres_crash_leaves_every_copy_exact() {
@@ -287,8 +176,7 @@ premake = 2
         eprintln!("{:>6.1} s: {event:?}", started.elapsed().as_secs_f64());
         match event {
             Event::Kill => {
-                let _ = service.0.kill(); // SIGKILL
-                let _ = service.0.wait();
+                service.kill();
                 tokio::time::sleep(Duration::from_millis(rng.below(1000))).await;
                 service = spawn_service(&db, &config, &log);
             }
@@ -362,10 +250,7 @@ premake = 2
         },
     )
     .await;
-    unsafe {
-        libc::kill(service.0.id() as i32, libc::SIGTERM);
-    }
-    let exit = service.0.wait().unwrap();
+    let exit = service.stop();
     assert!(exit.success(), "lakets run stopped cleanly: {exit:?}");
     lakets::rollup::refresh::refresh(&mut db.client, None, true, true)
         .await

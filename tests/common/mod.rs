@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub mod browser;
 pub mod recording;
+pub mod s3;
 pub mod wal;
+pub mod workload;
 
 use lakets::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
@@ -244,4 +246,64 @@ pub async fn dropped_chunks(db: &TestDb) -> Vec<DroppedChunk> {
             end: r.get(3),
         })
         .collect()
+}
+
+/// `lakets run` (the real binary), killed when dropped.
+pub struct Service(pub std::process::Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Service {
+    /// SIGKILL, and wait for the process to go.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM (flush, acknowledge, stop), and the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        self.0.wait().unwrap()
+    }
+}
+
+/// Starts `lakets run --config <config>` on `db`, its stderr appended to `log`, logging
+/// `LAKETS_TEST_CHILD_LOG` (default: lakets at info, the rest at warn).
+pub fn spawn_service(db: &TestDb, config: &std::path::Path, log: &std::path::Path) -> Service {
+    let filter =
+        std::env::var("LAKETS_TEST_CHILD_LOG").unwrap_or_else(|_| "warn,lakets=info".into());
+    spawn_service_logging(db, config, log, &filter)
+}
+
+/// [`spawn_service`] with the log filter `filter`.
+pub fn spawn_service_logging(
+    db: &TestDb,
+    config: &std::path::Path,
+    log: &std::path::Path,
+    filter: &str,
+) -> Service {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Service(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lakets"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("DATABASE_URL")
+            .env("LAKETS_DATABASE_URL", &db.url)
+            .env("LAKETS_LOG", filter)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }

@@ -211,6 +211,7 @@ async fn the_api_answers_figures_and_refuses_bad_changes_with_reasons() {
         "lakets_chunk_deferrals_total{reason=\"lagging\"} ",
         "lakets_wal_backpressure_waits_total{operator=\"delta\"} ",
         "lakets_job_runs_total{job_name=\"tiering\",outcome=\"failed\"} ",
+        "lakets_object_store_requests_total{operation=\"put\",outcome=\"error\"} ",
     ] {
         assert!(scrape.contains(series), "{series} missing from:\n{scrape}");
     }

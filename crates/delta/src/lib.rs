@@ -8,6 +8,7 @@ pub mod maintenance;
 pub mod mirror;
 pub mod read;
 pub mod schema;
+pub mod store;
 pub mod table;
 
 /// The types of the crates below that this layer's API hands out.

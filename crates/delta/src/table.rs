@@ -4,7 +4,6 @@
 //! `AZURE_*`, as each SDK reads them), never from the URI: a URI with a user, password or
 //! query string is refused so that it cannot end up in a log line or `ps` output.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
@@ -123,9 +122,10 @@ pub fn display_location(url: &Url) -> String {
 
 /// Opens an existing table; `Ok(None)` when there is no Delta table at the location.
 pub async fn open(url: &Url) -> Result<Option<DeltaTable>> {
+    crate::store::meter();
     let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())
         .delta_context(|| format!("opening the Delta table at {}", display_location(url)))?
-        .with_storage_options(HashMap::new())
+        .with_storage_options(crate::store::options())
         .build()
         .delta_context(|| format!("opening the Delta table at {}", display_location(url)))?;
     if !table
@@ -145,6 +145,7 @@ pub async fn open(url: &Url) -> Result<Option<DeltaTable>> {
 /// Creates the table (protocol reader 1 / writer 2: no table features, so every Delta
 /// reader, old Databricks runtimes included, can read it).
 pub async fn create(url: &Url, shape: &TableShape, name: &str) -> Result<DeltaTable> {
+    crate::store::meter();
     if url.scheme() == "file"
         && let Ok(path) = url.to_file_path()
     {
@@ -153,6 +154,7 @@ pub async fn create(url: &Url, shape: &TableShape, name: &str) -> Result<DeltaTa
     }
     let mut builder = CreateBuilder::new()
         .with_location(url.to_string())
+        .with_storage_options(crate::store::options())
         .with_table_name(name)
         .with_comment(format!("mirrored from PostgreSQL by lakets: {name}"))
         .with_columns(shape.delta_fields()?)
@@ -220,6 +222,11 @@ pub fn writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
 /// since, and deltalake's check without DataFusion does not see every such conflict (it
 /// ignores removes with `dataChange = false`). Such a commit returns `Ok(None)` when the
 /// table moved on: reload ([`refresh`]), choose again, retry.
+///
+/// A commit the store applied but whose answer was lost (a 5xx, a timeout: the client's
+/// retry then finds the version taken) is recognised by the id in its commitInfo and
+/// returned as committed: choosing again, or deleting its files as uncommitted, would
+/// write its changes twice or lose the files a version references.
 pub async fn try_commit(
     table: &mut DeltaTable,
     actions: Vec<Action>,
@@ -229,10 +236,18 @@ pub async fn try_commit(
     use deltalake::kernel::transaction::TransactionError;
     let removes = actions.iter().any(|a| matches!(a, Action::Remove(_)));
     let location = display_location(table.table_url());
+    // Names this commit in its commitInfo: a store that applied the commit file but
+    // failed its answer (a 5xx, a timeout) makes the client's retry meet the file as
+    // "version exists"; the id tells this commit from another writer's.
+    let commit_id = uuid::Uuid::new_v4().to_string();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut properties = CommitProperties::default();
+        let base = table.version();
+        let mut properties = CommitProperties::default().with_metadata([(
+            COMMIT_ID_KEY.to_string(),
+            serde_json::Value::String(commit_id.clone()),
+        )]);
         if removes {
             // Zero retries: the commit is written at snapshot version + 1 or not at all.
             properties = properties.with_max_retries(0);
@@ -253,56 +268,98 @@ pub async fn try_commit(
                 operation.clone(),
             )
             .await;
-        match outcome {
+        let conflict = match outcome {
             Ok(finalized) => {
                 table.state = Some(finalized.snapshot());
                 return Ok(Some(finalized.version() as i64));
             }
             Err(deltalake::DeltaTableError::Transaction {
-                source: TransactionError::MaxCommitAttempts(_),
-            }) if removes => {
-                tracing::info!(table = %location, "another writer committed to the Delta table since its snapshot; choosing the files again");
-                metrics::counter!("lakets_delta_commit_conflicts_total").increment(1);
-                return Ok(None);
-            }
-            // Added files depend on no snapshot: after another writer's commit that
-            // deltalake's check refuses, the same adds land on the latest version.
-            Err(deltalake::DeltaTableError::Transaction {
-                source: TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_),
-            }) if !removes && attempt < 5 => {
-                metrics::counter!("lakets_delta_commit_conflicts_total").increment(1);
-                // A commit carrying this stream's app id landed since the snapshot: a
-                // second writer of the same stream (an older process' commit arriving
-                // late). Committing again would write the window twice; the restart
-                // reads the table's position and skips what it holds.
-                let app_id = txn.map(|(app_id, _)| app_id);
-                let before = match app_id {
-                    Some(app_id) => txn_lsn(table, app_id).await?,
-                    None => None,
-                };
-                refresh(table).await?;
-                if let Some(app_id) = app_id {
-                    let after = txn_lsn(table, app_id).await?;
-                    if after != before {
-                        return Err(Error::Delta {
-                            context: format!("committing to the Delta table at {location}"),
-                            message: format!(
-                                "another commit of stream {app_id} landed since this commit's \
-                                 snapshot (position {} -> {}); not committing the same changes \
-                                 twice",
-                                before.map_or("none".into(), |l| l.to_string()),
-                                after.map_or("none".into(), |l| l.to_string())
-                            ),
-                        });
-                    }
-                }
-            }
+                source:
+                    e @ (TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_)),
+            }) => e,
             Err(e) => {
                 return Err(e)
                     .delta_context(|| format!("committing to the Delta table at {location}"));
             }
+        };
+        // The version was taken: by this very commit (its answer was lost), or by another.
+        let before = match txn {
+            Some((app_id, _)) => txn_lsn(table, app_id).await?,
+            None => None,
+        };
+        refresh(table).await?;
+        if let Some(version) = landed(table, base, &commit_id).await? {
+            tracing::info!(table = %location, version, "a commit whose answer the store lost had landed");
+            return Ok(Some(version));
+        }
+        metrics::counter!("lakets_delta_commit_conflicts_total").increment(1);
+        // A commit carrying this stream's app id landed since the snapshot: a second
+        // writer of the same stream (an older process' commit arriving late). Committing
+        // again would write the window twice; the restart reads the table's position and
+        // skips what it holds.
+        if let Some((app_id, _)) = txn {
+            let after = txn_lsn(table, app_id).await?;
+            if after != before {
+                return Err(Error::Delta {
+                    context: format!("committing to the Delta table at {location}"),
+                    message: format!(
+                        "another commit of stream {app_id} landed since this commit's \
+                         snapshot (position {} -> {}); not committing the same changes twice",
+                        before.map_or("none".into(), |l| l.to_string()),
+                        after.map_or("none".into(), |l| l.to_string())
+                    ),
+                });
+            }
+        }
+        if removes {
+            tracing::info!(table = %location, error = %conflict, "another writer committed to the Delta table since its snapshot; choosing the files again");
+            return Ok(None);
+        }
+        // Added files depend on no snapshot: after another writer's commit that
+        // deltalake's check refuses, the same adds land on the latest version.
+        if attempt >= 5 {
+            return Err(Error::Delta {
+                context: format!("committing to the Delta table at {location}"),
+                message: format!("other writers kept committing first: {conflict}"),
+            });
         }
     }
+}
+
+/// The commitInfo key under which [`try_commit`] names each commit.
+const COMMIT_ID_KEY: &str = "lakets.commitId";
+
+/// The version after `base`, up to the table's loaded version, whose commitInfo carries
+/// `commit_id`.
+async fn landed(table: &DeltaTable, base: Option<u64>, commit_id: &str) -> Result<Option<i64>> {
+    let Some(latest) = table.version() else {
+        return Ok(None);
+    };
+    let location = display_location(table.table_url());
+    for version in base.map_or(0, |b| b + 1)..=latest {
+        let Some(bytes) = table
+            .log_store()
+            .read_commit_entry(version)
+            .await
+            .delta_context(|| format!("reading version {version} of {location}"))?
+        else {
+            continue;
+        };
+        let named = bytes
+            .split(|b| *b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+            .any(|action| {
+                action
+                    .get("commitInfo")
+                    .and_then(|info| info.get(COMMIT_ID_KEY))
+                    .and_then(|id| id.as_str())
+                    == Some(commit_id)
+            });
+        if named {
+            return Ok(Some(version as i64));
+        }
+    }
+    Ok(None)
 }
 
 /// [`try_commit`] for callers that cannot choose again: a commit that removes files and

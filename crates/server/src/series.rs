@@ -35,6 +35,16 @@ pub fn export_from_start() {
             .increment(0.0);
         metrics::gauge!("lakets_operator_lag_bytes", "operator" => component.name()).increment(0.0);
     }
+    for operation in lakets_core::delta::store::OPERATIONS {
+        for outcome in lakets_core::delta::store::OUTCOMES {
+            metrics::counter!(
+                "lakets_object_store_requests_total",
+                "operation" => *operation,
+                "outcome" => *outcome
+            )
+            .increment(0);
+        }
+    }
     for kind in DEFERRAL_KINDS {
         metrics::counter!("lakets_chunk_deferrals_total", "reason" => *kind).increment(0);
     }

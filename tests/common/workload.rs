@@ -1,0 +1,80 @@
+//! The mixed workload of the tests that run everything at once: seeded, so that a failing
+//! run replays. It writes `ticks (time, symbol, price, volume[, note])`, PRIMARY KEY
+//! (symbol, time).
+
+/// xorshift64*: deterministic per seed.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One statement (or small transaction) of the workload. `tick` makes times unique.
+pub fn statement(rng: &mut Rng, tick: &mut i64, noted: bool) -> String {
+    *tick += 1;
+    let t = *tick;
+    let symbol = format!("S{}", rng.below(6));
+    let note = |v: &str| {
+        if noted {
+            format!(", {v}")
+        } else {
+            String::new()
+        }
+    };
+    let note_col = if noted { ", note" } else { "" };
+    let pick = |rng: &mut Rng| {
+        format!(
+            "(SELECT symbol, time FROM ticks WHERE symbol = '{symbol}' AND time > now() - interval '100 minutes'
+               ORDER BY time DESC OFFSET {} LIMIT 1)",
+            rng.below(20)
+        )
+    };
+    match rng.below(12) {
+        0..=4 => format!(
+            "INSERT INTO ticks (time, symbol, price, volume{note_col})
+             SELECT now() + ({t} * 100 + g) * interval '1 microsecond', '{symbol}', {}, g{}
+               FROM generate_series(1, {}) g",
+            rng.below(500),
+            note("'n'"),
+            1 + rng.below(30)
+        ),
+        // A late row, into an older hot chunk (never one old enough to be dropped).
+        5 => format!(
+            "INSERT INTO ticks (time, symbol, price, volume{note_col})
+             VALUES (now() - interval '{} minutes' + {t} * interval '1 microsecond', '{symbol}', 1.5, 1{})",
+            1 + rng.below(90),
+            note("'late'")
+        ),
+        // A correction in place.
+        6 | 7 => format!(
+            "UPDATE ticks SET price = price + 1 WHERE (symbol, time) IN {}",
+            pick(rng)
+        ),
+        // The key moves: another symbol and another time (maybe another chunk).
+        8 => format!(
+            "UPDATE ticks SET symbol = 'S{}', time = time - interval '{} minutes' + {t} * interval '1 microsecond'
+              WHERE (symbol, time) IN {}",
+            rng.below(6),
+            rng.below(60),
+            pick(rng)
+        ),
+        9 | 10 => format!("DELETE FROM ticks WHERE (symbol, time) IN {}", pick(rng)),
+        // A transaction that inserts, corrects and deletes its own rows.
+        _ => format!(
+            "BEGIN;
+             INSERT INTO ticks (time, symbol, price, volume) VALUES
+               (now() + {t} * interval '1 microsecond', 'T', 1, 1),
+               (now() + ({t} + 1) * interval '1 microsecond', 'U', 2, 2);
+             UPDATE ticks SET price = 3 WHERE symbol = 'T' AND time = now() + {t} * interval '1 microsecond';
+             DELETE FROM ticks WHERE symbol = 'U' AND time = now() + ({t} + 1) * interval '1 microsecond';
+             COMMIT;"
+        ),
+    }
+}
