@@ -28,15 +28,7 @@ async fn everything_at_once_with_kills_and_a_postgres_crash_leaves_every_copy_ex
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
-    let seed: u64 = std::env::var("LAKETS_CHAOS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::workload::seed();
     eprintln!("chaos seed {seed} (LAKETS_CHAOS_SEED to replay), {kills} kills");
     let mut rng = Rng(seed | 1);
 

@@ -67,14 +67,6 @@ async fn scrape(port: u16) -> String {
     response
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn through_faults(fixture: &Fixture) {
     let proxy = &fixture.proxy;
     let outage = Duration::from_secs(
@@ -83,15 +75,7 @@ async fn through_faults(fixture: &Fixture) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(60),
     );
-    let seed: u64 = std::env::var("LAKETS_CHAOS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::workload::seed();
     eprintln!("s3 seed {seed} (LAKETS_CHAOS_SEED to replay), outage {outage:?}");
 
     let mut db = common::fresh_db("s3").await;
@@ -121,7 +105,7 @@ async fn through_faults(fixture: &Fixture) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("lakets.toml");
     let log = dir.path().join("lakets.log");
-    let http = free_port();
+    let http = common::s3::free_port();
     std::fs::write(
         &config,
         format!(

@@ -78,3 +78,16 @@ pub fn statement(rng: &mut Rng, tick: &mut i64, noted: bool) -> String {
         ),
     }
 }
+
+/// The run's seed: `LAKETS_CHAOS_SEED` to replay one, else the clock.
+pub fn seed() -> u64 {
+    std::env::var("LAKETS_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
