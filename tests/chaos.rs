@@ -28,7 +28,7 @@ async fn everything_at_once_with_kills_and_a_postgres_crash_leaves_every_copy_ex
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
-    let seed = common::workload::seed();
+    let seed = common::workload::seed("LAKETS_CHAOS_SEED");
     eprintln!("chaos seed {seed} (LAKETS_CHAOS_SEED to replay), {kills} kills");
     let mut rng = Rng(seed | 1);
 

@@ -75,7 +75,7 @@ async fn through_faults(fixture: &Fixture) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(60),
     );
-    let seed = common::workload::seed();
+    let seed = common::workload::seed("LAKETS_CHAOS_SEED");
     eprintln!("s3 seed {seed} (LAKETS_CHAOS_SEED to replay), outage {outage:?}");
 
     let mut db = common::fresh_db("s3").await;

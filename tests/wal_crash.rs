@@ -210,15 +210,7 @@ async fn exactly_once_per_operator_across_kill_9_at_random_points() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
-    let seed: u64 = std::env::var("LAKETS_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = common::workload::seed("LAKETS_CRASH_SEED");
     eprintln!("crash test seed {seed} (LAKETS_CRASH_SEED to replay), {kills} kills");
 
     let mut db = fresh_db("crash").await;

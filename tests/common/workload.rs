@@ -79,9 +79,10 @@ pub fn statement(rng: &mut Rng, tick: &mut i64, noted: bool) -> String {
     }
 }
 
-/// The run's seed: `LAKETS_CHAOS_SEED` to replay one, else the clock.
-pub fn seed() -> u64 {
-    std::env::var("LAKETS_CHAOS_SEED")
+/// The run's seed: the number in the environment variable `replay` (to replay a run),
+/// else the clock.
+pub fn seed(replay: &str) -> u64 {
+    std::env::var(replay)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| {
