@@ -1428,6 +1428,100 @@ async fn a_copy_split_across_readers_and_page_ranges_reads_every_row_once() {
     run.await.unwrap().unwrap();
 }
 
+/// An ALTER TABLE issued while one reader copies the first of several chunks queues
+/// behind the snapshot's locks. The reader must not then queue behind the ALTER for the
+/// next chunk (the copy waited for a lock that waited for the copy, and neither ever
+/// ended: the server sees no deadlock, since the snapshot's exporter waits on lakets,
+/// not on a lock). The readers hold every chunk's lock from the start: the ALTER waits for
+/// the copy, then runs, and the stream carries the new column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alter_table_during_the_copy_waits_for_it_instead_of_deadlocking_it() {
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_snapshot_alter_during_copy").await;
+    // Yesterday's chunk is created first (the ALTER locks chunks in that order, so it
+    // queues on it) and is small (the reader copies the largest first, so today's).
+    db.exec(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
+                             price numeric(12, 4), volume bigint, note text,
+                             PRIMARY KEY (symbol, time));
+         INSERT INTO ticks
+           SELECT date_trunc('day', now()) - interval '1 day' + i * interval '1 second',
+                  'S' || (i % 7), i % 1000, i, NULL
+             FROM generate_series(1, 1000) i;
+         INSERT INTO ticks
+           SELECT date_trunc('day', now()) + i * interval '100 ms', 'S' || (i % 7), i % 1000,
+                  i, 'n' || i
+             FROM generate_series(1, 200000) i;",
+    )
+    .await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::days(1);
+    opts.premake = 1;
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
+    lakets::catalog::replication::ensure_default_consumer(&db.client)
+        .await
+        .unwrap();
+    let (shutdown, run) = start(&db, &slot).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let location = dir.path().join("t");
+    let enable = lakets::sync::enable_sync_with_readers(
+        &db_config,
+        "ticks",
+        location.to_str().unwrap(),
+        Partitioning::Day,
+        1,
+        |_| {},
+    );
+    let alter = db.connect().await;
+    let alter_while_copying = async {
+        common::wal::wait_for(
+            "the reader copying a chunk",
+            Duration::from_secs(30),
+            async || {
+                db.scalar::<i64>(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND query LIKE 'COPY (SELECT %'",
+                )
+                .await
+                    > 0
+            },
+        )
+        .await;
+        alter
+            .batch_execute("ALTER TABLE ticks ADD COLUMN source text")
+            .await
+            .unwrap();
+        alter
+            .batch_execute("INSERT INTO ticks VALUES (now(), 'NEW', 1, 1, NULL, 'after the copy')")
+            .await
+            .unwrap();
+    };
+    let (config, ()) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(enable, alter_while_copying)
+    })
+    .await
+    .expect("the copy and the ALTER TABLE both end");
+    let config = config.unwrap();
+    catch_up(&db, &slot, &run).await;
+    assert_mirrored(&db, &config.location, "a copy an ALTER TABLE waited for").await;
+    let delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    assert!(
+        shape.columns.iter().any(|c| c.name == "source"),
+        "the stream brought the column added after the copy: {:?}",
+        shape.columns
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
 /// The copy reads binary COPY; comparisons read text. Every type the mirror maps, with
 /// its edge values and NULLs, reads the same both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, GenericClient, IsolationLevel};
+use tracing::info;
 
 use super::sync::{CopyProgress, postgres_shape};
 use crate::catalog::announce::{Announcement, announce};
@@ -39,6 +40,10 @@ const PAGES_PER_RANGE: i64 = 4096;
 const BATCHES_PER_READER: usize = 2;
 /// Snapshot attempts that may each find new columns before the copy gives up.
 const MAX_SHAPE_RETRIES: u32 = 3;
+
+/// How many times a snapshot gives way to an exclusive lock queued on a partition before
+/// the error is returned (transient: the caller retries later).
+const MAX_LOCK_RETRIES: u32 = 10;
 
 /// Readers of a snapshot when the caller does not choose. Measured on 2 cores (`lakets
 /// bench snapshot`): 2 beat 1 on small tables and matched it on large ones, 4 lost to
@@ -84,6 +89,10 @@ enum SnapshotRead {
     Copied { start_lsn: Lsn, rows: u64 },
     /// The table has columns the sink's shape lacks; nothing was read.
     ColumnsAdded(Vec<DataColumn>),
+    /// A reader could not lock a partition: an exclusive lock (an ALTER TABLE, a DROP)
+    /// was queued on it behind the snapshot's own. Nothing was read; every lock is let go
+    /// so that it runs, and the snapshot is taken again.
+    LockQueued(Error),
 }
 
 /// A part of one partition a reader reads at a time.
@@ -109,10 +118,23 @@ pub(crate) async fn read_snapshot(
     progress: &mut impl FnMut(CopyProgress),
     sink: &mut impl SnapshotSink,
 ) -> Result<(Lsn, u64)> {
-    for _ in 0..=MAX_SHAPE_RETRIES {
+    let mut queued = 0;
+    let mut shape_changes = 0;
+    while shape_changes <= MAX_SHAPE_RETRIES {
         match read_once(db, client, table_name, readers, progress, sink).await? {
             SnapshotRead::Copied { start_lsn, rows } => return Ok((start_lsn, rows)),
-            SnapshotRead::ColumnsAdded(columns) => sink.add_columns(columns).await?,
+            SnapshotRead::ColumnsAdded(columns) => {
+                shape_changes += 1;
+                sink.add_columns(columns).await?
+            }
+            SnapshotRead::LockQueued(e) => {
+                queued += 1;
+                if queued > MAX_LOCK_RETRIES {
+                    return Err(e);
+                }
+                info!(table = %table_name, error = %e, "an exclusive lock is queued on a partition; the snapshot gives way and is taken again");
+                tokio::time::sleep(Duration::from_millis(200 * queued as u64)).await;
+            }
         }
     }
     Err(Error::Conflict(format!(
@@ -189,6 +211,46 @@ async fn read_once(
     // The partitions are listed (and so locked against DETACH and DROP for the rest of
     // the copy) while the table's lock still holds them all.
     let ranges = page_ranges(&tx, table_name).await?;
+    // Every reader imports the snapshot and locks every partition now, while the
+    // table's lock keeps ALTER TABLE out. Taken later, a reader's lock would queue behind
+    // an exclusive request that itself waits for the exporter's locks, and the exporter
+    // waits for the readers: a deadlock the server cannot see (pg_dump's parallel
+    // workers meet the same and use NOWAIT too). With the locks held, DDL waits for
+    // the copy to end.
+    let partitions: Vec<String> = {
+        let mut seen = std::collections::BTreeSet::new();
+        ranges
+            .iter()
+            .filter(|r| seen.insert(r.partition.to_string()))
+            .map(|r| r.partition.quoted())
+            .collect()
+    };
+    for worker in &workers {
+        let mut sql = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {};",
+            crate::ident::quote_literal(&snapshot)
+        );
+        if !partitions.is_empty() {
+            sql.push_str(&format!(
+                " LOCK TABLE ONLY {} IN ACCESS SHARE MODE NOWAIT",
+                partitions.join(", ")
+            ));
+        }
+        if let Err(e) = worker.batch_execute(&sql).await.pg_context(|| {
+            format!(
+                "importing the snapshot of {table_name} into a reader and locking its partitions"
+            )
+        }) {
+            if e.sqlstate() == Some("55P03") {
+                locker
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .pg_context(|| format!("releasing the lock on {table_name}"))?;
+                return Ok(SnapshotRead::LockQueued(e));
+            }
+            return Err(e);
+        }
+    }
     sync_registry::record_snapshot(&locker, table_name, start_lsn, estimate).await?;
     announce(
         &locker,
@@ -210,17 +272,6 @@ async fn read_once(
         .map(|c| crate::ident::quote_ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    // Every reader imports the snapshot while the exporting transaction is open.
-    for worker in &workers {
-        worker
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                crate::ident::quote_literal(&snapshot)
-            ))
-            .await
-            .pg_context(|| "importing the snapshot into a reader".into())?;
-    }
-
     let queue = Arc::new(Mutex::new(ranges));
     let shape = Arc::new(shape.clone());
     let types: Arc<[ColumnType]> = types.into();
