@@ -38,33 +38,8 @@ fn the_mirror_on_s3_stays_exact_through_store_faults_kills_and_an_outage() {
     runtime().block_on(through_faults(fixture));
 }
 
-/// A sample of the Prometheus text `scrape`: the sum over the series of `name` whose
-/// labels contain every one of `labels`.
-fn sum(scrape: &str, name: &str, labels: &[&str]) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name && labels.iter().all(|label| series.contains(label)))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
-}
-
 async fn scrape(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return String::new();
-    };
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return String::new();
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response).await;
-    response
+    common::http_get(port, "/metrics").await.1
 }
 
 async fn through_faults(fixture: &Fixture) {
@@ -105,7 +80,7 @@ async fn through_faults(fixture: &Fixture) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("lakets.toml");
     let log = dir.path().join("lakets.log");
-    let http = common::s3::free_port();
+    let http = common::free_port();
     std::fs::write(
         &config,
         format!(
@@ -218,7 +193,7 @@ premake = 2
     // which the gate must refuse while it cannot read the Delta table.
     proxy.set(Faults::default());
     let before = scrape(http).await;
-    let deferrals_before = sum(&before, "lakets_chunk_deferrals_total", &[]);
+    let deferrals_before = common::metric_sum(&before, "lakets_chunk_deferrals_total", &[]);
     eprintln!(
         "{:>6.1} s: the store is down for {outage:?}",
         started.elapsed().as_secs_f64()
@@ -247,18 +222,19 @@ premake = 2
 
     // What the outage showed: the store's failures, the stream's retries, the sink's lag,
     // the gate's refusals.
-    let store_errors = sum(
+    let store_errors = common::metric_sum(
         &during,
         "lakets_object_store_requests_total",
         &["outcome=\"error\""],
     );
-    let restarts = sum(&during, "lakets_wal_restarts_total", &[]);
-    let lag = sum(
+    let restarts = common::metric_sum(&during, "lakets_wal_restarts_total", &[]);
+    let lag = common::metric_sum(
         &during,
         "lakets_operator_lag_seconds",
         &["operator=\"delta\""],
     );
-    let deferrals = sum(&during, "lakets_chunk_deferrals_total", &[]) - deferrals_before;
+    let deferrals =
+        common::metric_sum(&during, "lakets_chunk_deferrals_total", &[]) - deferrals_before;
     eprintln!(
         "during the outage: {store_errors} store errors, {restarts} restarts, delta lag {lag:.0} s, {deferrals} deferrals"
     );
@@ -307,7 +283,7 @@ premake = 2
     )
     .await;
     let after = scrape(http).await;
-    let lag_after = sum(
+    let lag_after = common::metric_sum(
         &after,
         "lakets_operator_lag_seconds",
         &["operator=\"delta\""],

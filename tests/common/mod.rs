@@ -289,6 +289,67 @@ pub fn spawn_service_logging(
     log: &std::path::Path,
     filter: &str,
 ) -> Service {
+    spawn_service_with(db, config, log, filter, &[])
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status, body); (0, "") when nothing answers in 2 s.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let code = response.get(9..12)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or((0, String::new()))
+}
+
+/// A sample of the Prometheus text `scrape`: the sum over the series of `name` whose
+/// labels contain every one of `labels`.
+pub fn metric_sum(scrape: &str, name: &str, labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name && labels.iter().all(|label| series.contains(label)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// [`spawn_service_logging`] with more environment (`LAKETS_HTTP_LISTEN`, ...).
+pub fn spawn_service_with(
+    db: &TestDb,
+    config: &std::path::Path,
+    log: &std::path::Path,
+    filter: &str,
+    env: &[(&str, String)],
+) -> Service {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -301,6 +362,7 @@ pub fn spawn_service_logging(
             .env_remove("DATABASE_URL")
             .env("LAKETS_DATABASE_URL", &db.url)
             .env("LAKETS_LOG", filter)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

@@ -53,15 +53,6 @@ pub fn moto_python() -> Option<String> {
     None
 }
 
-/// A port nothing listens on now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// moto's S3 server, killed when dropped.
 pub struct Moto {
     child: Child,
@@ -78,7 +69,7 @@ impl Drop for Moto {
 impl Moto {
     /// Starts the server and waits until it answers.
     pub fn start(python: &str) -> Moto {
-        let port = free_port();
+        let port = super::free_port();
         let child = Command::new(python)
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
             .arg(port.to_string())

@@ -547,6 +547,11 @@ const CASES: &[Case] = &[
         "max_message_bytes",
     ),
     config(
+        "a leader lease shorter than a busy database's pause",
+        "[service]\nleader_lease = \"100 milliseconds\"\n",
+        "leader_lease",
+    ),
+    config(
         "no subscribers allowed",
         "[grpc]\nmax_subscribers = 0\n",
         "max_subscribers",

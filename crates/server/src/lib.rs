@@ -7,6 +7,7 @@ pub mod config;
 pub mod dashboard;
 pub mod grpc;
 pub mod http;
+pub mod leadership;
 pub mod report;
 pub mod series;
 pub mod service;

@@ -18,6 +18,8 @@ const JOB_OUTCOMES: &[&str] = &["ok", "deferred", "failed"];
 /// per-rollup series are registered by the collector as it finds them.
 pub fn export_from_start() {
     for name in [
+        "lakets_leader_takeovers_total",
+        "lakets_leader_depositions_total",
         "lakets_wal_restarts_total",
         "lakets_wal_transactions_total",
         "lakets_chunks_tiered_total",
@@ -62,6 +64,7 @@ pub fn export_from_start() {
         "lakets_replication_lag_seconds",
         "lakets_replication_lag_bytes",
         "lakets_slot_active",
+        "lakets_leader",
         "lakets_slot_retained_wal_bytes",
         "lakets_wal_received_lsn",
         "lakets_wal_acknowledged_lsn",

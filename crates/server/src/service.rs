@@ -71,6 +71,7 @@ pub async fn start(
         lvc: LvcView::new(),
         gate: schedule.gate,
         shutdown: cancel.clone(),
+        role: Arc::new(Mutex::new(crate::leadership::Role::Starting)),
     });
     let mut others = Vec::new();
 
@@ -81,6 +82,19 @@ pub async fn start(
         let max_lag = config.http.ready_max_lag.as_std().as_secs_f64();
         let probe = state.clone();
         let ready: crate::http::Readiness = Arc::new(move || {
+            match &*probe.role.lock().unwrap() {
+                crate::leadership::Role::Active { .. } => {}
+                crate::leadership::Role::Starting => {
+                    return Err("not streaming yet: the database was not reached".into());
+                }
+                crate::leadership::Role::Standby { leader } => {
+                    return Err(format!(
+                        "standing by: {} streams slot {}",
+                        leader.as_deref().unwrap_or("another instance"),
+                        probe.slot
+                    ));
+                }
+            }
             let st = probe.status.lock().unwrap();
             if let Some(reason) = &st.stopped {
                 return Err(format!("streaming stopped for good: {reason}"));
@@ -143,11 +157,11 @@ pub async fn start(
         Some(bound)
     };
 
-    let instance = format!(
-        "{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "lakets".into()),
-        std::process::id()
-    );
+    let instance = instance_name();
+    // Every session of this process carries its name: a new leader ends them by it.
+    let mut db = db;
+    let base = db.get_application_name().unwrap_or("lakets").to_string();
+    db.application_name(crate::leadership::application_name(&base, &instance));
     // The Delta operator maintains its own tables, between its windows.
     let maintenance = match (config.jobs.enabled, schedule.maintenance) {
         (true, Some(every)) => Some(MaintenanceSchedule {
@@ -161,17 +175,6 @@ pub async fn start(
         }),
         _ => None,
     };
-    if config.jobs.enabled {
-        others.push((
-            "scheduler",
-            tokio::spawn(lakets_core::jobs::run_scheduler(
-                db.clone(),
-                schedule,
-                instance,
-                cancel.clone(),
-            )),
-        ));
-    }
 
     others.push((
         "collector",
@@ -182,55 +185,46 @@ pub async fn start(
         )),
     ));
 
-    // A stop recorded by an earlier run: this run tries again (and records it again if
-    // the cause is still there).
-    if let Err(e) = record_stop(&db, &slot, None).await {
-        warn!(error = %e, "could not clear the recorded stop of the stream");
-    }
-    let pipeline = {
-        let (db, status, view, stop, slot) = (
-            db.clone(),
-            state.status.clone(),
-            state.lvc.clone(),
-            cancel.clone(),
-            slot.clone(),
-        );
-        tokio::spawn(async move {
-            let outcome = crate::wal::run_with_restarts(
-                || {
-                    pipeline_with_maintenance(
-                        &db,
-                        pipeline_config.clone(),
-                        status.clone(),
-                        Some(view.clone()),
-                        maintenance.clone(),
-                    )
-                },
-                stop.clone(),
-            )
-            .await;
-            let Err(e) = outcome else {
-                return Ok(());
-            };
-            // A definite error: streaming stops with the reason, nothing after the change
-            // that caused it is acknowledged. The service stays up to say so (probes,
-            // metrics, `lakets status`) until it is stopped.
-            error!(slot = %slot, kind = e.kind_label(), error = %e, "streaming stopped for good: {}", stop_advice(&e));
-            metrics::gauge!("lakets_stream_stopped", "reason" => e.kind_label()).set(1.0);
-            {
-                let mut st = status.lock().unwrap();
-                st.streaming = false;
-                st.stopped = Some(e.to_string());
-                st.last_error = Some(e.to_string());
+    // The leader's work: the WAL pipeline and the job scheduler.
+    let jobs = config.jobs.enabled;
+    let work = {
+        let (db, state, instance) = (db.clone(), state.clone(), instance.clone());
+        move |stop: CancellationToken| {
+            let mut work: crate::leadership::Work = Vec::new();
+            if jobs {
+                work.push((
+                    "scheduler",
+                    tokio::spawn(lakets_core::jobs::run_scheduler(
+                        db.clone(),
+                        schedule.clone(),
+                        instance.clone(),
+                        stop.clone(),
+                    )),
+                ));
             }
-            if let Err(record) = record_stop(&db, &slot, Some(&e)).await {
-                warn!(error = %record, "could not record why the stream stopped");
-            }
-            stop.cancelled().await;
-            Err(e)
-        })
+            work.push((
+                "pipeline",
+                spawn_pipeline(
+                    db.clone(),
+                    pipeline_config.clone(),
+                    &state,
+                    maintenance.clone(),
+                    stop,
+                ),
+            ));
+            work
+        }
     };
-    info!(slot = %slot, http = ?http_addr, grpc = ?grpc_addr, jobs = config.jobs.enabled, "lakets service started");
+    let leadership = crate::leadership::Leadership {
+        db: db.clone(),
+        slot: slot.clone(),
+        instance: instance.clone(),
+        lease: config.service.leader_lease.as_std(),
+        role: state.role.clone(),
+        status: state.status.clone(),
+    };
+    let pipeline = tokio::spawn(leadership.run(work, cancel.clone()));
+    info!(slot = %slot, instance = %instance, http = ?http_addr, grpc = ?grpc_addr, jobs = config.jobs.enabled, "lakets service started");
     Ok(Service {
         state,
         http_addr,
@@ -269,6 +263,70 @@ impl Service {
             None => Ok(()),
         }
     }
+}
+
+/// This process's name among the instances of its stream: host, pid and a tag that tells
+/// it from an earlier process with the same pid (a restarted container is pid 1 again).
+fn instance_name() -> String {
+    let tag = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        & 0xffff;
+    format!(
+        "{}:{}:{tag:04x}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "lakets".into()),
+        std::process::id()
+    )
+}
+
+/// The WAL pipeline, restarted after transient failures until `stop`. A definite error
+/// stops streaming with the reason, nothing after the change that caused it
+/// acknowledged; the task then waits for `stop` so the service stays up to say so
+/// (probes, metrics, `lakets status`).
+fn spawn_pipeline(
+    db: crate::db::DbConfig,
+    pipeline_config: PipelineConfig,
+    state: &ServiceState,
+    maintenance: Option<MaintenanceSchedule>,
+    stop: CancellationToken,
+) -> JoinHandle<Result<()>> {
+    let (status, view, slot) = (state.status.clone(), state.lvc.clone(), state.slot.clone());
+    tokio::spawn(async move {
+        // A stop recorded by an earlier run: this run tries again (and records it again
+        // if the cause is still there).
+        if let Err(e) = record_stop(&db, &slot, None).await {
+            warn!(error = %e, "could not clear the recorded stop of the stream");
+        }
+        let outcome = crate::wal::run_with_restarts(
+            || {
+                pipeline_with_maintenance(
+                    &db,
+                    pipeline_config.clone(),
+                    status.clone(),
+                    Some(view.clone()),
+                    maintenance.clone(),
+                )
+            },
+            stop.clone(),
+        )
+        .await;
+        let Err(e) = outcome else {
+            return Ok(());
+        };
+        error!(slot = %slot, kind = e.kind_label(), error = %e, "streaming stopped for good: {}", stop_advice(&e));
+        metrics::gauge!("lakets_stream_stopped", "reason" => e.kind_label()).set(1.0);
+        {
+            let mut st = status.lock().unwrap();
+            st.streaming = false;
+            st.stopped = Some(e.to_string());
+            st.last_error = Some(e.to_string());
+        }
+        if let Err(record) = record_stop(&db, &slot, Some(&e)).await {
+            warn!(error = %record, "could not record why the stream stopped");
+        }
+        stop.cancelled().await;
+        Err(e)
+    })
 }
 
 /// What to do about a definite error, in words (`lakets status` shows it too).

@@ -21,4 +21,6 @@ pub struct ServiceState {
     pub gate: GateSettings,
     /// Cancelled when the service stops (ends subscriptions, so shutdown is not held).
     pub shutdown: CancellationToken,
+    /// Whether this instance streams, or stands by for another.
+    pub role: Arc<Mutex<crate::leadership::Role>>,
 }

@@ -40,7 +40,13 @@ pub struct ServiceStatus {
     pub tables: Vec<TableStatus>,
     pub rollups: Vec<RollupStatus>,
     pub jobs: Vec<JobStatus>,
+    /// The `lakets run` processes of this stream seen in the last 30 s: the active one
+    /// (streams, runs the jobs) first, then those standing by.
+    pub instances: Vec<lakets_core::catalog::instances::Instance>,
 }
+
+/// Instances whose heartbeat is older than this are not listed (gone).
+const INSTANCE_SEEN_WITHIN_SECS: f64 = 30.0;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamStop {
@@ -205,6 +211,8 @@ pub async fn collect(
         tables,
         rollups,
         jobs,
+        instances: lakets_core::catalog::instances::list(client, slot, INSTANCE_SEEN_WITHIN_SECS)
+            .await?,
     })
 }
 
@@ -262,6 +270,17 @@ pub fn render(s: &ServiceStatus) -> String {
             g.reason,
             lsn(g.since_lsn),
             g.detected_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    for i in &s.instances {
+        let _ = writeln!(
+            out,
+            "instance {}: {}{}, started {}, seen {:.1} s ago",
+            i.instance,
+            i.role,
+            i.epoch.map(|e| format!(" (epoch {e})")).unwrap_or_default(),
+            i.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            i.heartbeat_age_seconds
         );
     }
     for o in &s.operators {

@@ -280,6 +280,34 @@ ALTER TABLE lakets._replication
     ADD COLUMN stopped_at     timestamptz;
 "#,
     },
+    Migration {
+        version: 11,
+        name: "instances_and_leaders",
+        sql: r#"
+CREATE TABLE lakets._instances (
+    slot_name    text        NOT NULL,
+    instance     text        NOT NULL,
+    -- The application_name of every session of the process (so a new leader can end them).
+    application  text        NOT NULL,
+    -- Its leadership session: gone from pg_stat_activity when the process is.
+    backend_pid  integer     NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot_name, instance)
+);
+COMMENT ON TABLE lakets._instances IS 'The lakets run processes of each stream, with their heartbeat';
+
+CREATE TABLE lakets._leaders (
+    slot_name  text        PRIMARY KEY,
+    instance   text        NOT NULL,
+    -- Raised at every change of hands.
+    epoch      bigint      NOT NULL,
+    since      timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+COMMENT ON TABLE lakets._leaders IS 'Which process streams each slot and runs the jobs (the others stand by), under a lease it renews';
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

@@ -13,10 +13,12 @@
 //! - `_replication` and `_stream_gaps` (slots, publications, gaps): [`replication`];
 //! - `_announcements` (configuration changes in the stream): [`announce`];
 //! - `_ingest_profile`: [`ingest_profile`];
+//! - `_instances` and `_leaders` (the processes of a stream, and which one leads): [`instances`];
 //! - the schema itself: [`migrations`].
 
 pub mod announce;
 pub mod ingest_profile;
+pub mod instances;
 pub mod job_runs;
 pub mod lvc_registry;
 pub mod migrations;

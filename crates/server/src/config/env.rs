@@ -26,6 +26,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("service.protocol", Kind::Text),
     ("service.flush_interval", Kind::Text),
     ("service.max_message_bytes", Kind::Text),
+    ("service.leader_lease", Kind::Text),
     ("log.format", Kind::Text),
     ("http.listen", Kind::Text),
     ("http.retained_wal_warning", Kind::Text),

@@ -56,6 +56,9 @@ pub struct ServiceSection {
     /// A change (or logical message) larger than this on the wire is never held: another
     /// role's message is skipped as it arrives, a row stops the stream naming its table.
     pub max_message_bytes: ByteSize,
+    /// How long the instance that streams holds the lead without renewing it: past it, a
+    /// standby of the same stream takes over (at once when the leader's session is gone).
+    pub leader_lease: Interval,
 }
 
 impl Default for ServiceSection {
@@ -66,6 +69,7 @@ impl Default for ServiceSection {
             protocol: Protocol::Binary,
             flush_interval: Interval::from_secs(1),
             max_message_bytes: ByteSize(crate::wal::source::DEFAULT_MAX_MESSAGE_BYTES as u64),
+            leader_lease: Interval::from_secs(5),
         }
     }
 }
@@ -391,6 +395,15 @@ impl Config {
             .or_else(|e| bad(format!("service.publication: {e}")))?;
         if self.service.flush_interval.is_zero() || self.service.flush_interval.as_micros() < 0 {
             return bad("service.flush_interval must be positive".into());
+        }
+        let lease = self.service.leader_lease.as_micros();
+        if !(1_000_000..=600_000_000).contains(&lease) {
+            return bad(format!(
+                "service.leader_lease = {} is outside 1 second..10 minutes: shorter, a busy \
+                 database would depose a healthy leader; longer, a frozen leader holds the \
+                 stream that long",
+                self.service.leader_lease
+            ));
         }
         // Below 1 MB an ordinary wide row would stop the stream; the ceiling is what the
         // protocol's 32-bit lengths and PostgreSQL's 1 GB field limit allow.
