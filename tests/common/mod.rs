@@ -15,13 +15,17 @@ use lakets::embedded::{EmbeddedOptions, EmbeddedPostgres};
 pub fn cluster() -> &'static EmbeddedPostgres {
     static PG: OnceLock<EmbeddedPostgres> = OnceLock::new();
     PG.get_or_init(|| {
-        // Every test leaves its slot behind (its database stays until the cluster goes), and
-        // tests/integration/ runs some 75 tests on this one cluster.
-        let options = EmbeddedOptions::default()
-            .setting("max_replication_slots", "200")
-            .setting("max_wal_senders", "40");
-        EmbeddedPostgres::start(options).expect("starting embedded PostgreSQL")
+        EmbeddedPostgres::start(cluster_options()).expect("starting embedded PostgreSQL")
     })
+}
+
+/// The settings of the tests' cluster (a standby of it needs the same).
+pub fn cluster_options() -> EmbeddedOptions {
+    // Every test leaves its slot behind (its database stays until the cluster goes), and
+    // tests/integration/ runs some 75 tests on this one cluster.
+    EmbeddedOptions::default()
+        .setting("max_replication_slots", "200")
+        .setting("max_wal_senders", "40")
 }
 
 pub struct TestDb {

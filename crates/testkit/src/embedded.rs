@@ -263,6 +263,85 @@ impl EmbeddedPostgres {
         self.start_server()
     }
 
+    /// A physical standby of this cluster: a base backup (`pg_basebackup -R`, WAL
+    /// streamed) started on a port of its own, replaying this cluster's WAL until it is
+    /// promoted (`SELECT pg_promote()`). The same superuser and password. Blocking.
+    pub fn start_standby(&self, options: EmbeddedOptions) -> Result<EmbeddedPostgres> {
+        let primary = &self.cluster;
+        let tempdir = tempfile::Builder::new()
+            .prefix("lakets-pg-standby-")
+            .tempdir()
+            .map_err(|e| Error::io("creating the standby's temporary directory", e))?;
+        let root = tempdir.path().to_path_buf();
+        set_mode(
+            &root,
+            if primary.run_as.is_some() {
+                0o711
+            } else {
+                0o700
+            },
+        )?;
+        let data = root.join("data");
+        let socket = root.join("socket");
+        for dir in [&data, &socket] {
+            fs::create_dir(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            set_mode(dir, 0o700)?;
+            if let Some(user) = primary.run_as {
+                chown(dir, user)?;
+            }
+        }
+        write_private(&root.join("password"), &format!("{}\n", primary.password))?;
+        let mut cmd = Command::new(primary.bindir.join("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"])
+            .args(["-h", "127.0.0.1", "-U", SUPERUSER])
+            .arg("-p")
+            .arg(primary.port.to_string())
+            // The password through the environment, never the command line.
+            .env("PGPASSWORD", &primary.password)
+            .stdin(Stdio::null());
+        if let Some(user) = primary.run_as {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| Error::Embedded(format!("could not run pg_basebackup: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Embedded(format!(
+                "pg_basebackup failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        // The standby's settings start from the same initdb file as the primary's.
+        fs::copy(
+            primary.root.join("postgresql.conf.initdb"),
+            root.join("postgresql.conf.initdb"),
+        )
+        .map_err(|e| Error::io("copying the primary's initdb settings", e))?;
+        let port = free_port()?;
+        write_settings(&data, &socket, port, &options)?;
+        write_private(
+            &root.join("pgpass"),
+            &format!("*:{port}:*:{SUPERUSER}:{}\n", primary.password),
+        )?;
+        let cluster = Arc::new(Cluster {
+            bindir: primary.bindir.clone(),
+            root: root.clone(),
+            password: primary.password.clone(),
+            tempdir: Mutex::new(Some(tempdir)),
+            port,
+            run_as: primary.run_as,
+            server: Mutex::new(None),
+            start_timeout: options.start_timeout,
+        });
+        cluster.start_server()?;
+        register_for_exit_cleanup(&cluster);
+        info!(port, dir = %root.display(), "embedded PostgreSQL standby started");
+        Ok(EmbeddedPostgres { cluster })
+    }
+
     /// The last `max_bytes` of the server log, for error messages and test failures.
     pub fn log_tail(&self, max_bytes: u64) -> String {
         read_tail(&self.cluster.root.join("postgres.log"), max_bytes)
@@ -402,7 +481,10 @@ fn server_is_ready(pid_file: &Path, pid: u32) -> bool {
         .map(|text| {
             let mut lines = text.lines();
             lines.next().is_some_and(|l| l.trim() == pid.to_string())
-                && lines.nth(6).is_some_and(|l| l.trim() == "ready")
+                // A hot standby accepting connections says "standby".
+                && lines
+                    .nth(6)
+                    .is_some_and(|l| matches!(l.trim(), "ready" | "standby"))
         })
         .unwrap_or(false)
 }
@@ -658,7 +740,12 @@ fn write_settings(data: &Path, socket: &Path, port: u16, options: &EmbeddedOptio
     }
     // Rewrite from initdb's file so that a retry with another port does not stack settings.
     let path = data.join("postgresql.conf");
-    let base_path = data.join("postgresql.conf.initdb");
+    // Beside the data directory, not in it: a base backup would copy it (and the
+    // server's user could not read it).
+    let base_path = data
+        .parent()
+        .expect("the data directory is in the cluster's root")
+        .join("postgresql.conf.initdb");
     if !base_path.exists() {
         fs::copy(&path, &base_path).map_err(|e| Error::io("saving postgresql.conf", e))?;
     }

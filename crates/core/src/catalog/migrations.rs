@@ -308,6 +308,19 @@ CREATE TABLE lakets._leaders (
 COMMENT ON TABLE lakets._leaders IS 'Which process streams each slot and runs the jobs (the others stand by), under a lease it renews';
 "#,
     },
+    Migration {
+        version: 12,
+        name: "server_identity",
+        sql: r#"
+-- The server each slot's stream came from: its system identifier and WAL timeline. A
+-- promoted standby (failover) or a point-in-time restore moves to a new timeline, a
+-- restore into a new cluster to a new system; either way the logical slot's history
+-- does not follow (PostgreSQL 15-16) and the stream has a gap.
+ALTER TABLE lakets._replication
+    ADD COLUMN server_system   text,
+    ADD COLUMN server_timeline bigint;
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

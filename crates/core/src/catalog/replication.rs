@@ -16,6 +16,16 @@ pub const GAP_INVALIDATED: &str = "invalidated: the server removed WAL it still 
                                    (max_slot_wal_keep_size)";
 pub const GAP_DROPPED: &str = "dropped while lakets operators depended on it";
 pub const GAP_RESYNCING: &str = "being resynced (`lakets resync` has not finished)";
+/// The start of the reason of a gap recorded because the server moved to a new WAL
+/// timeline (the numbers follow).
+pub const GAP_NEW_TIMELINE: &str = "streamed from a server that moved to a new WAL timeline \
+                                    (a standby promoted, or a point-in-time restore): the \
+                                    logical slot's history does not follow";
+/// The start of the reason of a gap recorded because the database is now on another
+/// cluster (the identifiers follow).
+pub const GAP_NEW_SYSTEM: &str = "streamed from another PostgreSQL cluster than before (its \
+                                  system identifier changed: a restore into a new cluster, \
+                                  or another server behind the same address)";
 
 /// A stretch of the WAL the stream never delivered to the operators.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -72,6 +82,14 @@ pub async fn clear_gaps(client: &impl GenericClient) -> Result<()> {
         .execute("DELETE FROM lakets._stream_gaps", &[])
         .await
         .pg_context(|| "clearing the stream gaps".into())?;
+    // Streams start over on this server: its identity is recorded at the next look.
+    client
+        .execute(
+            "UPDATE lakets._replication SET server_system = NULL, server_timeline = NULL",
+            &[],
+        )
+        .await
+        .pg_context(|| "forgetting the server the stream came from".into())?;
     Ok(())
 }
 
@@ -103,44 +121,117 @@ pub fn gap_error(gaps: &[StreamGap]) -> Error {
 /// lakets operators have stored progress through it and still have work (a sync, a cache
 /// or a rollup) that depends on an unbroken stream.
 pub async fn detect_gap(client: &impl GenericClient, slot: &str) -> Result<()> {
+    if detect_new_server(client, slot).await? {
+        return Ok(());
+    }
     match slot_state(client, slot).await? {
         Some(s) if s.wal_status.as_deref() == Some("lost") => {
             record_gap(client, slot, s.confirmed_flush_lsn, GAP_INVALIDATED).await
         }
         Some(_) => Ok(()),
-        None => {
-            // The features whose state a gap would leave wrong, from the operator list.
-            let depended = crate::operators::COMPONENTS
-                .iter()
-                .filter_map(|c| c.state_registry())
-                .map(|r| format!("EXISTS (SELECT 1 FROM lakets.{})", r.table()))
-                .collect::<Vec<_>>();
-            let depended = if depended.is_empty() {
-                "false".to_owned()
-            } else {
-                depended.join(" OR ")
-            };
-            let row = client
-                .query_one(
-                    &format!(
-                        "SELECT (SELECT min(durable_lsn)::text FROM lakets._sink_progress
-                                  WHERE slot_name = $1),
-                                {depended}"
-                    ),
-                    &[&slot],
-                )
-                .await
-                .pg_context(|| format!("checking what depended on slot {slot}"))?;
-            let progress: Option<String> = row.get(0);
-            let depended: bool = row.get(1);
-            match progress {
-                Some(lsn) if depended => {
-                    record_gap(client, slot, lsn.parse().ok(), GAP_DROPPED).await
-                }
-                _ => Ok(()),
-            }
-        }
+        None => match depended_position(client, slot).await? {
+            Some(since) => record_gap(client, slot, since, GAP_DROPPED).await,
+            None => Ok(()),
+        },
     }
+}
+
+/// Where the operators' knowledge through `slot` ends, when some lakets feature (a sync,
+/// a cache, a rollup) has stored progress through it and depends on an unbroken stream;
+/// `None` when nothing does.
+async fn depended_position(client: &impl GenericClient, slot: &str) -> Result<Option<Option<Lsn>>> {
+    // The features whose state a gap would leave wrong, from the operator list.
+    let depended = crate::operators::COMPONENTS
+        .iter()
+        .filter_map(|c| c.state_registry())
+        .map(|r| format!("EXISTS (SELECT 1 FROM lakets.{})", r.table()))
+        .collect::<Vec<_>>();
+    let depended = if depended.is_empty() {
+        "false".to_owned()
+    } else {
+        depended.join(" OR ")
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT min(durable_lsn)::text FROM lakets._sink_progress
+                          WHERE slot_name = $1),
+                        {depended}"
+            ),
+            &[&slot],
+        )
+        .await
+        .pg_context(|| format!("checking what depended on slot {slot}"))?;
+    let progress: Option<String> = row.get(0);
+    let depended: bool = row.get(1);
+    Ok(match progress {
+        Some(lsn) if depended => Some(lsn.parse().ok()),
+        _ => None,
+    })
+}
+
+/// The server's current WAL timeline (from the name of the WAL file being written); NULL
+/// on a server in recovery.
+const SERVER_TIMELINE: &str = "CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+         ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()),
+                             1, 8))::bit(32)::bigint
+    END";
+
+/// Compares the server with the one `slot`'s stream was recorded on (system identifier,
+/// WAL timeline), records it the first time, and records a gap when it changed while
+/// operators depended on the stream (true then). The catalog is in the database, so a
+/// promoted standby or a restored backup carries the old server's record: the change is
+/// seen on the first start after it, before any change is streamed. A server in
+/// recovery (a standby, read only) is not compared: nothing streams from it.
+async fn detect_new_server(client: &impl GenericClient, slot: &str) -> Result<bool> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT s.system_identifier::text, {SERVER_TIMELINE},
+                        r.server_system, r.server_timeline, r.slot_name IS NOT NULL
+                   FROM pg_catalog.pg_control_system() s
+                   LEFT JOIN lakets._replication r ON r.slot_name = $1"
+            ),
+            &[&slot],
+        )
+        .await
+        .pg_context(|| format!("reading which server slot {slot} streams from"))?;
+    let (system, timeline): (String, Option<i64>) = (row.get(0), row.get(1));
+    let (recorded_system, recorded_timeline): (Option<String>, Option<i64>) =
+        (row.get(2), row.get(3));
+    let registered: bool = row.get(4);
+    let Some(timeline) = timeline else {
+        return Ok(false);
+    };
+    if !registered {
+        return Ok(false);
+    }
+    let change = match (recorded_system, recorded_timeline) {
+        (Some(was), _) if was != system => Some(format!(
+            "{GAP_NEW_SYSTEM} (system identifier {was} -> {system})"
+        )),
+        (_, Some(was)) if was != timeline => {
+            Some(format!("{GAP_NEW_TIMELINE} (timeline {was} -> {timeline})"))
+        }
+        (Some(_), Some(_)) => return Ok(false),
+        _ => None,
+    };
+    if let Some(reason) = change
+        && let Some(since) = depended_position(client, slot).await?
+    {
+        // The old server's record stays until `lakets resync` clears the gap.
+        record_gap(client, slot, since, &reason).await?;
+        return Ok(true);
+    }
+    client
+        .execute(
+            "UPDATE lakets._replication SET server_system = $2, server_timeline = $3
+              WHERE slot_name = $1",
+            &[&slot, &system, &timeline],
+        )
+        .await
+        .pg_context(|| format!("recording which server slot {slot} streams from"))?;
+    Ok(false)
 }
 
 /// Refuses to stream from `slot` while any stream gap is recorded (see [`gap_error`]).
@@ -223,8 +314,13 @@ pub async fn register_consumer(
 ) -> Result<()> {
     client
         .execute(
-            "INSERT INTO lakets._replication (slot_name, publication) VALUES ($1, $2)
-             ON CONFLICT (slot_name) DO UPDATE SET publication = excluded.publication",
+            &format!(
+                "INSERT INTO lakets._replication
+                        (slot_name, publication, server_system, server_timeline)
+                 SELECT $1, $2, s.system_identifier::text, {SERVER_TIMELINE}
+                   FROM pg_catalog.pg_control_system() s
+                 ON CONFLICT (slot_name) DO UPDATE SET publication = excluded.publication"
+            ),
             &[&slot, &publication],
         )
         .await
