@@ -13,28 +13,9 @@ use std::time::Duration;
 
 use common::{dropped_chunks, fresh_db};
 use lakets::interval::Interval;
-use lakets::lifecycle::{self, GateSettings};
+use lakets::lifecycle;
 use lakets::wal::{PipelineConfig, SourceSettings};
 use tokio_util::sync::CancellationToken;
-
-const QUICK: GateSettings = GateSettings {
-    lock_timeout: Duration::from_secs(2),
-    wait: Duration::from_secs(2),
-};
-const PATIENT: GateSettings = GateSettings {
-    lock_timeout: Duration::from_secs(2),
-    wait: Duration::from_secs(30),
-};
-
-fn lakets_cli(url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lakets"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env("LAKETS_DATABASE_URL", url)
-        .env("LAKETS_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 async fn lsn_now(client: &tokio_postgres::Client) -> lakets::wal::Lsn {
     client
@@ -88,10 +69,10 @@ async fn a_promoted_standby_is_a_gap_that_refuses_drops_until_resync_recovers_it
     let cancel = CancellationToken::new();
     let running = tokio::spawn(pipeline(db.url.clone(), cancel.clone()));
     let earlier = Some(chrono::Utc::now() - chrono::Duration::hours(2));
-    lifecycle::tier(&db.config(), None, None, PATIENT, earlier)
+    lifecycle::tier(&db.config(), None, None, common::PATIENT_GATE, earlier)
         .await
         .unwrap();
-    let report = lifecycle::retention(&db.config(), None, PATIENT, earlier)
+    let report = lifecycle::retention(&db.config(), None, common::PATIENT_GATE, earlier)
         .await
         .unwrap();
     assert!(!report.moved.is_empty(), "{report:?}");
@@ -131,7 +112,7 @@ async fn a_promoted_standby_is_a_gap_that_refuses_drops_until_resync_recovers_it
         db.scalar::<i64>("SELECT count(*) FROM ticks").await as u64,
         "the mirror held the old primary's last changes"
     );
-    let before_gap = status_counts(&db).await;
+    let before_gap = common::chunk_status_counts(&db.client).await;
     tokio::task::block_in_place(|| common::cluster().crash_server()).unwrap();
     tokio::task::block_in_place(|| standby.start_server()).unwrap();
     let url = standby.url(&db.name);
@@ -168,7 +149,7 @@ async fn a_promoted_standby_is_a_gap_that_refuses_drops_until_resync_recovers_it
     ] {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
-    let out = lakets_cli(&url, &["status", "--json"]);
+    let out = common::lakets_cli(&url, &["status", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -186,23 +167,23 @@ async fn a_promoted_standby_is_a_gap_that_refuses_drops_until_resync_recovers_it
     );
     // No chunk leaves the hot tier while the gap is open.
     let new_db = lakets::db::parse_config(&url).unwrap();
-    let report = lifecycle::tier(&new_db, None, None, QUICK, None)
+    let report = lifecycle::tier(&new_db, None, None, common::QUICK_GATE, None)
         .await
         .unwrap();
     assert!(report.moved.is_empty(), "{report:?}");
     assert!(!report.deferred.is_empty(), "chunks were due: {report:?}");
-    let report = lifecycle::retention(&new_db, None, QUICK, None)
+    let report = lifecycle::retention(&new_db, None, common::QUICK_GATE, None)
         .await
         .unwrap();
     assert!(report.moved.is_empty(), "{report:?}");
     assert_eq!(
-        counts(&promoted).await,
+        common::chunk_status_counts(&promoted).await,
         before_gap,
         "nothing tiered or dropped on the new primary"
     );
 
     // `lakets resync` closes the gap: the lost changes leave Delta, the kept history stays.
-    let out = lakets_cli(&url, &["resync", "--json"]);
+    let out = common::lakets_cli(&url, &["resync", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -232,28 +213,11 @@ async fn a_promoted_standby_is_a_gap_that_refuses_drops_until_resync_recovers_it
         );
     }
     // And the chunks move again.
-    let report = lifecycle::tier(&new_db, None, None, PATIENT, None)
+    let report = lifecycle::tier(&new_db, None, None, common::PATIENT_GATE, None)
         .await
         .unwrap();
     assert!(!report.moved.is_empty(), "{report:?}");
     assert!(report.deferred.is_empty(), "{report:?}");
     cancel.cancel();
     running.await.unwrap().unwrap();
-}
-
-async fn counts(client: &tokio_postgres::Client) -> Vec<(String, i64)> {
-    client
-        .query(
-            "SELECT status, count(*) FROM lakets._chunk_metadata GROUP BY 1 ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
-async fn status_counts(db: &common::TestDb) -> Vec<(String, i64)> {
-    counts(&db.client).await
 }

@@ -12,41 +12,9 @@ use std::time::Duration;
 
 use common::{dropped_chunks, fresh_db};
 use lakets::interval::Interval;
-use lakets::lifecycle::{self, GateSettings};
+use lakets::lifecycle;
 use lakets::wal::{PipelineConfig, SourceSettings};
 use tokio_util::sync::CancellationToken;
-
-const QUICK: GateSettings = GateSettings {
-    lock_timeout: Duration::from_secs(2),
-    wait: Duration::from_secs(2),
-};
-const PATIENT: GateSettings = GateSettings {
-    lock_timeout: Duration::from_secs(2),
-    wait: Duration::from_secs(30),
-};
-
-async fn status_counts(db: &common::TestDb) -> Vec<(String, i64)> {
-    db.client
-        .query(
-            "SELECT status, count(*) FROM lakets._chunk_metadata GROUP BY 1 ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
-fn lakets_cli(url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lakets"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env("LAKETS_DATABASE_URL", url)
-        .env("LAKETS_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
@@ -84,10 +52,10 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
     let running = tokio::spawn(pipeline(cancel.clone()));
     // As of two hours ago, so that chunks are still due when the gap opens.
     let earlier = Some(chrono::Utc::now() - chrono::Duration::hours(2));
-    lifecycle::tier(&db.config(), None, None, PATIENT, earlier)
+    lifecycle::tier(&db.config(), None, None, common::PATIENT_GATE, earlier)
         .await
         .unwrap();
-    let report = lifecycle::retention(&db.config(), None, PATIENT, earlier)
+    let report = lifecycle::retention(&db.config(), None, common::PATIENT_GATE, earlier)
         .await
         .unwrap();
     assert!(!report.moved.is_empty(), "{report:?}");
@@ -98,7 +66,7 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
     }
     cancel.cancel();
     running.await.unwrap().unwrap();
-    let before_gap = status_counts(&db).await;
+    let before_gap = common::chunk_status_counts(&db.client).await;
     for statement in [
         "ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'",
         "SELECT pg_reload_conf()",
@@ -154,18 +122,18 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
 
     // No chunk leaves the hot tier on the strength of the lost slot, however often asked.
     for _ in 0..2 {
-        let report = lifecycle::tier(&db.config(), None, None, QUICK, None)
+        let report = lifecycle::tier(&db.config(), None, None, common::QUICK_GATE, None)
             .await
             .unwrap();
         assert!(report.moved.is_empty(), "{report:?}");
         assert!(!report.deferred.is_empty());
-        let report = lifecycle::retention(&db.config(), None, QUICK, None)
+        let report = lifecycle::retention(&db.config(), None, common::QUICK_GATE, None)
             .await
             .unwrap();
         assert!(report.moved.is_empty(), "{report:?}");
     }
     assert_eq!(
-        status_counts(&db).await,
+        common::chunk_status_counts(&db.client).await,
         before_gap,
         "nothing tiered or dropped"
     );
@@ -194,7 +162,7 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
             "{err}"
         );
     }
-    let report = lifecycle::retention(&db.config(), None, QUICK, None)
+    let report = lifecycle::retention(&db.config(), None, common::QUICK_GATE, None)
         .await
         .unwrap();
     assert!(report.moved.is_empty(), "{report:?}");
@@ -211,7 +179,7 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
     );
 
     // `lakets resync` closes the gap.
-    let out = lakets_cli(&db.url, &["resync", "--json"]);
+    let out = common::lakets_cli(&db.url, &["resync", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -228,7 +196,7 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
     assert_eq!(report["caches"][0]["keys"], 5, "{report}");
     assert_eq!(report["rollups"][0], "ticks_1min", "{report}");
     assert_eq!(report["slots_created"][0], slot.as_str(), "{report}");
-    let again = lakets_cli(&db.url, &["resync"]);
+    let again = common::lakets_cli(&db.url, &["resync"]);
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("nothing to resync"),
@@ -266,12 +234,12 @@ async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
         );
     }
     // And the chunks held back by the gap move again.
-    let report = lifecycle::tier(&db.config(), None, None, PATIENT, None)
+    let report = lifecycle::tier(&db.config(), None, None, common::PATIENT_GATE, None)
         .await
         .unwrap();
     assert!(!report.moved.is_empty(), "{report:?}");
     assert!(report.deferred.is_empty(), "{report:?}");
-    let report = lifecycle::retention(&db.config(), None, PATIENT, None)
+    let report = lifecycle::retention(&db.config(), None, common::PATIENT_GATE, None)
         .await
         .unwrap();
     assert!(!report.moved.is_empty(), "{report:?}");

@@ -337,6 +337,43 @@ pub fn metric_sum(scrape: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// The gate's settings when a test expects a deferral: it gives up soon.
+pub const QUICK_GATE: lakets::lifecycle::GateSettings = lakets::lifecycle::GateSettings {
+    lock_timeout: std::time::Duration::from_secs(2),
+    wait: std::time::Duration::from_secs(2),
+};
+
+/// The gate's settings when a test expects the move: it waits for the stream.
+pub const PATIENT_GATE: lakets::lifecycle::GateSettings = lakets::lifecycle::GateSettings {
+    lock_timeout: std::time::Duration::from_secs(2),
+    wait: std::time::Duration::from_secs(30),
+};
+
+/// The number of chunks of each `_chunk_metadata` status.
+pub async fn chunk_status_counts(client: &tokio_postgres::Client) -> Vec<(String, i64)> {
+    client
+        .query(
+            "SELECT status, count(*) FROM lakets._chunk_metadata GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The `lakets` binary against `url` (given through the environment), logging warnings.
+pub fn lakets_cli(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lakets"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("LAKETS_DATABASE_URL", url)
+        .env("LAKETS_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
