@@ -171,6 +171,38 @@ pub async fn synced_ticks(
     sync_to(db, "ticks", dir.join("ticks").to_str().unwrap()).await
 }
 
+/// [`synced_ticks`] with every operator a gap in the stream would leave wrong: a Last
+/// Value Cache and a one-minute rollup ([`lvc_and_minute_rollup`]), and a policy that
+/// tiers chunks after 2 hours and drops them after 4.
+pub async fn synced_ticks_with_every_operator(
+    db: &mut TestDb,
+    dir: &std::path::Path,
+) -> lakets::sync::SyncConfig {
+    let sync = synced_ticks(db, dir, None).await;
+    lvc_and_minute_rollup(db).await;
+    lakets::lifecycle::policy::set_policy(
+        &db.client,
+        "ticks",
+        Some(lakets::interval::Interval::hours(2)),
+        Some(lakets::interval::Interval::hours(4)),
+    )
+    .await
+    .unwrap();
+    sync
+}
+
+/// The table [`workload::statement`] writes, holding `rows` rows 10 s apart up to now, as
+/// a ChronoTable of 1-hour chunks with 2 made ahead.
+pub async fn workload_chronotable(db: &mut TestDb, rows: u32) {
+    db.exec(&workload::ticks_table_sql(rows)).await;
+    let mut opts = lakets::chronotable::CreateOptions::new("time");
+    opts.chunk_interval = lakets::interval::Interval::hours(1);
+    opts.premake = 2;
+    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
+        .await
+        .unwrap();
+}
+
 /// The process's peak resident set size.
 pub fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

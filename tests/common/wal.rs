@@ -48,8 +48,30 @@ pub fn config(slot: &str) -> PipelineConfig {
 }
 
 pub async fn lsn_now(db: &TestDb) -> Lsn {
-    let text: String = db.scalar("SELECT pg_current_wal_insert_lsn()::text").await;
+    lsn_of(&db.client).await
+}
+
+/// The server's WAL insert position, through any session (a server not a [`TestDb`]'s).
+pub async fn lsn_of(client: &tokio_postgres::Client) -> Lsn {
+    let text: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     text.parse().unwrap()
+}
+
+/// The service's pipeline (every operator) on `slot` of `db`, streamed until `cancel`
+/// with [`config`]'s short intervals.
+pub async fn stream(
+    db: &lakets::db::DbConfig,
+    slot: &str,
+    cancel: tokio_util::sync::CancellationToken,
+) -> lakets::Result<()> {
+    lakets::service::standard_pipeline(db, config(slot), Default::default(), None)
+        .await?
+        .run(cancel)
+        .await
 }
 
 pub async fn durable(db: &TestDb, operator: &str) -> Lsn {

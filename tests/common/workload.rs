@@ -16,6 +16,40 @@ impl Rng {
     }
 }
 
+/// The table the workload writes, holding `rows` rows 10 s apart up to now over 6 symbols.
+pub fn ticks_table_sql(rows: u32) -> String {
+    format!(
+        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
+                             price double precision, volume bigint, PRIMARY KEY (symbol, time));
+         INSERT INTO ticks SELECT now() - i * interval '10 seconds', 'S' || (i % 6), i % 100, i
+           FROM generate_series(1, {rows}) i;"
+    )
+}
+
+/// A writer of the workload on one session of `url` until `stop`, pausing up to
+/// `max_pause_ms` between statements; a statement that fails (a key collision, a row
+/// that moved away meanwhile) is rolled back. Returns how many statements it ran.
+pub fn spawn_writer(
+    url: String,
+    mut rng: Rng,
+    max_pause_ms: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let client = super::user_connect(&url).await;
+        let (mut tick, mut statements) = (0i64, 0u64);
+        while !stop.is_cancelled() {
+            let sql = statement(&mut rng, &mut tick, false);
+            statements += 1;
+            if client.batch_execute(&sql).await.is_err() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(rng.below(max_pause_ms))).await;
+        }
+        statements
+    })
+}
+
 /// One statement (or small transaction) of the workload. `tick` makes times unique.
 pub fn statement(rng: &mut Rng, tick: &mut i64, noted: bool) -> String {
     *tick += 1;

@@ -62,11 +62,28 @@ struct Term {
 /// The name every session of `instance` carries (`application_name`, which the server
 /// cuts at 63 bytes): a new leader ends the deposed one's sessions by it.
 pub fn application_name(base: &str, instance: &str) -> String {
-    let mut name = format!("{base} {instance}");
-    while name.len() > 63 {
-        name.pop();
+    // Cut from the front of the host, not the end: the pid and tag tell instances apart.
+    let mut instance = instance;
+    while base.len() + 1 + instance.len() > 63 && !instance.is_empty() {
+        let next = instance.chars().next().map_or(1, char::len_utf8);
+        instance = &instance[next..];
     }
-    name
+    format!("{base} {instance}")
+}
+
+/// `call`, or an error when it has not answered within `budget`.
+async fn bounded<T>(
+    budget: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(budget, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Operator(format!(
+                "{what} did not answer within {budget:?}"
+            )))
+        })
 }
 
 impl Leadership {
@@ -97,34 +114,52 @@ impl Leadership {
                 }
             }
             first = false;
-            // Self-fencing first: after a freeze the lease may have passed to another.
+            // Self-fencing first: after a freeze the lease may have passed to another. A
+            // tick early, since the loop looks only once a tick.
             if let Some(t) = &term
-                && t.renewed.elapsed() >= self.lease
+                && t.renewed.elapsed() >= self.lease.saturating_sub(tick)
             {
                 warn!(instance = %self.instance, epoch = t.epoch, "the lease ran out before it was renewed; stopping the work unflushed");
                 self.depose(term.take(), None).await;
             }
+            // No call may outlast a tick, nor the lease left: a leader cut off from the
+            // database must reach the check above in time, not hang in a call.
+            let budget = term.as_ref().map_or(tick, |t| {
+                self.lease
+                    .saturating_sub(t.renewed.elapsed())
+                    .clamp(Duration::from_millis(1), tick)
+            });
             if session.as_ref().is_none_or(|c| c.is_closed()) {
-                session = match crate::db::connect_with(&self.db).await {
-                    Ok(client) => Some(client),
-                    Err(e) => {
-                        warn!(error = %e, "leadership: cannot reach the database");
-                        continue;
-                    }
-                };
+                session =
+                    match bounded(budget, "connecting", crate::db::connect_with(&self.db)).await {
+                        Ok(client) => Some(client),
+                        Err(e) => {
+                            warn!(error = %e, "leadership: cannot reach the database");
+                            continue;
+                        }
+                    };
             }
             let client = session.as_ref().expect("connected above");
-            if let Err(e) =
-                instances::heartbeat(client, &self.slot, &self.instance, &application).await
+            if let Err(e) = bounded(
+                budget,
+                "the heartbeat",
+                instances::heartbeat(client, &self.slot, &self.instance, &application),
+            )
+            .await
             {
                 warn!(error = %e, "leadership: heartbeat failed");
+                session = None;
                 continue;
             }
             match &mut term {
                 Some(t) => {
                     let asked = Instant::now();
-                    match instances::renew(client, &self.slot, &self.instance, t.epoch, lease_ms)
-                        .await
+                    match bounded(
+                        budget,
+                        "renewing the lease",
+                        instances::renew(client, &self.slot, &self.instance, t.epoch, lease_ms),
+                    )
+                    .await
                     {
                         Ok(true) => t.renewed = asked,
                         Ok(false) => {
@@ -132,15 +167,26 @@ impl Leadership {
                             warn!(instance = %self.instance, epoch = t.epoch, leader = ?leader, "deposed: another instance leads the stream; stopping the work unflushed");
                             self.depose(term.take(), leader).await;
                         }
-                        Err(e) => warn!(error = %e, "leadership: renewing the lease failed"),
+                        Err(e) => {
+                            warn!(error = %e, "leadership: renewing the lease failed");
+                            session = None;
+                            continue;
+                        }
                     }
                     // Work that ended on its own (a definite error it reports) keeps the
                     // lead: a standby would meet the same error.
                 }
                 None => {
-                    match instances::try_lead(client, &self.slot, &self.instance, lease_ms).await {
+                    // The lease runs from no later than the moment it is asked for.
+                    let asked = Instant::now();
+                    match bounded(
+                        budget,
+                        "taking the lead",
+                        instances::try_lead(client, &self.slot, &self.instance, lease_ms),
+                    )
+                    .await
+                    {
                         Ok(Some((epoch, previous))) => {
-                            let asked = Instant::now();
                             if let Some(previous) = &previous {
                                 match instances::fence(client, &self.slot, previous).await {
                                     Ok(ended) => {
@@ -186,21 +232,46 @@ impl Leadership {
             return Ok(());
         };
         term.stop.cancel();
-        let mut first_error = None;
-        for (name, task) in term.work {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    if name != "pipeline" {
-                        warn!(component = name, error = %e, "component failed");
+        let (epoch, work) = (term.epoch, term.work);
+        let joined = async {
+            let mut first_error = None;
+            for (name, task) in work {
+                match task.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        if name != "pipeline" {
+                            warn!(component = name, error = %e, "component failed");
+                        }
+                        first_error.get_or_insert(e);
                     }
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(Error::Operator(format!("{name} panicked: {e}")));
+                    Err(e) => {
+                        first_error.get_or_insert(Error::Operator(format!("{name} panicked: {e}")));
+                    }
                 }
             }
-        }
+            first_error
+        };
+        // The lease is renewed while the work drains (flush, acknowledge: up to the
+        // operators' grace), so that no standby takes over from a leader still storing.
+        tokio::pin!(joined);
+        let first_error = loop {
+            tokio::select! {
+                first_error = &mut joined => break first_error,
+                _ = tokio::time::sleep(tick) => {
+                    if let Some(client) = &session {
+                        let renewed = bounded(
+                            tick,
+                            "renewing the lease",
+                            instances::renew(client, &self.slot, &self.instance, epoch, lease_ms),
+                        )
+                        .await;
+                        if !matches!(renewed, Ok(true)) {
+                            warn!(instance = %self.instance, "the lease could not be renewed while the work drains");
+                        }
+                    }
+                }
+            }
+        };
         let resigned = match crate::db::connect_with(&self.db).await {
             Ok(client) => instances::resign(&client, &self.slot, &self.instance).await,
             Err(e) => Err(e),
@@ -238,7 +309,11 @@ mod tests {
     #[test]
     fn application_names_fit_what_the_server_keeps() {
         assert_eq!(application_name("lakets", "h:1:ab"), "lakets h:1:ab");
-        let long = application_name("lakets", &"x".repeat(100));
+        let long = application_name("lakets", &format!("{}:4711:beef", "x".repeat(100)));
         assert_eq!(long.len(), 63);
+        assert!(
+            long.starts_with("lakets x") && long.ends_with("x:4711:beef"),
+            "{long}"
+        );
     }
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::lsn::Lsn;
@@ -106,8 +107,10 @@ struct OperatorHandle {
     name: String,
     tx: mpsc::Sender<Arc<Event>>,
     durable: watch::Receiver<Lsn>,
-    /// Taken when joined, so that it is awaited exactly once.
-    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// Taken when joined, so that it is awaited exactly once. Aborted when dropped: a
+    /// pipeline dropped without its shutdown (cancelled, as a deposed leader's is) must
+    /// not leave operators behind that store what they hold once their channel closes.
+    task: Option<AbortOnDropHandle<Result<()>>>,
 }
 
 impl OperatorHandle {
@@ -191,7 +194,12 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel(self.config.channel_slices.max(1));
         let (durable_tx, durable) = watch::channel(Lsn::ZERO);
         let flush_interval = self.config.flush_interval;
-        let task = tokio::spawn(run_operator(op, rx, durable_tx, flush_interval));
+        let task = AbortOnDropHandle::new(tokio::spawn(run_operator(
+            op,
+            rx,
+            durable_tx,
+            flush_interval,
+        )));
         self.operators.push(OperatorHandle {
             name,
             tx,
@@ -244,16 +252,18 @@ impl Pipeline {
             .map(|op| {
                 let mut durable = op.durable.clone();
                 let wake = source.waker();
-                tokio::spawn(async move {
+                AbortOnDropHandle::new(tokio::spawn(async move {
                     while durable.changed().await.is_ok() {
                         wake();
                     }
-                })
+                }))
             })
             .collect();
         let heartbeat = config.heartbeat_interval.map(|every| {
             let client_db = db.clone();
-            tokio::spawn(async move { heartbeat_loop(client_db, every).await })
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                heartbeat_loop(client_db, every).await
+            }))
         });
 
         let mut acked = Lsn::ZERO;
@@ -296,12 +306,8 @@ impl Pipeline {
         }
         .await;
 
-        if let Some(h) = heartbeat {
-            h.abort();
-        }
-        for watcher in durable_watchers {
-            watcher.abort();
-        }
+        drop(heartbeat);
+        drop(durable_watchers);
         // Let the operators store what they have, then acknowledge it.
         let mut final_error = result.err();
         let mut durables = Vec::new();
@@ -757,6 +763,46 @@ mod tests {
     async fn settle() {
         for _ in 0..20 {
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// A pipeline dropped without its shutdown (a deposed leader's, aborted) takes its
+    /// operators with it: what they hold is not stored, since another process may stream
+    /// the same changes by now. Its shutdown (the channel closed, the task joined) stores.
+    #[tokio::test(start_paused = true)]
+    async fn an_operator_of_a_dropped_pipeline_stores_nothing() {
+        for shutdown in [false, true] {
+            let flushed = Arc::new(Mutex::new(Vec::new()));
+            let (tx, rx) = mpsc::channel(16);
+            let (durable_tx, durable) = watch::channel(Lsn::ZERO);
+            let mut handle = OperatorHandle {
+                name: "probe".into(),
+                tx,
+                durable,
+                task: Some(AbortOnDropHandle::new(tokio::spawn(run_operator(
+                    Probe(flushed.clone()),
+                    rx,
+                    durable_tx,
+                    Duration::from_secs(3600),
+                )))),
+            };
+            settle().await; // the interval's first tick, with nothing to store
+            handle.tx.send(slice(true, Some(0x20))).await.unwrap();
+            settle().await;
+            assert!(flushed.lock().unwrap().is_empty(), "held until a tick");
+            if shutdown {
+                let (closed, _) = mpsc::channel(1);
+                drop(std::mem::replace(&mut handle.tx, closed));
+                handle.join().await.unwrap();
+                assert_eq!(*flushed.lock().unwrap(), vec![Lsn(0x20)]);
+            } else {
+                drop(handle);
+                settle().await;
+                assert!(
+                    flushed.lock().unwrap().is_empty(),
+                    "stored by a dropped pipeline"
+                );
+            }
         }
     }
 

@@ -129,13 +129,15 @@ pub async fn fence(client: &impl GenericClient, slot: &str, deposed: &str) -> Re
     Ok(row.get(0))
 }
 
-/// Gives the lead up (a clean stop): a standby takes it at its next look, and the
-/// instance's row goes.
+/// Gives the lead up (a clean stop): its lease ends now, so a standby takes it at its next
+/// look, and the instance's row goes.
 pub async fn resign(client: &impl GenericClient, slot: &str, instance: &str) -> Result<()> {
     client
         .execute(
+            // The lead expires rather than going: the next leader's epoch follows on.
             "WITH lead AS (
-               DELETE FROM lakets._leaders WHERE slot_name = $1 AND instance = $2
+               UPDATE lakets._leaders SET expires_at = '-infinity'
+                WHERE slot_name = $1 AND instance = $2
              )
              DELETE FROM lakets._instances WHERE slot_name = $1 AND instance = $2",
             &[&slot, &instance],
@@ -183,7 +185,7 @@ pub async fn list(
 pub async fn leader(client: &impl GenericClient, slot: &str) -> Result<Option<String>> {
     Ok(client
         .query_opt(
-            "SELECT instance FROM lakets._leaders WHERE slot_name = $1",
+            "SELECT instance FROM lakets._leaders WHERE slot_name = $1 AND expires_at > now()",
             &[&slot],
         )
         .await

@@ -82,14 +82,19 @@ pub async fn clear_gaps(client: &impl GenericClient) -> Result<()> {
         .execute("DELETE FROM lakets._stream_gaps", &[])
         .await
         .pg_context(|| "clearing the stream gaps".into())?;
-    // Streams start over on this server: its identity is recorded at the next look.
+    // Streams start over on this server: it is the one they come from now.
     client
         .execute(
-            "UPDATE lakets._replication SET server_system = NULL, server_timeline = NULL",
+            &format!(
+                "UPDATE lakets._replication
+                    SET server_system = s.system_identifier::text,
+                        server_timeline = {SERVER_TIMELINE}
+                   FROM pg_catalog.pg_control_system() s"
+            ),
             &[],
         )
         .await
-        .pg_context(|| "forgetting the server the stream came from".into())?;
+        .pg_context(|| "recording the server the stream comes from".into())?;
     Ok(())
 }
 

@@ -67,6 +67,11 @@ pub async fn check(
 ) -> Result<Gate> {
     // A gap in the stream: the Delta table may lack changes of any chunk, whatever the
     // counts say (an UPDATE keeps them). Checked before the lock: writers need not wait.
+    // Looked for here too, not only when a stream starts: after a failover the jobs may
+    // run before the stream's own look at the new server.
+    for consumer in crate::catalog::replication::list_consumers(tx).await? {
+        crate::catalog::replication::detect_gap(tx, &consumer.slot_name).await?;
+    }
     let gaps = crate::catalog::replication::list_gaps(tx).await?;
     if let Some(g) = gaps.first() {
         return Ok(Gate::Defer(format!(
