@@ -33,13 +33,7 @@ async fn everything_at_once_with_kills_and_a_postgres_crash_leaves_every_copy_ex
     let mut rng = Rng(seed | 1);
 
     let mut db = fresh_db("chaos").await;
-    db.exec(
-        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
-                             price double precision, volume bigint, PRIMARY KEY (symbol, time));
-         INSERT INTO ticks SELECT now() - i * interval '10 seconds', 'S' || (i % 6), i % 100, i
-           FROM generate_series(1, 1800) i;",
-    )
-    .await;
+    db.exec(&common::workload::ticks_table_sql(1800)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("lakets.toml");
     let log = dir.path().join("lakets.log");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::s3::{BUCKET, Faults, Fixture};
 use common::wal::{lsn_now, wait_for, wait_until_confirmed};
-use common::workload::{Rng, statement};
+use common::workload::Rng;
 use lakets::interval::Interval;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -54,19 +54,7 @@ async fn through_faults(fixture: &Fixture) {
     eprintln!("s3 seed {seed} (LAKETS_CHAOS_SEED to replay), outage {outage:?}");
 
     let mut db = common::fresh_db("s3").await;
-    db.exec(
-        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
-                             price double precision, volume bigint, PRIMARY KEY (symbol, time));
-         INSERT INTO ticks SELECT now() - i * interval '10 seconds', 'S' || (i % 6), i % 100, i
-           FROM generate_series(1, 1800) i;",
-    )
-    .await;
-    let mut opts = lakets::chronotable::CreateOptions::new("time");
-    opts.chunk_interval = Interval::hours(1);
-    opts.premake = 2;
-    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
-        .await
-        .unwrap();
+    common::workload_chronotable(&mut db, 1800).await;
     // The snapshot, through a store that fails a fifth of its requests.
     proxy.set(Faults {
         fail_before: 0.2,
@@ -111,24 +99,12 @@ premake = 2
     let mut service = spawn();
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let writer = {
-        let (url, stop) = (db.url.clone(), stop.clone());
-        let mut rng = Rng(seed.rotate_left(17) | 1);
-        tokio::spawn(async move {
-            let client = common::user_connect(&url).await;
-            let (mut tick, mut statements) = (0i64, 0u64);
-            while !stop.is_cancelled() {
-                let sql = statement(&mut rng, &mut tick, false);
-                statements += 1;
-                if client.batch_execute(&sql).await.is_err() {
-                    // A key collision or a row that moved away meanwhile.
-                    let _ = client.batch_execute("ROLLBACK").await;
-                }
-                tokio::time::sleep(Duration::from_millis(rng.below(15))).await;
-            }
-            statements
-        })
-    };
+    let writer = common::workload::spawn_writer(
+        db.url.clone(),
+        Rng(seed.rotate_left(17) | 1),
+        15,
+        stop.clone(),
+    );
 
     let phases = [
         (

@@ -11,38 +11,19 @@ mod common;
 use std::time::Duration;
 
 use common::{dropped_chunks, fresh_db};
-use lakets::interval::Interval;
 use lakets::lifecycle;
-use lakets::wal::{PipelineConfig, SourceSettings};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_slot_stops_the_stream_and_every_drop_until_resync() {
     let mut db = fresh_db("slot_lost").await;
     let dir = tempfile::tempdir().unwrap();
-    let sync = common::synced_ticks(&mut db, dir.path(), None).await;
-    common::lvc_and_minute_rollup(&mut db).await;
-    lifecycle::policy::set_policy(
-        &db.client,
-        "ticks",
-        Some(Interval::hours(2)),
-        Some(Interval::hours(4)),
-    )
-    .await
-    .unwrap();
+    let sync = common::synced_ticks_with_every_operator(&mut db, dir.path()).await;
     let slot = lakets::wal::slot::default_slot_name(&db.name);
     let db_config = lakets::db::parse_config(&db.url).unwrap();
     let pipeline = |cancel: CancellationToken| {
         let (db_config, slot) = (db_config.clone(), slot.clone());
-        async move {
-            let mut config = PipelineConfig::new(SourceSettings::new(&slot, "lakets"));
-            config.flush_interval = Duration::from_millis(100);
-            config.ack_interval = Duration::from_millis(100);
-            lakets::service::standard_pipeline(&db_config, config, Default::default(), None)
-                .await?
-                .run(cancel)
-                .await
-        }
+        async move { common::wal::stream(&db_config, &slot, cancel).await }
     };
 
     // The service streams; the oldest chunks are tiered and dropped (their rows then live

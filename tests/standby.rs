@@ -15,10 +15,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::wal::{lsn_now, wait_until_confirmed};
-use common::workload::{Rng, statement};
+use common::workload::Rng;
 use common::{Service, TestDb};
 use lakets::delta::schema::{Cell, Partitioning};
-use lakets::interval::Interval;
 
 /// Waits until the instance on `port` answers `/readyz` as `want` says; the time it took.
 async fn until(port: u16, what: &str, want: impl Fn(u16, &str) -> bool) -> Duration {
@@ -104,19 +103,7 @@ async fn a_standby_takes_over_exactly_once_and_a_deposed_leader_stands_down() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let mut db = common::fresh_db("standby").await;
-    db.exec(
-        "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
-                             price double precision, volume bigint, PRIMARY KEY (symbol, time));
-         INSERT INTO ticks SELECT now() - i * interval '10 seconds', 'S' || (i % 6), i % 100, i
-           FROM generate_series(1, 1000) i;",
-    )
-    .await;
-    let mut opts = lakets::chronotable::CreateOptions::new("time");
-    opts.chunk_interval = Interval::hours(1);
-    opts.premake = 2;
-    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
-        .await
-        .unwrap();
+    common::workload_chronotable(&mut db, 1000).await;
     let dir = tempfile::tempdir().unwrap();
     let sync = common::sync_to(&db, "ticks", dir.path().join("delta").to_str().unwrap()).await;
     lakets::lvc::enable_lvc(
@@ -163,23 +150,9 @@ premake = 2
     assert_eq!(roles, ["active", "standby"], "lakets status: {listed:?}");
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let writer = {
-        let (url, stop) = (db.url.clone(), stop.clone());
-        tokio::spawn(async move {
-            let client = common::user_connect(&url).await;
-            let mut rng = Rng(0x5eed_cafe);
-            let (mut tick, mut statements) = (0i64, 0u64);
-            while !stop.is_cancelled() {
-                let sql = statement(&mut rng, &mut tick, false);
-                statements += 1;
-                if client.batch_execute(&sql).await.is_err() {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                }
-                tokio::time::sleep(Duration::from_millis(rng.below(10))).await;
-            }
-            statements
-        })
-    };
+    let seed = common::workload::seed("LAKETS_STANDBY_SEED");
+    eprintln!("standby seed {seed} (LAKETS_STANDBY_SEED to replay)");
+    let writer = common::workload::spawn_writer(db.url.clone(), Rng(seed | 1), 10, stop.clone());
 
     // Takeovers after SIGKILL of the active instance.
     let mut active = 0;
