@@ -362,6 +362,11 @@ pub enum SyncCommand {
         /// Partition the Delta table by the time column's day, month, or not at all.
         #[arg(long, default_value = "day", value_parser = ["day", "month", "none"])]
         partition_by: String,
+        /// Share the Delta table with other PostgreSQL clusters (fan-in of shards): this
+        /// cluster's rows carry this name in its `lakets_source` partition column. The
+        /// first cluster creates the table; the others join it with names of their own.
+        #[arg(long)]
+        source: Option<String>,
         /// Connections reading the copy at once, all under one snapshot (each a backend
         /// on the server while the copy runs).
         #[arg(long, default_value_t = lakets::sync::DEFAULT_READERS as u16,

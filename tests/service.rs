@@ -637,6 +637,7 @@ async fn a_definite_error_stops_the_stream_with_its_reason_and_keeps_the_service
     config.tables[0].sync = Some(lakets::config::SyncSpec {
         to: lake.path().join("ticks").display().to_string(),
         partition_by: "day".into(),
+        source: None,
     });
     let dbc = config.database_config().unwrap();
     lakets::config::reconcile::reconcile(&dbc, &config)

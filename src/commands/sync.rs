@@ -12,6 +12,7 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
             table,
             to,
             partition_by,
+            source,
             readers,
         } => {
             let db = ctx.database_config()?;
@@ -21,6 +22,7 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
                 table,
                 to,
                 partitioning,
+                source.as_deref(),
                 usize::from(*readers),
                 |p| match p.estimate {
                     Some(total) if total > 0 => eprintln!(
@@ -34,11 +36,12 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
             )
             .await?;
             println!(
-                "{} is synced to {} (partitioned by {}; {} rows copied at {}); `lakets run` \
+                "{} is synced to {} (partitioned by {}{}; {} rows copied at {}); `lakets run` \
                  mirrors every later change",
                 config.table,
                 lakets::delta::table::display_location(&config.location),
                 config.partitioning.as_str(),
+                shared_as(&config),
                 config.rows_copied,
                 output::or_dash(config.start_lsn)
             );
@@ -63,7 +66,7 @@ impl Render for Vec<SyncConfig> {
     fn text(&self) -> String {
         output::lines(self, "no synced tables", |s| {
             format!(
-                "{}: {} -> {} (partitioned by {}; snapshot at {}; {} rows copied)",
+                "{}: {} -> {} (partitioned by {}{}; snapshot at {}; {} rows copied)",
                 s.table,
                 match s.state {
                     SyncState::Active => "active",
@@ -71,9 +74,17 @@ impl Render for Vec<SyncConfig> {
                 },
                 lakets::delta::table::display_location(&s.location),
                 s.partitioning.as_str(),
+                shared_as(s),
                 output::or_dash(s.start_lsn),
                 s.rows_copied
             )
         })
     }
+}
+
+/// ", shared as source NAME" for a table several clusters share.
+fn shared_as(s: &SyncConfig) -> String {
+    s.source
+        .as_ref()
+        .map_or(String::new(), |name| format!(", shared as source {name}"))
 }

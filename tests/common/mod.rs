@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub mod browser;
 pub mod recording;
 pub mod s3;
+pub mod sail;
 pub mod wal;
 pub mod workload;
 

@@ -18,10 +18,16 @@ impl Rng {
 
 /// The table the workload writes, holding `rows` rows 10 s apart up to now over 6 symbols.
 pub fn ticks_table_sql(rows: u32) -> String {
+    shard_ticks_table_sql(rows, "")
+}
+
+/// [`ticks_table_sql`] for one shard of a table several clusters hold: its symbols start
+/// with `shard`.
+pub fn shard_ticks_table_sql(rows: u32, shard: &str) -> String {
     format!(
         "CREATE TABLE ticks (time timestamptz NOT NULL, symbol text NOT NULL,
                              price double precision, volume bigint, PRIMARY KEY (symbol, time));
-         INSERT INTO ticks SELECT now() - i * interval '10 seconds', 'S' || (i % 6), i % 100, i
+         INSERT INTO ticks SELECT now() - i * interval '10 seconds', '{shard}S' || (i % 6), i % 100, i
            FROM generate_series(1, {rows}) i;"
     )
 }
@@ -31,15 +37,26 @@ pub fn ticks_table_sql(rows: u32) -> String {
 /// that moved away meanwhile) is rolled back. Returns how many statements it ran.
 pub fn spawn_writer(
     url: String,
+    rng: Rng,
+    max_pause_ms: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    spawn_shard_writer(url, rng, max_pause_ms, stop, "")
+}
+
+/// [`spawn_writer`] of one shard's symbols (those starting with `shard`).
+pub fn spawn_shard_writer(
+    url: String,
     mut rng: Rng,
     max_pause_ms: u64,
     stop: tokio_util::sync::CancellationToken,
+    shard: &'static str,
 ) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let client = super::user_connect(&url).await;
         let (mut tick, mut statements) = (0i64, 0u64);
         while !stop.is_cancelled() {
-            let sql = statement(&mut rng, &mut tick, false);
+            let sql = shard_statement(&mut rng, &mut tick, false, shard);
             statements += 1;
             if client.batch_execute(&sql).await.is_err() {
                 let _ = client.batch_execute("ROLLBACK").await;
@@ -52,9 +69,14 @@ pub fn spawn_writer(
 
 /// One statement (or small transaction) of the workload. `tick` makes times unique.
 pub fn statement(rng: &mut Rng, tick: &mut i64, noted: bool) -> String {
+    shard_statement(rng, tick, noted, "")
+}
+
+/// [`statement`] on one shard's symbols (those starting with `shard`).
+pub fn shard_statement(rng: &mut Rng, tick: &mut i64, noted: bool, shard: &str) -> String {
     *tick += 1;
     let t = *tick;
-    let symbol = format!("S{}", rng.below(6));
+    let symbol = format!("{shard}S{}", rng.below(6));
     let note = |v: &str| {
         if noted {
             format!(", {v}")
@@ -93,7 +115,7 @@ pub fn statement(rng: &mut Rng, tick: &mut i64, noted: bool) -> String {
         ),
         // The key moves: another symbol and another time (maybe another chunk).
         8 => format!(
-            "UPDATE ticks SET symbol = 'S{}', time = time - interval '{} minutes' + {t} * interval '1 microsecond'
+            "UPDATE ticks SET symbol = '{shard}S{}', time = time - interval '{} minutes' + {t} * interval '1 microsecond'
               WHERE (symbol, time) IN {}",
             rng.below(6),
             rng.below(60),
@@ -104,10 +126,10 @@ pub fn statement(rng: &mut Rng, tick: &mut i64, noted: bool) -> String {
         _ => format!(
             "BEGIN;
              INSERT INTO ticks (time, symbol, price, volume) VALUES
-               (now() + {t} * interval '1 microsecond', 'T', 1, 1),
-               (now() + ({t} + 1) * interval '1 microsecond', 'U', 2, 2);
-             UPDATE ticks SET price = 3 WHERE symbol = 'T' AND time = now() + {t} * interval '1 microsecond';
-             DELETE FROM ticks WHERE symbol = 'U' AND time = now() + ({t} + 1) * interval '1 microsecond';
+               (now() + {t} * interval '1 microsecond', '{shard}T', 1, 1),
+               (now() + ({t} + 1) * interval '1 microsecond', '{shard}U', 2, 2);
+             UPDATE ticks SET price = 3 WHERE symbol = '{shard}T' AND time = now() + {t} * interval '1 microsecond';
+             DELETE FROM ticks WHERE symbol = '{shard}U' AND time = now() + ({t} + 1) * interval '1 microsecond';
              COMMIT;"
         ),
     }

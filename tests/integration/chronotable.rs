@@ -848,7 +848,7 @@ async fn commands_refuse_a_database_without_the_lakets_schema() {
         first,
         (1..=lakets::catalog::latest_version()).collect::<Vec<_>>()
     );
-    assert_eq!(lakets::catalog::latest_version(), 12);
+    assert_eq!(lakets::catalog::latest_version(), 13);
     assert!(second.is_empty());
 }
 

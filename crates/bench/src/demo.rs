@@ -263,6 +263,7 @@ pub(crate) fn stock_ticks_config(
         sync: Some(SyncSpec {
             to: delta_dir.display().to_string(),
             partition_by: "day".into(),
+            source: None,
         }),
         policy: Some(PolicySpec {
             tier_after: Some(tier_after),

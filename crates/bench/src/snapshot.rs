@@ -102,6 +102,7 @@ async fn one_size(rows: u64, readers: &[usize]) -> Result<SnapshotSize> {
             "stock_ticks",
             &location.display().to_string(),
             crate::delta::schema::Partitioning::Day,
+            None,
             n,
             |_| {},
         )

@@ -39,6 +39,12 @@ pub fn build_batch(shape: &TableShape, rows: &[&CellRow]) -> Result<RecordBatch>
         }
         arrays.push(Arc::new(b.finish()));
     }
+    if let Some(source) = &shape.source {
+        arrays.push(Arc::new(StringArray::from(vec![
+            source.as_str();
+            rows.len()
+        ])));
+    }
     RecordBatch::try_new(shape.arrow_schema(), arrays)
         .map_err(|e| Error::Operator(format!("building a record batch: {e}")))
 }
@@ -150,6 +156,12 @@ pub fn cell_at(array: &dyn Array, row: usize) -> Result<Cell> {
         T::Decimal128(_, _) => get!(Decimal128Array).map(Cell::Decimal),
         T::Utf8 => get!(StringArray).map(|v| Cell::Str(v.to_owned())),
         T::Binary => get!(BinaryArray).map(|v| Cell::Bytes(v.to_vec())),
+        // Other writers' files (delta-rs' Python package writes views, Spark large
+        // offsets on occasion) hold the same values in other layouts.
+        T::Utf8View => get!(arrow::array::StringViewArray).map(|v| Cell::Str(v.to_owned())),
+        T::LargeUtf8 => get!(arrow::array::LargeStringArray).map(|v| Cell::Str(v.to_owned())),
+        T::BinaryView => get!(arrow::array::BinaryViewArray).map(|v| Cell::Bytes(v.to_vec())),
+        T::LargeBinary => get!(arrow::array::LargeBinaryArray).map(|v| Cell::Bytes(v.to_vec())),
         T::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _) => {
             get!(TimestampMicrosecondArray).map(Cell::Int)
         }
@@ -169,6 +181,38 @@ mod tests {
     use super::*;
     use crate::schema::Partitioning;
     use crate::wal::value::ColumnType;
+
+    #[test]
+    fn other_writers_string_and_binary_layouts_read_as_the_same_cells() {
+        let views: Vec<(ArrayRef, Cell)> = vec![
+            (
+                Arc::new(arrow::array::StringViewArray::from(vec![
+                    "a long enough string value",
+                ])),
+                Cell::Str("a long enough string value".into()),
+            ),
+            (
+                Arc::new(arrow::array::LargeStringArray::from(vec!["x"])),
+                Cell::Str("x".into()),
+            ),
+            (
+                Arc::new(arrow::array::BinaryViewArray::from(vec![&b"\x00\x01"[..]])),
+                Cell::Bytes(vec![0, 1]),
+            ),
+            (
+                Arc::new(arrow::array::LargeBinaryArray::from(vec![&b"\x02"[..]])),
+                Cell::Bytes(vec![2]),
+            ),
+        ];
+        for (array, want) in views {
+            assert_eq!(
+                cell_at(array.as_ref(), 0).unwrap(),
+                want,
+                "{}",
+                array.data_type()
+            );
+        }
+    }
 
     #[test]
     fn cells_round_trip_through_arrow() {

@@ -54,7 +54,7 @@ pub async fn compact(
     small_bytes: i64,
 ) -> Result<Option<CompactionOutcome>> {
     let location = table::display_location(table.table_url());
-    let views = super::read::active_files(table).await?;
+    let views = super::read::files_of(table, shape).await?;
     let mut groups: HashMap<Vec<(String, Option<String>)>, Vec<_>> = HashMap::new();
     for view in views {
         if view.size() >= small_bytes {
@@ -79,6 +79,14 @@ pub async fn compact(
                 .await
                 .delta_context(|| format!("reading Delta file {path}"))?
             {
+                if let Some(column) = super::read::unmirrored_values(&batch, shape) {
+                    // Rewriting from the mirror's columns would drop that column's values.
+                    tracing::warn!(table = %location, file = %path, column, "compaction skipped: the file holds values in a column another writer added, which lakets does not mirror");
+                    for add in writer.flush().await.unwrap_or_default() {
+                        table::delete_uncommitted(table, &add.path).await;
+                    }
+                    return Ok(Some(CompactionOutcome::default()));
+                }
                 let rows = super::read::batch_rows(&batch, shape)?;
                 outcome.rows += rows.len();
                 let refs: Vec<&CellRow> = rows.iter().collect();

@@ -36,11 +36,11 @@ use deltalake::kernel::{Action, Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures_util::TryStreamExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::batch::{CellRow, build_batch};
 use super::maintenance::{self, CompactionOutcome};
-use super::schema::{Cell, ColumnKind, DataColumn, Partitioning, TableShape};
+use super::schema::{Cell, ColumnKind, DataColumn, Partitioning, SOURCE_COLUMN, TableShape};
 use super::table;
 use crate::error::{DeltaResultExt, Error, Result};
 use crate::wal::lsn::Lsn;
@@ -332,7 +332,7 @@ impl TableMirror {
         let app_id = self.app_id.clone();
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
-            partition_by: self.shape.partition_column.clone().map(|p| vec![p]),
+            partition_by: Some(self.shape.partition_columns()),
             predicate: None,
         };
         table::commit(
@@ -356,11 +356,6 @@ impl TableMirror {
         let mut compaction = CompactionOutcome::default();
         for attempt in 1..=MAX_COMMIT_ATTEMPTS {
             table::refresh(&mut self.table).await?;
-            let foreign = self.foreign_columns()?;
-            if !foreign.is_empty() {
-                warn!(table = %self.location(), columns = ?foreign, "compaction skipped: another writer added columns lakets does not mirror, and rewriting files would drop their values");
-                break;
-            }
             match maintenance::compact(
                 &mut self.table,
                 &self.shape,
@@ -392,24 +387,6 @@ impl TableMirror {
             compaction,
             vacuumed_files: vacuumed,
         }))
-    }
-
-    /// Columns of the Delta table (at its loaded version) that the mirror's shape lacks:
-    /// added by another writer (a Databricks ADD COLUMNS, say).
-    fn foreign_columns(&self) -> Result<Vec<String>> {
-        let schema = self
-            .table
-            .snapshot()
-            .delta_context(|| format!("reading {}", self.location()))?
-            .schema();
-        Ok(schema
-            .fields()
-            .map(|f| f.name().clone())
-            .filter(|name| {
-                Some(name) != self.shape.partition_column.as_ref()
-                    && !self.shape.columns.iter().any(|c| &c.name == name)
-            })
-            .collect())
     }
 
     fn build_index(&mut self, key_columns: &Arc<Vec<usize>>) {
@@ -500,16 +477,6 @@ impl TableMirror {
                 // Choose the files to rewrite from the latest version: another writer
                 // may have compacted or rewritten them since our own last commit.
                 table::refresh(&mut self.table).await?;
-                let foreign = self.foreign_columns()?;
-                if !foreign.is_empty() {
-                    return Err(Error::Unsupported(format!(
-                        "another writer added columns {foreign:?} to the Delta table at {}; \
-                         a delete or update rewrites files from PostgreSQL's columns and \
-                         would drop their values. Add the columns to the PostgreSQL table \
-                         too, or remove them from the Delta table",
-                        self.location()
-                    )));
-                }
                 self.rewrite(&mut rewrite).await?;
             }
             if !toast_rows.is_empty() {
@@ -546,7 +513,7 @@ impl TableMirror {
             let operation = if rewrite.removes.is_empty() {
                 DeltaOperation::Write {
                     mode: SaveMode::Append,
-                    partition_by: self.shape.partition_column.clone().map(|p| vec![p]),
+                    partition_by: Some(self.shape.partition_columns()),
                     predicate: None,
                 }
             } else {
@@ -634,7 +601,7 @@ impl TableMirror {
 
         // Committed files: all go on TRUNCATE (those that may hold kept rows are filtered);
         // otherwise those the deletes may touch.
-        let views = super::read::active_files(&self.table).await?;
+        let views = super::read::files_of(&self.table, &self.shape).await?;
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut truncated_files: Vec<(String, Remove)> = Vec::new();
         for view in views {
@@ -809,7 +776,7 @@ impl TableMirror {
             .delta_context(|| format!("reading Delta file {path}"))?
         {
             let mut kept: Vec<CellRow> = Vec::with_capacity(batch.num_rows());
-            for row in super::read::batch_rows(&batch, &self.shape)? {
+            for row in super::read::rows_to_rewrite(&batch, &self.shape, path)? {
                 match hits.get(&position) {
                     Some(&d) => self.window.deletes[d].removed = Some(row),
                     None => kept.push(row),
@@ -902,7 +869,7 @@ impl TableMirror {
             .await
             .delta_context(|| format!("reading Delta file {path}"))?
         {
-            let rows: Vec<CellRow> = super::read::batch_rows(&batch, &self.shape)?
+            let rows: Vec<CellRow> = super::read::rows_to_rewrite(&batch, &self.shape, path)?
                 .into_iter()
                 .filter(|row| self.kept_by_truncate(&row[time]))
                 .collect();
@@ -996,21 +963,80 @@ fn parse_partition_date(s: &str) -> Option<i32> {
     Some((d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32)
 }
 
-/// The Delta shape of an existing table: its columns in order, less the partition column.
+/// The Delta shape of an existing table of this cluster's own: its columns in order, less
+/// the partition column.
 pub fn shape_of(
     table: &DeltaTable,
     time_column: &str,
     partitioning: Partitioning,
 ) -> Result<TableShape> {
+    shape_for_source(table, time_column, partitioning, None)
+}
+
+/// Whether several clusters share the table (it is partitioned by [`SOURCE_COLUMN`]).
+pub fn is_shared(table: &DeltaTable) -> Result<bool> {
     let location = table::display_location(table.table_url());
-    let schema = table
+    Ok(table
         .snapshot()
         .delta_context(|| format!("reading {location}"))?
-        .schema();
+        .metadata()
+        .partition_columns()
+        .iter()
+        .any(|c| c == SOURCE_COLUMN))
+}
+
+/// [`shape_of`] for a sync that may share its table: `source` is this cluster's name in a
+/// table several clusters share; a shared table without one, or a name with a table that
+/// is not shared, is refused.
+pub fn shape_for_source(
+    table: &DeltaTable,
+    time_column: &str,
+    partitioning: Partitioning,
+    source: Option<&str>,
+) -> Result<TableShape> {
+    let location = table::display_location(table.table_url());
+    let snapshot = table
+        .snapshot()
+        .delta_context(|| format!("reading {location}"))?;
+    let schema = snapshot.schema();
+    let shared = is_shared(table)?;
+    match (shared, source) {
+        (true, None) => {
+            return Err(Error::Conflict(format!(
+                "the Delta table at {location} is shared by several PostgreSQL clusters \
+                 (partitioned by {SOURCE_COLUMN}); sync into it with a source name \
+                 (--source)"
+            )));
+        }
+        (false, Some(name)) => {
+            return Err(Error::Conflict(format!(
+                "the Delta table at {location} is not partitioned by {SOURCE_COLUMN}, so \
+                 clusters cannot share it; sync source {name:?} into a new location"
+            )));
+        }
+        _ => {}
+    }
     let partition_column = partitioning.column_name(time_column);
+    if shared {
+        // Every cluster writes the same layout into a shared table.
+        let want: Vec<String> = std::iter::once(SOURCE_COLUMN.to_owned())
+            .chain(partition_column.clone())
+            .collect();
+        let have = snapshot.metadata().partition_columns();
+        if have != want.as_slice() {
+            return Err(Error::Conflict(format!(
+                "the Delta table at {location} is partitioned by {have:?}; partitioning by \
+                 {} would write {want:?}: sync into it with the partitioning the other \
+                 clusters use (--partition-by)",
+                partitioning.as_str()
+            )));
+        }
+    }
     let mut columns = Vec::new();
     for field in schema.fields() {
-        if Some(field.name()) == partition_column.as_ref() {
+        if Some(field.name()) == partition_column.as_ref()
+            || (shared && field.name() == SOURCE_COLUMN)
+        {
             continue;
         }
         let kind = ColumnKind::from_delta(field.data_type()).ok_or_else(|| {
@@ -1039,5 +1065,6 @@ pub fn shape_of(
         time_index,
         partitioning,
         partition_column,
+        source: source.map(str::to_owned),
     })
 }

@@ -20,6 +20,19 @@ pub async fn active_files(delta: &DeltaTable) -> Result<Vec<deltalake::kernel::L
         .delta_context(|| format!("listing the files of {location}"))
 }
 
+/// The files of the table's current version that hold this cluster's rows: in a table
+/// several clusters share, those of its own source; otherwise all.
+pub async fn files_of(
+    delta: &DeltaTable,
+    shape: &TableShape,
+) -> Result<Vec<deltalake::kernel::LogicalFileView>> {
+    let mut files = active_files(delta).await?;
+    if shape.source.is_some() {
+        files.retain(|f| shape.owns(&f.partition_values_map()));
+    }
+    Ok(files)
+}
+
 /// What a table's current version holds, from its log alone (no data file is read).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TableSummary {
@@ -63,6 +76,41 @@ pub fn batch_rows(batch: &RecordBatch, shape: &TableShape) -> Result<Vec<CellRow
         .collect()
 }
 
+/// The first column of `batch` outside the shape (added to the Delta table by another
+/// writer, a Databricks `ADD COLUMNS` say) that holds a value in it.
+pub fn unmirrored_values(batch: &RecordBatch, shape: &TableShape) -> Option<String> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .find(|(field, array)| {
+            !shape.is_derived(field.name())
+                && !shape.columns.iter().any(|c| c.name == *field.name())
+                && array.null_count() < array.len()
+        })
+        .map(|(field, _)| field.name().clone())
+}
+
+/// [`batch_rows`] for a rewrite, which writes the rows again in the shape's columns:
+/// refused when the file holds values in a column the shape lacks, which would be lost.
+/// (Columns another cluster of a shared table added are NULL in this cluster's files.)
+pub fn rows_to_rewrite(
+    batch: &RecordBatch,
+    shape: &TableShape,
+    path: &str,
+) -> Result<Vec<CellRow>> {
+    if let Some(column) = unmirrored_values(batch, shape) {
+        return Err(crate::error::Error::Unsupported(format!(
+            "Delta file {path} holds values in column {column:?}, which the PostgreSQL \
+             table lacks (another writer added it); a delete, update or TRUNCATE rewrites \
+             the file from PostgreSQL's columns and would drop them. Add the column to the \
+             PostgreSQL table too, or remove it from the Delta table"
+        )));
+    }
+    batch_rows(batch, shape)
+}
+
 /// Every row of the table's current version, in the shape's column order (the partition
 /// column left out), in no particular order.
 pub async fn scan(delta: &DeltaTable, shape: &TableShape) -> Result<Vec<CellRow>> {
@@ -78,7 +126,7 @@ pub async fn for_each_row(
     shape: &TableShape,
     mut each: impl FnMut(CellRow),
 ) -> Result<()> {
-    for view in active_files(delta).await? {
+    for view in files_of(delta, shape).await? {
         let path = view.object_store_path().to_string();
         let mut batches = table::open_file(delta, &path).await?;
         while let Some(batch) = batches
@@ -104,7 +152,7 @@ pub async fn count_range(
     start: i64,
     end: i64,
 ) -> Result<u64> {
-    let views = active_files(delta).await?;
+    let views = files_of(delta, shape).await?;
     let time_name = &shape.columns[shape.time_index].name;
     // A date time column holds days, not microseconds.
     let (start, end) = if shape.columns[shape.time_index].kind == super::schema::ColumnKind::Date {

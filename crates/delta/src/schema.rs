@@ -222,6 +222,29 @@ impl Partitioning {
     }
 }
 
+/// The partition column of a Delta table several PostgreSQL clusters share (fan-in): the
+/// name of the cluster each row comes from. Each cluster's lakets reads, rewrites, counts
+/// and compacts only the files of its own value.
+pub const SOURCE_COLUMN: &str = "lakets_source";
+
+/// Checks a source name: it is a partition value in paths and app ids, so it is kept to
+/// lower-case letters, digits, `_` and `-`.
+pub fn check_source_name(name: &str) -> Result<()> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && !name.starts_with(['_', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "source name {name:?}: use 1 to 63 lower-case letters, digits, '_' or '-', \
+             starting with a letter or digit"
+        )))
+    }
+}
+
 /// One data column of a synced table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataColumn {
@@ -230,7 +253,7 @@ pub struct DataColumn {
 }
 
 /// The Delta shape of a synced table: the data columns in PostgreSQL order, then the
-/// partition column.
+/// partition column, then (in a shared table) the source column.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableShape {
     pub columns: Vec<DataColumn>,
@@ -238,6 +261,8 @@ pub struct TableShape {
     pub time_index: usize,
     pub partitioning: Partitioning,
     pub partition_column: Option<String>,
+    /// This cluster's value of [`SOURCE_COLUMN`] in a table several clusters share.
+    pub source: Option<String>,
 }
 
 impl TableShape {
@@ -284,7 +309,58 @@ impl TableShape {
             time_index,
             partitioning,
             partition_column,
+            source: None,
         })
+    }
+
+    /// The shape of a table that several clusters share, this one as `source`.
+    pub fn with_source(mut self, source: Option<&str>) -> Result<Self> {
+        if let Some(name) = source {
+            check_source_name(name)?;
+            if self.columns.iter().any(|c| c.name == SOURCE_COLUMN) {
+                return Err(Error::Conflict(format!(
+                    "the table has a column {SOURCE_COLUMN:?}, the name of the Delta column \
+                     that tells the clusters of a shared table apart; rename it to share \
+                     the table"
+                )));
+            }
+        }
+        self.source = source.map(str::to_owned);
+        Ok(self)
+    }
+
+    /// The Delta partition columns, outermost first: the source (each cluster's files
+    /// under a prefix of their own), then the time partition.
+    pub fn partition_columns(&self) -> Vec<String> {
+        self.source
+            .as_ref()
+            .map(|_| SOURCE_COLUMN.to_owned())
+            .into_iter()
+            .chain(self.partition_column.clone())
+            .collect()
+    }
+
+    /// Whether a file with these partition values holds this cluster's rows (in a table
+    /// of its own: every file).
+    pub fn owns(
+        &self,
+        partition_values: &std::collections::HashMap<String, Option<String>>,
+    ) -> bool {
+        match &self.source {
+            None => true,
+            Some(source) => {
+                partition_values
+                    .get(SOURCE_COLUMN)
+                    .and_then(|v| v.as_deref())
+                    == Some(source.as_str())
+            }
+        }
+    }
+
+    /// Whether `name` is a column lakets derives (a partition or the source column).
+    pub fn is_derived(&self, name: &str) -> bool {
+        Some(name) == self.partition_column.as_deref()
+            || (self.source.is_some() && name == SOURCE_COLUMN)
     }
 
     pub fn arrow_schema(&self) -> Arc<Schema> {
@@ -295,6 +371,9 @@ impl TableShape {
             .collect();
         if let Some(p) = &self.partition_column {
             fields.push(Field::new(p, ArrowType::Date32, true));
+        }
+        if self.source.is_some() {
+            fields.push(Field::new(SOURCE_COLUMN, ArrowType::Utf8, true));
         }
         Arc::new(Schema::new(fields))
     }
@@ -318,6 +397,9 @@ impl TableShape {
             .collect::<Result<Vec<_>>>()?;
         if let Some(p) = &self.partition_column {
             fields.push(StructField::new(p, DeltaType::DATE, true));
+        }
+        if self.source.is_some() {
+            fields.push(StructField::new(SOURCE_COLUMN, DeltaType::STRING, true));
         }
         Ok(fields)
     }

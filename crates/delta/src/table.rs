@@ -167,8 +167,9 @@ pub async fn create(url: &Url, shape: &TableShape, name: &str) -> Result<DeltaTa
                 Some("interval 1 days"),
             ),
         ]);
-    if let Some(p) = &shape.partition_column {
-        builder = builder.with_partition_columns([p.clone()]);
+    let partition_columns = shape.partition_columns();
+    if !partition_columns.is_empty() {
+        builder = builder.with_partition_columns(partition_columns);
     }
     builder
         .await
@@ -220,8 +221,9 @@ pub fn writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
 /// `table`'s snapshot, so it must land exactly on that version: another writer (a
 /// Databricks OPTIMIZE, a second source) may have removed or rewritten the same files
 /// since, and deltalake's check without DataFusion does not see every such conflict (it
-/// ignores removes with `dataChange = false`). Such a commit returns `Ok(None)` when the
-/// table moved on: reload ([`refresh`]), choose again, retry.
+/// ignores removes with `dataChange = false`). When the table moved on by commits that left
+/// every file it removes in place (appends), it is moved onto the latest version; when a
+/// file it removes is gone, it returns `Ok(None)`: reload ([`refresh`]), choose again, retry.
 ///
 /// A commit the store applied but whose answer was lost (a 5xx, a timeout: the client's
 /// retry then finds the version taken) is recognised by the id in its commitInfo and
@@ -312,6 +314,15 @@ pub async fn try_commit(
             }
         }
         if removes {
+            // Every file this commit removes still active: no writer removed or rewrote
+            // them since (the other commits only added files, another cluster's of a
+            // shared table say), so the same actions stand on the new version. Choosing
+            // again would meet the next commit the same way and never land.
+            if attempt < MAX_REBASES && still_active(table, &actions).await? {
+                metrics::counter!("lakets_delta_commit_rebases_total").increment(1);
+                tracing::debug!(table = %location, attempt, "rebasing a commit over another writer's appends");
+                continue;
+            }
             tracing::info!(table = %location, error = %conflict, "another writer committed to the Delta table since its snapshot; choosing the files again");
             return Ok(None);
         }
@@ -324,6 +335,23 @@ pub async fn try_commit(
             });
         }
     }
+}
+
+/// Times [`try_commit`] moves a commit that removes files onto a newer version before it
+/// gives up and lets the caller choose its files again.
+const MAX_REBASES: usize = 50;
+
+/// Whether every file `actions` remove is active in the table as loaded.
+async fn still_active(table: &DeltaTable, actions: &[Action]) -> Result<bool> {
+    let active: std::collections::HashSet<String> = super::read::active_files(table)
+        .await?
+        .iter()
+        .map(|f| f.path().into_owned())
+        .collect();
+    Ok(actions.iter().all(|a| match a {
+        Action::Remove(r) => active.contains(&r.path),
+        _ => true,
+    }))
 }
 
 /// The commitInfo key under which [`try_commit`] names each commit.

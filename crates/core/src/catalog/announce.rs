@@ -32,6 +32,9 @@ pub enum Announcement {
         table: TableName,
         location: String,
         partitioning: String,
+        /// This cluster's name in a Delta table several clusters share.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
     },
     /// The copy's snapshot: changes committed before `start_lsn` are in it.
     SyncSnapshot { table: TableName, start_lsn: Lsn },

@@ -321,6 +321,17 @@ ALTER TABLE lakets._replication
     ADD COLUMN server_timeline bigint;
 "#,
     },
+    Migration {
+        version: 13,
+        name: "sync_source",
+        sql: r#"
+-- A sync into a Delta table that several PostgreSQL clusters (shards) share: the name this
+-- cluster's rows carry there (the table's lakets_source partition column). NULL: the table
+-- is this cluster's alone.
+ALTER TABLE lakets._sync_registry
+    ADD COLUMN source text CHECK (source ~ '^[a-z0-9][a-z0-9_-]{0,62}$');
+"#,
+    },
 ];
 
 /// The schema version this build of lakets expects.

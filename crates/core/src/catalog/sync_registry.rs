@@ -26,10 +26,25 @@ pub struct SyncConfig {
     #[serde(serialize_with = "serialize_location")]
     pub location: Url,
     pub partitioning: Partitioning,
+    /// The name this cluster's rows carry in a Delta table several clusters share (its
+    /// `lakets_source` partition column); `None`: the table is this cluster's alone.
+    pub source: Option<String>,
     pub state: SyncState,
     pub start_lsn: Option<Lsn>,
     pub rows_copied: i64,
     pub rows_estimate: Option<i64>,
+}
+
+impl SyncConfig {
+    /// The shape of the sync's Delta table as this cluster writes it.
+    pub fn shape(&self, delta: &deltalake::DeltaTable) -> Result<crate::delta::schema::TableShape> {
+        crate::delta::mirror::shape_for_source(
+            delta,
+            &self.time_column,
+            self.partitioning,
+            self.source.as_deref(),
+        )
+    }
 }
 
 fn serialize_location<S: serde::Serializer>(url: &Url, s: S) -> Result<S::Ok, S::Error> {
@@ -37,7 +52,8 @@ fn serialize_location<S: serde::Serializer>(url: &Url, s: S) -> Result<S::Ok, S:
 }
 
 const SELECT_SYNC: &str = "SELECT s.schema_name, s.table_name, c.time_column, s.location,
-        s.partitioning, s.state, s.start_lsn, s.rows_copied, s.rows_estimate
+        s.partitioning, s.state, s.start_lsn, s.rows_copied, s.rows_estimate,
+        s.source
    FROM lakets._sync_registry s
    JOIN lakets._chronotable_registry c USING (schema_name, table_name)";
 
@@ -49,6 +65,7 @@ fn sync_from_row(row: &tokio_postgres::Row) -> Result<SyncConfig> {
         location: Url::parse(&location)
             .map_err(|e| Error::invalid(format!("registered location {location:?}: {e}")))?,
         partitioning: Partitioning::parse(row.get(4))?,
+        source: row.get(9),
         state: match row.get::<_, &str>(5) {
             "active" => SyncState::Active,
             _ => SyncState::Copying,
@@ -92,17 +109,20 @@ pub async fn register_sync(
     table: &TableName,
     location: &Url,
     partitioning: Partitioning,
+    source: Option<&str>,
 ) -> Result<()> {
     client
         .execute(
-            "INSERT INTO lakets._sync_registry (schema_name, table_name, location, partitioning, state)
-             VALUES ($1, $2, $3, $4, 'copying')
+            "INSERT INTO lakets._sync_registry
+                    (schema_name, table_name, location, partitioning, source, state)
+             VALUES ($1, $2, $3, $4, $5, 'copying')
              ON CONFLICT (schema_name, table_name) DO UPDATE SET updated_at = now()",
             &[
                 &table.schema,
                 &table.name,
                 &location.to_string(),
                 &partitioning.as_str(),
+                &source,
             ],
         )
         .await

@@ -31,7 +31,7 @@ use crate::catalog::sync_registry;
 use crate::coldtier::snapshot;
 use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SyncConfig, SyncState};
 use crate::db::DbConfig;
-use crate::delta::mirror::{TableMirror, shape_of};
+use crate::delta::mirror::TableMirror;
 use crate::delta::table;
 use crate::error::{Error, PgResultExt, Result};
 use crate::ident::TableName;
@@ -207,7 +207,7 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
             table::display_location(&config.location)
         ))
     })?;
-    let shape = shape_of(&delta, &config.time_column, config.partitioning)?;
+    let shape = config.shape(&delta)?;
     let current = sync::postgres_shape(
         client,
         &config.table,
@@ -220,7 +220,7 @@ async fn resync_table(db: &DbConfig, client: &Client, config: &SyncConfig) -> Re
     let mut mirror = TableMirror::new(
         shape,
         delta,
-        sync::snapshot_app_id(&config.table),
+        sync::snapshot_app_id(&config.table, config.source.as_deref()),
         Lsn::ZERO,
     );
     mirror.add_columns(added).await?;

@@ -35,7 +35,7 @@ use crate::catalog::announce::{self, Announcement};
 use crate::catalog::{job_runs, progress, sync_registry};
 use crate::coldtier::sync::{self, SYNC_LOCK_NAMESPACE, SyncState};
 use crate::delta::batch::CellRow;
-use crate::delta::mirror::{MaintenancePolicy, TableMirror, shape_of};
+use crate::delta::mirror::{MaintenancePolicy, TableMirror, shape_for_source};
 use crate::delta::schema::{Cell, ColumnKind, DataColumn, Partitioning};
 use crate::delta::table;
 use crate::error::{Error, PgResultExt, Result};
@@ -72,6 +72,9 @@ struct Followed {
     /// The Delta table's URL.
     location: String,
     partitioning: String,
+    /// This cluster's name in a Delta table several clusters share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
     state: SyncState,
     /// Changes committed before this are in the initial copy.
     start_lsn: Option<Lsn>,
@@ -84,6 +87,7 @@ impl Followed {
             time_column: s.time_column.clone(),
             location: s.location.to_string(),
             partitioning: s.partitioning.as_str().to_owned(),
+            source: s.source.clone(),
             state: s.state,
             start_lsn: s.start_lsn,
         }
@@ -192,16 +196,23 @@ impl DeltaSink {
                 table::display_location(&url)
             ))
         })?;
-        let shape = shape_of(
+        let source = f.source.as_deref();
+        let shape = shape_for_source(
             &delta,
             &f.time_column,
             Partitioning::parse(&f.partitioning)?,
+            source,
         )?;
-        let app_id = sync::stream_app_id(&self.slot, &f.table);
+        if let Some(name) = source {
+            // A second cluster that took the same name would have the same app ids, and
+            // each would skip the other's changes as its own.
+            sync::check_source_claim(&self.client, &delta, name).await?;
+        }
+        let app_id = sync::stream_app_id(&self.slot, &f.table, source);
         // What the table holds: what this stream committed, and the initial copy (its
         // snapshot position, recorded in its own commit).
         let streamed = table::txn_lsn(&delta, &app_id).await?;
-        let copied = table::txn_lsn(&delta, &sync::snapshot_app_id(&f.table)).await?;
+        let copied = table::txn_lsn(&delta, &sync::snapshot_app_id(&f.table, source)).await?;
         let skip_before = streamed
             .into_iter()
             .chain(copied)
@@ -236,6 +247,7 @@ impl DeltaSink {
                 table,
                 location,
                 partitioning,
+                source,
             } => {
                 self.close(&table).await?;
                 let time_column = crate::catalog::registry::get_chronotable(&self.client, &table)
@@ -251,6 +263,7 @@ impl DeltaSink {
                         f.state == SyncState::Copying
                             && f.location == location
                             && f.partitioning == partitioning
+                            && f.source == source
                     })
                     .and_then(|f| f.start_lsn);
                 self.followed.insert(
@@ -260,6 +273,7 @@ impl DeltaSink {
                         time_column,
                         location,
                         partitioning,
+                        source,
                         state: SyncState::Copying,
                         start_lsn,
                     },
@@ -411,7 +425,9 @@ impl DeltaSink {
         let mut sources = Vec::with_capacity(mirror.shape.columns.len());
         for column in &mirror.shape.columns {
             let Some(index) = relation.column_index(&column.name) else {
-                if replay || in_postgres.contains(&column.name) {
+                // In a shared table, a column another cluster added is NULL in this
+                // cluster's rows.
+                if replay || in_postgres.contains(&column.name) || mirror.shape.source.is_some() {
                     sources.push(None);
                     continue;
                 }
@@ -443,9 +459,7 @@ impl DeltaSink {
         }
         let mut added = Vec::new();
         for (index, rc) in relation.columns.iter().enumerate() {
-            if sources.contains(&Some(index))
-                || Some(&rc.name) == mirror.shape.partition_column.as_ref()
-            {
+            if sources.contains(&Some(index)) || mirror.shape.is_derived(&rc.name) {
                 continue;
             }
             let kind = ColumnKind::for_postgres(rc.column_type, rc.type_modifier).map_err(|e| {

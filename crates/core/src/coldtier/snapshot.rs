@@ -265,11 +265,19 @@ async fn read_once(
         .await
         .pg_context(|| format!("releasing the lock on {table_name}"))?;
 
-    let (_, types) = text_select(&tx, table_name, shape).await?;
+    let (select, types) = text_select(&tx, table_name, shape).await?;
+    // text_select reads a column of a shared table that PostgreSQL lacks as NULL.
     let columns = shape
         .columns
         .iter()
-        .map(|c| crate::ident::quote_ident(&c.name))
+        .zip(&select)
+        .map(|(c, read)| {
+            if read == MISSING_COLUMN {
+                "NULL".to_owned()
+            } else {
+                crate::ident::quote_ident(&c.name)
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let queue = Arc::new(Mutex::new(ranges));
@@ -611,7 +619,11 @@ pub(crate) fn columns_to_add(
     Ok(added)
 }
 
-/// The select list (each column as its type's output function prints it, in the shape's
+/// How [`text_select`] reads a column of a shared Delta table that this cluster's table
+/// lacks.
+const MISSING_COLUMN: &str = "NULL::pg_catalog.text";
+
+/// The select list's items (each column as its type's output function prints it, in the shape's
 /// order) and the columns' types. Not `col::text`: that cast prints a boolean as `true`
 /// and strips a `char(n)`'s padding, where the stream (and the binary copy) carry `t` and
 /// the padded value. The functions are named with their schema, so that nothing in a
@@ -620,7 +632,7 @@ pub(crate) async fn text_select(
     client: &impl GenericClient,
     table_name: &TableName,
     shape: &TableShape,
-) -> Result<(String, Vec<ColumnType>)> {
+) -> Result<(Vec<String>, Vec<ColumnType>)> {
     let rows = client
         .query(
             "SELECT a.attname::text, a.atttypid::oid, n.nspname::text, p.proname::text
@@ -636,12 +648,18 @@ pub(crate) async fn text_select(
     let mut types = Vec::with_capacity(shape.columns.len());
     let mut select = Vec::with_capacity(shape.columns.len());
     for column in &shape.columns {
-        let row = rows
-            .iter()
-            .find(|r| r.get::<_, &str>(0) == column.name)
-            .ok_or_else(|| {
-                Error::Conflict(format!("{table_name} has no column {:?}", column.name))
-            })?;
+        let Some(row) = rows.iter().find(|r| r.get::<_, &str>(0) == column.name) else {
+            // A column of a shared Delta table that another cluster added: NULL here.
+            if shape.source.is_some() {
+                types.push(ColumnType::from_oid(25));
+                select.push(MISSING_COLUMN.into());
+                continue;
+            }
+            return Err(Error::Conflict(format!(
+                "{table_name} has no column {:?}",
+                column.name
+            )));
+        };
         types.push(ColumnType::from_oid(row.get(1)));
         select.push(format!(
             "pg_catalog.textin({}.{}({}))",
@@ -650,7 +668,7 @@ pub(crate) async fn text_select(
             crate::ident::quote_ident(&column.name)
         ));
     }
-    Ok((select.join(", "), types))
+    Ok((select, types))
 }
 
 /// A row selected through [`text_select`] (in [`TEXT_SESSION`]) as cells.

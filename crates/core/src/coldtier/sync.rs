@@ -11,13 +11,15 @@ use tokio_postgres::{Client, GenericClient};
 use tracing::info;
 
 pub use super::snapshot::DEFAULT_READERS;
-use super::snapshot::{SnapshotSink, TEXT_SESSION, read_snapshot, text_row_cells, text_select};
+use super::snapshot::{
+    self, SnapshotSink, TEXT_SESSION, read_snapshot, text_row_cells, text_select,
+};
 use crate::catalog::announce::{Announcement, announce};
 use crate::catalog::registry;
 use crate::catalog::sync_registry;
 pub use crate::catalog::sync_registry::{SyncConfig, SyncState, find_sync, list_syncs};
 use crate::delta::batch::{CellRow, build_batch};
-use crate::delta::mirror::shape_of;
+use crate::delta::mirror::{shape_for_source, shape_of};
 use crate::delta::schema::{DataColumn, Partitioning, TableShape};
 use crate::delta::table;
 use crate::error::{DeltaResultExt, Error, PgResultExt, Result};
@@ -29,14 +31,60 @@ use crate::wal::value::ColumnType;
 /// `hashtext` of the table name).
 pub const SYNC_LOCK_NAMESPACE: i32 = 0x4c4b_5455;
 
-/// The `txn` application id of the stream's commits to one table.
-pub fn stream_app_id(slot: &str, table: &TableName) -> String {
-    format!("lakets:{slot}:{table}")
+/// The `txn` application id of the stream's commits to one table. In a table several
+/// clusters share, each cluster's stream has its own (`source`: the cluster's name there),
+/// so that each is exactly once on its own.
+pub fn stream_app_id(slot: &str, table: &TableName, source: Option<&str>) -> String {
+    match source {
+        None => format!("lakets:{slot}:{table}"),
+        Some(source) => format!("lakets@{source}:{slot}:{table}"),
+    }
 }
 
 /// The `txn` application id of the initial snapshot's commit.
-pub fn snapshot_app_id(table: &TableName) -> String {
-    format!("lakets:snapshot:{table}")
+pub fn snapshot_app_id(table: &TableName, source: Option<&str>) -> String {
+    match source {
+        None => format!("lakets:snapshot:{table}"),
+        Some(source) => format!("lakets@{source}:snapshot:{table}"),
+    }
+}
+
+/// The `txn` application id under which a shared table records which cluster (its system
+/// identifier) took a source name, so that a second cluster cannot take it too.
+pub fn source_claim_app_id(source: &str) -> String {
+    format!("lakets@{source}")
+}
+
+/// This server's system identifier (shared by its physical standbys and restores).
+pub async fn system_identifier(client: &impl GenericClient) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier FROM pg_catalog.pg_control_system()",
+            &[],
+        )
+        .await
+        .pg_context(|| "reading the server's system identifier".into())?;
+    Ok(row.get(0))
+}
+
+/// Refuses a source name another cluster took in the shared table `delta`; `Ok(true)`
+/// when no cluster has taken it yet (the caller's first commit takes it).
+pub async fn check_source_claim(
+    client: &impl GenericClient,
+    delta: &deltalake::DeltaTable,
+    source: &str,
+) -> Result<bool> {
+    let ours = system_identifier(client).await?;
+    match table::txn_lsn(delta, &source_claim_app_id(source)).await? {
+        None => Ok(true),
+        Some(claim) if claim.0 as i64 == ours => Ok(false),
+        Some(claim) => Err(Error::Conflict(format!(
+            "source {source:?} of the Delta table at {} belongs to another PostgreSQL cluster \
+             (system identifier {}; this one is {ours}); give this cluster a name of its own",
+            table::display_location(delta.table_url()),
+            claim.0 as i64
+        ))),
+    }
 }
 
 /// Progress of a long initial copy.
@@ -57,15 +105,28 @@ pub async fn enable_sync(
     partitioning: Partitioning,
     progress: impl FnMut(CopyProgress),
 ) -> Result<SyncConfig> {
-    enable_sync_with_readers(db, table, location, partitioning, DEFAULT_READERS, progress).await
+    enable_sync_with_readers(
+        db,
+        table,
+        location,
+        partitioning,
+        None,
+        DEFAULT_READERS,
+        progress,
+    )
+    .await
 }
 
-/// [`enable_sync`] with the copy read by `readers` connections at once.
+/// [`enable_sync`] with the copy read by `readers` connections at once. With `source`,
+/// the Delta table is one several PostgreSQL clusters share (fan-in), this one's rows under
+/// that name: it is created partitioned by `lakets_source`, or joined when another cluster
+/// created it.
 pub async fn enable_sync_with_readers(
     db: &crate::db::DbConfig,
     table: &str,
     location: &str,
     partitioning: Partitioning,
+    source: Option<&str>,
     readers: usize,
     mut progress: impl FnMut(CopyProgress),
 ) -> Result<SyncConfig> {
@@ -73,7 +134,9 @@ pub async fn enable_sync_with_readers(
     crate::catalog::check_installed(&client).await?;
     let ct = registry::find_chronotable(&client, table).await?;
     let url = table::parse_location(location)?;
-    let shape = postgres_shape(&client, &ct.table, &ct.time_column, partitioning).await?;
+    let shape = postgres_shape(&client, &ct.table, &ct.time_column, partitioning)
+        .await?
+        .with_source(source)?;
     crate::chronotable::replica_identity::require_chunks_match(
         &client,
         &ct.table,
@@ -90,13 +153,16 @@ pub async fn enable_sync_with_readers(
                 table::display_location(&s.location)
             )));
         }
-        if s.location != url || s.partitioning != partitioning {
+        if s.location != url || s.partitioning != partitioning || s.source.as_deref() != source {
             return Err(Error::Conflict(format!(
-                "an interrupted sync of {} to {} (partitioned by {}) is pending; run the same \
+                "an interrupted sync of {} to {} (partitioned by {}{}) is pending; run the same \
                  command again to finish it, or `lakets sync disable {}` first",
                 ct.table,
                 table::display_location(&s.location),
                 s.partitioning.as_str(),
+                s.source
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(", as source {n:?}")),
                 ct.table
             )));
         }
@@ -115,18 +181,34 @@ pub async fn enable_sync_with_readers(
     let found = table::open(&url).await?;
     // A pending sync resumes in its Delta table's shape: columns PostgreSQL gained
     // since the interrupted enable created the table join it before the copy.
+    // A shared table is joined in its shape too: columns another cluster added read NULL
+    // here (the copy selects NULL for them), columns only this cluster has join it.
     let mut copy_shape = shape.clone();
     if let Some(t) = &found {
-        let resumable = shape_of(t, &ct.time_column, partitioning).ok().filter(|f| {
-            existing.is_some()
-                && f.partition_column == shape.partition_column
-                && f.columns.iter().all(|c| shape.columns.contains(c))
-        });
-        match resumable {
+        let joined = match source {
+            Some(name) => {
+                let f = shape_for_source(t, &ct.time_column, partitioning, source)?;
+                check_source_claim(&client, t, name).await?;
+                snapshot::columns_to_add(&ct.table, &f, &shape)?;
+                Some(f)
+            }
+            None => match shape_of(t, &ct.time_column, partitioning) {
+                // A shared table says so: it needs a source name.
+                Err(e) if crate::delta::mirror::is_shared(t)? => return Err(e),
+                f => f.ok().filter(|f| {
+                    existing.is_some()
+                        && f.partition_column == shape.partition_column
+                        && f.columns.iter().all(|c| shape.columns.contains(c))
+                }),
+            },
+        };
+        match joined {
             Some(f) => copy_shape = f,
             None => {
                 return Err(Error::Conflict(format!(
-                    "a Delta table already exists at {}; sync into a new (empty) location",
+                    "a Delta table already exists at {}; sync into a new (empty) location, \
+                     or give a source name (--source) to share a table that other clusters \
+                     mirror into",
                     table::display_location(&url)
                 )));
             }
@@ -140,13 +222,14 @@ pub async fn enable_sync_with_readers(
             .transaction()
             .await
             .pg_context(|| "starting a transaction".into())?;
-        sync_registry::register_sync(&tx, &ct.table, &url, partitioning).await?;
+        sync_registry::register_sync(&tx, &ct.table, &url, partitioning, source).await?;
         announce(
             &tx,
             &Announcement::SyncRegistered {
                 table: ct.table.clone(),
                 location: url.to_string(),
                 partitioning: partitioning.as_str().to_owned(),
+                source: source.map(str::to_owned),
             },
         )
         .await?;
@@ -161,7 +244,7 @@ pub async fn enable_sync_with_readers(
 
     // A copy committed before an interruption of the registry update: just finish.
     let registered = find_sync(&client, &ct.table).await?;
-    let committed = table::txn_lsn(&delta, &snapshot_app_id(&ct.table)).await?;
+    let committed = table::txn_lsn(&delta, &snapshot_app_id(&ct.table, source)).await?;
     if let (Some(done), Some(reg)) = (committed, registered.as_ref().and_then(|s| s.start_lsn))
         && done == reg
     {
@@ -328,21 +411,35 @@ async fn copy_snapshot(
     } = files;
     // The copy replaces whatever an interrupted earlier copy committed (the stream never
     // writes to a table whose copy is pending), so running `enable` again never doubles.
-    let earlier = crate::delta::read::active_files(delta).await?;
+    // A shared table: this cluster takes its source name with its first copy (checked
+    // again here, as late as can be), and replaces only its own files.
+    let claim = match &shape.source {
+        Some(name) if check_source_claim(client, delta, name).await? => {
+            Some((source_claim_app_id(name), system_identifier(client).await?))
+        }
+        _ => None,
+    };
+    let earlier = crate::delta::read::files_of(delta, &shape).await?;
     let actions = earlier
         .iter()
         .map(|v| deltalake::kernel::Action::Remove(v.remove_action(true)))
         .chain(adds.into_iter().map(deltalake::kernel::Action::Add))
+        .chain(claim.map(|(app_id, system)| {
+            deltalake::kernel::Action::Txn(deltalake::kernel::Transaction::new(app_id, system))
+        }))
         .collect();
     table::commit(
         delta,
         actions,
         DeltaOperation::Write {
             mode: SaveMode::Append,
-            partition_by: shape.partition_column.clone().map(|p| vec![p]),
+            partition_by: Some(shape.partition_columns()),
             predicate: None,
         },
-        Some((&snapshot_app_id(table_name), start_lsn)),
+        Some((
+            &snapshot_app_id(table_name, shape.source.as_deref()),
+            start_lsn,
+        )),
     )
     .await?;
     sync_registry::record_rows_copied(client, table_name, copied as i64).await?;
@@ -375,7 +472,7 @@ pub async fn for_each_postgres_row(
         .await
         .pg_context(|| "preparing the session".into())?;
     let (select, types) = text_select(client, table_name, shape).await?;
-    let sql = format!("SELECT {select} FROM {}", table_name.quoted());
+    let sql = format!("SELECT {} FROM {}", select.join(", "), table_name.quoted());
     let rows = client
         .query_raw(
             &sql,

@@ -17,7 +17,6 @@ use tokio_postgres::Client;
 
 use crate::catalog::registry::{self, ChunkStatus};
 use crate::delta::batch::CellRow;
-use crate::delta::mirror::shape_of;
 use crate::error::{PgResultExt, Result};
 use crate::ident::{TableName, quote_ident};
 
@@ -99,7 +98,7 @@ pub async fn verify(client: &Client, table: &str) -> Result<VerifyReport> {
                 kind: "Delta table at",
                 name: crate::delta::table::display_location(&sync.location),
             })?;
-        let shape = shape_of(&delta, &sync.time_column, sync.partitioning)?;
+        let shape = sync.shape(&delta)?;
         let chunks: Vec<_> = registry::list_chunks(client, &ct.table, false)
             .await?
             .into_iter()
@@ -371,6 +370,7 @@ mod tests {
             time_index: 0,
             partitioning: Partitioning::Day,
             partition_column: None,
+            source: None,
         };
         let row = vec![
             Cell::Int(1_700_000_000_000_001),

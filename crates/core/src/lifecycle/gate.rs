@@ -25,7 +25,6 @@ use tokio_postgres::types::PgLsn;
 use crate::catalog::announce::{Announcement, Announcer};
 use crate::catalog::registry::Chunk;
 use crate::coldtier::sync::SyncConfig;
-use crate::delta::mirror::shape_of;
 use crate::error::{PgResultExt, Result};
 use crate::ident::TableName;
 use crate::wal::lsn::Lsn;
@@ -138,7 +137,7 @@ pub async fn check(
         }
         Err(e) => return Ok(Gate::Defer(format!("sink failing: {e}"))),
     };
-    let app_ids = stream_app_ids(tx, &sync.table).await?;
+    let app_ids = stream_app_ids(tx, &sync.table, sync.source.as_deref()).await?;
     let started = Instant::now();
     let mut asked = false;
     let durable = loop {
@@ -219,12 +218,16 @@ pub async fn check(
 }
 
 /// The app ids under which the registered consumers' streams commit to `table`'s Delta
-/// table.
-async fn stream_app_ids(client: &impl GenericClient, table: &TableName) -> Result<Vec<String>> {
+/// table (in a shared table: this cluster's streams only, under its source name).
+async fn stream_app_ids(
+    client: &impl GenericClient,
+    table: &TableName,
+    source: Option<&str>,
+) -> Result<Vec<String>> {
     Ok(crate::catalog::replication::list_consumers(client)
         .await?
         .iter()
-        .map(|c| crate::coldtier::sync::stream_app_id(&c.slot_name, table))
+        .map(|c| crate::coldtier::sync::stream_app_id(&c.slot_name, table, source))
         .collect())
 }
 
@@ -247,7 +250,7 @@ async fn count_in_delta(
     sync: &SyncConfig,
     chunk: &Chunk,
 ) -> Result<u64> {
-    let shape = shape_of(delta, &sync.time_column, sync.partitioning)?;
+    let shape = sync.shape(delta)?;
     crate::delta::read::count_range(
         delta,
         &shape,

@@ -55,6 +55,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("tables.*.lvc.columns", Kind::List),
     ("tables.*.sync.to", Kind::Text),
     ("tables.*.sync.partition_by", Kind::Text),
+    ("tables.*.sync.source", Kind::Text),
     ("tables.*.policy.tier_after", Kind::Text),
     ("tables.*.policy.drop_after", Kind::Text),
     ("rollups.*.name", Kind::Text),

@@ -241,6 +241,10 @@ pub struct SyncSpec {
     pub to: String,
     #[serde(default = "default_partition_by")]
     pub partition_by: String,
+    /// This cluster's name in a Delta table several clusters share (`sync enable
+    /// --source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 fn default_partition_by() -> String {
@@ -472,6 +476,10 @@ impl Config {
                     .or_else(|e| bad(format!("{at}.sync.to: {e}")))?;
                 crate::delta::schema::Partitioning::parse(&sync.partition_by)
                     .or_else(|e| bad(format!("{at}.sync.partition_by: {e}")))?;
+                if let Some(source) = &sync.source {
+                    crate::delta::schema::check_source_name(source)
+                        .or_else(|e| bad(format!("{at}.sync.source: {e}")))?;
+                }
             }
             if let Some(p) = &t.policy {
                 if p.tier_after.is_none() && p.drop_after.is_none() {

@@ -159,14 +159,23 @@ async fn reconcile_table(
         let partitioning = crate::delta::schema::Partitioning::parse(&sync.partition_by)?;
         match lakets_core::coldtier::sync::find_sync(&*client, table).await? {
             Some(s) if s.state == lakets_core::coldtier::sync::SyncState::Active => {
-                if s.location != location || s.partitioning != partitioning {
+                if s.location != location
+                    || s.partitioning != partitioning
+                    || s.source != sync.source
+                {
+                    let source = |n: &Option<String>| {
+                        n.as_ref()
+                            .map_or(String::new(), |n| format!(", as source {n}"))
+                    };
                     report.drift.push(format!(
-                        "{table} is synced to {} (by {}), the config says {} (by {}); \
+                        "{table} is synced to {} (by {}{}), the config says {} (by {}{}); \
                          `lakets sync disable` then restart to sync to the new place",
                         crate::delta::table::display_location(&s.location),
                         s.partitioning.as_str(),
+                        source(&s.source),
                         crate::delta::table::display_location(&location),
-                        partitioning.as_str()
+                        partitioning.as_str(),
+                        source(&sync.source)
                     ));
                 } else {
                     report.unchanged += 1;
@@ -174,11 +183,13 @@ async fn reconcile_table(
             }
             _ => {
                 info!(table = %table, to = %sync.to, "config: copying the table into Delta");
-                let s = lakets_core::coldtier::sync::enable_sync(
+                let s = lakets_core::coldtier::sync::enable_sync_with_readers(
                     db,
                     &quoted,
                     &sync.to,
                     partitioning,
+                    sync.source.as_deref(),
+                    lakets_core::coldtier::sync::DEFAULT_READERS,
                     |p| info!(table = %table, rows = p.rows, "config: copy progress"),
                 )
                 .await?;
