@@ -461,6 +461,18 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Aggregate rows/s of two PostgreSQL clusters mirroring into one shared Delta table
+    /// (fan-in) against one cluster alone, in one run.
+    Fanin {
+        /// Backlog rows per cluster.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 2)]
+        repetitions: usize,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rollup refresh time with the same invalidations on a 1x and a 10x table, and the
     /// apply rates of the LVC and invalidation operators.
     Rollup {

@@ -3,8 +3,8 @@
 //! one Delta table (`sync enable --source`). A mixed workload runs on both while maintenance
 //! compacts every 2 s and each service is SIGKILLed once. Afterwards each source's
 //! `verify` passes, each source's gate tiered its own chunks (it counts its own rows only),
-//! no key is doubled, and Sail (the PySpark API) reads the union: per source, the rows of
-//! that cluster.
+//! no key is doubled, a resync of one source leaves the other's rows, and Sail (the
+//! PySpark API) reads the union: per source, the rows of that cluster.
 //!
 //! Its own binary: it starts a second cluster and kills the processes it starts.
 
@@ -333,6 +333,24 @@ source = "{source}"
             shard.source
         );
         totals.push((shard.source, postgres_totals(&shard.db).await));
+    }
+
+    // A resync of one source replaces its own rows and leaves the other's.
+    let out = common::lakets_cli(&shards[1].db.url, &["resync", "--force"]);
+    assert!(
+        out.status.success(),
+        "lakets resync on source b: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for shard in &shards {
+        let report = lakets::verify::verify(&shard.db.client, "ticks")
+            .await
+            .unwrap();
+        assert!(
+            report.ok,
+            "verify of source {} after source b's resync: {:?}",
+            shard.source, report.differences
+        );
     }
 
     // An independent reader sees the union: per source, that cluster's rows.

@@ -4,8 +4,8 @@
 use anyhow::{Context as _, bail};
 use lakets::bench::memory::DeleteMemory;
 use lakets::bench::{
-    CatchupReport, FreshnessReport, GateReport, RollupBenchReport, SnapshotReport, SoakReport,
-    SuiteReport, WritePathReport,
+    CatchupReport, FaninReport, FreshnessReport, GateReport, RollupBenchReport, SnapshotReport,
+    SoakReport, SuiteReport, WritePathReport,
 };
 use lakets::ingest::MethodComparison;
 
@@ -88,6 +88,18 @@ pub async fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
         } => {
             let report = lakets::bench::catchup(&lakets::bench::CatchupOptions {
                 rows: *rows,
+                repetitions: (*repetitions).max(1),
+            })
+            .await?;
+            Format::json(*json).print(&report)?;
+        }
+        BenchCommand::Fanin {
+            rows,
+            repetitions,
+            json,
+        } => {
+            let report = lakets::bench::fanin(&lakets::bench::FaninOptions {
+                rows: (*rows).max(1000),
                 repetitions: (*repetitions).max(1),
             })
             .await?;
@@ -214,6 +226,7 @@ rendered_by! {
     SuiteReport => lakets::bench::suite_table,
     SoakReport => lakets::bench::soak_table,
     CatchupReport => lakets::bench::catchup_table,
+    FaninReport => lakets::bench::fanin_table,
     RollupBenchReport => lakets::bench::rollup_bench_table,
     DeleteMemory => lakets::bench::memory::delete_table,
     GateReport => lakets::bench::gate_table,

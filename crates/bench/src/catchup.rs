@@ -289,7 +289,12 @@ async fn run_pg_recvlogical(
 
 /// Drains `slot` with the service's pipeline until every operator stored the backlog;
 /// returns the changes it received.
-async fn run_lakets(db: &crate::db::DbConfig, slot: &str, binary: bool, end: Lsn) -> Result<u64> {
+pub(crate) async fn run_lakets(
+    db: &crate::db::DbConfig,
+    slot: &str,
+    binary: bool,
+    end: Lsn,
+) -> Result<u64> {
     let stop = CancellationToken::new();
     let (status, task) = super::spawn_service_pipeline(
         db,

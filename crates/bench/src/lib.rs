@@ -5,6 +5,7 @@
 mod affinity;
 pub mod catchup;
 pub mod demo;
+pub mod fanin;
 pub mod freshness;
 pub mod gate;
 pub mod ingest;
@@ -18,6 +19,7 @@ pub mod write_path;
 mod writers;
 
 pub use catchup::{CatchupOptions, CatchupReport, catchup, catchup_table};
+pub use fanin::{FaninOptions, FaninReport, fanin, fanin_table};
 pub use freshness::{FreshnessOptions, FreshnessReport, freshness, freshness_table};
 pub use gate::{GateReport, gate, gate_table};
 pub use rollup::{RollupBenchOptions, RollupBenchReport, rollup_bench, rollup_bench_table};
