@@ -1,10 +1,11 @@
 //! Fan-in: two PostgreSQL clusters hold shards of one logical `ticks` (by symbol: cluster
 //! a's start with `A`, b's with `B`), each with its own `lakets run`, both mirroring into
 //! one Delta table (`sync enable --source`). A mixed workload runs on both while maintenance
-//! compacts every 2 s and each service is SIGKILLed once. Afterwards each source's
-//! `verify` passes, each source's gate tiered its own chunks (it counts its own rows only),
-//! no key is doubled, a resync of one source leaves the other's rows, and Sail (the
-//! PySpark API) reads the union: per source, the rows of that cluster.
+//! compacts every 2 s and each service is SIGKILLed once; cluster a's table gains a column
+//! (with values) that b's never has. Afterwards each source's `verify` passes, maintenance
+//! never failed, each source's gate tiered its own chunks (it counts its own rows only), no
+//! key is doubled, a resync of one source leaves the other's rows, and Sail (the PySpark
+//! API) reads the union: per source, the rows of that cluster.
 //!
 //! Its own binary: it starts a second cluster and kills the processes it starts.
 
@@ -150,7 +151,7 @@ async fn two_clusters_mirror_into_one_delta_table_each_exactly_once() {
     // source name, a name another cluster took, a name that is no name.
     let refusals = [
         (None, "shared by several PostgreSQL clusters"),
-        (Some("a"), "belongs to another PostgreSQL cluster"),
+        (Some("a"), "belongs to another PostgreSQL database"),
         (Some("B/1"), "source name"),
     ];
     for (source, why) in refusals {
@@ -170,6 +171,17 @@ async fn two_clusters_mirror_into_one_delta_table_each_exactly_once() {
             "a refused join registered nothing"
         );
     }
+    // Another database of cluster a's server may not take its name either.
+    let db_c = shard_db(first, "fanin_c", "C").await;
+    let err = enable(&db_c, location, Some("a"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("belongs to another PostgreSQL database"),
+        "{err}"
+    );
+    drop(db_c);
     enable(&db_b, location, Some("b")).await.unwrap();
     let show = common::lakets_cli(&db_b.url, &["sync", "show"]);
     let show = String::from_utf8_lossy(&show.stdout);
@@ -237,13 +249,23 @@ source = "{source}"
             )
         })
         .collect();
-    // Each service is killed once while both stream and compact.
+    // Each service is killed once while both stream and compact; in between, cluster a's
+    // table gains a column (and values in it) that cluster b's never has.
     for i in [0, 1] {
         tokio::time::sleep(Duration::from_secs(6)).await;
         shards[i].service.as_mut().unwrap().kill();
         tokio::time::sleep(Duration::from_millis(500)).await;
         shards[i].spawn();
         shards[i].streaming().await;
+        if i == 0 {
+            shards[0]
+                .db
+                .exec(
+                    "ALTER TABLE ticks ADD COLUMN venue text;
+                     UPDATE ticks SET venue = 'XNAS' WHERE symbol = 'AS1';",
+                )
+                .await;
+        }
     }
     tokio::time::sleep(Duration::from_secs(6)).await;
     stop.cancel();
@@ -286,6 +308,31 @@ source = "{source}"
             exit.success(),
             "source {} stopped cleanly: {exit:?}",
             shard.source
+        );
+    }
+
+    // Maintenance ran on both, beside the other's commits and the other's column, and
+    // never failed.
+    for shard in &shards {
+        let runs: Vec<(String, i64)> = shard
+            .db
+            .client
+            .query(
+                "SELECT outcome, count(*) FROM lakets._job_runs
+                  WHERE job = 'delta_maintenance' AND outcome IS NOT NULL GROUP BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert!(
+            runs.iter().any(|(o, n)| o == "ok" && *n > 0)
+                && !runs.iter().any(|(o, _)| o == "failed"),
+            "maintenance runs of source {}: {runs:?}\n{}",
+            shard.source,
+            std::fs::read_to_string(&shard.log).unwrap_or_default()
         );
     }
 

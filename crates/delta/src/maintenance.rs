@@ -90,8 +90,7 @@ pub async fn compact(
                 let rows = super::read::batch_rows(&batch, shape)?;
                 outcome.rows += rows.len();
                 let refs: Vec<&CellRow> = rows.iter().collect();
-                writer
-                    .write(build_batch(shape, &refs)?)
+                table::write_batch(&mut writer, build_batch(shape, &refs)?)
                     .await
                     .delta_context(|| format!("compacting {location}"))?;
             }

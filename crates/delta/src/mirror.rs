@@ -375,9 +375,12 @@ impl TableMirror {
             }
         }
         maintenance::checkpoint(&self.table).await?;
-        let orphans = self
-            .orphans_vacuumed
-            .is_none_or(|at| at.elapsed() >= ORPHAN_VACUUM_EVERY);
+        // Never in a shared table: another cluster's copy or window may hold files it has
+        // not committed yet for longer than the retention.
+        let orphans = self.shape.source.is_none()
+            && self
+                .orphans_vacuumed
+                .is_none_or(|at| at.elapsed() >= ORPHAN_VACUUM_EVERY);
         let vacuumed =
             maintenance::vacuum(&mut self.table, policy.vacuum_retention, orphans).await?;
         if orphans {
@@ -387,6 +390,33 @@ impl TableMirror {
             compaction,
             vacuumed_files: vacuumed,
         }))
+    }
+
+    /// Whether any of this cluster's files may hold a value in `column`, by the files'
+    /// statistics (a file whose statistics do not say counts as holding one; a file
+    /// written before the column existed has no statistics of it and holds none).
+    pub async fn holds_values_in(&mut self, column: &str) -> Result<bool> {
+        for file in super::read::files_of(&self.table, &self.shape).await? {
+            let Some(stats) = file.stats() else {
+                return Ok(true);
+            };
+            let Ok(stats) = serde_json::from_str::<serde_json::Value>(&stats) else {
+                return Ok(true);
+            };
+            let records = stats.get("numRecords").and_then(|n| n.as_u64());
+            let Some(null_counts) = stats.get("nullCount").and_then(|n| n.as_object()) else {
+                return Ok(true);
+            };
+            match (records, null_counts.get(column).and_then(|n| n.as_u64())) {
+                // Statistics cover the first 32 columns: past them, a missing count says
+                // nothing.
+                (_, None) if null_counts.len() >= 32 => return Ok(true),
+                (_, None) => {}
+                (Some(r), Some(nulls)) if nulls >= r => {}
+                _ => return Ok(true),
+            }
+        }
+        Ok(false)
     }
 
     fn build_index(&mut self, key_columns: &Arc<Vec<usize>>) {
@@ -411,8 +441,7 @@ impl TableMirror {
         let location = self.location();
         for chunk in rows.chunks(BATCH_ROWS) {
             let batch = build_batch(&self.shape, chunk)?;
-            self.writer()?
-                .write(batch)
+            table::write_batch(self.writer()?, batch)
                 .await
                 .delta_context(|| format!("writing Parquet to {location}"))?;
             self.unsealed = true;

@@ -198,6 +198,34 @@ pub async fn add_columns(table: &DeltaTable, columns: &[DataColumn]) -> Result<D
         .delta_context(|| format!("adding columns to the Delta table at {location}"))
 }
 
+/// Writes `batch` (a shape's columns) through `writer`, whose schema is the table's: a
+/// column of the table that the batch lacks (another writer's, another cluster's of a
+/// shared table) is written as NULL. (deltalake's own `MergeSchema` mode refuses
+/// partitioned tables.)
+pub async fn write_batch(
+    writer: &mut RecordBatchWriter,
+    batch: RecordBatch,
+) -> std::result::Result<(), deltalake::DeltaTableError> {
+    use deltalake::writer::DeltaWriter as _;
+    let schema = writer.arrow_schema();
+    let batch = if batch.num_columns() < schema.fields().len() {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                batch.column_by_name(f.name()).cloned().unwrap_or_else(|| {
+                    arrow::array::new_null_array(f.data_type(), batch.num_rows())
+                })
+            })
+            .collect();
+        RecordBatch::try_new(schema, columns)
+            .map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?
+    } else {
+        batch
+    };
+    writer.write(batch).await
+}
+
 /// A writer for the table's current schema: zstd Parquet, statistics on the first 32
 /// columns (Delta's default), files cut at [`TARGET_FILE_BYTES`].
 pub fn writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
@@ -250,10 +278,9 @@ pub async fn try_commit(
             COMMIT_ID_KEY.to_string(),
             serde_json::Value::String(commit_id.clone()),
         )]);
-        if removes {
-            // Zero retries: the commit is written at snapshot version + 1 or not at all.
-            properties = properties.with_max_retries(0);
-        }
+        // Zero retries: the commit is written at snapshot version + 1 or not at all, and
+        // every conflict comes back here, where the app ids it records are checked.
+        properties = properties.with_max_retries(0);
         if let Some((app_id, lsn)) = txn {
             properties =
                 properties.with_application_transaction(Transaction::new(app_id, lsn.0 as i64));
@@ -285,21 +312,32 @@ pub async fn try_commit(
             }
         };
         // The version was taken: by this very commit (its answer was lost), or by another.
-        let before = match txn {
-            Some((app_id, _)) => txn_lsn(table, app_id).await?,
-            None => None,
-        };
+        // The app ids this commit records: the stream's, and any it carries among its
+        // actions (a shared table's source claim).
+        let app_ids: Vec<&str> = txn
+            .map(|(app_id, _)| app_id)
+            .into_iter()
+            .chain(actions.iter().filter_map(|a| match a {
+                Action::Txn(t) => Some(t.app_id.as_str()),
+                _ => None,
+            }))
+            .collect();
+        let mut before = Vec::with_capacity(app_ids.len());
+        for app_id in &app_ids {
+            before.push(txn_lsn(table, app_id).await?);
+        }
         refresh(table).await?;
         if let Some(version) = landed(table, base, &commit_id).await? {
             tracing::info!(table = %location, version, "a commit whose answer the store lost had landed");
             return Ok(Some(version));
         }
         metrics::counter!("lakets_delta_commit_conflicts_total").increment(1);
-        // A commit carrying this stream's app id landed since the snapshot: a second
-        // writer of the same stream (an older process' commit arriving late). Committing
-        // again would write the window twice; the restart reads the table's position and
-        // skips what it holds.
-        if let Some((app_id, _)) = txn {
+        // A commit carrying one of these app ids landed since the snapshot: a second
+        // writer of the same stream (an older process' commit arriving late), or another
+        // database taking the same source name. Committing again would write the window
+        // twice, or mix two sources; the restart reads the table's position and skips what
+        // it holds.
+        for (app_id, before) in app_ids.iter().zip(before) {
             let after = txn_lsn(table, app_id).await?;
             if after != before {
                 return Err(Error::Delta {
@@ -328,7 +366,7 @@ pub async fn try_commit(
         }
         // Added files depend on no snapshot: after another writer's commit that
         // deltalake's check refuses, the same adds land on the latest version.
-        if attempt >= 5 {
+        if attempt >= MAX_REBASES {
             return Err(Error::Delta {
                 context: format!("committing to the Delta table at {location}"),
                 message: format!("other writers kept committing first: {conflict}"),
@@ -337,8 +375,8 @@ pub async fn try_commit(
     }
 }
 
-/// Times [`try_commit`] moves a commit that removes files onto a newer version before it
-/// gives up and lets the caller choose its files again.
+/// Times [`try_commit`] moves a commit onto a newer version (other writers committed first)
+/// before it gives up (a commit that removes files: lets the caller choose them again).
 const MAX_REBASES: usize = 50;
 
 /// Whether every file `actions` remove is active in the table as loaded.
@@ -403,7 +441,9 @@ pub async fn commit(
         .await?
         .ok_or_else(|| Error::Delta {
             context: format!("committing to the Delta table at {location}"),
-            message: "another writer removed or rewrote files since this commit's snapshot".into(),
+            message: "another writer removed or rewrote files since this commit's snapshot, \
+                      or kept committing first"
+                .into(),
         })
 }
 

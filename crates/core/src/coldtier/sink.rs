@@ -422,12 +422,31 @@ impl DeltaSink {
             .mirrors
             .get_mut(&relation.table)
             .expect("looked up above");
+        // In a shared table, a column another cluster added is NULL in this cluster's rows:
+        // none of its files holds a value there. (One that does was this cluster's own,
+        // dropped or renamed since.)
+        let mut others_columns = HashSet::new();
+        if lacks_columns && !replay && mirror.shape.source.is_some() {
+            let missing: Vec<String> = mirror
+                .shape
+                .columns
+                .iter()
+                .filter(|c| relation.column_index(&c.name).is_none())
+                .map(|c| c.name.clone())
+                .collect();
+            for name in missing {
+                if !mirror.holds_values_in(&name).await? {
+                    others_columns.insert(name);
+                }
+            }
+        }
         let mut sources = Vec::with_capacity(mirror.shape.columns.len());
         for column in &mirror.shape.columns {
             let Some(index) = relation.column_index(&column.name) else {
-                // In a shared table, a column another cluster added is NULL in this
-                // cluster's rows.
-                if replay || in_postgres.contains(&column.name) || mirror.shape.source.is_some() {
+                if replay
+                    || in_postgres.contains(&column.name)
+                    || others_columns.contains(&column.name)
+                {
                     sources.push(None);
                     continue;
                 }

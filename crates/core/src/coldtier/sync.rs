@@ -49,40 +49,50 @@ pub fn snapshot_app_id(table: &TableName, source: Option<&str>) -> String {
     }
 }
 
-/// The `txn` application id under which a shared table records which cluster (its system
-/// identifier) took a source name, so that a second cluster cannot take it too.
+/// The `txn` application id under which a shared table records which database took a
+/// source name ([`source_claim`]), so that no other can take it too.
 pub fn source_claim_app_id(source: &str) -> String {
     format!("lakets@{source}")
 }
 
-/// This server's system identifier (shared by its physical standbys and restores).
-pub async fn system_identifier(client: &impl GenericClient) -> Result<i64> {
+/// What a source's claim records: the server's system identifier (shared by its physical
+/// standbys and restores, so a failover keeps the name) and the database, as one 63-bit
+/// FNV-1a hash (a `txn` version is a non-negative 64-bit integer), with the parts for
+/// messages.
+pub async fn source_claim(client: &impl GenericClient) -> Result<(i64, String)> {
     let row = client
         .query_one(
-            "SELECT system_identifier FROM pg_catalog.pg_control_system()",
+            "SELECT system_identifier::text || '/' || pg_catalog.current_database()
+               FROM pg_catalog.pg_control_system()",
             &[],
         )
         .await
         .pg_context(|| "reading the server's system identifier".into())?;
-    Ok(row.get(0))
+    let who: String = row.get(0);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in who.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(((hash >> 1) as i64, who))
 }
 
-/// Refuses a source name another cluster took in the shared table `delta`; `Ok(true)`
-/// when no cluster has taken it yet (the caller's first commit takes it).
+/// Refuses a source name another database took in the shared table `delta`; `Ok(true)`
+/// when none has taken it yet (the caller's first commit takes it).
 pub async fn check_source_claim(
     client: &impl GenericClient,
     delta: &deltalake::DeltaTable,
     source: &str,
 ) -> Result<bool> {
-    let ours = system_identifier(client).await?;
+    let (ours, who) = source_claim(client).await?;
     match table::txn_lsn(delta, &source_claim_app_id(source)).await? {
         None => Ok(true),
         Some(claim) if claim.0 as i64 == ours => Ok(false),
-        Some(claim) => Err(Error::Conflict(format!(
-            "source {source:?} of the Delta table at {} belongs to another PostgreSQL cluster \
-             (system identifier {}; this one is {ours}); give this cluster a name of its own",
-            table::display_location(delta.table_url()),
-            claim.0 as i64
+        Some(_) => Err(Error::Conflict(format!(
+            "source {source:?} of the Delta table at {} belongs to another PostgreSQL \
+             database (this one is {who}, as system identifier/database); give each \
+             cluster's database a name of its own",
+            table::display_location(delta.table_url())
         ))),
     }
 }
@@ -361,8 +371,7 @@ impl SnapshotSink for CopyFiles<'_> {
 
     async fn write(&mut self, rows: Vec<CellRow>) -> Result<()> {
         let refs: Vec<&CellRow> = rows.iter().collect();
-        self.writer
-            .write(build_batch(&self.shape, &refs)?)
+        table::write_batch(&mut self.writer, build_batch(&self.shape, &refs)?)
             .await
             .delta_context(|| "writing the initial snapshot".into())?;
         self.since_seal += rows.len() as u64;
@@ -415,7 +424,7 @@ async fn copy_snapshot(
     // again here, as late as can be), and replaces only its own files.
     let claim = match &shape.source {
         Some(name) if check_source_claim(client, delta, name).await? => {
-            Some((source_claim_app_id(name), system_identifier(client).await?))
+            Some((source_claim_app_id(name), source_claim(client).await?.0))
         }
         _ => None,
     };
