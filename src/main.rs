@@ -59,7 +59,13 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAKETS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lakets=info"));
+        // deltalake warns of every commit that met another writer's; lakets retries those
+        // itself and logs what it decided.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "warn,lakets=info,deltalake_core::kernel::transaction=error",
+            )
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
