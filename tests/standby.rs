@@ -176,6 +176,8 @@ premake = 2
     // A leader frozen past its lease: the standby takes over; resumed, it stands down.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (frozen, other) = (active, 1 - active);
+    let (frozen_pid, other_pid) = (instances[frozen].pid(), instances[other].pid());
+    let frozen_at = chrono::Utc::now().timestamp_millis();
     unsafe {
         libc::kill(instances[frozen].pid(), libc::SIGSTOP);
     }
@@ -232,6 +234,33 @@ premake = 2
     let rows = lakets::delta::read::scan(&delta, &shape).await.unwrap();
     let keys: HashSet<(Cell, Cell)> = rows.iter().map(|r| (r[0].clone(), r[1].clone())).collect();
     assert_eq!(keys.len(), rows.len(), "duplicate keys in Delta");
+    // Fenced: once its successor committed, the leader frozen past its lease committed
+    // nothing more (each commit names the process that made it).
+    let by = |pid: i32| {
+        move |writer: &Option<String>| {
+            writer
+                .as_deref()
+                .is_some_and(|w| w.contains(&format!(":{pid}:")))
+        }
+    };
+    let commits = common::delta_commit_writers(&sync.location).await;
+    let successor_first = commits
+        .iter()
+        .find(|(_, at, w)| *at >= frozen_at && by(other_pid)(w))
+        .map(|(v, _, _)| *v)
+        .expect("the new leader committed after the takeover");
+    let stale: Vec<_> = commits
+        .iter()
+        .filter(|(v, _, w)| *v > successor_first && by(frozen_pid)(w))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the deposed leader committed after its successor: {stale:?}"
+    );
+    assert!(
+        commits.iter().any(|(_, _, w)| by(frozen_pid)(w)),
+        "commits name their writer"
+    );
 
     times.sort();
     let p50 = times[times.len() / 2];

@@ -443,3 +443,29 @@ pub fn spawn_service_with(
             .unwrap(),
     )
 }
+
+/// Each commit of the Delta table at `location`: (version, commitInfo timestamp in ms, the
+/// lakets process that made it, from commitInfo's `lakets.writer`).
+pub async fn delta_commit_writers(location: &url::Url) -> Vec<(u64, i64, Option<String>)> {
+    let delta = lakets::delta::table::open(location).await.unwrap().unwrap();
+    let latest = delta.version().unwrap_or(0);
+    let mut out = Vec::new();
+    for version in 0..=latest {
+        let Some(bytes) = delta.log_store().read_commit_entry(version).await.unwrap() else {
+            continue;
+        };
+        for line in bytes.split(|b| *b == b'\n') {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(info) = action.get("commitInfo") {
+                out.push((
+                    version,
+                    info["timestamp"].as_i64().unwrap_or(0),
+                    info["lakets.writer"].as_str().map(str::to_owned),
+                ));
+            }
+        }
+    }
+    out
+}

@@ -26,9 +26,23 @@ pub async fn files_of(
     delta: &DeltaTable,
     shape: &TableShape,
 ) -> Result<Vec<deltalake::kernel::LogicalFileView>> {
+    source_files(delta, shape.source.as_deref()).await
+}
+
+/// The files of the table's current version in `source`'s partition of a shared table
+/// (`None`: every file).
+pub async fn source_files(
+    delta: &DeltaTable,
+    source: Option<&str>,
+) -> Result<Vec<deltalake::kernel::LogicalFileView>> {
     let mut files = active_files(delta).await?;
-    if shape.source.is_some() {
-        files.retain(|f| shape.owns(&f.partition_values_map()));
+    if let Some(source) = source {
+        files.retain(|f| {
+            f.partition_values_map()
+                .get(super::schema::SOURCE_COLUMN)
+                .and_then(|v| v.as_deref())
+                == Some(source)
+        });
     }
     Ok(files)
 }
@@ -43,9 +57,10 @@ pub struct TableSummary {
     pub rows: Option<u64>,
 }
 
-/// The version, files, bytes and rows of the table as loaded.
-pub async fn summary(delta: &DeltaTable) -> Result<TableSummary> {
-    let files = active_files(delta).await?;
+/// The version, files, bytes and rows of the table as loaded: in a table several clusters
+/// share, of `source`'s files (its partition) only.
+pub async fn summary(delta: &DeltaTable, source: Option<&str>) -> Result<TableSummary> {
+    let files = source_files(delta, source).await?;
     let rows = files
         .iter()
         .map(|f| f.num_records().map(|n| n as u64))

@@ -340,23 +340,6 @@ impl TableShape {
             .collect()
     }
 
-    /// Whether a file with these partition values holds this cluster's rows (in a table
-    /// of its own: every file).
-    pub fn owns(
-        &self,
-        partition_values: &std::collections::HashMap<String, Option<String>>,
-    ) -> bool {
-        match &self.source {
-            None => true,
-            Some(source) => {
-                partition_values
-                    .get(SOURCE_COLUMN)
-                    .and_then(|v| v.as_deref())
-                    == Some(source.as_str())
-            }
-        }
-    }
-
     /// Whether `name` is a column lakets derives (a partition or the source column).
     pub fn is_derived(&self, name: &str) -> bool {
         Some(name) == self.partition_column.as_deref()

@@ -274,10 +274,17 @@ pub async fn try_commit(
     loop {
         attempt += 1;
         let base = table.version();
-        let mut properties = CommitProperties::default().with_metadata([(
+        let mut metadata = vec![(
             COMMIT_ID_KEY.to_string(),
             serde_json::Value::String(commit_id.clone()),
-        )]);
+        )];
+        if let Some(writer) = WRITER_NAME.get() {
+            metadata.push((
+                WRITER_KEY.to_string(),
+                serde_json::Value::String(writer.clone()),
+            ));
+        }
+        let mut properties = CommitProperties::default().with_metadata(metadata);
         // Zero retries: the commit is written at snapshot version + 1 or not at all, and
         // every conflict comes back here, where the app ids it records are checked.
         properties = properties.with_max_retries(0);
@@ -390,6 +397,18 @@ async fn still_active(table: &DeltaTable, actions: &[Action]) -> Result<bool> {
         Action::Remove(r) => active.contains(&r.path),
         _ => true,
     }))
+}
+
+/// The commitInfo key naming the process that made a commit (its instance name, see
+/// [`set_writer_name`]): a deposed leader's commits are then told from its successor's.
+const WRITER_KEY: &str = "lakets.writer";
+
+static WRITER_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process in the commitInfo of every commit it makes from now on (once; later
+/// calls keep the first name).
+pub fn set_writer_name(name: &str) {
+    let _ = WRITER_NAME.set(name.to_owned());
 }
 
 /// The commitInfo key under which [`try_commit`] names each commit.

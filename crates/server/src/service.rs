@@ -158,6 +158,7 @@ pub async fn start(
     };
 
     let instance = instance_name();
+    crate::delta::table::set_writer_name(&instance);
     // Every session of this process carries its name: a new leader ends them by it.
     let mut db = db;
     let base = db.get_application_name().unwrap_or("lakets").to_string();
@@ -429,7 +430,9 @@ async fn collect_once(state: &ServiceState, warn_bytes: u64, with_delta: bool) -
     if with_delta {
         for sync in lakets_core::coldtier::sync::list_syncs(&client).await? {
             if let Some(table) = crate::delta::table::open(&sync.location).await? {
-                let files = crate::delta::read::active_files(&table).await?;
+                // A shared table: this cluster's files.
+                let files =
+                    crate::delta::read::source_files(&table, sync.source.as_deref()).await?;
                 let bytes: i64 = files.iter().map(|f| f.size()).sum();
                 let name = sync.table.to_string();
                 metrics::gauge!("lakets_delta_files", "table" => name.clone())

@@ -421,7 +421,7 @@ async fn rows(
             }
         }
         let hot = hot_cache.get(&name).copied().unwrap_or(0);
-        let summary = delta_summary(delta_cache, key, &sync.location).await;
+        let summary = delta_summary(delta_cache, key, &sync.location, sync.source.as_deref()).await;
         rows.hot += hot;
         delta_total = match (delta_total, summary.and_then(|s| s.rows)) {
             (Some(total), Some(n)) => Some(total + n),
@@ -446,6 +446,7 @@ async fn delta_summary(
     cache: &mut HashMap<String, DeltaState>,
     name: &str,
     location: &lakets_core::delta::Url,
+    source: Option<&str>,
 ) -> Option<lakets_core::delta::read::TableSummary> {
     let entry = cache.entry(name.to_string()).or_insert_with(|| DeltaState {
         table: None,
@@ -462,7 +463,10 @@ async fn delta_summary(
             None => entry.table = lakets_core::delta::table::open(location).await?,
         }
         match &entry.table {
-            Some(table) => lakets_core::delta::read::summary(table).await.map(Some),
+            // A shared table: this cluster's part, beside this cluster's hot rows.
+            Some(table) => lakets_core::delta::read::summary(table, source)
+                .await
+                .map(Some),
             None => Ok::<_, Error>(None),
         }
     };
