@@ -84,14 +84,7 @@ async fn shard_db(pg: &EmbeddedPostgres, name: &str, prefix: &str) -> TestDb {
         url,
         client,
     };
-    db.exec(&common::workload::shard_ticks_table_sql(2000, prefix))
-        .await;
-    let mut opts = lakets::chronotable::CreateOptions::new("time");
-    opts.chunk_interval = lakets::interval::Interval::hours(1);
-    opts.premake = 2;
-    lakets::chronotable::create_chronotable(&mut db.client, "ticks", &opts)
-        .await
-        .unwrap();
+    common::shard_workload_chronotable(&mut db, 2000, prefix).await;
     db
 }
 

@@ -195,7 +195,12 @@ pub async fn synced_ticks_with_every_operator(
 /// The table [`workload::statement`] writes, holding `rows` rows 10 s apart up to now, as
 /// a ChronoTable of 1-hour chunks with 2 made ahead.
 pub async fn workload_chronotable(db: &mut TestDb, rows: u32) {
-    db.exec(&workload::ticks_table_sql(rows)).await;
+    shard_workload_chronotable(db, rows, "").await;
+}
+
+/// [`workload_chronotable`] of one shard's symbols (those starting with `shard`).
+pub async fn shard_workload_chronotable(db: &mut TestDb, rows: u32, shard: &str) {
+    db.exec(&workload::shard_ticks_table_sql(rows, shard)).await;
     let mut opts = lakets::chronotable::CreateOptions::new("time");
     opts.chunk_interval = lakets::interval::Interval::hours(1);
     opts.premake = 2;
@@ -468,4 +473,26 @@ pub async fn delta_commit_writers(location: &url::Url) -> Vec<(u64, i64, Option<
         }
     }
     out
+}
+
+/// The interop venv's Python (`LAKETS_INTEROP_PYTHON`) when it can `import` what `imports`
+/// names, or `None` (the caller skips), unless `LAKETS_REQUIRE_INTEROP` is set: then a
+/// failure saying what `.ci/run` installs (`installs`).
+pub fn interop_python(imports: &str, installs: &str) -> Option<String> {
+    let python = std::env::var("LAKETS_INTEROP_PYTHON").ok();
+    let usable = python.as_ref().is_some_and(|p| {
+        std::process::Command::new(p)
+            .args(["-c", &format!("import {imports}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if usable {
+        return python;
+    }
+    assert!(
+        std::env::var_os("LAKETS_REQUIRE_INTEROP").is_none(),
+        "LAKETS_REQUIRE_INTEROP is set, but LAKETS_INTEROP_PYTHON cannot import {imports} \
+         (.ci/run installs {installs})"
+    );
+    None
 }

@@ -35,22 +35,7 @@ pub const SECRET_KEY: &str = "lakets-test-secret-0f9c2e7a";
 /// The interop venv's Python with moto, or `None` (the caller skips, unless
 /// `LAKETS_REQUIRE_INTEROP` is set).
 pub fn moto_python() -> Option<String> {
-    let python = std::env::var("LAKETS_INTEROP_PYTHON").ok();
-    let usable = python.as_ref().is_some_and(|p| {
-        Command::new(p)
-            .args(["-c", "import moto.server, flask"])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if usable {
-        return python;
-    }
-    assert!(
-        std::env::var_os("LAKETS_REQUIRE_INTEROP").is_none(),
-        "LAKETS_REQUIRE_INTEROP is set, but LAKETS_INTEROP_PYTHON has no moto[server] \
-         (.ci/run installs moto[server]==5.2.5)"
-    );
-    None
+    super::interop_python("moto.server, flask", "moto[server]==5.2.5")
 }
 
 /// moto's S3 server, killed when dropped.

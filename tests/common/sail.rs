@@ -15,22 +15,10 @@ pub struct SourceTotals {
 /// The interop venv's Python with pysail and the Spark Connect client, or `None` (the
 /// caller skips, unless `LAKETS_REQUIRE_INTEROP` is set).
 pub fn sail_python() -> Option<String> {
-    let python = std::env::var("LAKETS_INTEROP_PYTHON").ok();
-    let usable = python.as_ref().is_some_and(|p| {
-        Command::new(p)
-            .args(["-c", "import pysail.spark, pyspark.sql"])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if usable {
-        return python;
-    }
-    assert!(
-        std::env::var_os("LAKETS_REQUIRE_INTEROP").is_none(),
-        "LAKETS_REQUIRE_INTEROP is set, but LAKETS_INTEROP_PYTHON has no pysail and \
-         pyspark-client (.ci/run installs them)"
-    );
-    None
+    super::interop_python(
+        "pysail.spark, pyspark.sql",
+        "pysail==0.7.2 and pyspark-client==4.2.0",
+    )
 }
 
 /// Per `lakets_source` of the Delta table at `location` (a local directory): rows, sum of
