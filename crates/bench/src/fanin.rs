@@ -134,22 +134,11 @@ pub async fn fanin(options: &FaninOptions) -> Result<FaninReport> {
     let table = crate::delta::table::open(&crate::delta::table::parse_location(&location)?)
         .await?
         .ok_or_else(|| Error::Operator("the shared Delta table is gone".into()))?;
-    let files = crate::delta::read::active_files(&table).await?;
-    let files_per_source = SOURCES
-        .iter()
-        .map(|source| {
-            let n = files
-                .iter()
-                .filter(|f| {
-                    f.partition_values_map()
-                        .get(crate::delta::schema::SOURCE_COLUMN)
-                        .and_then(|v| v.as_deref())
-                        == Some(*source)
-                })
-                .count();
-            (source.to_string(), n as u64)
-        })
-        .collect();
+    let mut files_per_source = Vec::new();
+    for source in SOURCES {
+        let files = crate::delta::read::source_files(&table, Some(source)).await?;
+        files_per_source.push((source.to_string(), files.len() as u64));
+    }
     for (pg, _, client) in clusters {
         drop(client);
         tokio::task::spawn_blocking(move || drop(pg))

@@ -392,31 +392,45 @@ impl TableMirror {
         }))
     }
 
-    /// Whether any of this cluster's files may hold a value in `column`, by the files'
-    /// statistics (a file whose statistics do not say counts as holding one; a file
-    /// written before the column existed has no statistics of it and holds none).
-    pub async fn holds_values_in(&mut self, column: &str) -> Result<bool> {
+    /// Which of `columns` some of this cluster's files may hold a value in, by the files'
+    /// statistics, read once for all of them (a file whose statistics do not say counts as
+    /// holding one; a file written before a column existed has no statistics of it and
+    /// holds none). `&mut self`: the mirror is not `Sync`, and the caller's future must
+    /// stay `Send`.
+    pub async fn columns_with_values(&mut self, columns: &[String]) -> Result<HashSet<String>> {
+        let mut holding = HashSet::new();
         for file in super::read::files_of(&self.table, &self.shape).await? {
-            let Some(stats) = file.stats() else {
-                return Ok(true);
-            };
-            let Ok(stats) = serde_json::from_str::<serde_json::Value>(&stats) else {
-                return Ok(true);
-            };
-            let records = stats.get("numRecords").and_then(|n| n.as_u64());
-            let Some(null_counts) = stats.get("nullCount").and_then(|n| n.as_object()) else {
-                return Ok(true);
-            };
-            match (records, null_counts.get(column).and_then(|n| n.as_u64())) {
-                // Statistics cover the first 32 columns: past them, a missing count says
-                // nothing.
-                (_, None) if null_counts.len() >= 32 => return Ok(true),
-                (_, None) => {}
-                (Some(r), Some(nulls)) if nulls >= r => {}
-                _ => return Ok(true),
+            let stats = file
+                .stats()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+            let records = stats
+                .as_ref()
+                .and_then(|s| s.get("numRecords"))
+                .and_then(|n| n.as_u64());
+            let null_counts = stats
+                .as_ref()
+                .and_then(|s| s.get("nullCount"))
+                .and_then(|n| n.as_object());
+            for column in columns {
+                let holds = match null_counts {
+                    None => true,
+                    Some(counts) => match (records, counts.get(column).and_then(|n| n.as_u64())) {
+                        // Statistics cover the first 32 columns: past them, a missing
+                        // count says nothing.
+                        (_, None) => counts.len() >= 32,
+                        (Some(r), Some(nulls)) => nulls < r,
+                        (None, Some(_)) => true,
+                    },
+                };
+                if holds {
+                    holding.insert(column.clone());
+                }
+            }
+            if holding.len() == columns.len() {
+                break;
             }
         }
-        Ok(false)
+        Ok(holding)
     }
 
     fn build_index(&mut self, key_columns: &Arc<Vec<usize>>) {

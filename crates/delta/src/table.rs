@@ -284,10 +284,11 @@ pub async fn try_commit(
                 serde_json::Value::String(writer.clone()),
             ));
         }
-        let mut properties = CommitProperties::default().with_metadata(metadata);
         // Zero retries: the commit is written at snapshot version + 1 or not at all, and
         // every conflict comes back here, where the app ids it records are checked.
-        properties = properties.with_max_retries(0);
+        let mut properties = CommitProperties::default()
+            .with_metadata(metadata)
+            .with_max_retries(0);
         if let Some((app_id, lsn)) = txn {
             properties =
                 properties.with_application_transaction(Transaction::new(app_id, lsn.0 as i64));

@@ -434,11 +434,8 @@ impl DeltaSink {
                 .filter(|c| relation.column_index(&c.name).is_none())
                 .map(|c| c.name.clone())
                 .collect();
-            for name in missing {
-                if !mirror.holds_values_in(&name).await? {
-                    others_columns.insert(name);
-                }
-            }
+            let holding = mirror.columns_with_values(&missing).await?;
+            others_columns.extend(missing.into_iter().filter(|c| !holding.contains(c)));
         }
         let mut sources = Vec::with_capacity(mirror.shape.columns.len());
         for column in &mirror.shape.columns {
