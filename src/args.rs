@@ -372,11 +372,25 @@ pub enum SyncCommand {
         #[arg(long, default_value_t = lakets::sync::DEFAULT_READERS as u16,
               value_parser = clap::value_parser!(u16).range(1..=64))]
         readers: u16,
+        /// Create the Delta table with Change Data Feed: commits that mirror updates or
+        /// deletes carry `_change_data/` files (protocol writer 4; readers stay at 1).
+        /// An existing table keeps its protocol (see `sync upgrade`).
+        #[arg(long)]
+        change_data_feed: bool,
     },
-    /// List synced tables: location, state, snapshot position, Delta version.
+    /// List synced tables: location, state, snapshot position, Delta protocol and
+    /// features.
     Show {
         #[arg(long)]
         json: bool,
+    },
+    /// Turn a feature on in a synced table's existing Delta table (one commit raising its
+    /// protocol; refused where the table carries features lakets does not write).
+    Upgrade {
+        table: String,
+        /// Change Data Feed (protocol writer 4, or the feature at writer 7).
+        #[arg(long)]
+        change_data_feed: bool,
     },
     /// Stop mirroring a table (its Delta table is kept).
     Disable { table: String },

@@ -95,6 +95,7 @@ async fn enable(db: &TestDb, location: &str, source: Option<&str>) -> lakets::Re
         location,
         Partitioning::Day,
         source,
+        Default::default(),
         2,
         |_| {},
     )

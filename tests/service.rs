@@ -638,6 +638,7 @@ async fn a_definite_error_stops_the_stream_with_its_reason_and_keeps_the_service
         to: lake.path().join("ticks").display().to_string(),
         partition_by: "day".into(),
         source: None,
+        change_data_feed: false,
     });
     let dbc = config.database_config().unwrap();
     lakets::config::reconcile::reconcile(&dbc, &config)

@@ -14,6 +14,7 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
             partition_by,
             source,
             readers,
+            change_data_feed,
         } => {
             let db = ctx.database_config()?;
             let partitioning = lakets::delta::schema::Partitioning::parse(partition_by)?;
@@ -23,6 +24,9 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
                 to,
                 partitioning,
                 source.as_deref(),
+                lakets::sync::Features {
+                    change_data_feed: *change_data_feed,
+                },
                 usize::from(*readers),
                 |p| match p.estimate {
                     Some(total) if total > 0 => eprintln!(
@@ -49,8 +53,45 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
         SyncCommand::Show { json } => {
             let client = ctx.connect().await?;
             lakets::catalog::check_installed(&client).await?;
-            let syncs = lakets::sync::list_syncs(&client).await?;
+            let mut syncs = Vec::new();
+            for config in lakets::sync::list_syncs(&client).await? {
+                // A table that cannot be read now (its store down) is still listed.
+                let (delta, delta_error) = match lakets::sync::delta_protocol(&config).await {
+                    Ok(p) => (p, None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                syncs.push(SyncView {
+                    config,
+                    delta,
+                    delta_error,
+                });
+            }
             Format::json(*json).print(&syncs)?;
+        }
+        SyncCommand::Upgrade {
+            table,
+            change_data_feed,
+        } => {
+            let client = ctx.connect().await?;
+            lakets::catalog::check_installed(&client).await?;
+            let outcome = lakets::sync::upgrade_sync(
+                &client,
+                table,
+                lakets::sync::Features {
+                    change_data_feed: *change_data_feed,
+                },
+            )
+            .await?;
+            match outcome.version {
+                Some(v) => println!(
+                    "{table}: Change Data Feed is on from Delta version {v} (protocol {})",
+                    outcome.protocol.describe()
+                ),
+                None => println!(
+                    "{table}: Change Data Feed was on already (protocol {})",
+                    outcome.protocol.describe()
+                ),
+            }
         }
         SyncCommand::Disable { table } => {
             let mut client = ctx.connect().await?;
@@ -62,11 +103,28 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Render for Vec<SyncConfig> {
+/// A synced table with its Delta table's protocol, for `sync show`.
+#[derive(serde::Serialize)]
+struct SyncView {
+    #[serde(flatten)]
+    config: SyncConfig,
+    /// `null`: no Delta table there yet, or it could not be read (`delta_error`).
+    delta: Option<lakets::delta::protocol::ProtocolSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_error: Option<String>,
+}
+
+impl Render for Vec<SyncView> {
     fn text(&self) -> String {
-        output::lines(self, "no synced tables", |s| {
+        output::lines(self, "no synced tables", |v| {
+            let s = &v.config;
+            let protocol = match (&v.delta, &v.delta_error) {
+                (Some(p), _) => format!("protocol {}", p.describe()),
+                (None, Some(e)) => format!("protocol unreadable: {e}"),
+                (None, None) => "no Delta table yet".to_owned(),
+            };
             format!(
-                "{}: {} -> {} (partitioned by {}{}; snapshot at {}; {} rows copied)",
+                "{}: {} -> {} (partitioned by {}{}; snapshot at {}; {} rows copied; {})",
                 s.table,
                 match s.state {
                     SyncState::Active => "active",
@@ -76,7 +134,8 @@ impl Render for Vec<SyncConfig> {
                 s.partitioning.as_str(),
                 shared_as(s),
                 output::or_dash(s.start_lsn),
-                s.rows_copied
+                s.rows_copied,
+                protocol
             )
         })
     }

@@ -351,6 +351,16 @@ const CASES: &[Case] = &[
         "point",
     ),
     case(
+        "sync upgrade naming no feature",
+        &["sync", "upgrade", "ct"],
+        "nothing to upgrade",
+    ),
+    case(
+        "sync upgrade of a table that is not synced",
+        &["sync", "upgrade", "ct", "--change-data-feed"],
+        "sync of public.ct does not exist",
+    ),
+    case(
         "unknown partitioning",
         &[
             "sync",

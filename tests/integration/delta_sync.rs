@@ -186,6 +186,84 @@ fn random_statement(rng: &mut Rng, tick: &mut i64) -> String {
     }
 }
 
+/// The random workload with Change Data Feed, restarts and a replay of already committed
+/// windows: the feed (the `deltalake` package's `load_cdf`), applied version by version
+/// from an empty table, builds exactly PostgreSQL's table, never deleting a row that is not
+/// there or inserting one twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_replays_to_the_table_through_a_random_workload_and_restarts() {
+    let Some(python) = common::interop_python("deltalake", "deltalake") else {
+        eprintln!("SKIPPED: set LAKETS_INTEROP_PYTHON to the interop venv's Python");
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let mut db = fresh_db("delta_random_cdf").await;
+    ticks_table(&mut db, 600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("ticks");
+    let config = lakets::sync::enable_sync_with_readers(
+        &db.config(),
+        "ticks",
+        location.to_str().unwrap(),
+        Partitioning::Day,
+        None,
+        lakets::sync::Features {
+            change_data_feed: true,
+        },
+        2,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let slot = lakets::wal::slot::default_slot_name(&db.name);
+    let mut rng = Rng::seeded("delta_random_cdf");
+    let mut tick = 0;
+    let (shutdown, run) = start(&db, &slot).await;
+    for _ in 0..150 {
+        db.exec(&random_statement(&mut rng, &mut tick)).await;
+    }
+    catch_up(&db, &slot, &run).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    // Writes while the service is down, then a replay from before what Delta holds (a
+    // crash between the Delta commit and the progress row).
+    for _ in 0..40 {
+        db.exec(&random_statement(&mut rng, &mut tick)).await;
+    }
+    db.exec(&format!(
+        "UPDATE lakets._sink_progress SET durable_lsn = '{}' WHERE operator = 'delta'",
+        config.start_lsn.unwrap()
+    ))
+    .await;
+    let (shutdown, run) = start(&db, &slot).await;
+    for _ in 0..40 {
+        db.exec(&random_statement(&mut rng, &mut tick)).await;
+    }
+    catch_up(&db, &slot, &run).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert_mirrored(&db, &config.location, "after the workload").await;
+
+    let read = crate::delta_cdf::read_back(&python, &location, Some(0));
+    let by_version = crate::delta_cdf::feed_by_version(&read["feed"]);
+    let changed = by_version
+        .values()
+        .flatten()
+        .filter(|c| c.0 != "insert")
+        .count();
+    assert!(
+        changed > 50,
+        "the workload updated and deleted: {changed} changes"
+    );
+    let replayed = crate::delta_cdf::replay(&by_version);
+    let want = crate::delta_cdf::pg_state(&db).await;
+    assert_eq!(replayed.len(), want.len());
+    assert_eq!(
+        replayed, want,
+        "the feed replayed against PostgreSQL's table"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_delta_table_equals_the_postgres_table_through_a_random_workload_and_restarts() {
     let _serial = SERIAL.lock().await;
@@ -482,7 +560,7 @@ async fn bad_sync_requests_are_refused_and_change_nothing() {
     .await
     .unwrap();
     let url = lakets::delta::table::parse_location(other.to_str().unwrap()).unwrap();
-    lakets::delta::table::create(&url, &shape, "other")
+    lakets::delta::table::create(&url, &shape, "other", Default::default())
         .await
         .unwrap();
     let err = lakets::sync::enable_sync(
@@ -1427,6 +1505,7 @@ async fn a_copy_split_across_readers_and_page_ranges_reads_every_row_once() {
         dir.path().join("t").to_str().unwrap(),
         Partitioning::Day,
         None,
+        Default::default(),
         3,
         |_| {},
     )
@@ -1487,6 +1566,7 @@ async fn an_alter_table_during_the_copy_waits_for_it_instead_of_deadlocking_it()
         location.to_str().unwrap(),
         Partitioning::Day,
         None,
+        Default::default(),
         1,
         |_| {},
     );

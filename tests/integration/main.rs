@@ -13,6 +13,7 @@ mod bench;
 mod chronotable;
 mod cli;
 mod dashboard;
+mod delta_cdf;
 mod delta_interop;
 mod delta_sync;
 mod embedded;

@@ -264,6 +264,7 @@ pub(crate) fn stock_ticks_config(
             to: delta_dir.display().to_string(),
             partition_by: "day".into(),
             source: None,
+            change_data_feed: false,
         }),
         policy: Some(PolicySpec {
             tier_after: Some(tier_after),

@@ -60,6 +60,7 @@ pub async fn fanin(options: &FaninOptions) -> Result<FaninReport> {
             &location,
             crate::delta::schema::Partitioning::Day,
             Some(source),
+            Default::default(),
             lakets_core::coldtier::sync::DEFAULT_READERS,
             |_| {},
         )

@@ -126,7 +126,7 @@ pub async fn delete_into_compacted(rows: u64) -> Result<DeleteMemory> {
     let location = dir.path().join("ticks").display().to_string();
     let url = table::parse_location(&location)?;
     let shape = probe_shape()?;
-    let mut delta = table::create(&url, &shape, "bench.ticks").await?;
+    let mut delta = table::create(&url, &shape, "bench.ticks", Default::default()).await?;
     let mut writer = table::writer(&delta)?;
     let mut i = 0u64;
     while i < rows {

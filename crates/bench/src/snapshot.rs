@@ -103,6 +103,7 @@ async fn one_size(rows: u64, readers: &[usize]) -> Result<SnapshotSize> {
             &location.display().to_string(),
             crate::delta::schema::Partitioning::Day,
             None,
+            Default::default(),
             n,
             |_| {},
         )

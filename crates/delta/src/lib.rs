@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod maintenance;
 pub mod mirror;
+pub mod protocol;
 pub mod read;
 pub mod schema;
 pub mod store;

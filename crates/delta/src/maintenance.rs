@@ -14,6 +14,7 @@ use deltalake::kernel::Action;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::DeltaWriter;
 use futures_util::TryStreamExt;
+use object_store::ObjectStoreExt as _;
 use tracing::info;
 
 use super::batch::{CellRow, build_batch};
@@ -148,14 +149,29 @@ pub async fn vacuum(
     } else {
         deltalake::operations::vacuum::VacuumMode::Lite
     };
-    let (vacuumed, metrics) = table
+    // A dry run, then the deletes: deltalake's own vacuum logs VACUUM START/END commits
+    // through its protocol check, which refuses tables with Change Data Feed. Vacuum needs
+    // no commit (readers never see the files it deletes).
+    let (_, plan) = table
         .clone()
         .vacuum()
         .with_mode(mode)
         .with_retention_period(retention)
         .with_enforce_retention_duration(false)
+        .with_dry_run(true)
         .await
         .delta_context(|| format!("vacuuming {location}"))?;
-    *table = vacuumed;
-    Ok(metrics.files_deleted.len())
+    let store = table.object_store();
+    let mut deleted = 0;
+    for path in &plan.files_deleted {
+        let object = deltalake::Path::parse(path)
+            .delta_context(|| format!("vacuuming {location}: file path {path}"))?;
+        match store.delete(&object).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => {
+                return Err(e).delta_context(|| format!("vacuuming {location}: deleting {path}"));
+            }
+        }
+    }
+    Ok(deleted)
 }

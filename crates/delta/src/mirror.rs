@@ -45,6 +45,9 @@ use super::table;
 use crate::error::{DeltaResultExt, Error, Result};
 use crate::wal::lsn::Lsn;
 
+/// The commitInfo key of the WAL positions a mirror commit holds (`after`, `through`).
+pub const LSN_RANGE_KEY: &str = "lakets.lsnRange";
+
 /// Buffered inserts go to the Parquet writer (which streams them to storage) beyond this
 /// many rows...
 const SPILL_ROWS: usize = 32 * 1024;
@@ -64,6 +67,9 @@ pub struct FlushOutcome {
     pub files_removed: usize,
     /// Times the window met another writer's commit and chose its files again.
     pub retries: usize,
+    /// Rows of change data the commit carries (Change Data Feed; only commits that remove
+    /// files carry any).
+    pub change_rows: usize,
 }
 
 struct PendingDelete {
@@ -80,6 +86,9 @@ struct PendingDelete {
     /// Set by the rewrite: the whole row it removed (to fill unchanged TOAST values of an
     /// update).
     removed: Option<CellRow>,
+    /// Set by the rewrite: the row it removed was in a committed file (it existed before
+    /// the window, rather than being inserted in it).
+    preexisting: bool,
 }
 
 /// Positions of rows by key.
@@ -124,6 +133,11 @@ struct Rewrite {
     removes: Vec<Remove>,
     /// Staged files replaced by rewritten ones (never committed).
     dropped_staged: HashSet<usize>,
+    /// Files holding the rows that stay of rewritten committed files (no change of the
+    /// window's: kept apart from the window's own rows, which are its inserts).
+    carried: Vec<Add>,
+    /// Committed files whose every row a TRUNCATE deletes (read for change data).
+    truncated_whole: Vec<String>,
     rows_written: usize,
 }
 
@@ -138,6 +152,12 @@ pub struct TableMirror {
     writer: Option<RecordBatchWriter>,
     /// The writer holds rows not sealed into staged files yet.
     unsealed: bool,
+    /// The writer of the rows a rewrite keeps of committed files.
+    carry: Option<RecordBatchWriter>,
+    /// The writer of change data (a window that removes files, in a table with Change
+    /// Data Feed).
+    changes: Option<RecordBatchWriter>,
+    change_rows: usize,
     /// When maintenance last looked for files no commit references (a listing of the
     /// table's whole storage).
     orphans_vacuumed: Option<std::time::Instant>,
@@ -156,6 +176,9 @@ impl TableMirror {
             window: Window::default(),
             writer: None,
             unsealed: false,
+            carry: None,
+            changes: None,
+            change_rows: 0,
             orphans_vacuumed: None,
         }
     }
@@ -245,6 +268,7 @@ impl TableMirror {
             at,
             cancelled: false,
             removed: None,
+            preexisting: false,
         });
         Ok(DeleteOutcome::Kept(self.window.deletes.len() - 1))
     }
@@ -433,6 +457,15 @@ impl TableMirror {
         Ok(holding)
     }
 
+    /// Whether the table as loaded asks for change data (`delta.enableChangeDataFeed`).
+    fn change_data(&self) -> Result<bool> {
+        let state = self
+            .table
+            .snapshot()
+            .delta_context(|| format!("reading {}", self.location()))?;
+        Ok(super::protocol::change_data_feed(state))
+    }
+
     fn build_index(&mut self, key_columns: &Arc<Vec<usize>>) {
         let mut index = KeyIndex::new();
         for (p, row) in self.window.pending.iter().enumerate() {
@@ -477,6 +510,169 @@ impl TableMirror {
         Ok(())
     }
 
+    /// Writes rows a rewrite keeps of a committed file (not changes of the window).
+    async fn carry_rows(&mut self, rows: &[&CellRow]) -> Result<()> {
+        let location = self.location();
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let batch = build_batch(&self.shape, chunk)?;
+            if self.carry.is_none() {
+                self.carry = Some(table::writer(&self.table)?);
+            }
+            let writer = self.carry.as_mut().expect("set above");
+            table::write_batch(writer, batch)
+                .await
+                .delta_context(|| format!("writing Parquet to {location}"))?;
+        }
+        Ok(())
+    }
+
+    /// Seals the carried rows into files of `out`.
+    async fn seal_carry(&mut self, out: &mut Rewrite) -> Result<()> {
+        if let Some(mut writer) = self.carry.take() {
+            let location = self.location();
+            out.carried.extend(
+                writer
+                    .flush()
+                    .await
+                    .delta_context(|| format!("writing Parquet to {location}"))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes rows of change data, `types[i]` the change of `rows[i]`.
+    async fn write_change_rows(&mut self, rows: &[&CellRow], types: &[&'static str]) -> Result<()> {
+        let location = self.location();
+        for (chunk, kinds) in rows.chunks(BATCH_ROWS).zip(types.chunks(BATCH_ROWS)) {
+            let batch = build_batch(&self.shape, chunk)?;
+            if self.changes.is_none() {
+                self.changes = Some(table::change_writer(&self.table)?);
+            }
+            let writer = self.changes.as_mut().expect("set above");
+            table::write_changes(writer, batch, kinds.to_vec())
+                .await
+                .delta_context(|| format!("writing change data to {location}"))?;
+            self.change_rows += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// The change data of a window whose commit removes files (`out`): every change it
+    /// makes, net of the changes it cancels itself (a row inserted and deleted in the
+    /// window is no change). Its new rows are inserts, or post-images where a row with
+    /// the same key left a committed file; the rows that left committed files are deletes,
+    /// or the pre-images of those updates; a TRUNCATE's rows are deletes. Returns the `cdc`
+    /// actions.
+    async fn write_change_data(&mut self, out: &Rewrite) -> Result<Vec<Action>> {
+        const INSERT: &str = "insert";
+        const DELETE: &str = "delete";
+        for path in &out.truncated_whole {
+            let mut batches = table::open_file(&self.table, path).await?;
+            while let Some(batch) = batches
+                .try_next()
+                .await
+                .delta_context(|| format!("reading Delta file {path}"))?
+            {
+                let rows = super::read::rows_to_rewrite(&batch, &self.shape, path)?;
+                let refs: Vec<&CellRow> = rows.iter().collect();
+                self.write_change_rows(&refs, &vec![DELETE; refs.len()])
+                    .await?;
+            }
+        }
+        // The rows that left committed files, by key (per key column set).
+        let mut preimages: HashMap<Arc<Vec<usize>>, HashMap<CellRow, Vec<usize>>> = HashMap::new();
+        let left: Vec<usize> = self
+            .window
+            .live_deletes()
+            .filter(|&d| {
+                let del = &self.window.deletes[d];
+                del.preexisting && del.removed.is_some()
+            })
+            .collect();
+        for &d in &left {
+            let del = &self.window.deletes[d];
+            preimages
+                .entry(del.key_columns.clone())
+                .or_default()
+                .entry(del.key.clone())
+                .or_default()
+                .push(d);
+        }
+        let (mut updated, mut unchanged) = (HashSet::new(), HashSet::new());
+        let new_files: Vec<String> = self
+            .window
+            .staged
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !out.dropped_staged.contains(i))
+            .map(|(_, add)| url_path(&add.path))
+            .collect();
+        for path in &new_files {
+            let mut batches = table::open_file(&self.table, path).await?;
+            while let Some(batch) = batches
+                .try_next()
+                .await
+                .delta_context(|| format!("reading Delta file {path}"))?
+            {
+                let rows = super::read::rows_to_rewrite(&batch, &self.shape, path)?;
+                let mut changed = Vec::with_capacity(rows.len());
+                let mut kinds = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let mut kind = Some(INSERT);
+                    for (cols, keys) in preimages.iter_mut() {
+                        let key: CellRow = cols.iter().map(|&i| row[i].clone()).collect();
+                        if let Some(d) = keys.get_mut(&key).and_then(Vec::pop) {
+                            // Back as it was (updated and updated back, or an UPDATE
+                            // that set what was there): no change.
+                            kind = if self.window.deletes[d].removed.as_ref() == Some(row) {
+                                unchanged.insert(d);
+                                None
+                            } else {
+                                updated.insert(d);
+                                Some("update_postimage")
+                            };
+                            break;
+                        }
+                    }
+                    if let Some(kind) = kind {
+                        changed.push(row);
+                        kinds.push(kind);
+                    }
+                }
+                self.write_change_rows(&changed, &kinds).await?;
+            }
+        }
+        let left: Vec<usize> = left
+            .into_iter()
+            .filter(|d| !unchanged.contains(d))
+            .collect();
+        let old_rows: Vec<CellRow> = left
+            .iter()
+            .filter_map(|&d| self.window.deletes[d].removed.clone())
+            .collect();
+        let kinds: Vec<&'static str> = left
+            .iter()
+            .map(|d| {
+                if updated.contains(d) {
+                    "update_preimage"
+                } else {
+                    DELETE
+                }
+            })
+            .collect();
+        let refs: Vec<&CellRow> = old_rows.iter().collect();
+        self.write_change_rows(&refs, &kinds).await?;
+        let Some(mut writer) = self.changes.take() else {
+            return Ok(Vec::new());
+        };
+        let location = self.location();
+        let adds = writer
+            .flush()
+            .await
+            .delta_context(|| format!("writing change data to {location}"))?;
+        Ok(adds.into_iter().map(table::change_file).collect())
+    }
+
     /// Hands the buffered inserts to the writer.
     async fn spill(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.window.pending);
@@ -502,6 +698,9 @@ impl TableMirror {
             self.window = Window::default();
             self.writer = None;
             self.unsealed = false;
+            self.carry = None;
+            self.changes = None;
+            self.change_rows = 0;
         }
         result
     }
@@ -544,6 +743,26 @@ impl TableMirror {
                 self.seal().await?;
             }
 
+            // With Change Data Feed, a commit that removes files carries every change it
+            // makes as change data (readers then take its changes from those files alone;
+            // an append's adds are its inserts).
+            let change_files = if !rewrite.removes.is_empty() && self.change_data()? {
+                self.write_change_data(&rewrite).await?
+            } else {
+                Vec::new()
+            };
+            let change_rows = std::mem::take(&mut self.change_rows);
+            // Files of this attempt that no version holds if it does not land.
+            let attempt_files: Vec<String> = rewrite
+                .carried
+                .iter()
+                .map(|a| a.path.clone())
+                .chain(change_files.iter().filter_map(|a| match a {
+                    Action::Cdc(c) => Some(c.path.clone()),
+                    _ => None,
+                }))
+                .collect();
+
             let mut actions: Vec<Action> = Vec::new();
             let mut files_added = 0;
             for (i, add) in self.window.staged.iter().enumerate() {
@@ -552,6 +771,9 @@ impl TableMirror {
                     actions.push(Action::Add(add.clone()));
                 }
             }
+            files_added += rewrite.carried.len();
+            actions.extend(rewrite.carried.into_iter().map(Action::Add));
+            actions.extend(change_files);
             let files_removed = rewrite.removes.len();
             let operation = if rewrite.removes.is_empty() {
                 DeltaOperation::Write {
@@ -566,11 +788,21 @@ impl TableMirror {
             };
             actions.extend(rewrite.removes.into_iter().map(Action::Remove));
             let app_id = self.app_id.clone();
-            match table::try_commit(
+            // The PostgreSQL transactions the commit holds: those committed after `after`
+            // up to `through` (commit end LSNs), for readers lining changes up with them.
+            let info = vec![(
+                LSN_RANGE_KEY.to_owned(),
+                serde_json::json!({
+                    "after": self.skip_before.to_string(),
+                    "through": through.to_string(),
+                }),
+            )];
+            match table::try_commit_with(
                 &mut self.table,
                 actions,
                 operation,
                 Some((&app_id, through)),
+                info,
             )
             .await?
             {
@@ -581,6 +813,7 @@ impl TableMirror {
                         files_added,
                         files_removed,
                         retries,
+                        change_rows,
                     };
                     // Staged files a rewrite replaced were never part of a version.
                     for i in rewrite.dropped_staged {
@@ -610,8 +843,12 @@ impl TableMirror {
                     for add in self.window.staged.drain(base_staged..) {
                         table::delete_uncommitted(&self.table, &add.path).await;
                     }
+                    for path in &attempt_files {
+                        table::delete_uncommitted(&self.table, path).await;
+                    }
                     for d in &mut self.window.deletes {
                         d.removed = None;
+                        d.preexisting = false;
                     }
                 }
             }
@@ -655,6 +892,8 @@ impl TableMirror {
                         view.remove_action(true),
                     ));
                 } else {
+                    out.truncated_whole
+                        .push(view.object_store_path().to_string());
                     out.removes.push(view.remove_action(true));
                 }
                 continue;
@@ -692,7 +931,9 @@ impl TableMirror {
             if rows.is_empty() {
                 continue;
             }
-            self.rewrite_without(&candidate.path, &rows, out).await?;
+            let committed = matches!(candidate.file, FileRef::Committed(_));
+            self.rewrite_without(&candidate.path, &rows, committed, out)
+                .await?;
             match &candidate.file {
                 FileRef::Committed(remove) => out.removes.push((**remove).clone()),
                 FileRef::Staged(index) => {
@@ -704,6 +945,7 @@ impl TableMirror {
             self.keep_after_truncate(&path, remove, out).await?;
         }
         self.seal().await?;
+        self.seal_carry(out).await?;
         if let Some(&d) = live
             .iter()
             .find(|&&d| self.window.deletes[d].removed.is_none())
@@ -804,11 +1046,13 @@ impl TableMirror {
     }
 
     /// Writes the rows of the file at `path` but those at the positions in `hits` (whose
-    /// deletes get the removed row), a batch at a time.
+    /// deletes get the removed row), a batch at a time. The rows that stay of a `committed`
+    /// file are carried; those of a staged file are still the window's inserts.
     async fn rewrite_without(
         &mut self,
         path: &str,
         hits: &BTreeMap<usize, usize>,
+        committed: bool,
         out: &mut Rewrite,
     ) -> Result<()> {
         let mut batches = table::open_file(&self.table, path).await?;
@@ -821,14 +1065,22 @@ impl TableMirror {
             let mut kept: Vec<CellRow> = Vec::with_capacity(batch.num_rows());
             for row in super::read::rows_to_rewrite(&batch, &self.shape, path)? {
                 match hits.get(&position) {
-                    Some(&d) => self.window.deletes[d].removed = Some(row),
+                    Some(&d) => {
+                        let del = &mut self.window.deletes[d];
+                        del.removed = Some(row);
+                        del.preexisting = committed;
+                    }
                     None => kept.push(row),
                 }
                 position += 1;
             }
             out.rows_written += kept.len();
             let refs: Vec<&CellRow> = kept.iter().collect();
-            self.write_rows(&refs).await?;
+            if committed {
+                self.carry_rows(&refs).await?;
+            } else {
+                self.write_rows(&refs).await?;
+            }
         }
         Ok(())
     }
@@ -904,21 +1156,28 @@ impl TableMirror {
         }
         out.removes.push(remove);
         if kept == 0 {
+            out.truncated_whole.push(path.to_owned());
             return Ok(());
         }
+        let change_data = self.change_data()?;
         let mut batches = table::open_file(&self.table, path).await?;
         while let Some(batch) = batches
             .try_next()
             .await
             .delta_context(|| format!("reading Delta file {path}"))?
         {
-            let rows: Vec<CellRow> = super::read::rows_to_rewrite(&batch, &self.shape, path)?
-                .into_iter()
-                .filter(|row| self.kept_by_truncate(&row[time]))
-                .collect();
+            let (rows, gone): (Vec<CellRow>, Vec<CellRow>) =
+                super::read::rows_to_rewrite(&batch, &self.shape, path)?
+                    .into_iter()
+                    .partition(|row| self.kept_by_truncate(&row[time]));
             out.rows_written += rows.len();
             let refs: Vec<&CellRow> = rows.iter().collect();
-            self.write_rows(&refs).await?;
+            self.carry_rows(&refs).await?;
+            if change_data {
+                let refs: Vec<&CellRow> = gone.iter().collect();
+                self.write_change_rows(&refs, &vec!["delete"; refs.len()])
+                    .await?;
+            }
         }
         Ok(())
     }

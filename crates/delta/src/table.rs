@@ -22,6 +22,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use url::Url;
 
+use super::protocol::Features;
 use super::schema::{DataColumn, TableShape};
 use crate::error::{DeltaResultExt, Error, Result};
 use crate::wal::lsn::Lsn;
@@ -142,9 +143,15 @@ pub async fn open(url: &Url) -> Result<Option<DeltaTable>> {
     Ok(Some(table))
 }
 
-/// Creates the table (protocol reader 1 / writer 2: no table features, so every Delta
-/// reader, old Databricks runtimes included, can read it).
-pub async fn create(url: &Url, shape: &TableShape, name: &str) -> Result<DeltaTable> {
+/// Creates the table: protocol reader 1 / writer 2 (no table features, so every Delta
+/// reader, old Databricks runtimes included, reads it), or writer 4 with Change Data Feed
+/// (readers stay at version 1).
+pub async fn create(
+    url: &Url,
+    shape: &TableShape,
+    name: &str,
+    features: Features,
+) -> Result<DeltaTable> {
     crate::store::meter();
     if url.scheme() == "file"
         && let Ok(path) = url.to_file_path()
@@ -166,7 +173,8 @@ pub async fn create(url: &Url, shape: &TableShape, name: &str) -> Result<DeltaTa
                 "delta.deletedFileRetentionDuration",
                 Some("interval 1 days"),
             ),
-        ]);
+        ])
+        .with_configuration(features.properties());
     let partition_columns = shape.partition_columns();
     if !partition_columns.is_empty() {
         builder = builder.with_partition_columns(partition_columns);
@@ -177,7 +185,7 @@ pub async fn create(url: &Url, shape: &TableShape, name: &str) -> Result<DeltaTa
 }
 
 /// Adds `columns` to the table's schema (nullable: rows written before read NULL) in a
-/// commit of its own, and returns the table at that version.
+/// commit of its own, on the latest version, and returns the table at that version.
 pub async fn add_columns(table: &DeltaTable, columns: &[DataColumn]) -> Result<DeltaTable> {
     let fields = columns
         .iter()
@@ -190,12 +198,31 @@ pub async fn add_columns(table: &DeltaTable, columns: &[DataColumn]) -> Result<D
         })
         .collect::<Result<Vec<_>>>()?;
     let location = display_location(table.table_url());
-    table
-        .clone()
-        .add_columns()
-        .with_fields(fields)
-        .await
-        .delta_context(|| format!("adding columns to the Delta table at {location}"))
+    let mut table = table.clone();
+    for _ in 0..MAX_REBASES {
+        let state = table
+            .snapshot()
+            .delta_context(|| format!("reading {location}"))?;
+        let metadata = super::protocol::with_columns(state, &fields)?;
+        let operation = DeltaOperation::AddColumn {
+            fields: fields.clone(),
+        };
+        if try_commit(
+            &mut table,
+            vec![Action::Metadata(metadata)],
+            operation,
+            None,
+        )
+        .await?
+        .is_some()
+        {
+            return Ok(table);
+        }
+    }
+    Err(Error::Delta {
+        context: format!("adding columns to the Delta table at {location}"),
+        message: "other writers kept changing the table's schema first".into(),
+    })
 }
 
 /// Writes `batch` (a shape's columns) through `writer`, whose schema is the table's: a
@@ -229,16 +256,107 @@ pub async fn write_batch(
 /// A writer for the table's current schema: zstd Parquet, statistics on the first 32
 /// columns (Delta's default), files cut at [`TARGET_FILE_BYTES`].
 pub fn writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
-    let properties = WriterProperties::builder()
+    Ok(RecordBatchWriter::for_table(table)
+        .delta_context(|| "preparing a Delta writer".into())?
+        .with_writer_properties(writer_properties())
+        .with_target_file_size(TARGET_FILE_BYTES))
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("zstd level 3 is valid"),
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build();
-    Ok(RecordBatchWriter::for_table(table)
-        .delta_context(|| "preparing a Delta writer".into())?
-        .with_writer_properties(properties)
-        .with_target_file_size(TARGET_FILE_BYTES))
+        .build()
+}
+
+/// The column of a change data file naming each row's change: `insert`, `delete`,
+/// `update_preimage` or `update_postimage`.
+pub const CHANGE_TYPE_COLUMN: &str = "_change_type";
+
+/// Where change data files live, under the table's root.
+pub const CHANGE_DATA_DIR: &str = "_change_data";
+
+/// A writer of change data files (`_change_data/`, partitioned like the table): the
+/// table's columns and [`CHANGE_TYPE_COLUMN`].
+pub fn change_writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
+    let location = display_location(table.table_url());
+    let data = writer(table)?;
+    let mut fields: Vec<arrow::datatypes::FieldRef> =
+        data.arrow_schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(arrow::datatypes::Field::new(
+        CHANGE_TYPE_COLUMN,
+        arrow::datatypes::DataType::Utf8,
+        false,
+    )));
+    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    let mut root = table.table_url().clone();
+    if !root.path().ends_with('/') {
+        root.set_path(&format!("{}/", root.path()));
+    }
+    let root = root
+        .join(&format!("{CHANGE_DATA_DIR}/"))
+        .map_err(|e| Error::invalid(format!("the change data location of {location}: {e}")))?;
+    if root.scheme() == "file"
+        && let Ok(path) = root.to_file_path()
+    {
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::io(format!("creating the directory {}", path.display()), e))?;
+    }
+    let partitions = table
+        .snapshot()
+        .delta_context(|| format!("reading {location}"))?
+        .metadata()
+        .partition_columns()
+        .to_vec();
+    Ok(RecordBatchWriter::try_new(
+        root.as_str(),
+        schema,
+        Some(partitions),
+        Some(crate::store::options()),
+    )
+    .delta_context(|| format!("preparing a change data writer for {location}"))?
+    .with_writer_properties(writer_properties())
+    .with_target_file_size(TARGET_FILE_BYTES))
+}
+
+/// Writes `batch` (a shape's columns) with each row's change type through a
+/// [`change_writer`].
+pub async fn write_changes(
+    writer: &mut RecordBatchWriter,
+    batch: RecordBatch,
+    change_types: Vec<&'static str>,
+) -> std::result::Result<(), deltalake::DeltaTableError> {
+    use deltalake::writer::DeltaWriter as _;
+    let schema = writer.arrow_schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.name() == CHANGE_TYPE_COLUMN {
+                Arc::new(arrow::array::StringArray::from(change_types.clone())) as _
+            } else {
+                batch.column_by_name(f.name()).cloned().unwrap_or_else(|| {
+                    arrow::array::new_null_array(f.data_type(), batch.num_rows())
+                })
+            }
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema, columns)
+        .map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?;
+    writer.write(batch).await
+}
+
+/// The `cdc` action of a file a [`change_writer`] wrote.
+pub fn change_file(add: deltalake::kernel::Add) -> Action {
+    Action::Cdc(deltalake::kernel::AddCDCFile {
+        path: format!("{CHANGE_DATA_DIR}/{}", add.path),
+        size: add.size,
+        partition_values: add.partition_values,
+        data_change: false,
+        tags: None,
+    })
 }
 
 /// Commits `actions` as one new table version, with `txn` (app id, end LSN of the last
@@ -257,14 +375,35 @@ pub fn writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
 /// retry then finds the version taken) is recognised by the id in its commitInfo and
 /// returned as committed: choosing again, or deleting its files as uncommitted, would
 /// write its changes twice or lose the files a version references.
+///
+/// A commit carrying a schema or protocol change is bound to its snapshot in the same way,
+/// and so is any commit that removes files when another writer changed the table's
+/// metadata or protocol since (turned Change Data Feed on, say: the commit then needs
+/// change data it was not built with).
 pub async fn try_commit(
     table: &mut DeltaTable,
     actions: Vec<Action>,
     operation: DeltaOperation,
     txn: Option<(&str, Lsn)>,
 ) -> Result<Option<i64>> {
+    try_commit_with(table, actions, operation, txn, Vec::new()).await
+}
+
+/// [`try_commit`] with `info` added to the commit's commitInfo.
+pub async fn try_commit_with(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    txn: Option<(&str, Lsn)>,
+    info: Vec<(String, serde_json::Value)>,
+) -> Result<Option<i64>> {
     use deltalake::kernel::transaction::TransactionError;
-    let removes = actions.iter().any(|a| matches!(a, Action::Remove(_)));
+    let bound = actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::Remove(_) | Action::Metadata(_) | Action::Protocol(_)
+        )
+    });
     let location = display_location(table.table_url());
     // Names this commit in its commitInfo: a store that applied the commit file but
     // failed its answer (a 5xx, a timeout) makes the client's retry meet the file as
@@ -284,6 +423,7 @@ pub async fn try_commit(
                 serde_json::Value::String(writer.clone()),
             ));
         }
+        metadata.extend(info.iter().cloned());
         // Zero retries: the commit is written at snapshot version + 1 or not at all, and
         // every conflict comes back here, where the app ids it records are checked.
         let mut properties = CommitProperties::default()
@@ -293,14 +433,14 @@ pub async fn try_commit(
             properties =
                 properties.with_application_transaction(Transaction::new(app_id, lsn.0 as i64));
         }
+        let state = table
+            .snapshot()
+            .delta_context(|| format!("reading {location}"))?;
+        let shape_before = (state.metadata().clone(), state.protocol().clone());
         let outcome = CommitBuilder::from(properties)
             .with_actions(actions.clone())
             .build(
-                Some(
-                    table
-                        .snapshot()
-                        .delta_context(|| format!("reading {location}"))?,
-                ),
+                Some(&super::protocol::checked(state, &location)?),
                 table.log_store(),
                 operation.clone(),
             )
@@ -359,12 +499,21 @@ pub async fn try_commit(
                 });
             }
         }
-        if removes {
-            // Every file this commit removes still active: no writer removed or rewrote
-            // them since (the other commits only added files, another cluster's of a
-            // shared table say), so the same actions stand on the new version. Choosing
-            // again would meet the next commit the same way and never land.
-            if attempt < MAX_REBASES && still_active(table, &actions).await? {
+        if bound {
+            // Every file this commit removes still active and the table's metadata and
+            // protocol as they were: no writer removed or rewrote them since (the other
+            // commits only added files, another cluster's of a shared table say), so the
+            // same actions stand on the new version. Choosing again would meet the next
+            // commit the same way and never land.
+            let state = table
+                .snapshot()
+                .delta_context(|| format!("reading {location}"))?;
+            let unchanged = (state.metadata(), state.protocol())
+                == (&shape_before.0, &shape_before.1)
+                && !actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Metadata(_) | Action::Protocol(_)));
+            if attempt < MAX_REBASES && unchanged && still_active(table, &actions).await? {
                 metrics::counter!("lakets_delta_commit_rebases_total").increment(1);
                 tracing::debug!(table = %location, attempt, "rebasing a commit over another writer's appends");
                 continue;

@@ -20,6 +20,7 @@ use crate::catalog::sync_registry;
 pub use crate::catalog::sync_registry::{SyncConfig, SyncState, find_sync, list_syncs};
 use crate::delta::batch::{CellRow, build_batch};
 use crate::delta::mirror::{shape_for_source, shape_of};
+pub use crate::delta::protocol::Features;
 use crate::delta::schema::{DataColumn, Partitioning, TableShape};
 use crate::delta::table;
 use crate::error::{DeltaResultExt, Error, PgResultExt, Result};
@@ -121,6 +122,7 @@ pub async fn enable_sync(
         location,
         partitioning,
         None,
+        Features::default(),
         DEFAULT_READERS,
         progress,
     )
@@ -130,13 +132,17 @@ pub async fn enable_sync(
 /// [`enable_sync`] with the copy read by `readers` connections at once. With `source`,
 /// the Delta table is one several PostgreSQL clusters share (fan-in), this one's rows under
 /// that name: it is created partitioned by `lakets_source`, or joined when another cluster
-/// created it.
+/// created it. `features` are those of a table it creates; an existing table keeps its own
+/// (asking for Change Data Feed on a table without it is refused: [`upgrade_sync`] turns it
+/// on).
+#[allow(clippy::too_many_arguments)]
 pub async fn enable_sync_with_readers(
     db: &crate::db::DbConfig,
     table: &str,
     location: &str,
     partitioning: Partitioning,
     source: Option<&str>,
+    features: Features,
     readers: usize,
     mut progress: impl FnMut(CopyProgress),
 ) -> Result<SyncConfig> {
@@ -189,6 +195,21 @@ pub async fn enable_sync_with_readers(
         .pg_context(|| format!("waiting for another sync of {} to finish", ct.table))?;
 
     let found = table::open(&url).await?;
+    if let Some(t) = &found {
+        let state = t
+            .snapshot()
+            .delta_context(|| format!("reading {}", table::display_location(&url)))?;
+        crate::delta::protocol::check_writable(state, &table::display_location(&url))?;
+        if features.change_data_feed && !crate::delta::protocol::change_data_feed(state) {
+            return Err(Error::Conflict(format!(
+                "the Delta table at {} exists without Change Data Feed; an existing table's \
+                 protocol changes only on request: run `lakets sync upgrade {} \
+                 --change-data-feed` once it is synced, or sync into a new location",
+                table::display_location(&url),
+                ct.table
+            )));
+        }
+    }
     // A pending sync resumes in its Delta table's shape: columns PostgreSQL gained
     // since the interrupted enable created the table join it before the copy.
     // A shared table is joined in its shape too: columns another cluster added read NULL
@@ -249,7 +270,7 @@ pub async fn enable_sync_with_readers(
     }
     let mut delta = match found {
         Some(t) => t,
-        None => table::create(&url, &shape, &ct.table.to_string()).await?,
+        None => table::create(&url, &shape, &ct.table.to_string(), features).await?,
     };
 
     // A copy committed before an interruption of the registry update: just finish.
@@ -498,6 +519,91 @@ pub async fn for_each_postgres_row(
         each(text_row_cells(&row, &types, shape)?);
     }
     Ok(())
+}
+
+/// What [`upgrade_sync`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UpgradeOutcome {
+    /// The version whose commit turned the features on; `None`: they were on already.
+    pub version: Option<i64>,
+    pub protocol: crate::delta::protocol::ProtocolSummary,
+}
+
+/// Turns `features` on in the Delta table of a synced table (`lakets sync upgrade`): one
+/// commit with the raised protocol and the table property, on the latest version. Refused
+/// when the table carries features lakets does not write. Safe while the service streams:
+/// a window that removes files and meets the upgrade is chosen again with change data.
+pub async fn upgrade_sync(
+    client: &impl GenericClient,
+    table_name: &str,
+    features: Features,
+) -> Result<UpgradeOutcome> {
+    if !features.change_data_feed {
+        return Err(Error::invalid(
+            "nothing to upgrade: name a feature to turn on (--change-data-feed)",
+        ));
+    }
+    let ct = registry::find_chronotable(client, table_name).await?;
+    let sync = find_sync(client, &ct.table)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "sync of",
+            name: ct.table.to_string(),
+        })?;
+    let location = table::display_location(&sync.location);
+    let mut delta = table::open(&sync.location).await?.ok_or_else(|| {
+        Error::Conflict(format!(
+            "{} is synced to {location}, but there is no Delta table there",
+            ct.table
+        ))
+    })?;
+    for _ in 0..10 {
+        let state = delta
+            .snapshot()
+            .delta_context(|| format!("reading {location}"))?;
+        let Some(actions) = crate::delta::protocol::enable_change_data_feed(state, &location)?
+        else {
+            return Ok(UpgradeOutcome {
+                version: None,
+                protocol: crate::delta::protocol::summary(state)?,
+            });
+        };
+        let operation = DeltaOperation::SetTableProperties {
+            properties: [(
+                crate::delta::protocol::CHANGE_DATA_FEED.to_owned(),
+                "true".to_owned(),
+            )]
+            .into(),
+        };
+        if let Some(version) = table::try_commit(&mut delta, actions, operation, None).await? {
+            info!(table = %ct.table, version, location = %location, "Change Data Feed turned on");
+            let state = delta
+                .snapshot()
+                .delta_context(|| format!("reading {location}"))?;
+            return Ok(UpgradeOutcome {
+                version: Some(version),
+                protocol: crate::delta::protocol::summary(state)?,
+            });
+        }
+        table::refresh(&mut delta).await?;
+    }
+    Err(Error::Delta {
+        context: format!("upgrading the Delta table at {location}"),
+        message: "other writers kept changing its metadata first".into(),
+    })
+}
+
+/// The protocol of a synced table's Delta table; `None` when there is no table there yet.
+pub async fn delta_protocol(
+    sync: &SyncConfig,
+) -> Result<Option<crate::delta::protocol::ProtocolSummary>> {
+    let Some(delta) = table::open(&sync.location).await? else {
+        return Ok(None);
+    };
+    let state = delta
+        .snapshot()
+        .delta_context(|| format!("reading {}", table::display_location(&sync.location)))?;
+    Ok(Some(crate::delta::protocol::summary(state)?))
 }
 
 /// Stops mirroring a table (the Delta table stays where it is). The stream stops

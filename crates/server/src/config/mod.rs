@@ -245,6 +245,10 @@ pub struct SyncSpec {
     /// --source`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Create the Delta table with Change Data Feed (`sync enable --change-data-feed`).
+    /// An existing table keeps its protocol: `lakets sync upgrade` changes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub change_data_feed: bool,
 }
 
 fn default_partition_by() -> String {

@@ -177,6 +177,15 @@ async fn reconcile_table(
                         partitioning.as_str(),
                         source(&sync.source)
                     ));
+                } else if sync.change_data_feed
+                    && !lakets_core::coldtier::sync::delta_protocol(&s)
+                        .await?
+                        .is_some_and(|p| p.change_data_feed)
+                {
+                    report.drift.push(format!(
+                        "the Delta table of {table} has no Change Data Feed, the config asks \
+                         for it; `lakets sync upgrade {table} --change-data-feed` turns it on"
+                    ));
                 } else {
                     report.unchanged += 1;
                 }
@@ -189,6 +198,9 @@ async fn reconcile_table(
                     &sync.to,
                     partitioning,
                     sync.source.as_deref(),
+                    lakets_core::coldtier::sync::Features {
+                        change_data_feed: sync.change_data_feed,
+                    },
                     lakets_core::coldtier::sync::DEFAULT_READERS,
                     |p| info!(table = %table, rows = p.rows, "config: copy progress"),
                 )
