@@ -377,6 +377,11 @@ pub enum SyncCommand {
         /// An existing table keeps its protocol (see `sync upgrade`).
         #[arg(long)]
         change_data_feed: bool,
+        /// Create the Delta table with deletion vectors: a mirrored delete or update marks
+        /// the old row deleted instead of rewriting its file (protocol reader 3 / writer 7,
+        /// table features: readers must support them).
+        #[arg(long)]
+        deletion_vectors: bool,
     },
     /// List synced tables: location, state, snapshot position, Delta protocol and
     /// features.
@@ -391,6 +396,10 @@ pub enum SyncCommand {
         /// Change Data Feed (protocol writer 4, or the feature at writer 7).
         #[arg(long)]
         change_data_feed: bool,
+        /// Deletion vectors (protocol reader 3 / writer 7: readers without table features
+        /// can no longer read the table; refused for a table several clusters share).
+        #[arg(long)]
+        deletion_vectors: bool,
     },
     /// Stop mirroring a table (its Delta table is kept).
     Disable { table: String },

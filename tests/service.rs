@@ -639,6 +639,7 @@ async fn a_definite_error_stops_the_stream_with_its_reason_and_keeps_the_service
         partition_by: "day".into(),
         source: None,
         change_data_feed: false,
+        deletion_vectors: false,
     });
     let dbc = config.database_config().unwrap();
     lakets::config::reconcile::reconcile(&dbc, &config)

@@ -15,6 +15,7 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
             source,
             readers,
             change_data_feed,
+            deletion_vectors,
         } => {
             let db = ctx.database_config()?;
             let partitioning = lakets::delta::schema::Partitioning::parse(partition_by)?;
@@ -26,6 +27,7 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
                 source.as_deref(),
                 lakets::sync::Features {
                     change_data_feed: *change_data_feed,
+                    deletion_vectors: *deletion_vectors,
                 },
                 usize::from(*readers),
                 |p| match p.estimate {
@@ -71,6 +73,7 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
         SyncCommand::Upgrade {
             table,
             change_data_feed,
+            deletion_vectors,
         } => {
             let client = ctx.connect().await?;
             lakets::catalog::check_installed(&client).await?;
@@ -79,16 +82,17 @@ pub async fn run(ctx: &Context, cmd: &SyncCommand) -> anyhow::Result<()> {
                 table,
                 lakets::sync::Features {
                     change_data_feed: *change_data_feed,
+                    deletion_vectors: *deletion_vectors,
                 },
             )
             .await?;
             match outcome.version {
                 Some(v) => println!(
-                    "{table}: Change Data Feed is on from Delta version {v} (protocol {})",
+                    "{table}: upgraded at Delta version {v} (protocol {})",
                     outcome.protocol.describe()
                 ),
                 None => println!(
-                    "{table}: Change Data Feed was on already (protocol {})",
+                    "{table}: nothing to do, the features were on already (protocol {})",
                     outcome.protocol.describe()
                 ),
             }

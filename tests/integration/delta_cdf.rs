@@ -234,6 +234,31 @@ async fn ticks_chronotable(db: &mut common::TestDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_change_feed_is_the_changes_postgres_made() {
+    the_feed_equals_postgres(
+        "delta_cdf",
+        Features {
+            change_data_feed: true,
+            deletion_vectors: false,
+        },
+    )
+    .await;
+}
+
+/// The same with deletion vectors: deletes and updates mark rows in their files' vectors,
+/// which every reader (lakets' own included, for the rewrites) must apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_is_the_changes_postgres_made_with_deletion_vectors() {
+    the_feed_equals_postgres(
+        "delta_cdf_dv",
+        Features {
+            change_data_feed: true,
+            deletion_vectors: true,
+        },
+    )
+    .await;
+}
+
+async fn the_feed_equals_postgres(label: &str, features: Features) {
     let Some(python) = common::interop_python(
         "deltalake, duckdb_extension_delta, pysail.spark, pyspark.sql",
         "deltalake, duckdb-extension-delta, pysail and pyspark-client",
@@ -241,7 +266,7 @@ async fn the_change_feed_is_the_changes_postgres_made() {
         eprintln!("SKIPPED: set LAKETS_INTEROP_PYTHON to the interop venv's Python");
         return;
     };
-    let mut db = fresh_db("delta_cdf").await;
+    let mut db = fresh_db(label).await;
     ticks_chronotable(&mut db).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ticks");
@@ -251,9 +276,7 @@ async fn the_change_feed_is_the_changes_postgres_made() {
         path.to_str().unwrap(),
         Partitioning::Day,
         None,
-        Features {
-            change_data_feed: true,
-        },
+        features,
         2,
         |_| {},
     )
@@ -263,11 +286,26 @@ async fn the_change_feed_is_the_changes_postgres_made() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        (protocol.min_reader_version, protocol.min_writer_version),
-        (1, 4),
-        "Change Data Feed at the legacy protocol every reader reads: {protocol:?}"
-    );
+    if features.deletion_vectors {
+        assert_eq!(
+            (protocol.min_reader_version, protocol.min_writer_version),
+            (3, 7),
+            "{protocol:?}"
+        );
+        assert!(protocol.deletion_vectors, "{protocol:?}");
+        assert!(
+            protocol
+                .writer_features
+                .contains(&"changeDataFeed".to_owned()),
+            "{protocol:?}"
+        );
+    } else {
+        assert_eq!(
+            (protocol.min_reader_version, protocol.min_writer_version),
+            (1, 4),
+            "Change Data Feed at the legacy protocol every reader reads: {protocol:?}"
+        );
+    }
     assert!(protocol.change_data_feed, "{protocol:?}");
 
     // (state after, table version after) per step; the first: the initial copy.
@@ -352,6 +390,18 @@ async fn the_change_feed_is_the_changes_postgres_made() {
     let log = std::fs::read_to_string(path.join(format!("_delta_log/{update_version:020}.json")))
         .unwrap();
     assert!(log.contains("\"lakets.lsnRange\""), "{log}");
+    if features.deletion_vectors {
+        // The updated rows' files come back with vectors, not as rewritten copies.
+        assert!(log.contains("\"deletionVector\":{"), "{log}");
+        assert!(
+            std::fs::read_dir(&path).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("deletion_vector_")),
+            "a deletion vector file at the table's root"
+        );
+    }
 
     let read = read_back(&python, &path, None);
     let by_version = feed_by_version(&read["feed"]);
@@ -411,6 +461,7 @@ async fn change_data_feed_is_turned_on_while_the_stream_runs() {
         None,
         Features {
             change_data_feed: true,
+            deletion_vectors: false,
         },
         1,
         |_| {},
@@ -440,6 +491,7 @@ async fn change_data_feed_is_turned_on_while_the_stream_runs() {
         "ticks",
         Features {
             change_data_feed: true,
+            deletion_vectors: false,
         },
     )
     .await
@@ -453,6 +505,7 @@ async fn change_data_feed_is_turned_on_while_the_stream_runs() {
         "ticks",
         Features {
             change_data_feed: true,
+            deletion_vectors: false,
         },
     )
     .await
@@ -469,15 +522,57 @@ async fn change_data_feed_is_turned_on_while_the_stream_runs() {
     .await;
     let after = pg_state(&db).await;
     let through = latest_version(&config.location).await;
+    assert!(commit_actions(&path, through).contains_key("cdc"));
+
+    // Deletion vectors next, still streaming: the legacy writer 4's features are listed.
+    let upgraded = lakets::sync::upgrade_sync(
+        &db.client,
+        "ticks",
+        Features {
+            change_data_feed: false,
+            deletion_vectors: true,
+        },
+    )
+    .await
+    .unwrap();
+    let p = &upgraded.protocol;
+    assert_eq!(
+        (p.min_reader_version, p.min_writer_version),
+        (3, 7),
+        "{p:?}"
+    );
+    assert!(p.deletion_vectors && p.change_data_feed, "{p:?}");
+    for f in [
+        "appendOnly",
+        "invariants",
+        "changeDataFeed",
+        "deletionVectors",
+    ] {
+        assert!(p.writer_features.iter().any(|w| w == f), "{f}: {p:?}");
+    }
+    let marked_from = upgraded.version.unwrap();
+    step(
+        &db,
+        &slot,
+        "UPDATE ticks SET price = price + 3 WHERE symbol = 'S1' AND volume < 300",
+    )
+    .await;
+    let last = pg_state(&db).await;
+    let marked = latest_version(&config.location).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    assert!(commit_actions(&path, through).contains_key("cdc"));
+    let log = std::fs::read_to_string(path.join(format!("_delta_log/{marked:020}.json"))).unwrap();
+    assert!(log.contains("\"deletionVector\":{"), "{log}");
 
     let read = read_back(&python, &path, Some(from));
     let by_version = feed_by_version(&read["feed"]);
     assert_eq!(
         feed_between(&by_version, from, through),
         changes(&before, &after)
+    );
+    assert_eq!(
+        feed_between(&by_version, marked_from, marked),
+        changes(&after, &last)
     );
 
     // `lakets sync show` names the protocol and the feature.
@@ -497,11 +592,12 @@ async fn change_data_feed_is_turned_on_while_the_stream_runs() {
     };
     let text = show(&[]);
     assert!(
-        text.contains("protocol reader 1 / writer 4, change data feed on"),
+        text.contains("change data feed on, deletion vectors on"),
         "{text}"
     );
     let json: serde_json::Value = serde_json::from_str(&show(&["--json"])).unwrap();
-    assert_eq!(json[0]["delta"]["min_writer_version"], 4, "{json}");
+    assert_eq!(json[0]["delta"]["min_writer_version"], 7, "{json}");
+    assert_eq!(json[0]["delta"]["deletion_vectors"], true, "{json}");
     assert_eq!(json[0]["delta"]["change_data_feed"], true, "{json}");
     assert_eq!(json[0]["table"]["name"], "ticks", "{json}");
 }

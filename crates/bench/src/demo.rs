@@ -265,6 +265,7 @@ pub(crate) fn stock_ticks_config(
             partition_by: "day".into(),
             source: None,
             change_data_feed: false,
+            deletion_vectors: false,
         }),
         policy: Some(PolicySpec {
             tier_after: Some(tier_after),

@@ -4,6 +4,7 @@
 //! lakets' catalog.
 
 pub mod batch;
+pub mod deletion_vector;
 pub mod maintenance;
 pub mod mirror;
 pub mod protocol;

@@ -13,7 +13,6 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::DeltaWriter;
-use futures_util::TryStreamExt;
 use object_store::ObjectStoreExt as _;
 use tracing::info;
 
@@ -57,29 +56,35 @@ pub async fn compact(
     let location = table::display_location(table.table_url());
     let views = super::read::files_of(table, shape).await?;
     let mut groups: HashMap<Vec<(String, Option<String>)>, Vec<_>> = HashMap::new();
+    // Partitions holding a file mostly deleted by its deletion vector: rewritten whatever
+    // their file count (the vector goes with the rewrite).
+    let mut worn: std::collections::HashSet<Vec<(String, Option<String>)>> = Default::default();
     for view in views {
-        if view.size() >= small_bytes {
+        let deleted = deleted_fraction(&view);
+        if view.size() >= small_bytes && deleted < REWRITE_DELETED_FRACTION {
             continue;
         }
         let mut key: Vec<(String, Option<String>)> =
             view.partition_values_map().into_iter().collect();
         key.sort();
+        if deleted >= REWRITE_DELETED_FRACTION {
+            worn.insert(key.clone());
+        }
         groups.entry(key).or_default().push(view);
     }
     let mut outcome = CompactionOutcome::default();
     let mut actions = Vec::new();
     let mut writer = table::writer(table)?;
-    for (_, files) in groups.into_iter().filter(|(_, f)| f.len() >= min_files) {
+    for (_, files) in groups
+        .into_iter()
+        .filter(|(key, f)| f.len() >= min_files || worn.contains(key))
+    {
         outcome.partitions += 1;
         for view in &files {
             let path = view.object_store_path().to_string();
             // Batch by batch: a whole file decoded at once is several times its size.
-            let mut batches = table::open_file(table, &path).await?;
-            while let Some(batch) = batches
-                .try_next()
-                .await
-                .delta_context(|| format!("reading Delta file {path}"))?
-            {
+            let mut batches = table::open_live(table, &table::DataFile::of(view), None).await?;
+            while let Some(batch) = batches.next().await? {
                 if let Some(column) = super::read::unmirrored_values(&batch, shape) {
                     // Rewriting from the mirror's columns would drop that column's values.
                     tracing::warn!(table = %location, file = %path, column, "compaction skipped: the file holds values in a column another writer added, which lakets does not mirror");
@@ -132,6 +137,19 @@ pub async fn compact(
     outcome.version = Some(version);
     info!(table = %location, ?outcome, "compacted small files");
     Ok(Some(outcome))
+}
+
+/// A file whose deletion vector deletes at least this share of its rows is rewritten by
+/// compaction (its readers skip those rows one by one).
+pub const REWRITE_DELETED_FRACTION: f64 = 0.25;
+
+/// The share of a file's rows its deletion vector deletes.
+fn deleted_fraction(view: &deltalake::kernel::LogicalFileView) -> f64 {
+    match (view.deletion_vector_descriptor(), view.num_records()) {
+        (Some(dv), Some(n)) if n > 0 => dv.cardinality as f64 / n as f64,
+        (Some(_), _) => 1.0,
+        _ => 0.0,
+    }
 }
 
 /// Deletes data files that no version within `retention` references; with `orphans`, also

@@ -137,7 +137,11 @@ struct Rewrite {
     /// window's: kept apart from the window's own rows, which are its inserts).
     carried: Vec<Add>,
     /// Committed files whose every row a TRUNCATE deletes (read for change data).
-    truncated_whole: Vec<String>,
+    truncated_whole: Vec<table::DataFile>,
+    /// Committed files re-added with a new deletion vector (instead of rewritten).
+    marked: Vec<Add>,
+    /// The deletion vector file of this attempt, if it wrote one.
+    vector_file: Option<String>,
     rows_written: usize,
 }
 
@@ -457,6 +461,15 @@ impl TableMirror {
         Ok(holding)
     }
 
+    /// Whether deletes go into deletion vectors (the table has the feature and asks for it).
+    fn deletion_vectors(&self) -> Result<bool> {
+        let state = self
+            .table
+            .snapshot()
+            .delta_context(|| format!("reading {}", self.location()))?;
+        Ok(super::protocol::deletion_vectors(state))
+    }
+
     /// Whether the table as loaded asks for change data (`delta.enableChangeDataFeed`).
     fn change_data(&self) -> Result<bool> {
         let state = self
@@ -566,14 +579,10 @@ impl TableMirror {
     async fn write_change_data(&mut self, out: &Rewrite) -> Result<Vec<Action>> {
         const INSERT: &str = "insert";
         const DELETE: &str = "delete";
-        for path in &out.truncated_whole {
-            let mut batches = table::open_file(&self.table, path).await?;
-            while let Some(batch) = batches
-                .try_next()
-                .await
-                .delta_context(|| format!("reading Delta file {path}"))?
-            {
-                let rows = super::read::rows_to_rewrite(&batch, &self.shape, path)?;
+        for file in &out.truncated_whole {
+            let mut batches = table::open_live(&self.table, file, None).await?;
+            while let Some(batch) = batches.next().await? {
+                let rows = super::read::rows_to_rewrite(&batch, &self.shape, &file.path)?;
                 let refs: Vec<&CellRow> = rows.iter().collect();
                 self.write_change_rows(&refs, &vec![DELETE; refs.len()])
                     .await?;
@@ -757,6 +766,7 @@ impl TableMirror {
                 .carried
                 .iter()
                 .map(|a| a.path.clone())
+                .chain(rewrite.vector_file.clone())
                 .chain(change_files.iter().filter_map(|a| match a {
                     Action::Cdc(c) => Some(c.path.clone()),
                     _ => None,
@@ -771,8 +781,9 @@ impl TableMirror {
                     actions.push(Action::Add(add.clone()));
                 }
             }
-            files_added += rewrite.carried.len();
+            files_added += rewrite.carried.len() + rewrite.marked.len();
             actions.extend(rewrite.carried.into_iter().map(Action::Add));
+            actions.extend(rewrite.marked.into_iter().map(Action::Add));
             actions.extend(change_files);
             let files_removed = rewrite.removes.len();
             let operation = if rewrite.removes.is_empty() {
@@ -883,17 +894,13 @@ impl TableMirror {
         // otherwise those the deletes may touch.
         let views = super::read::files_of(&self.table, &self.shape).await?;
         let mut candidates: Vec<Candidate> = Vec::new();
-        let mut truncated_files: Vec<(String, Remove)> = Vec::new();
+        let mut truncated_files: Vec<(table::DataFile, Remove)> = Vec::new();
         for view in views {
             if self.window.truncated_at.is_some() {
                 if self.may_hold_kept_rows(&view.partition_values_map()) {
-                    truncated_files.push((
-                        view.object_store_path().to_string(),
-                        view.remove_action(true),
-                    ));
+                    truncated_files.push((table::DataFile::of(&view), view.remove_action(true)));
                 } else {
-                    out.truncated_whole
-                        .push(view.object_store_path().to_string());
+                    out.truncated_whole.push(table::DataFile::of(&view));
                     out.removes.push(view.remove_action(true));
                 }
                 continue;
@@ -902,9 +909,15 @@ impl TableMirror {
                 continue;
             }
             if wanted(&view.partition_values_map()) {
+                #[allow(deprecated)] // deltalake 1.1's one way to a file's Add action
+                let add = view.add_action();
                 candidates.push(Candidate {
-                    path: view.object_store_path().to_string(),
-                    file: FileRef::Committed(Box::new(view.remove_action(true))),
+                    data: table::DataFile::of(&view),
+                    file: FileRef::Committed {
+                        remove: Box::new(view.remove_action(true)),
+                        add: Box::new(add),
+                        records: view.num_records(),
+                    },
                 });
             }
         }
@@ -918,7 +931,7 @@ impl TableMirror {
                 out.dropped_staged.insert(i);
             } else if i < max_epoch && wanted(&add.partition_values) {
                 candidates.push(Candidate {
-                    path: url_path(&add.path),
+                    data: table::DataFile::staged(url_path(&add.path)),
                     file: FileRef::Staged(i),
                 });
             }
@@ -926,23 +939,52 @@ impl TableMirror {
 
         // Pass 1: find, per file, the rows the deletes remove, reading only key columns.
         let hits = self.locate(&live, &candidates).await?;
-        // Pass 2: rewrite the files that hold one, a batch at a time.
+        // Pass 2: rewrite the files that hold one, a batch at a time; with deletion
+        // vectors, a committed file instead gets its rows marked deleted.
+        let vectors = self.deletion_vectors()?;
+        let mut marks: Vec<(Add, roaring::RoaringTreemap, Option<usize>)> = Vec::new();
         for (candidate, rows) in candidates.iter().zip(hits) {
             if rows.is_empty() {
                 continue;
             }
-            let committed = matches!(candidate.file, FileRef::Committed(_));
-            self.rewrite_without(&candidate.path, &rows, committed, out)
-                .await?;
             match &candidate.file {
-                FileRef::Committed(remove) => out.removes.push((**remove).clone()),
+                FileRef::Committed {
+                    remove,
+                    add,
+                    records,
+                } => {
+                    if vectors {
+                        let deleted = self.take_rows(&candidate.data, &rows).await?;
+                        marks.push(((**add).clone(), deleted, *records));
+                    } else {
+                        self.rewrite_without(&candidate.data, &rows, true, out)
+                            .await?;
+                    }
+                    out.removes.push((**remove).clone());
+                }
                 FileRef::Staged(index) => {
+                    self.rewrite_without(&candidate.data, &rows, false, out)
+                        .await?;
                     out.dropped_staged.insert(*index);
                 }
             }
         }
-        for (path, remove) in truncated_files {
-            self.keep_after_truncate(&path, remove, out).await?;
+        if !marks.is_empty() {
+            let bitmaps = marks.iter().map(|(_, b, _)| b.clone()).collect();
+            let (descriptors, path) = super::deletion_vector::write(&self.table, bitmaps).await?;
+            out.vector_file = Some(path);
+            for ((mut add, bitmap, records), descriptor) in marks.into_iter().zip(descriptors) {
+                // A file with no row left goes (its remove is in place already).
+                if records.is_some_and(|n| bitmap.len() >= n as u64) {
+                    continue;
+                }
+                add.deletion_vector = Some(descriptor);
+                add.data_change = true;
+                out.marked.push(add);
+            }
+        }
+        for (file, remove) in truncated_files {
+            self.keep_after_truncate(&file, remove, out).await?;
         }
         self.seal().await?;
         self.seal_carry(out).await?;
@@ -1014,17 +1056,14 @@ impl TableMirror {
         for (c, candidate) in candidates.iter().enumerate() {
             let file_epoch = match candidate.file {
                 FileRef::Staged(i) => Some(i),
-                FileRef::Committed(_) => None,
+                FileRef::Committed { .. } => None,
             };
-            let mut batches =
-                table::open_file_columns(&self.table, &candidate.path, Some(&names)).await?;
-            let mut position = 0usize;
-            while let Some(batch) = batches
-                .try_next()
-                .await
-                .delta_context(|| format!("reading Delta file {}", candidate.path))?
-            {
-                for row in super::read::batch_rows(&batch, &self.shape)? {
+            // Rows a deletion vector deleted already are not there to delete again.
+            let mut batches = table::open_live(&self.table, &candidate.data, Some(&names)).await?;
+            while let Some((batch, positions)) = batches.next_with_positions().await? {
+                let rows = super::read::batch_rows(&batch, &self.shape)?;
+                for (row, &position) in rows.iter().zip(&positions) {
+                    let position = position as usize;
                     for (cols, keys) in by_key.iter_mut() {
                         let key: CellRow = cols.iter().map(|&i| row[i].clone()).collect();
                         if let Some(list) = keys.get_mut(&key) {
@@ -1038,11 +1077,42 @@ impl TableMirror {
                             }
                         }
                     }
-                    position += 1;
                 }
             }
         }
         Ok(hits)
+    }
+
+    /// The rows of a committed file at the positions in `hits` go to their deletes (whole:
+    /// for unchanged TOAST values and change data), without rewriting the file; returns the
+    /// file's deletion vector with them added.
+    async fn take_rows(
+        &mut self,
+        file: &table::DataFile,
+        hits: &BTreeMap<usize, usize>,
+    ) -> Result<roaring::RoaringTreemap> {
+        let mut deleted =
+            super::deletion_vector::deleted_rows(&self.table, file.deletion_vector.as_ref())
+                .await?
+                .unwrap_or_default();
+        let mut batches = table::open_live(&self.table, file, None).await?;
+        while let Some((batch, positions)) = batches.next_with_positions().await? {
+            let first = positions.first().copied().unwrap_or(0) as usize;
+            let last = positions.last().copied().unwrap_or(0) as usize;
+            if hits.range(first..=last).next().is_none() {
+                continue;
+            }
+            let rows = super::read::batch_rows(&batch, &self.shape)?;
+            for (row, &position) in rows.into_iter().zip(&positions) {
+                if let Some(&d) = hits.get(&(position as usize)) {
+                    let del = &mut self.window.deletes[d];
+                    del.removed = Some(row);
+                    del.preexisting = true;
+                    deleted.insert(position);
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// Writes the rows of the file at `path` but those at the positions in `hits` (whose
@@ -1050,21 +1120,17 @@ impl TableMirror {
     /// file are carried; those of a staged file are still the window's inserts.
     async fn rewrite_without(
         &mut self,
-        path: &str,
+        file: &table::DataFile,
         hits: &BTreeMap<usize, usize>,
         committed: bool,
         out: &mut Rewrite,
     ) -> Result<()> {
-        let mut batches = table::open_file(&self.table, path).await?;
-        let mut position = 0usize;
-        while let Some(batch) = batches
-            .try_next()
-            .await
-            .delta_context(|| format!("reading Delta file {path}"))?
-        {
+        let mut batches = table::open_live(&self.table, file, None).await?;
+        while let Some((batch, positions)) = batches.next_with_positions().await? {
             let mut kept: Vec<CellRow> = Vec::with_capacity(batch.num_rows());
-            for row in super::read::rows_to_rewrite(&batch, &self.shape, path)? {
-                match hits.get(&position) {
+            let rows = super::read::rows_to_rewrite(&batch, &self.shape, &file.path)?;
+            for (row, &position) in rows.into_iter().zip(&positions) {
+                match hits.get(&(position as usize)) {
                     Some(&d) => {
                         let del = &mut self.window.deletes[d];
                         del.removed = Some(row);
@@ -1072,7 +1138,6 @@ impl TableMirror {
                     }
                     None => kept.push(row),
                 }
-                position += 1;
             }
             out.rows_written += kept.len();
             let refs: Vec<&CellRow> = kept.iter().collect();
@@ -1130,20 +1195,16 @@ impl TableMirror {
     /// Reads its time column first: a file wholly kept stays as it is.
     async fn keep_after_truncate(
         &mut self,
-        path: &str,
+        file: &table::DataFile,
         remove: Remove,
         out: &mut Rewrite,
     ) -> Result<()> {
+        let path = file.path.as_str();
         let time = self.shape.time_index;
         let time_name = self.shape.columns[time].name.clone();
         let (mut kept, mut total) = (0usize, 0usize);
-        let mut times =
-            table::open_file_columns(&self.table, path, Some(&[time_name.as_str()])).await?;
-        while let Some(batch) = times
-            .try_next()
-            .await
-            .delta_context(|| format!("reading Delta file {path}"))?
-        {
+        let mut times = table::open_live(&self.table, file, Some(&[time_name.as_str()])).await?;
+        while let Some(batch) = times.next().await? {
             for row in super::read::batch_rows(&batch, &self.shape)? {
                 total += 1;
                 if self.kept_by_truncate(&row[time]) {
@@ -1156,16 +1217,12 @@ impl TableMirror {
         }
         out.removes.push(remove);
         if kept == 0 {
-            out.truncated_whole.push(path.to_owned());
+            out.truncated_whole.push(file.clone());
             return Ok(());
         }
         let change_data = self.change_data()?;
-        let mut batches = table::open_file(&self.table, path).await?;
-        while let Some(batch) = batches
-            .try_next()
-            .await
-            .delta_context(|| format!("reading Delta file {path}"))?
-        {
+        let mut batches = table::open_live(&self.table, file, None).await?;
+        while let Some(batch) = batches.next().await? {
             let (rows, gone): (Vec<CellRow>, Vec<CellRow>) =
                 super::read::rows_to_rewrite(&batch, &self.shape, path)?
                     .into_iter()
@@ -1223,13 +1280,18 @@ pub enum DeleteOutcome {
 }
 
 struct Candidate {
-    /// The object store path of the file.
-    path: String,
+    data: table::DataFile,
     file: FileRef,
 }
 
 enum FileRef {
-    Committed(Box<Remove>),
+    Committed {
+        remove: Box<Remove>,
+        /// The file as added, to add again with a new deletion vector.
+        add: Box<Add>,
+        /// Rows the file holds (its statistics), its deleted ones included.
+        records: Option<usize>,
+    },
     Staged(usize),
 }
 

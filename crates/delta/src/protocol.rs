@@ -18,12 +18,20 @@ use crate::error::{Error, Result};
 /// The table property that turns Change Data Feed on.
 pub const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
 
+/// The table property that makes writers delete rows with deletion vectors.
+pub const DELETION_VECTORS: &str = "delta.enableDeletionVectors";
+
 /// Optional features of a table lakets creates.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Features {
     /// Change Data Feed: commits with updates or deletes carry `_change_data/` files with
     /// every change of the commit (protocol writer 4; readers stay at version 1).
     pub change_data_feed: bool,
+    /// Deletion vectors: a mirrored delete or update marks the old row deleted in its
+    /// file's vector instead of rewriting the file (protocol reader 3 / writer 7, table
+    /// feature `deletionVectors`).
+    #[serde(default)]
+    pub deletion_vectors: bool,
 }
 
 impl Features {
@@ -32,6 +40,9 @@ impl Features {
         let mut properties = Vec::new();
         if self.change_data_feed {
             properties.push((CHANGE_DATA_FEED, Some("true")));
+        }
+        if self.deletion_vectors {
+            properties.push((DELETION_VECTORS, Some("true")));
         }
         properties
     }
@@ -46,6 +57,7 @@ pub struct ProtocolSummary {
     pub reader_features: Vec<String>,
     pub writer_features: Vec<String>,
     pub change_data_feed: bool,
+    pub deletion_vectors: bool,
 }
 
 impl ProtocolSummary {
@@ -69,6 +81,9 @@ impl ProtocolSummary {
         } else {
             ", change data feed off"
         });
+        if self.deletion_vectors {
+            text.push_str(", deletion vectors on");
+        }
         text
     }
 }
@@ -92,7 +107,24 @@ pub fn summary(state: &DeltaTableState) -> Result<ProtocolSummary> {
         reader_features: features("readerFeatures"),
         writer_features: features("writerFeatures"),
         change_data_feed: change_data_feed(state),
+        deletion_vectors: deletion_vectors(state),
     })
+}
+
+/// Whether deletes go into deletion vectors: the table has the feature and its property
+/// asks for them (`delta.enableDeletionVectors`).
+pub fn deletion_vectors(state: &DeltaTableState) -> bool {
+    let listed = protocol_json(state.protocol()).is_ok_and(|p| {
+        p.get("writerFeatures")
+            .and_then(Value::as_array)
+            .is_some_and(|f| f.iter().any(|f| f == "deletionVectors"))
+    });
+    listed
+        && state
+            .metadata()
+            .configuration()
+            .get(DELETION_VECTORS)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// Whether the table asks its writers for change data (`delta.enableChangeDataFeed`).
@@ -110,10 +142,15 @@ pub fn change_data_feed(state: &DeltaTableState) -> bool {
 const WRITER_FEATURES: &[&str] = &[
     "appendOnly",
     "changeDataFeed",
+    "deletionVectors",
     "invariants",
     "checkConstraints",
     "generatedColumns",
 ];
+
+/// Reader features lakets honours: every file it reads goes through the file's deletion
+/// vector ([`super::table::open_live`]).
+const READER_FEATURES: &[&str] = &["deletionVectors"];
 
 /// Refuses a table lakets cannot commit to faithfully: reader features (column mapping,
 /// deletion vectors: lakets reads files whole), writer versions or features it does not
@@ -123,14 +160,17 @@ pub fn check_writable(state: &DeltaTableState, location: &str) -> Result<()> {
     let refuse = |what: String| {
         Err(Error::Unsupported(format!(
             "the Delta table at {location} {what}, which lakets does not write; another \
-             writer turned it on (lakets creates tables at protocol reader 1 / writer 2, or \
-             writer 4 with change data feed). Mirror into a new location, or turn the \
+             writer turned it on (lakets writes change data feed and deletion vectors, and \
+             honours append-only). Mirror into a new location, or turn the \
              feature off where the table allows it"
         )))
     };
     match summary.min_reader_version {
         1 => {}
-        3 if summary.reader_features.is_empty() => {}
+        3 if summary
+            .reader_features
+            .iter()
+            .all(|f| READER_FEATURES.contains(&f.as_str())) => {}
         3 => {
             return refuse(format!(
                 "needs the reader features {:?}",
@@ -222,38 +262,84 @@ impl TableReference for Checked<'_> {
     }
 }
 
-/// The actions that turn Change Data Feed on: the protocol raised to writer 4 (or the
-/// feature listed at writer 7; readers stay where they are) and the table property.
-/// `None`: it is on already.
-pub fn enable_change_data_feed(
+/// The actions that turn `features` on in the table: the protocol raised where they need
+/// it (Change Data Feed: writer 4, or the feature listed at writer 7; deletion vectors:
+/// reader 3 / writer 7 listing the feature, and the features the legacy versions implied),
+/// and the table properties. `None`: they are on already.
+pub fn enable_features(
     state: &DeltaTableState,
     location: &str,
+    features: Features,
 ) -> Result<Option<Vec<Action>>> {
     check_writable(state, location)?;
-    if change_data_feed(state) {
+    let want_cdf = features.change_data_feed && !change_data_feed(state);
+    let want_dv = features.deletion_vectors && !deletion_vectors(state);
+    if !want_cdf && !want_dv {
         return Ok(None);
     }
     let mut protocol = protocol_json(state.protocol())?;
-    let writer = protocol["minWriterVersion"].as_i64().unwrap_or(2);
-    if writer >= 7 {
-        let features = protocol
-            .as_object_mut()
-            .expect("a protocol is an object")
-            .entry("writerFeatures")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Some(list) = features.as_array_mut()
-            && !list.iter().any(|f| f == "changeDataFeed")
-        {
-            list.push(Value::String("changeDataFeed".into()));
+    let reader = protocol["minReaderVersion"].as_i64().unwrap_or(1);
+    let mut writer = protocol["minWriterVersion"].as_i64().unwrap_or(2);
+    let listed = |protocol: &Value, key: &str| -> Vec<String> {
+        protocol
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut reader_features = listed(&protocol, "readerFeatures");
+    let mut writer_features = listed(&protocol, "writerFeatures");
+    let add = |list: &mut Vec<String>, feature: &str| {
+        if !list.iter().any(|f| f == feature) {
+            list.push(feature.to_owned());
         }
-    } else {
-        protocol["minWriterVersion"] = Value::from(writer.max(4));
+    };
+    if want_dv && writer < 7 {
+        // Table features replace the legacy versions: list what they implied.
+        for (version, implied) in [
+            (2, &["appendOnly", "invariants"][..]),
+            (3, &["checkConstraints"][..]),
+            (4, &["changeDataFeed", "generatedColumns"][..]),
+        ] {
+            if writer >= version {
+                for f in implied {
+                    add(&mut writer_features, f);
+                }
+            }
+        }
+        writer = 7;
+    }
+    if want_dv {
+        add(&mut writer_features, "deletionVectors");
+        add(&mut reader_features, "deletionVectors");
+        protocol["minReaderVersion"] = Value::from(reader.max(3));
+        protocol["readerFeatures"] = Value::from(reader_features);
+    }
+    if want_cdf {
+        if writer >= 7 {
+            add(&mut writer_features, "changeDataFeed");
+        } else {
+            writer = writer.max(4);
+        }
+    }
+    protocol["minWriterVersion"] = Value::from(writer);
+    if writer >= 7 {
+        protocol["writerFeatures"] = Value::from(writer_features);
     }
     let protocol: Protocol = serde_json::from_value(protocol)
         .map_err(|e| Error::Protocol(format!("building a Delta protocol action: {e}")))?;
     let mut metadata = serde_json::to_value(state.metadata())
         .map_err(|e| Error::Protocol(format!("reading the Delta table's metadata: {e}")))?;
-    metadata["configuration"][CHANGE_DATA_FEED] = Value::String("true".into());
+    if want_cdf {
+        metadata["configuration"][CHANGE_DATA_FEED] = Value::String("true".into());
+    }
+    if want_dv {
+        metadata["configuration"][DELETION_VECTORS] = Value::String("true".into());
+    }
     let metadata: Metadata = serde_json::from_value(metadata)
         .map_err(|e| Error::Protocol(format!("building a Delta metadata action: {e}")))?;
     Ok(Some(vec![

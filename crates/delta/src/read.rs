@@ -61,9 +61,17 @@ pub struct TableSummary {
 /// share, of `source`'s files (its partition) only.
 pub async fn summary(delta: &DeltaTable, source: Option<&str>) -> Result<TableSummary> {
     let files = source_files(delta, source).await?;
+    // A file's statistics count the rows it holds, its deletion vector those deleted.
     let rows = files
         .iter()
-        .map(|f| f.num_records().map(|n| n as u64))
+        .map(|f| {
+            f.num_records().map(|n| {
+                (n as u64).saturating_sub(
+                    f.deletion_vector_descriptor()
+                        .map_or(0, |d| d.cardinality.max(0) as u64),
+                )
+            })
+        })
         .sum::<Option<u64>>();
     Ok(TableSummary {
         version: delta.version().map_or(-1, |v| v as i64),
@@ -142,13 +150,8 @@ pub async fn for_each_row(
     mut each: impl FnMut(CellRow),
 ) -> Result<()> {
     for view in files_of(delta, shape).await? {
-        let path = view.object_store_path().to_string();
-        let mut batches = table::open_file(delta, &path).await?;
-        while let Some(batch) = batches
-            .try_next()
-            .await
-            .delta_context(|| format!("reading Delta file {path}"))?
-        {
+        let mut batches = table::open_live(delta, &table::DataFile::of(&view), None).await?;
+        while let Some(batch) = batches.next().await? {
             for row in batch_rows(&batch, shape)? {
                 each(row);
             }
@@ -178,26 +181,29 @@ pub async fn count_range(
     };
     let mut total = 0u64;
     for view in views {
+        let deleted = view
+            .deletion_vector_descriptor()
+            .map_or(0, |d| d.cardinality.max(0) as u64);
         if let Some(stats) = view.stats().and_then(|s| file_time_range(&s, time_name)) {
             let (min, max, records) = stats;
             if max < start || min >= end {
                 continue;
             }
             if min >= start && max < end {
-                total += records;
+                // Its deletion vector's rows are in the range too.
+                total += records.saturating_sub(deleted);
                 continue;
             }
         }
         // A file straddling the range: its time column only, a batch at a time (a
         // compacted file decoded whole, every column, is several times its size).
-        let path = view.object_store_path().to_string();
-        let mut batches =
-            table::open_file_columns(delta, &path, Some(&[time_name.as_str()])).await?;
-        while let Some(batch) = batches
-            .try_next()
-            .await
-            .delta_context(|| format!("reading Delta file {path}"))?
-        {
+        let mut batches = table::open_live(
+            delta,
+            &table::DataFile::of(&view),
+            Some(&[time_name.as_str()]),
+        )
+        .await?;
+        while let Some(batch) = batches.next().await? {
             let Some(times) = batch.column_by_name(time_name) else {
                 continue;
             };

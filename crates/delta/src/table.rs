@@ -536,15 +536,20 @@ pub async fn try_commit_with(
 /// before it gives up (a commit that removes files: lets the caller choose them again).
 const MAX_REBASES: usize = 50;
 
-/// Whether every file `actions` remove is active in the table as loaded.
+/// Whether every file `actions` remove is active in the table as loaded, with the same
+/// deletion vector (a file whose vector another commit changed is another version of it:
+/// re-adding it with ours would bring back the rows that commit deleted).
 async fn still_active(table: &DeltaTable, actions: &[Action]) -> Result<bool> {
-    let active: std::collections::HashSet<String> = super::read::active_files(table)
+    let active: std::collections::HashMap<
+        String,
+        Option<deltalake::kernel::DeletionVectorDescriptor>,
+    > = super::read::active_files(table)
         .await?
         .iter()
-        .map(|f| f.path().into_owned())
+        .map(|f| (f.path().into_owned(), f.deletion_vector_descriptor()))
         .collect();
     Ok(actions.iter().all(|a| match a {
-        Action::Remove(r) => active.contains(&r.path),
+        Action::Remove(r) => active.get(&r.path) == Some(&r.deletion_vector),
         _ => true,
     }))
 }
@@ -680,6 +685,102 @@ pub async fn open_file_columns(
     builder
         .build()
         .delta_context(|| format!("reading Delta file {path}"))
+}
+
+/// A data file of the table: its path (from the table's root, as the object store names
+/// it) and the deletion vector of its version, if any.
+#[derive(Debug, Clone)]
+pub struct DataFile {
+    pub path: String,
+    pub deletion_vector: Option<deltalake::kernel::DeletionVectorDescriptor>,
+}
+
+impl DataFile {
+    /// A file of the table's current version.
+    pub fn of(view: &deltalake::kernel::LogicalFileView) -> Self {
+        DataFile {
+            path: view.object_store_path().to_string(),
+            deletion_vector: view.deletion_vector_descriptor(),
+        }
+    }
+
+    /// A file written but not committed yet (it has no deletion vector).
+    pub fn staged(path: String) -> Self {
+        DataFile {
+            path,
+            deletion_vector: None,
+        }
+    }
+}
+
+/// The rows of a data file its deletion vector leaves, a batch at a time, with each row's
+/// position in the file.
+pub struct LiveBatches {
+    batches: FileBatches,
+    deleted: Option<roaring::RoaringTreemap>,
+    /// Position in the file of the next row read.
+    position: u64,
+    path: String,
+}
+
+impl LiveBatches {
+    /// The next batch of live rows.
+    pub async fn next(&mut self) -> Result<Option<RecordBatch>> {
+        Ok(self.next_with_positions().await?.map(|(batch, _)| batch))
+    }
+
+    /// The next batch of live rows and the position in the file of each.
+    pub async fn next_with_positions(&mut self) -> Result<Option<(RecordBatch, Vec<u64>)>> {
+        loop {
+            let Some(batch) = self
+                .batches
+                .try_next()
+                .await
+                .delta_context(|| format!("reading Delta file {}", self.path))?
+            else {
+                return Ok(None);
+            };
+            let first = self.position;
+            let rows = batch.num_rows() as u64;
+            self.position += rows;
+            let Some(deleted) = self
+                .deleted
+                .as_ref()
+                .filter(|d| d.range_cardinality(first..first + rows) > 0)
+            else {
+                return Ok(Some((batch, (first..first + rows).collect())));
+            };
+            let keep: arrow::array::BooleanArray = (first..first + rows)
+                .map(|p| Some(!deleted.contains(p)))
+                .collect();
+            let positions: Vec<u64> = (first..first + rows)
+                .filter(|p| !deleted.contains(*p))
+                .collect();
+            if positions.is_empty() {
+                continue;
+            }
+            let batch = arrow::compute::filter_record_batch(&batch, &keep)
+                .map_err(|e| Error::Operator(format!("applying a deletion vector: {e}")))?;
+            return Ok(Some((batch, positions)));
+        }
+    }
+}
+
+/// The live rows of `file` (its deletion vector applied), decoding only `columns` when
+/// given.
+pub async fn open_live(
+    table: &DeltaTable,
+    file: &DataFile,
+    columns: Option<&[&str]>,
+) -> Result<LiveBatches> {
+    let deleted =
+        super::deletion_vector::deleted_rows(table, file.deletion_vector.as_ref()).await?;
+    Ok(LiveBatches {
+        batches: open_file_columns(table, &file.path, columns).await?,
+        deleted,
+        position: 0,
+        path: file.path.clone(),
+    })
 }
 
 /// Deletes a written but never committed file (best effort: vacuum also finds it).

@@ -200,14 +200,29 @@ pub async fn enable_sync_with_readers(
             .snapshot()
             .delta_context(|| format!("reading {}", table::display_location(&url)))?;
         crate::delta::protocol::check_writable(state, &table::display_location(&url))?;
-        if features.change_data_feed && !crate::delta::protocol::change_data_feed(state) {
-            return Err(Error::Conflict(format!(
-                "the Delta table at {} exists without Change Data Feed; an existing table's \
-                 protocol changes only on request: run `lakets sync upgrade {} \
-                 --change-data-feed` once it is synced, or sync into a new location",
-                table::display_location(&url),
-                ct.table
-            )));
+        for (asked, has, name, flag) in [
+            (
+                features.change_data_feed,
+                crate::delta::protocol::change_data_feed(state),
+                "Change Data Feed",
+                "--change-data-feed",
+            ),
+            (
+                features.deletion_vectors,
+                crate::delta::protocol::deletion_vectors(state),
+                "deletion vectors",
+                "--deletion-vectors",
+            ),
+        ] {
+            if asked && !has {
+                return Err(Error::Conflict(format!(
+                    "the Delta table at {} exists without {name}; an existing table's \
+                     protocol changes only on request: run `lakets sync upgrade {} {flag}` \
+                     once it is synced, or sync into a new location",
+                    table::display_location(&url),
+                    ct.table
+                )));
+            }
         }
     }
     // A pending sync resumes in its Delta table's shape: columns PostgreSQL gained
@@ -538,9 +553,10 @@ pub async fn upgrade_sync(
     table_name: &str,
     features: Features,
 ) -> Result<UpgradeOutcome> {
-    if !features.change_data_feed {
+    if !features.change_data_feed && !features.deletion_vectors {
         return Err(Error::invalid(
-            "nothing to upgrade: name a feature to turn on (--change-data-feed)",
+            "nothing to upgrade: name a feature to turn on (--change-data-feed, \
+             --deletion-vectors)",
         ));
     }
     let ct = registry::find_chronotable(client, table_name).await?;
@@ -551,6 +567,15 @@ pub async fn upgrade_sync(
             name: ct.table.to_string(),
         })?;
     let location = table::display_location(&sync.location);
+    if features.deletion_vectors && sync.source.is_some() {
+        // The other clusters' lakets may predate deletion vectors: one that reads its
+        // files whole would bring deleted rows back with its next rewrite.
+        return Err(Error::Conflict(format!(
+            "the Delta table at {location} is shared by several clusters; turning deletion \
+             vectors on needs every cluster's lakets to apply them, which this one cannot \
+             check. Create the shared table with --deletion-vectors from the start instead"
+        )));
+    }
     let mut delta = table::open(&sync.location).await?.ok_or_else(|| {
         Error::Conflict(format!(
             "{} is synced to {location}, but there is no Delta table there",
@@ -561,7 +586,7 @@ pub async fn upgrade_sync(
         let state = delta
             .snapshot()
             .delta_context(|| format!("reading {location}"))?;
-        let Some(actions) = crate::delta::protocol::enable_change_data_feed(state, &location)?
+        let Some(actions) = crate::delta::protocol::enable_features(state, &location, features)?
         else {
             return Ok(UpgradeOutcome {
                 version: None,
@@ -569,14 +594,14 @@ pub async fn upgrade_sync(
             });
         };
         let operation = DeltaOperation::SetTableProperties {
-            properties: [(
-                crate::delta::protocol::CHANGE_DATA_FEED.to_owned(),
-                "true".to_owned(),
-            )]
-            .into(),
+            properties: features
+                .properties()
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+                .collect(),
         };
         if let Some(version) = table::try_commit(&mut delta, actions, operation, None).await? {
-            info!(table = %ct.table, version, location = %location, "Change Data Feed turned on");
+            info!(table = %ct.table, version, location = %location, ?features, "Delta table features turned on");
             let state = delta
                 .snapshot()
                 .delta_context(|| format!("reading {location}"))?;

@@ -57,6 +57,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("tables.*.sync.partition_by", Kind::Text),
     ("tables.*.sync.source", Kind::Text),
     ("tables.*.sync.change_data_feed", Kind::Bool),
+    ("tables.*.sync.deletion_vectors", Kind::Bool),
     ("tables.*.policy.tier_after", Kind::Text),
     ("tables.*.policy.drop_after", Kind::Text),
     ("rollups.*.name", Kind::Text),

@@ -249,6 +249,9 @@ pub struct SyncSpec {
     /// An existing table keeps its protocol: `lakets sync upgrade` changes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub change_data_feed: bool,
+    /// Create the Delta table with deletion vectors (`sync enable --deletion-vectors`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deletion_vectors: bool,
 }
 
 fn default_partition_by() -> String {

@@ -177,14 +177,10 @@ async fn reconcile_table(
                         partitioning.as_str(),
                         source(&sync.source)
                     ));
-                } else if sync.change_data_feed
-                    && !lakets_core::coldtier::sync::delta_protocol(&s)
-                        .await?
-                        .is_some_and(|p| p.change_data_feed)
-                {
+                } else if let Some(missing) = missing_features(&s, sync).await? {
                     report.drift.push(format!(
-                        "the Delta table of {table} has no Change Data Feed, the config asks \
-                         for it; `lakets sync upgrade {table} --change-data-feed` turns it on"
+                        "the Delta table of {table} lacks {missing}, which the config asks \
+                         for; `lakets sync upgrade {table}` with the feature's flag turns it on"
                     ));
                 } else {
                     report.unchanged += 1;
@@ -200,6 +196,7 @@ async fn reconcile_table(
                     sync.source.as_deref(),
                     lakets_core::coldtier::sync::Features {
                         change_data_feed: sync.change_data_feed,
+                        deletion_vectors: sync.deletion_vectors,
                     },
                     lakets_core::coldtier::sync::DEFAULT_READERS,
                     |p| info!(table = %table, rows = p.rows, "config: copy progress"),
@@ -366,4 +363,32 @@ async fn reconcile_rollup(
         Err(e) => return Err(e),
     }
     Ok(())
+}
+
+/// The features `spec` asks for that the sync's Delta table lacks ("Change Data Feed and
+/// deletion vectors"), or `None`.
+async fn missing_features(
+    sync: &lakets_core::coldtier::sync::SyncConfig,
+    spec: &super::SyncSpec,
+) -> crate::error::Result<Option<String>> {
+    if !spec.change_data_feed && !spec.deletion_vectors {
+        return Ok(None);
+    }
+    let Some(protocol) = lakets_core::coldtier::sync::delta_protocol(sync).await? else {
+        return Ok(None);
+    };
+    let missing: Vec<&str> = [
+        (
+            spec.change_data_feed && !protocol.change_data_feed,
+            "Change Data Feed",
+        ),
+        (
+            spec.deletion_vectors && !protocol.deletion_vectors,
+            "deletion vectors",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(m, name)| m.then_some(name))
+    .collect();
+    Ok((!missing.is_empty()).then(|| missing.join(" and ")))
 }
