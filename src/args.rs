@@ -538,6 +538,18 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Updates and deletes through the Delta mirror, copy-on-write against deletion
+    /// vectors: changes/s until durable, bytes written per changed row, peak RSS.
+    Mutations {
+        /// Table sizes (rows of history), one set of runs each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "250000,1000000")]
+        rows: Vec<u64>,
+        /// Changes per backlog.
+        #[arg(long, default_value_t = 100_000)]
+        changes: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Insert latency into the current chunk, alone and while the durability gate holds
     /// an old chunk of the same table locked.
     Gate {

@@ -4,8 +4,8 @@
 use anyhow::{Context as _, bail};
 use lakets::bench::memory::DeleteMemory;
 use lakets::bench::{
-    CatchupReport, FaninReport, FreshnessReport, GateReport, RollupBenchReport, SnapshotReport,
-    SoakReport, SuiteReport, WritePathReport,
+    CatchupReport, FaninReport, FreshnessReport, GateReport, MutationsReport, RollupBenchReport,
+    SnapshotReport, SoakReport, SuiteReport, WritePathReport,
 };
 use lakets::ingest::MethodComparison;
 
@@ -171,6 +171,18 @@ pub async fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
             .await?;
             Format::json(*json).print(&report)?;
         }
+        BenchCommand::Mutations {
+            rows,
+            changes,
+            json,
+        } => {
+            let report = lakets::bench::mutations(&lakets::bench::MutationsOptions {
+                rows: rows.iter().map(|r| (*r).max(1000)).collect(),
+                changes: (*changes).max(1000),
+            })
+            .await?;
+            Format::json(*json).print(&report)?;
+        }
         BenchCommand::Gate { inserts, json } => {
             let report = lakets::bench::gate(*inserts).await?;
             Format::json(*json).print(&report)?;
@@ -230,6 +242,7 @@ rendered_by! {
     RollupBenchReport => lakets::bench::rollup_bench_table,
     DeleteMemory => lakets::bench::memory::delete_table,
     GateReport => lakets::bench::gate_table,
+    MutationsReport => lakets::bench::mutations_table,
     SnapshotReport => lakets::bench::snapshot_table,
     WritePathReport => lakets::bench::write_path_table,
     FreshnessReport => lakets::bench::freshness_table,

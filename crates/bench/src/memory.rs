@@ -301,7 +301,7 @@ fn probe_row(i: u64) -> crate::delta::batch::CellRow {
 }
 
 /// Sets this process' peak resident size back to its current size (Linux >= 4.0).
-fn reset_peak_rss() -> Result<()> {
+pub(crate) fn reset_peak_rss() -> Result<()> {
     std::fs::write("/proc/self/clear_refs", "5")
         .map_err(|e| Error::io("resetting the peak RSS (/proc/self/clear_refs)", e))
 }
