@@ -545,7 +545,7 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "250000,1000000")]
         rows: Vec<u64>,
         /// Changes per backlog.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         changes: u64,
         #[arg(long)]
         json: bool,

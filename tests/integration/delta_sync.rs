@@ -699,11 +699,51 @@ async fn a_failing_store_holds_the_slot_back_and_the_mirror_recovers_when_it_hea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_compacts_checkpoints_and_vacuums_without_changing_a_row() {
+    maintenance_case("delta_maintenance", lakets::sync::Features::default()).await;
+}
+
+/// The same on a table with deletion vectors and Change Data Feed: compaction drops the
+/// vectors of the files it rewrites; vacuum keeps the vector files the current version
+/// references.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_keeps_deletion_vectors_the_table_references() {
+    maintenance_case(
+        "delta_maintenance_dv",
+        lakets::sync::Features {
+            change_data_feed: true,
+            deletion_vectors: true,
+        },
+    )
+    .await;
+}
+
+/// Syncs `table` to `path` with `features` (one reader).
+async fn sync_with(
+    db: &TestDb,
+    table: &str,
+    path: &std::path::Path,
+    features: lakets::sync::Features,
+) -> lakets::sync::SyncConfig {
+    lakets::sync::enable_sync_with_readers(
+        &db.config(),
+        table,
+        path.to_str().unwrap(),
+        Partitioning::Day,
+        None,
+        features,
+        1,
+        |_| {},
+    )
+    .await
+    .unwrap()
+}
+
+async fn maintenance_case(label: &str, features: lakets::sync::Features) {
     let _serial = SERIAL.lock().await;
-    let mut db = fresh_db("delta_maintenance").await;
+    let mut db = fresh_db(label).await;
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = common::sync_to(&db, "ticks", dir.path().join("t").to_str().unwrap()).await;
+    let config = sync_with(&db, "ticks", &dir.path().join("t"), features).await;
     let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     // Many small commits: one file each.
@@ -779,12 +819,62 @@ async fn maintenance_compacts_checkpoints_and_vacuums_without_changing_a_row() {
     );
     // The table still opens (from the checkpoint) and still equals PostgreSQL.
     assert_mirrored(&db, &config.location, "after checkpoint and vacuum").await;
+
+    // A delete into the compacted file, then a vacuum that keeps nothing old: with
+    // deletion vectors, the vector the current version references stays.
+    let (shutdown, run) = start(&db, &slot).await;
+    db.exec("DELETE FROM ticks WHERE symbol = 'M' AND volume = 5")
+        .await;
+    catch_up(&db, &slot, &run).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    let mut delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    lakets::delta::maintenance::vacuum(&mut delta, chrono::Duration::zero(), true)
+        .await
+        .unwrap();
+    let vectors = std::fs::read_dir(dir.path().join("t"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("deletion_vector_")
+        })
+        .count();
+    if features.deletion_vectors {
+        assert_eq!(vectors, 1, "the referenced vector file, and only it");
+    } else {
+        assert_eq!(vectors, 0);
+    }
+    assert_mirrored(&db, &config.location, "after a delete and a vacuum").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_survive_repeated_updates_and_deletes_in_one_window() {
+    toast_case("delta_toast", lakets::sync::Features::default()).await;
+}
+
+/// The same with deletion vectors and Change Data Feed: the replaced rows are read from
+/// their files (not rewritten) for their unchanged values; then ADD COLUMN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_values_survive_with_deletion_vectors_and_change_data() {
+    toast_case(
+        "delta_toast_dv",
+        lakets::sync::Features {
+            change_data_feed: true,
+            deletion_vectors: true,
+        },
+    )
+    .await;
+}
+
+async fn toast_case(label: &str, features: lakets::sync::Features) {
     let _serial = SERIAL.lock().await;
-    let mut db = fresh_db("delta_toast").await;
+    let mut db = fresh_db(label).await;
     db.exec(
         "CREATE TABLE docs (time timestamptz NOT NULL, id int NOT NULL, n int, body text,
                             PRIMARY KEY (id, time));
@@ -799,7 +889,7 @@ async fn unchanged_toast_values_survive_repeated_updates_and_deletes_in_one_wind
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = common::sync_to(&db, "docs", dir.path().join("docs").to_str().unwrap()).await;
+    let config = sync_with(&db, "docs", &dir.path().join("docs"), features).await;
     let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     // The body (TOASTed, ~12 kB) is unchanged by these updates: pgoutput sends it as
@@ -838,6 +928,38 @@ async fn unchanged_toast_values_survive_repeated_updates_and_deletes_in_one_wind
     assert!(
         lake == hot,
         "Delta differs from PostgreSQL after TOAST-unchanged updates"
+    );
+
+    // ADD COLUMN, then updates that set it and keep the TOASTed body.
+    db.exec(
+        "ALTER TABLE docs ADD COLUMN tag text;
+         UPDATE docs SET tag = 'x', n = n + 1 WHERE id IN (4, 5);
+         DELETE FROM docs WHERE id = 6",
+    )
+    .await;
+    let end = lsn_now(&db).await;
+    wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(60)).await;
+    assert!(!run.is_finished(), "the pipeline stopped");
+    let delta = lakets::delta::table::open(&config.location)
+        .await
+        .unwrap()
+        .unwrap();
+    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
+    assert!(shape.columns.iter().any(|c| c.name == "tag"));
+    let lake = sorted(lakets::delta::read::scan(&delta, &shape).await.unwrap());
+    let hot = sorted(
+        lakets::sync::postgres_rows(
+            &db.connect().await,
+            &TableName::new("public", "docs"),
+            &shape,
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(lake.len(), 4);
+    assert!(
+        lake == hot,
+        "Delta differs from PostgreSQL after ADD COLUMN"
     );
     shutdown.cancel();
     run.await.unwrap().unwrap();

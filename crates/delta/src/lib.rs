@@ -1,9 +1,11 @@
 //! The Delta layer: type mapping, Arrow batches, the table itself (exact-base commits,
-//! reads a batch at a time), the per-table mirror that turns a window of WAL changes into
-//! one Delta commit, and maintenance. It knows the WAL's values and positions, nothing of
-//! lakets' catalog.
+//! reads a batch at a time through deletion vectors), the protocol lakets writes (checked
+//! by lakets itself), change data files and deletion vectors, the per-table mirror that
+//! turns a window of WAL changes into one Delta commit, and maintenance. It knows the WAL's
+//! values and positions, nothing of lakets' catalog.
 
 pub mod batch;
+pub mod change_data;
 pub mod deletion_vector;
 pub mod maintenance;
 pub mod mirror;

@@ -17,6 +17,12 @@
 //!   replaces (the buffered row, the old row sent with REPLICA IDENTITY FULL, or the row
 //!   found in the file at flush; until then later changes of that row see it waiting).
 //! - A window without deletes is a plain append: staged files plus a `txn` action.
+//! - With deletion vectors, a delete's row in a committed file is marked in the file's
+//!   vector instead: the file is re-added with the old vector's rows and the new ones
+//!   (its rows at those positions read once, for TOAST values and change data). Files the
+//!   window staged itself are still rewritten (they are small and were never committed).
+//! - With Change Data Feed, a window whose commit removes files also writes its net
+//!   changes as change data ([`super::change_data`]) into the same commit.
 //!
 //! Other writers exist (a Databricks OPTIMIZE, the service's own compaction through this
 //! mirror, other sources in a later release), so a window that removes files chooses them
@@ -38,7 +44,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures_util::TryStreamExt;
 use tracing::{debug, info};
 
-use super::batch::{CellRow, build_batch};
+use super::batch::{CellRow, build_batch, cell_at};
 use super::maintenance::{self, CompactionOutcome};
 use super::schema::{Cell, ColumnKind, DataColumn, Partitioning, SOURCE_COLUMN, TableShape};
 use super::table;
@@ -559,10 +565,10 @@ impl TableMirror {
         for (chunk, kinds) in rows.chunks(BATCH_ROWS).zip(types.chunks(BATCH_ROWS)) {
             let batch = build_batch(&self.shape, chunk)?;
             if self.changes.is_none() {
-                self.changes = Some(table::change_writer(&self.table)?);
+                self.changes = Some(super::change_data::change_writer(&self.table)?);
             }
             let writer = self.changes.as_mut().expect("set above");
-            table::write_changes(writer, batch, kinds.to_vec())
+            super::change_data::write_changes(writer, batch, kinds.to_vec())
                 .await
                 .delta_context(|| format!("writing change data to {location}"))?;
             self.change_rows += chunk.len();
@@ -679,7 +685,10 @@ impl TableMirror {
             .flush()
             .await
             .delta_context(|| format!("writing change data to {location}"))?;
-        Ok(adds.into_iter().map(table::change_file).collect())
+        Ok(adds
+            .into_iter()
+            .map(super::change_data::change_file)
+            .collect())
     }
 
     /// Hands the buffered inserts to the writer.
@@ -969,15 +978,13 @@ impl TableMirror {
                 }
             }
         }
+        // A file with no row left just goes (its remove is in place already).
+        marks.retain(|(_, bitmap, records)| records.is_none_or(|n| bitmap.len() < n as u64));
         if !marks.is_empty() {
             let bitmaps = marks.iter().map(|(_, b, _)| b.clone()).collect();
             let (descriptors, path) = super::deletion_vector::write(&self.table, bitmaps).await?;
             out.vector_file = Some(path);
-            for ((mut add, bitmap, records), descriptor) in marks.into_iter().zip(descriptors) {
-                // A file with no row left goes (its remove is in place already).
-                if records.is_some_and(|n| bitmap.len() >= n as u64) {
-                    continue;
-                }
+            for ((mut add, _, _), descriptor) in marks.into_iter().zip(descriptors) {
                 add.deletion_vector = Some(descriptor);
                 add.data_change = true;
                 out.marked.push(add);
@@ -1053,7 +1060,25 @@ impl TableMirror {
                 .push(d);
         }
         let names: Vec<&str> = key_names.iter().map(String::as_str).collect();
+        // When every key holds the time, a row whose time no delete names is passed over
+        // by one lookup of an integer, without decoding it into cells.
+        let time = self.shape.time_index;
+        let times: Option<HashSet<i64>> = live
+            .iter()
+            .map(|&d| {
+                let del = &self.window.deletes[d];
+                let k = del.key_columns.iter().position(|&i| i == time)?;
+                match del.key[k] {
+                    Cell::Int(t) => Some(t),
+                    _ => None,
+                }
+            })
+            .collect();
+        let mut unmatched = live.len();
         for (c, candidate) in candidates.iter().enumerate() {
+            if unmatched == 0 {
+                break;
+            }
             let file_epoch = match candidate.file {
                 FileRef::Staged(i) => Some(i),
                 FileRef::Committed { .. } => None,
@@ -1061,9 +1086,23 @@ impl TableMirror {
             // Rows a deletion vector deleted already are not there to delete again.
             let mut batches = table::open_live(&self.table, &candidate.data, Some(&names)).await?;
             while let Some((batch, positions)) = batches.next_with_positions().await? {
-                let rows = super::read::batch_rows(&batch, &self.shape)?;
-                for (row, &position) in rows.iter().zip(&positions) {
-                    let position = position as usize;
+                let columns: Vec<_> = self
+                    .shape
+                    .columns
+                    .iter()
+                    .map(|c| batch.column_by_name(&c.name))
+                    .collect();
+                for (r, &position) in positions.iter().enumerate() {
+                    if let (Some(times), Some(array)) = (&times, columns[time])
+                        && let Cell::Int(t) = cell_at(array.as_ref(), r)?
+                        && !times.contains(&t)
+                    {
+                        continue;
+                    }
+                    let row: CellRow = columns
+                        .iter()
+                        .map(|c| c.map_or(Ok(Cell::Null), |a| cell_at(a.as_ref(), r)))
+                        .collect::<Result<_>>()?;
                     for (cols, keys) in by_key.iter_mut() {
                         let key: CellRow = cols.iter().map(|&i| row[i].clone()).collect();
                         if let Some(list) = keys.get_mut(&key) {
@@ -1072,7 +1111,8 @@ impl TableMirror {
                                 .iter()
                                 .position(|&d| file_epoch.is_none_or(|f| f < deletes[d].epoch))
                             {
-                                hits[c].insert(position, list.remove(pos));
+                                hits[c].insert(position as usize, list.remove(pos));
+                                unmatched -= 1;
                                 break;
                             }
                         }
@@ -1085,7 +1125,7 @@ impl TableMirror {
 
     /// The rows of a committed file at the positions in `hits` go to their deletes (whole:
     /// for unchanged TOAST values and change data), without rewriting the file; returns the
-    /// file's deletion vector with them added.
+    /// file's deletion vector with them added. Reads only the row groups holding them.
     async fn take_rows(
         &mut self,
         file: &table::DataFile,
@@ -1095,21 +1135,22 @@ impl TableMirror {
             super::deletion_vector::deleted_rows(&self.table, file.deletion_vector.as_ref())
                 .await?
                 .unwrap_or_default();
-        let mut batches = table::open_live(&self.table, file, None).await?;
-        while let Some((batch, positions)) = batches.next_with_positions().await? {
-            let first = positions.first().copied().unwrap_or(0) as usize;
-            let last = positions.last().copied().unwrap_or(0) as usize;
-            if hits.range(first..=last).next().is_none() {
-                continue;
-            }
-            let rows = super::read::batch_rows(&batch, &self.shape)?;
-            for (row, &position) in rows.into_iter().zip(&positions) {
-                if let Some(&d) = hits.get(&(position as usize)) {
-                    let del = &mut self.window.deletes[d];
-                    del.removed = Some(row);
-                    del.preexisting = true;
-                    deleted.insert(position);
-                }
+        let positions: Vec<u64> = hits.keys().map(|&p| p as u64).collect();
+        let mut batches = table::open_rows(&self.table, &file.path, &positions).await?;
+        let mut next = positions.iter();
+        while let Some(batch) = batches
+            .try_next()
+            .await
+            .delta_context(|| format!("reading Delta file {}", file.path))?
+        {
+            for row in super::read::batch_rows(&batch, &self.shape)? {
+                let position = *next.next().ok_or_else(|| {
+                    Error::Operator(format!("more rows than asked from {}", file.path))
+                })?;
+                let del = &mut self.window.deletes[hits[&(position as usize)]];
+                del.removed = Some(row);
+                del.preexisting = true;
+                deleted.insert(position);
             }
         }
         Ok(deleted)

@@ -144,8 +144,8 @@ pub async fn open(url: &Url) -> Result<Option<DeltaTable>> {
 }
 
 /// Creates the table: protocol reader 1 / writer 2 (no table features, so every Delta
-/// reader, old Databricks runtimes included, reads it), or writer 4 with Change Data Feed
-/// (readers stay at version 1).
+/// reader, old Databricks runtimes included, reads it); writer 4 with Change Data Feed
+/// (readers stay at version 1); reader 3 / writer 7 with deletion vectors.
 pub async fn create(
     url: &Url,
     shape: &TableShape,
@@ -262,101 +262,14 @@ pub fn writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
         .with_target_file_size(TARGET_FILE_BYTES))
 }
 
-fn writer_properties() -> WriterProperties {
+/// zstd level 3, row groups of [`ROW_GROUP_ROWS`].
+pub(crate) fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("zstd level 3 is valid"),
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build()
-}
-
-/// The column of a change data file naming each row's change: `insert`, `delete`,
-/// `update_preimage` or `update_postimage`.
-pub const CHANGE_TYPE_COLUMN: &str = "_change_type";
-
-/// Where change data files live, under the table's root.
-pub const CHANGE_DATA_DIR: &str = "_change_data";
-
-/// A writer of change data files (`_change_data/`, partitioned like the table): the
-/// table's columns and [`CHANGE_TYPE_COLUMN`].
-pub fn change_writer(table: &DeltaTable) -> Result<RecordBatchWriter> {
-    let location = display_location(table.table_url());
-    let data = writer(table)?;
-    let mut fields: Vec<arrow::datatypes::FieldRef> =
-        data.arrow_schema().fields().iter().cloned().collect();
-    fields.push(Arc::new(arrow::datatypes::Field::new(
-        CHANGE_TYPE_COLUMN,
-        arrow::datatypes::DataType::Utf8,
-        false,
-    )));
-    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
-    let mut root = table.table_url().clone();
-    if !root.path().ends_with('/') {
-        root.set_path(&format!("{}/", root.path()));
-    }
-    let root = root
-        .join(&format!("{CHANGE_DATA_DIR}/"))
-        .map_err(|e| Error::invalid(format!("the change data location of {location}: {e}")))?;
-    if root.scheme() == "file"
-        && let Ok(path) = root.to_file_path()
-    {
-        std::fs::create_dir_all(&path)
-            .map_err(|e| Error::io(format!("creating the directory {}", path.display()), e))?;
-    }
-    let partitions = table
-        .snapshot()
-        .delta_context(|| format!("reading {location}"))?
-        .metadata()
-        .partition_columns()
-        .to_vec();
-    Ok(RecordBatchWriter::try_new(
-        root.as_str(),
-        schema,
-        Some(partitions),
-        Some(crate::store::options()),
-    )
-    .delta_context(|| format!("preparing a change data writer for {location}"))?
-    .with_writer_properties(writer_properties())
-    .with_target_file_size(TARGET_FILE_BYTES))
-}
-
-/// Writes `batch` (a shape's columns) with each row's change type through a
-/// [`change_writer`].
-pub async fn write_changes(
-    writer: &mut RecordBatchWriter,
-    batch: RecordBatch,
-    change_types: Vec<&'static str>,
-) -> std::result::Result<(), deltalake::DeltaTableError> {
-    use deltalake::writer::DeltaWriter as _;
-    let schema = writer.arrow_schema();
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            if f.name() == CHANGE_TYPE_COLUMN {
-                Arc::new(arrow::array::StringArray::from(change_types.clone())) as _
-            } else {
-                batch.column_by_name(f.name()).cloned().unwrap_or_else(|| {
-                    arrow::array::new_null_array(f.data_type(), batch.num_rows())
-                })
-            }
-        })
-        .collect();
-    let batch = RecordBatch::try_new(schema, columns)
-        .map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?;
-    writer.write(batch).await
-}
-
-/// The `cdc` action of a file a [`change_writer`] wrote.
-pub fn change_file(add: deltalake::kernel::Add) -> Action {
-    Action::Cdc(deltalake::kernel::AddCDCFile {
-        path: format!("{CHANGE_DATA_DIR}/{}", add.path),
-        size: add.size,
-        partition_values: add.partition_values,
-        data_change: false,
-        tags: None,
-    })
 }
 
 /// Commits `actions` as one new table version, with `txn` (app id, end LSN of the last
@@ -781,6 +694,55 @@ pub async fn open_live(
         position: 0,
         path: file.path.clone(),
     })
+}
+
+/// The rows of the data file at `path` at `positions` (ascending, physical: no deletion
+/// vector applied), a batch at a time in that order: only the row groups holding one are
+/// read, and in them only those rows decoded. A delete into a compacted 128 MB file reads a
+/// row group, not the file.
+#[allow(deprecated)] // ParquetObjectReader, as at the import
+pub async fn open_rows(table: &DeltaTable, path: &str, positions: &[u64]) -> Result<FileBatches> {
+    use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+    let object_path = object_store::path::Path::parse(path)
+        .delta_context(|| format!("Delta file path {path}"))?;
+    let reader = ParquetObjectReader::new(table.object_store(), object_path);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .delta_context(|| format!("opening Delta file {path}"))?;
+    let (mut groups, mut selectors) = (Vec::new(), Vec::new());
+    let (mut start, mut next) = (0u64, 0usize);
+    for (g, group) in builder.metadata().row_groups().iter().enumerate() {
+        let end = start + group.num_rows().max(0) as u64;
+        let mut cursor = start;
+        while next < positions.len() && positions[next] < end {
+            let p = positions[next].max(cursor);
+            if p > cursor {
+                selectors.push(RowSelector::skip((p - cursor) as usize));
+            }
+            selectors.push(RowSelector::select(1));
+            cursor = p + 1;
+            next += 1;
+        }
+        if cursor > start {
+            if cursor < end {
+                selectors.push(RowSelector::skip((end - cursor) as usize));
+            }
+            groups.push(g);
+        }
+        start = end;
+    }
+    if next < positions.len() {
+        return Err(Error::Diverged(format!(
+            "Delta file {path} holds {start} rows, not row {}",
+            positions[next]
+        )));
+    }
+    builder
+        .with_row_groups(groups)
+        .with_row_selection(RowSelection::from(selectors))
+        .with_batch_size(64 * 1024)
+        .build()
+        .delta_context(|| format!("reading Delta file {path}"))
 }
 
 /// Deletes a written but never committed file (best effort: vacuum also finds it).

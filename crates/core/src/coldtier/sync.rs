@@ -133,8 +133,7 @@ pub async fn enable_sync(
 /// the Delta table is one several PostgreSQL clusters share (fan-in), this one's rows under
 /// that name: it is created partitioned by `lakets_source`, or joined when another cluster
 /// created it. `features` are those of a table it creates; an existing table keeps its own
-/// (asking for Change Data Feed on a table without it is refused: [`upgrade_sync`] turns it
-/// on).
+/// (asking for a feature it lacks is refused: [`upgrade_sync`] turns features on).
 #[allow(clippy::too_many_arguments)]
 pub async fn enable_sync_with_readers(
     db: &crate::db::DbConfig,
