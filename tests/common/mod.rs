@@ -146,6 +146,28 @@ pub async fn sync_to(db: &TestDb, table: &str, location: &str) -> lakets::sync::
     .unwrap()
 }
 
+/// [`sync_to`] creating the Delta table with `features` (Change Data Feed, deletion
+/// vectors).
+pub async fn sync_with(
+    db: &TestDb,
+    table: &str,
+    path: &std::path::Path,
+    features: lakets::sync::Features,
+) -> lakets::sync::SyncConfig {
+    lakets::sync::enable_sync_with_readers(
+        &db.config(),
+        table,
+        path.to_str().unwrap(),
+        lakets::delta::schema::Partitioning::Day,
+        None,
+        features,
+        2,
+        |_| {},
+    )
+    .await
+    .unwrap()
+}
+
 /// `ticks` (time, symbol, price; PRIMARY KEY (symbol, time)) holding 600 rows, one a
 /// minute up to now over 4 symbols: a ChronoTable of 1-hour chunks (`premake` future ones,
 /// None: the default) synced to a Delta table under `dir`.

@@ -21,6 +21,20 @@ use lakets::wal::lsn::Lsn;
 use lakets::wal::{PipelineConfig, SourceSettings};
 use tokio_util::sync::CancellationToken;
 
+/// Change Data Feed alone, deletion vectors alone, both.
+pub(crate) const CDF: Features = Features {
+    change_data_feed: true,
+    deletion_vectors: false,
+};
+const VECTORS: Features = Features {
+    change_data_feed: false,
+    deletion_vectors: true,
+};
+pub(crate) const CDF_AND_VECTORS: Features = Features {
+    change_data_feed: true,
+    deletion_vectors: true,
+};
+
 /// A row by key (symbol, time in epoch microseconds): (price text, volume).
 pub(crate) type State = BTreeMap<(String, i64), (String, i64)>;
 
@@ -234,28 +248,14 @@ async fn ticks_chronotable(db: &mut common::TestDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_change_feed_is_the_changes_postgres_made() {
-    the_feed_equals_postgres(
-        "delta_cdf",
-        Features {
-            change_data_feed: true,
-            deletion_vectors: false,
-        },
-    )
-    .await;
+    the_feed_equals_postgres("delta_cdf", CDF).await;
 }
 
 /// The same with deletion vectors: deletes and updates mark rows in their files' vectors,
 /// which every reader (lakets' own included, for the rewrites) must apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_change_feed_is_the_changes_postgres_made_with_deletion_vectors() {
-    the_feed_equals_postgres(
-        "delta_cdf_dv",
-        Features {
-            change_data_feed: true,
-            deletion_vectors: true,
-        },
-    )
-    .await;
+    the_feed_equals_postgres("delta_cdf_dv", CDF_AND_VECTORS).await;
 }
 
 async fn the_feed_equals_postgres(label: &str, features: Features) {
@@ -270,18 +270,7 @@ async fn the_feed_equals_postgres(label: &str, features: Features) {
     ticks_chronotable(&mut db).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ticks");
-    let config = lakets::sync::enable_sync_with_readers(
-        &db.config(),
-        "ticks",
-        path.to_str().unwrap(),
-        Partitioning::Day,
-        None,
-        features,
-        2,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let config = common::sync_with(&db, "ticks", &path, features).await;
     let protocol = lakets::sync::delta_protocol(&config)
         .await
         .unwrap()
@@ -459,10 +448,7 @@ async fn change_data_feed_is_turned_on_while_the_stream_runs() {
         path.to_str().unwrap(),
         Partitioning::Day,
         None,
-        Features {
-            change_data_feed: true,
-            deletion_vectors: false,
-        },
+        CDF,
         1,
         |_| {},
     )
@@ -486,30 +472,16 @@ async fn change_data_feed_is_turned_on_while_the_stream_runs() {
     let plain = latest_version(&config.location).await;
     assert!(!commit_actions(&path, plain).contains_key("cdc"));
 
-    let upgraded = lakets::sync::upgrade_sync(
-        &db.client,
-        "ticks",
-        Features {
-            change_data_feed: true,
-            deletion_vectors: false,
-        },
-    )
-    .await
-    .unwrap();
+    let upgraded = lakets::sync::upgrade_sync(&db.client, "ticks", CDF)
+        .await
+        .unwrap();
     let from = upgraded.version.expect("the upgrade commits");
     assert_eq!(upgraded.protocol.min_writer_version, 4);
     assert!(upgraded.protocol.change_data_feed);
     // Again: nothing to do.
-    let again = lakets::sync::upgrade_sync(
-        &db.client,
-        "ticks",
-        Features {
-            change_data_feed: true,
-            deletion_vectors: false,
-        },
-    )
-    .await
-    .unwrap();
+    let again = lakets::sync::upgrade_sync(&db.client, "ticks", CDF)
+        .await
+        .unwrap();
     assert_eq!(again.version, None);
 
     let before = pg_state(&db).await;
@@ -525,16 +497,9 @@ async fn change_data_feed_is_turned_on_while_the_stream_runs() {
     assert!(commit_actions(&path, through).contains_key("cdc"));
 
     // Deletion vectors next, still streaming: the legacy writer 4's features are listed.
-    let upgraded = lakets::sync::upgrade_sync(
-        &db.client,
-        "ticks",
-        Features {
-            change_data_feed: false,
-            deletion_vectors: true,
-        },
-    )
-    .await
-    .unwrap();
+    let upgraded = lakets::sync::upgrade_sync(&db.client, "ticks", VECTORS)
+        .await
+        .unwrap();
     let p = &upgraded.protocol;
     assert_eq!(
         (p.min_reader_version, p.min_writer_version),

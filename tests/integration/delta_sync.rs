@@ -72,14 +72,20 @@ fn sorted(mut rows: Vec<CellRow>) -> Vec<CellRow> {
     rows
 }
 
-/// Asserts the Delta table equals the PostgreSQL table (as multisets of rows).
+/// Asserts the Delta table equals the PostgreSQL table `ticks` (as multisets of rows).
 async fn assert_mirrored(db: &TestDb, location: &url::Url, what: &str) {
+    assert_table_mirrored(db, "ticks", location, what).await;
+}
+
+/// Asserts the Delta table at `location` equals the PostgreSQL table `table` (as multisets
+/// of rows, in the Delta table's shape); returns how many rows they hold.
+async fn assert_table_mirrored(db: &TestDb, table: &str, location: &url::Url, what: &str) -> usize {
     let delta = lakets::delta::table::open(location).await.unwrap().unwrap();
     let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
     let lake = sorted(lakets::delta::read::scan(&delta, &shape).await.unwrap());
     let client = db.connect().await;
     let hot = sorted(
-        lakets::sync::postgres_rows(&client, &TableName::new("public", "ticks"), &shape)
+        lakets::sync::postgres_rows(&client, &TableName::new("public", table), &shape)
             .await
             .unwrap(),
     );
@@ -93,6 +99,16 @@ async fn assert_mirrored(db: &TestDb, location: &url::Url, what: &str) {
             hot.len()
         );
     }
+    lake.len()
+}
+
+/// Sets the Delta operator's durable position back to `lsn`, as a crash between a Delta
+/// commit and its progress row leaves it: the stream replays from there.
+async fn rewind_delta_progress(db: &TestDb, lsn: Lsn) {
+    db.exec(&format!(
+        "UPDATE lakets._sink_progress SET durable_lsn = '{lsn}' WHERE operator = 'delta'"
+    ))
+    .await;
 }
 
 fn pipeline_config(slot: &str) -> PipelineConfig {
@@ -192,28 +208,14 @@ fn random_statement(rng: &mut Rng, tick: &mut i64) -> String {
 /// there or inserting one twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_change_feed_replays_to_the_table_through_a_random_workload_and_restarts() {
-    random_workload_feed(
-        "delta_random_cdf",
-        lakets::sync::Features {
-            change_data_feed: true,
-            deletion_vectors: false,
-        },
-    )
-    .await;
+    random_workload_feed("delta_random_cdf", crate::delta_cdf::CDF).await;
 }
 
 /// The same with deletion vectors: every rewrite, `verify` and the log's row count read
 /// the files through their vectors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_vectors_keep_the_table_and_its_feed_exact_through_a_random_workload() {
-    random_workload_feed(
-        "delta_random_dv",
-        lakets::sync::Features {
-            change_data_feed: true,
-            deletion_vectors: true,
-        },
-    )
-    .await;
+    random_workload_feed("delta_random_dv", crate::delta_cdf::CDF_AND_VECTORS).await;
 }
 
 async fn random_workload_feed(label: &str, features: lakets::sync::Features) {
@@ -226,18 +228,7 @@ async fn random_workload_feed(label: &str, features: lakets::sync::Features) {
     ticks_table(&mut db, 600).await;
     let dir = tempfile::tempdir().unwrap();
     let location = dir.path().join("ticks");
-    let config = lakets::sync::enable_sync_with_readers(
-        &db.config(),
-        "ticks",
-        location.to_str().unwrap(),
-        Partitioning::Day,
-        None,
-        features,
-        2,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let config = common::sync_with(&db, "ticks", &location, features).await;
     let slot = lakets::wal::slot::default_slot_name(&db.name);
     let mut rng = Rng::seeded(label);
     let mut tick = 0;
@@ -253,11 +244,7 @@ async fn random_workload_feed(label: &str, features: lakets::sync::Features) {
     for _ in 0..40 {
         db.exec(&random_statement(&mut rng, &mut tick)).await;
     }
-    db.exec(&format!(
-        "UPDATE lakets._sink_progress SET durable_lsn = '{}' WHERE operator = 'delta'",
-        config.start_lsn.unwrap()
-    ))
-    .await;
+    rewind_delta_progress(&db, config.start_lsn.unwrap()).await;
     let (shutdown, run) = start(&db, &slot).await;
     for _ in 0..40 {
         db.exec(&random_statement(&mut rng, &mut tick)).await;
@@ -398,11 +385,7 @@ async fn the_delta_table_equals_the_postgres_table_through_a_random_workload_and
     // the progress update): the stream replays, the table's txn skips, no duplicates.
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    db.exec(&format!(
-        "UPDATE lakets._sink_progress SET durable_lsn = '{}' WHERE operator = 'delta'",
-        config.start_lsn.unwrap()
-    ))
-    .await;
+    rewind_delta_progress(&db, config.start_lsn.unwrap()).await;
     // The slot is ahead of that position: replay what it still holds.
     let (shutdown, run) = start(&db, &slot).await;
     for _ in 0..30 {
@@ -707,35 +690,7 @@ async fn maintenance_compacts_checkpoints_and_vacuums_without_changing_a_row() {
 /// references.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_keeps_deletion_vectors_the_table_references() {
-    maintenance_case(
-        "delta_maintenance_dv",
-        lakets::sync::Features {
-            change_data_feed: true,
-            deletion_vectors: true,
-        },
-    )
-    .await;
-}
-
-/// Syncs `table` to `path` with `features` (one reader).
-async fn sync_with(
-    db: &TestDb,
-    table: &str,
-    path: &std::path::Path,
-    features: lakets::sync::Features,
-) -> lakets::sync::SyncConfig {
-    lakets::sync::enable_sync_with_readers(
-        &db.config(),
-        table,
-        path.to_str().unwrap(),
-        Partitioning::Day,
-        None,
-        features,
-        1,
-        |_| {},
-    )
-    .await
-    .unwrap()
+    maintenance_case("delta_maintenance_dv", crate::delta_cdf::CDF_AND_VECTORS).await;
 }
 
 async fn maintenance_case(label: &str, features: lakets::sync::Features) {
@@ -743,7 +698,7 @@ async fn maintenance_case(label: &str, features: lakets::sync::Features) {
     let mut db = fresh_db(label).await;
     ticks_table(&mut db, 10).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = sync_with(&db, "ticks", &dir.path().join("t"), features).await;
+    let config = common::sync_with(&db, "ticks", &dir.path().join("t"), features).await;
     let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     // Many small commits: one file each.
@@ -862,14 +817,7 @@ async fn unchanged_toast_values_survive_repeated_updates_and_deletes_in_one_wind
 /// their files (not rewritten) for their unchanged values; then ADD COLUMN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_survive_with_deletion_vectors_and_change_data() {
-    toast_case(
-        "delta_toast_dv",
-        lakets::sync::Features {
-            change_data_feed: true,
-            deletion_vectors: true,
-        },
-    )
-    .await;
+    toast_case("delta_toast_dv", crate::delta_cdf::CDF_AND_VECTORS).await;
 }
 
 async fn toast_case(label: &str, features: lakets::sync::Features) {
@@ -889,7 +837,7 @@ async fn toast_case(label: &str, features: lakets::sync::Features) {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = sync_with(&db, "docs", &dir.path().join("docs"), features).await;
+    let config = common::sync_with(&db, "docs", &dir.path().join("docs"), features).await;
     let slot = lakets::wal::slot::default_slot_name(&db.name);
     let (shutdown, run) = start(&db, &slot).await;
     // The body (TOASTed, ~12 kB) is unchanged by these updates: pgoutput sends it as
@@ -909,26 +857,14 @@ async fn toast_case(label: &str, features: lakets::sync::Features) {
     let end = lsn_now(&db).await;
     wait_until_confirmed(&db.client, &slot, end, Duration::from_secs(60)).await;
     assert!(!run.is_finished(), "the pipeline stopped");
-    let delta = lakets::delta::table::open(&config.location)
-        .await
-        .unwrap()
-        .unwrap();
-    let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
-    let lake = sorted(lakets::delta::read::scan(&delta, &shape).await.unwrap());
-    let hot = sorted(
-        lakets::sync::postgres_rows(
-            &db.connect().await,
-            &TableName::new("public", "docs"),
-            &shape,
-        )
-        .await
-        .unwrap(),
-    );
-    assert_eq!(lake.len(), 5);
-    assert!(
-        lake == hot,
-        "Delta differs from PostgreSQL after TOAST-unchanged updates"
-    );
+    let rows = assert_table_mirrored(
+        &db,
+        "docs",
+        &config.location,
+        "after TOAST-unchanged updates",
+    )
+    .await;
+    assert_eq!(rows, 5);
 
     // ADD COLUMN, then updates that set it and keep the TOASTed body.
     db.exec(
@@ -946,21 +882,8 @@ async fn toast_case(label: &str, features: lakets::sync::Features) {
         .unwrap();
     let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
     assert!(shape.columns.iter().any(|c| c.name == "tag"));
-    let lake = sorted(lakets::delta::read::scan(&delta, &shape).await.unwrap());
-    let hot = sorted(
-        lakets::sync::postgres_rows(
-            &db.connect().await,
-            &TableName::new("public", "docs"),
-            &shape,
-        )
-        .await
-        .unwrap(),
-    );
-    assert_eq!(lake.len(), 4);
-    assert!(
-        lake == hot,
-        "Delta differs from PostgreSQL after ADD COLUMN"
-    );
+    let rows = assert_table_mirrored(&db, "docs", &config.location, "after ADD COLUMN").await;
+    assert_eq!(rows, 4);
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }

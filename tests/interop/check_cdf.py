@@ -12,15 +12,12 @@ PostgreSQL):
 Usage: check_cdf.py DELTA_DIR [STARTING_VERSION]   (with a starting version: only "feed",
 from that version on)
 """
-import glob
 import json
-import os
 import sys
 
 import pyarrow as pa
 
-for var in ("SPARK_REMOTE", "MASTER"):
-    os.environ.pop(var, None)
+from sail_session import sail_session
 
 
 def price_text(d):
@@ -43,15 +40,9 @@ def feed(table, starting_version=0):
 
 
 def duckdb_rows(table):
-    import duckdb
-    import duckdb_extension_delta
+    import duckdb_delta
 
-    ext_dir = os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "extensions")
-    ext = glob.glob(os.path.join(ext_dir, f"v{duckdb.__version__}", "delta.duckdb_extension"))
-    if not ext:
-        sys.exit(f"no delta extension for duckdb {duckdb.__version__} under {ext_dir}")
-    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
-    con.execute(f"LOAD '{ext[0]}'")
+    con = duckdb_delta.connect()
     got = con.execute(
         f"SELECT symbol, epoch_us(time), price, volume FROM delta_scan('{table}') ORDER BY 1, 2"
     ).fetchall()
@@ -59,16 +50,9 @@ def duckdb_rows(table):
 
 
 def sail(table):
-    from pysail.spark import SparkConnectServer
-    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    server = SparkConnectServer("127.0.0.1", 0)
-    server.start(background=True)
-    host, port = server.listening_address
-    spark = SparkSession.builder.remote(f"sc://{host}:{port}").getOrCreate()
-    try:
-        spark.conf.set("spark.sql.session.timeZone", "UTC")
+    with sail_session() as spark:
         df = spark.read.format("delta").load(table)
         current = [
             [r["symbol"], int(r["us"]), price_text(r["price"]), r["volume"]]
@@ -97,9 +81,6 @@ def sail(table):
         except Exception as e:  # Sail may not read change feeds: say what it answered
             sail_feed = f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
         return current, sail_feed
-    finally:
-        spark.stop()
-        server.stop()
 
 
 def main():

@@ -13,8 +13,7 @@ import json
 import os
 import sys
 
-import duckdb
-import duckdb_extension_delta
+import duckdb_delta
 
 failures = []
 
@@ -36,12 +35,7 @@ def micros(text):
 def main():
     table, expected_path = sys.argv[1], sys.argv[2]
     expected = json.load(open(expected_path))
-    ext_dir = os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "extensions")
-    ext = glob.glob(os.path.join(ext_dir, f"v{duckdb.__version__}", "delta.duckdb_extension"))
-    if not ext:
-        sys.exit(f"no delta extension for duckdb {duckdb.__version__} under {ext_dir}")
-    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
-    con.execute(f"LOAD '{ext[0]}'")
+    con = duckdb_delta.connect()
     scan = f"delta_scan('{table}')"
     part = expected["partition_column"]
 

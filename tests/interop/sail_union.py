@@ -6,26 +6,15 @@ Usage: python sail_union.py <table directory>
 """
 
 import json
-import os
 import sys
 
-# remote() refuses to start beside a configured master.
-for var in ("SPARK_REMOTE", "MASTER"):
-    os.environ.pop(var, None)
-
-from pysail.spark import SparkConnectServer
-from pyspark.sql import SparkSession
+from sail_session import sail_session
 from pyspark.sql import functions as F
 
 
 def main() -> None:
     path = sys.argv[1]
-    server = SparkConnectServer("127.0.0.1", 0)
-    server.start(background=True)
-    host, port = server.listening_address
-    spark = SparkSession.builder.remote(f"sc://{host}:{port}").getOrCreate()
-    try:
-        spark.conf.set("spark.sql.session.timeZone", "UTC")
+    with sail_session() as spark:
         df = spark.read.format("delta").load(path)
         rows = (
             df.groupBy("lakets_source")
@@ -45,9 +34,6 @@ def main() -> None:
             for r in rows
         }
         print(json.dumps(out))
-    finally:
-        spark.stop()
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -145,10 +145,10 @@ pub const REWRITE_DELETED_FRACTION: f64 = 0.25;
 
 /// The share of a file's rows its deletion vector deletes.
 fn deleted_fraction(view: &deltalake::kernel::LogicalFileView) -> f64 {
-    match (view.deletion_vector_descriptor(), view.num_records()) {
-        (Some(dv), Some(n)) if n > 0 => dv.cardinality as f64 / n as f64,
-        (Some(_), _) => 1.0,
-        _ => 0.0,
+    match (super::read::vector_rows(view), view.num_records()) {
+        (0, _) => 0.0,
+        (deleted, Some(n)) if n > 0 => deleted as f64 / n as f64,
+        _ => 1.0,
     }
 }
 

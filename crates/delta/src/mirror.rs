@@ -469,20 +469,18 @@ impl TableMirror {
 
     /// Whether deletes go into deletion vectors (the table has the feature and asks for it).
     fn deletion_vectors(&self) -> Result<bool> {
-        let state = self
-            .table
-            .snapshot()
-            .delta_context(|| format!("reading {}", self.location()))?;
-        Ok(super::protocol::deletion_vectors(state))
+        Ok(super::protocol::deletion_vectors(self.state()?))
     }
 
     /// Whether the table as loaded asks for change data (`delta.enableChangeDataFeed`).
     fn change_data(&self) -> Result<bool> {
-        let state = self
-            .table
+        Ok(super::protocol::change_data_feed(self.state()?))
+    }
+
+    fn state(&self) -> Result<&deltalake::table::state::DeltaTableState> {
+        self.table
             .snapshot()
-            .delta_context(|| format!("reading {}", self.location()))?;
-        Ok(super::protocol::change_data_feed(state))
+            .delta_context(|| format!("reading {}", self.location()))
     }
 
     fn build_index(&mut self, key_columns: &Arc<Vec<usize>>) {
@@ -622,13 +620,11 @@ impl TableMirror {
             .filter(|(i, _)| !out.dropped_staged.contains(i))
             .map(|(_, add)| url_path(&add.path))
             .collect();
-        for path in &new_files {
-            let mut batches = table::open_file(&self.table, path).await?;
-            while let Some(batch) = batches
-                .try_next()
-                .await
-                .delta_context(|| format!("reading Delta file {path}"))?
-            {
+        for path in new_files {
+            let file = table::DataFile::staged(path);
+            let mut batches = table::open_live(&self.table, &file, None).await?;
+            let path = &file.path;
+            while let Some(batch) = batches.next().await? {
                 let rows = super::read::rows_to_rewrite(&batch, &self.shape, path)?;
                 let mut changed = Vec::with_capacity(rows.len());
                 let mut kinds = Vec::with_capacity(rows.len());

@@ -91,21 +91,11 @@ impl ProtocolSummary {
 /// The protocol of the table as loaded.
 pub fn summary(state: &DeltaTableState) -> Result<ProtocolSummary> {
     let raw = protocol_json(state.protocol())?;
-    let features = |key: &str| -> Vec<String> {
-        raw.get(key)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     Ok(ProtocolSummary {
         min_reader_version: raw["minReaderVersion"].as_i64().unwrap_or(0),
         min_writer_version: raw["minWriterVersion"].as_i64().unwrap_or(0),
-        reader_features: features("readerFeatures"),
-        writer_features: features("writerFeatures"),
+        reader_features: listed(&raw, "readerFeatures"),
+        writer_features: listed(&raw, "writerFeatures"),
         change_data_feed: change_data_feed(state),
         deletion_vectors: deletion_vectors(state),
     })
@@ -114,26 +104,38 @@ pub fn summary(state: &DeltaTableState) -> Result<ProtocolSummary> {
 /// Whether deletes go into deletion vectors: the table has the feature and its property
 /// asks for them (`delta.enableDeletionVectors`).
 pub fn deletion_vectors(state: &DeltaTableState) -> bool {
-    let listed = protocol_json(state.protocol()).is_ok_and(|p| {
-        p.get("writerFeatures")
-            .and_then(Value::as_array)
-            .is_some_and(|f| f.iter().any(|f| f == "deletionVectors"))
-    });
-    listed
-        && state
-            .metadata()
-            .configuration()
-            .get(DELETION_VECTORS)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    protocol_json(state.protocol()).is_ok_and(|p| {
+        listed(&p, "writerFeatures")
+            .iter()
+            .any(|f| f == "deletionVectors")
+    }) && property_on(state, DELETION_VECTORS)
+}
+
+/// Whether the table property `key` is `true`.
+fn property_on(state: &DeltaTableState, key: &str) -> bool {
+    state
+        .metadata()
+        .configuration()
+        .get(key)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// The feature names a protocol lists under `key` (`readerFeatures`, `writerFeatures`).
+fn listed(protocol: &Value, key: &str) -> Vec<String> {
+    protocol
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether the table asks its writers for change data (`delta.enableChangeDataFeed`).
 pub fn change_data_feed(state: &DeltaTableState) -> bool {
-    state
-        .metadata()
-        .configuration()
-        .get(CHANGE_DATA_FEED)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    property_on(state, CHANGE_DATA_FEED)
 }
 
 /// Writer features lakets honours: it writes change data itself, never removes a file of
@@ -280,17 +282,6 @@ pub fn enable_features(
     let mut protocol = protocol_json(state.protocol())?;
     let reader = protocol["minReaderVersion"].as_i64().unwrap_or(1);
     let mut writer = protocol["minWriterVersion"].as_i64().unwrap_or(2);
-    let listed = |protocol: &Value, key: &str| -> Vec<String> {
-        protocol
-            .get(key)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let mut reader_features = listed(&protocol, "readerFeatures");
     let mut writer_features = listed(&protocol, "writerFeatures");
     let add = |list: &mut Vec<String>, feature: &str| {
@@ -332,16 +323,14 @@ pub fn enable_features(
     }
     let protocol: Protocol = serde_json::from_value(protocol)
         .map_err(|e| Error::Protocol(format!("building a Delta protocol action: {e}")))?;
-    let mut metadata = serde_json::to_value(state.metadata())
-        .map_err(|e| Error::Protocol(format!("reading the Delta table's metadata: {e}")))?;
-    if want_cdf {
-        metadata["configuration"][CHANGE_DATA_FEED] = Value::String("true".into());
-    }
-    if want_dv {
-        metadata["configuration"][DELETION_VECTORS] = Value::String("true".into());
-    }
-    let metadata: Metadata = serde_json::from_value(metadata)
-        .map_err(|e| Error::Protocol(format!("building a Delta metadata action: {e}")))?;
+    let metadata = metadata_with(state, |metadata| {
+        for (key, on) in [(CHANGE_DATA_FEED, want_cdf), (DELETION_VECTORS, want_dv)] {
+            if on {
+                metadata["configuration"][key] = Value::String("true".into());
+            }
+        }
+        Ok(())
+    })?;
     Ok(Some(vec![
         Action::Protocol(protocol),
         Action::Metadata(metadata),
@@ -358,12 +347,24 @@ pub fn with_columns(
         schema.fields().cloned().chain(fields.iter().cloned()),
     )
     .map_err(|e| Error::invalid(format!("adding columns to the Delta schema: {e}")))?;
+    metadata_with(state, |metadata| {
+        metadata["schemaString"] = Value::String(
+            serde_json::to_string(&extended)
+                .map_err(|e| Error::Protocol(format!("writing the Delta schema: {e}")))?,
+        );
+        Ok(())
+    })
+}
+
+/// The table's metadata action with `edit` applied to its JSON form (the kernel's type
+/// has no setters).
+fn metadata_with(
+    state: &DeltaTableState,
+    edit: impl FnOnce(&mut Value) -> Result<()>,
+) -> Result<Metadata> {
     let mut metadata = serde_json::to_value(state.metadata())
         .map_err(|e| Error::Protocol(format!("reading the Delta table's metadata: {e}")))?;
-    metadata["schemaString"] = Value::String(
-        serde_json::to_string(&extended)
-            .map_err(|e| Error::Protocol(format!("writing the Delta schema: {e}")))?,
-    );
+    edit(&mut metadata)?;
     serde_json::from_value(metadata)
         .map_err(|e| Error::Protocol(format!("building a Delta metadata action: {e}")))
 }

@@ -65,12 +65,8 @@ pub async fn summary(delta: &DeltaTable, source: Option<&str>) -> Result<TableSu
     let rows = files
         .iter()
         .map(|f| {
-            f.num_records().map(|n| {
-                (n as u64).saturating_sub(
-                    f.deletion_vector_descriptor()
-                        .map_or(0, |d| d.cardinality.max(0) as u64),
-                )
-            })
+            f.num_records()
+                .map(|n| (n as u64).saturating_sub(vector_rows(f)))
         })
         .sum::<Option<u64>>();
     Ok(TableSummary {
@@ -79,6 +75,12 @@ pub async fn summary(delta: &DeltaTable, source: Option<&str>) -> Result<TableSu
         bytes: files.iter().map(|f| f.size().max(0) as u64).sum(),
         rows,
     })
+}
+
+/// Rows of a file its deletion vector deletes (statistics count them, readers skip them).
+pub fn vector_rows(file: &deltalake::kernel::LogicalFileView) -> u64 {
+    file.deletion_vector_descriptor()
+        .map_or(0, |d| d.cardinality.max(0) as u64)
 }
 
 /// The rows of a record batch read from a file of the table, as cells in the shape's
@@ -181,9 +183,7 @@ pub async fn count_range(
     };
     let mut total = 0u64;
     for view in views {
-        let deleted = view
-            .deletion_vector_descriptor()
-            .map_or(0, |d| d.cardinality.max(0) as u64);
+        let deleted = vector_rows(&view);
         if let Some(stats) = view.stats().and_then(|s| file_time_range(&s, time_name)) {
             let (min, max, records) = stats;
             if max < start || min >= end {
