@@ -226,6 +226,11 @@ async fn random_workload_feed(label: &str, features: lakets::sync::Features) {
     let _serial = SERIAL.lock().await;
     let mut db = fresh_db(label).await;
     ticks_table(&mut db, 600).await;
+    // The hour the history ends at (ranges below are taken from it, not from a clock
+    // that may have passed the next hour by then).
+    let hour_of_history: i64 = db
+        .scalar("SELECT (extract(epoch FROM max(time) + interval '1 hour') * 1000000)::bigint / 3600000000 * 3600000000 FROM ticks")
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let location = dir.path().join("ticks");
     let config = common::sync_with(&db, "ticks", &location, features).await;
@@ -274,10 +279,12 @@ async fn random_workload_feed(label: &str, features: lakets::sync::Features) {
         // The gate's count of a time range (invariant 3): files wholly inside count by
         // their statistics less their vectors, straddling files are read through them.
         let shape = shape_of(&delta, "time", Partitioning::Day).unwrap();
-        let now: i64 = db
-            .scalar("SELECT (extract(epoch FROM date_trunc('hour', now())) * 1000000)::bigint")
-            .await;
-        for hours in [9, 30, 1000] {
+        let now = hour_of_history;
+        for (hours, ahead) in [9, 30, 1000]
+            .into_iter()
+            .flat_map(|h| [-2, 0, 1, 2].map(|a| (h, a)))
+        {
+            let now = now + ahead * 3_600_000_000;
             let start = now - hours * 3_600_000_000;
             let want: i64 = db
                 .scalar(&format!(
@@ -288,7 +295,10 @@ async fn random_workload_feed(label: &str, features: lakets::sync::Features) {
             let got = lakets::delta::read::count_range(&delta, &shape, start, now)
                 .await
                 .unwrap();
-            assert_eq!(got, want as u64, "rows of the last {hours} hours");
+            assert_eq!(
+                got, want as u64,
+                "rows of {hours} hours up to {ahead} h from now"
+            );
         }
     }
 
