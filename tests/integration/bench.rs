@@ -93,22 +93,44 @@ fn bench_all_reports_every_figure_in_one_run() {
         assert!(f(&split[key]) > 0.0, "{key} in {split}");
     }
 
-    // Catch-up: pg_recvlogical (text, binary), lakets (text, binary), the split pair,
-    // pg_recvlogical over the Unix socket (text, binary).
+    // Catch-up: pg_recvlogical and lakets (text, binary) over TCP and over the Unix socket,
+    // and the split pair; each with its own CPU per row and (but the pair) its walsender's.
     let rows = report["catchup"]["rows"].as_u64().unwrap();
     let measurements = report["catchup"]["measurements"].as_array().unwrap();
-    assert_eq!(measurements.len(), 7, "{measurements:?}");
+    assert_eq!(measurements.len(), 9, "{measurements:?}");
     for m in measurements {
         assert!(f(&m["rows_per_second"]) > 0.0);
-        if m["consumer"].as_str().unwrap().starts_with("lakets") {
+        assert!(f(&m["consumer_cpu_us_per_row"]) > 0.0, "{m}");
+        let consumer = m["consumer"].as_str().unwrap();
+        if consumer.starts_with("lakets") {
             assert!(m["changes_seen"].as_u64().unwrap() >= rows, "{m}");
+        }
+        if consumer.contains("split") {
+            assert!(m["walsender_cpu_us_per_row"].is_null(), "{m}");
+        } else {
+            assert!(f(&m["walsender_cpu_us_per_row"]) > 0.0, "{m}");
+        }
+    }
+    for transport in ["tcp", "unix"] {
+        for consumer in ["pg_recvlogical", "lakets (all operators)"] {
+            assert_eq!(
+                measurements
+                    .iter()
+                    .filter(|m| m["transport"] == transport && m["consumer"] == consumer)
+                    .count(),
+                2,
+                "{consumer} over {transport}: {measurements:?}"
+            );
         }
     }
     for key in [
+        "ratio_unix_text",
+        "ratio_unix_binary",
         "ratio_text",
         "ratio_binary",
         "split_over_single",
         "recv_unix_over_tcp",
+        "lakets_cpu_over_walsender",
     ] {
         assert!(f(&report["catchup"][key]) > 0.0, "{key}");
     }

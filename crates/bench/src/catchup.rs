@@ -1,20 +1,23 @@
 //! `lakets bench catchup`: a backlog of N stock ticks (1,000-row transactions) waits in
-//! several slots created at the same WAL position. Then, one after the other,
-//! `pg_recvlogical --endpos` drains one slot to /dev/null (PostgreSQL's own client: the
+//! several slots created at the same WAL position. Then, one after the other, each consumer
+//! drains its own slot: `pg_recvlogical --endpos` to /dev/null (PostgreSQL's own client, the
 //! walsender's ceiling) and the service's pipeline with all its operators (chunk tracker,
-//! Last Value Cache, rollup invalidations, Delta mirror) drains another, until every
-//! operator has stored the whole backlog (Delta: committed to the table). Text and binary
-//! protocol both, repeated and interleaved.
+//! Last Value Cache, rollup invalidations, Delta mirror) until every operator has stored
+//! the whole backlog (Delta: committed to the table). Each over TCP on loopback and over
+//! the server's Unix socket, text and binary protocol, repeated and interleaved.
+//!
+//! Each run also records CPU per row: the consumer's (this process for lakets, the child
+//! for `pg_recvlogical`) and its walsender's, so that what lakets costs is set against what
+//! decoding costs the server in the same run.
 //!
 //! It also answers whether several slots lift the walsender's ceiling: two
-//! `pg_recvlogical` drain two publications that split the table by a row filter, at once;
-//! and what the transport costs the walsender: `pg_recvlogical` over the server's Unix
-//! socket instead of TCP on loopback.
+//! `pg_recvlogical` drain two publications that split the table by a row filter, at once.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, PgResultExt, Result};
@@ -30,6 +33,8 @@ pub struct CatchupOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
     pub consumer: String,
+    /// `tcp` (loopback) or `unix` (the server's socket).
+    pub transport: String,
     pub protocol: String,
     pub repetition: usize,
     pub rows: u64,
@@ -37,6 +42,11 @@ pub struct Measurement {
     pub rows_per_second: f64,
     /// Changes the lakets pipeline received (a check that it saw the whole backlog).
     pub changes_seen: Option<u64>,
+    /// The consumer's CPU (user + system) per row, microseconds: this process for lakets,
+    /// the `pg_recvlogical` processes for theirs.
+    pub consumer_cpu_us_per_row: f64,
+    /// The walsender's CPU per row, microseconds (None for the split pair).
+    pub walsender_cpu_us_per_row: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,28 +54,82 @@ pub struct CatchupReport {
     pub rows: u64,
     pub repetitions: usize,
     pub measurements: Vec<Measurement>,
-    /// Best lakets rate (all operators) over best pg_recvlogical rate, per protocol.
+    /// Best lakets rate (all operators) over best pg_recvlogical rate, both over the Unix
+    /// socket, per protocol: the target (>= 0.9x) is against the best consumer.
+    pub ratio_unix_text: f64,
+    pub ratio_unix_binary: f64,
+    /// The same over TCP on loopback, where the walsender's per-segment work caps both.
     pub ratio_text: f64,
     pub ratio_binary: f64,
-    /// Best binary lakets rate over best text lakets rate.
+    /// Best binary lakets rate over best text lakets rate (Unix socket).
     pub binary_over_text: f64,
     /// Two slots on row-filtered halves, drained at once, over one slot (pg_recvlogical,
-    /// text): above 1 when several slots lift the ceiling.
+    /// text, TCP): above 1 when several slots lift the ceiling.
     pub split_over_single: f64,
     /// pg_recvlogical over the Unix socket / over TCP (text, best of each).
     pub recv_unix_over_tcp: f64,
+    /// lakets' CPU per row over its walsender's, in lakets' fastest binary run over the
+    /// Unix socket (target <= 0.5x: a consumer that leaves the cores to the writers).
+    pub lakets_cpu_over_walsender: f64,
     pub machine: String,
 }
 
+/// Who drains a slot, and how it reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Consumer {
+    Recv,
+    RecvUnix,
+    Lakets,
+    LaketsUnix,
+    /// Two pg_recvlogical on the split publications at once (TCP, text only).
+    Split,
+}
+
+impl Consumer {
+    const ALL: [Consumer; 5] = [
+        Consumer::Recv,
+        Consumer::Lakets,
+        Consumer::Split,
+        Consumer::RecvUnix,
+        Consumer::LaketsUnix,
+    ];
+
+    /// The name in the report.
+    fn name(self) -> &'static str {
+        match self {
+            Consumer::Recv | Consumer::RecvUnix => RECV,
+            Consumer::Lakets | Consumer::LaketsUnix => LAKETS,
+            Consumer::Split => SPLIT,
+        }
+    }
+
+    fn transport(self) -> &'static str {
+        match self {
+            Consumer::RecvUnix | Consumer::LaketsUnix => "unix",
+            _ => "tcp",
+        }
+    }
+
+    fn runs_with(self, binary: bool) -> bool {
+        self != Consumer::Split || !binary
+    }
+
+    fn slots(self, protocol: &str, rep: usize) -> Vec<String> {
+        match self {
+            Consumer::Split => vec![
+                format!("bench_split_a_{rep}"),
+                format!("bench_split_b_{rep}"),
+            ],
+            _ => vec![format!("bench_{self:?}_{protocol}_{rep}").to_lowercase()],
+        }
+    }
+}
+
 const PROTOCOLS: [(&str, bool); 2] = [("text", false), ("binary", true)];
-/// pg_recvlogical, the service's pipeline, two pg_recvlogical on split publications, and
-/// pg_recvlogical over the Unix socket.
-const CONSUMERS: [&str; 4] = ["recv", "lakets", "split", "recv_unix"];
 /// The consumers' names in the report.
 const RECV: &str = "pg_recvlogical";
 const SPLIT: &str = "pg_recvlogical x2 split";
 const LAKETS: &str = "lakets (all operators)";
-const RECV_UNIX: &str = "pg_recvlogical, unix socket";
 const SPLIT_PUBLICATIONS: [(&str, &str); 2] = [
     ("lakets_bench_split_a", "symbol < 'JPM'"),
     ("lakets_bench_split_b", "symbol >= 'JPM'"),
@@ -74,6 +138,7 @@ const SPLIT_PUBLICATIONS: [(&str, &str); 2] = [
 pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
     let (pg, url, mut client) = super::stock_ticks_database(super::History::None).await?;
     let db_config = crate::db::parse_config(&url)?;
+    let unix_config = crate::db::parse_config(&pg.socket_url("lakets_bench"))?;
     let _lake = super::attach_operators(&mut client, &db_config).await?;
     for (publication, filter) in SPLIT_PUBLICATIONS {
         client
@@ -87,86 +152,106 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
 
     let mut measurements = Vec::new();
     for rep in 0..options.repetitions {
-        let mut slots = Vec::new();
-        for who in CONSUMERS {
-            for (name, _) in PROTOCOLS {
-                if who == "split" {
-                    if name == "text" {
-                        slots.push(format!("bench_split_a_{rep}"));
-                        slots.push(format!("bench_split_b_{rep}"));
-                    }
-                } else {
-                    slots.push(format!("bench_{who}_{name}_{rep}"));
+        // Interleave: every consumer and protocol, in an order rotated per repetition.
+        let mut runs: Vec<(Consumer, &str, bool)> = Vec::new();
+        for (name, binary) in PROTOCOLS {
+            for who in Consumer::ALL {
+                if who.runs_with(binary) {
+                    runs.push((who, name, binary));
                 }
             }
         }
+        let slots: Vec<String> = runs
+            .iter()
+            .flat_map(|(who, name, _)| who.slots(name, rep))
+            .collect();
         for slot in &slots {
             super::create_slot(&client, slot).await?;
         }
         let marker = write_backlog(&client, options.rows).await?;
         super::settle_backlog(&client).await?;
-        // Interleave: every consumer, in an order rotated per repetition.
-        let mut runs: Vec<(&str, &str, bool)> = Vec::new();
-        for (name, binary) in PROTOCOLS {
-            for who in CONSUMERS {
-                if who != "split" || !binary {
-                    runs.push((who, name, binary));
-                }
-            }
-        }
         let rotation = rep % runs.len();
         runs.rotate_left(rotation);
         for (who, name, binary) in runs {
+            let slot = who.slots(name, rep).remove(0);
+            let (done, done_rx) = watch::channel(false);
+            let cpu_before = (super::cpu::process(), super::cpu::children());
             let started = Instant::now();
-            let changes_seen = match who {
-                "recv" | "recv_unix" => {
-                    let slot = format!("bench_{who}_{name}_{rep}");
-                    let host = match who {
-                        "recv" => pg.host().to_owned(),
-                        _ => pg.socket_dir().display().to_string(),
-                    };
-                    run_pg_recvlogical(&pg, &host, &slot, "lakets", binary, marker).await?;
-                    None
-                }
-                "split" => {
-                    let a = format!("bench_split_a_{rep}");
-                    let b = format!("bench_split_b_{rep}");
-                    let publications = SPLIT_PUBLICATIONS.map(|(p, _)| p);
-                    let (ra, rb) = tokio::join!(
-                        run_pg_recvlogical(&pg, pg.host(), &a, publications[0], binary, marker),
-                        run_pg_recvlogical(&pg, pg.host(), &b, publications[1], binary, marker)
-                    );
-                    ra?;
-                    rb?;
-                    None
-                }
-                _ => {
-                    let slot = format!("bench_{who}_{name}_{rep}");
-                    let seen = run_lakets(&db_config, &slot, binary, marker).await?;
-                    if seen < options.rows {
-                        return Err(Error::Operator(format!(
-                            "lakets saw {seen} changes of a {}-row backlog",
-                            options.rows
-                        )));
+            let drain = async {
+                let outcome = match who {
+                    Consumer::Recv | Consumer::RecvUnix => {
+                        let host = match who {
+                            Consumer::Recv => pg.host().to_owned(),
+                            _ => pg.socket_dir().display().to_string(),
+                        };
+                        run_pg_recvlogical(&pg, &host, &slot, "lakets", binary, marker)
+                            .await
+                            .map(|()| None)
                     }
-                    Some(seen)
-                }
+                    Consumer::Split => {
+                        let publications = SPLIT_PUBLICATIONS.map(|(p, _)| p);
+                        let split_slots = who.slots(name, rep);
+                        let (ra, rb) = tokio::join!(
+                            run_pg_recvlogical(
+                                &pg,
+                                pg.host(),
+                                &split_slots[0],
+                                publications[0],
+                                binary,
+                                marker
+                            ),
+                            run_pg_recvlogical(
+                                &pg,
+                                pg.host(),
+                                &split_slots[1],
+                                publications[1],
+                                binary,
+                                marker
+                            )
+                        );
+                        ra.and(rb).map(|()| None)
+                    }
+                    Consumer::Lakets | Consumer::LaketsUnix => {
+                        let config = match who {
+                            Consumer::Lakets => &db_config,
+                            _ => &unix_config,
+                        };
+                        run_lakets(config, &slot, binary, marker, Some(&done))
+                            .await
+                            .map(Some)
+                    }
+                };
+                let _ = done.send(true);
+                outcome
             };
+            let (outcome, walsender_cpu) =
+                tokio::join!(drain, super::cpu::walsender(&client, &slot, done_rx));
+            let changes_seen = outcome?;
             let seconds = started.elapsed().as_secs_f64();
+            if let Some(seen) = changes_seen
+                && seen < options.rows
+            {
+                return Err(Error::Operator(format!(
+                    "lakets saw {seen} changes of a {}-row backlog",
+                    options.rows
+                )));
+            }
+            let consumer_cpu = match who {
+                Consumer::Lakets | Consumer::LaketsUnix => super::cpu::process() - cpu_before.0,
+                _ => super::cpu::children() - cpu_before.1,
+            };
+            let per_row = |cpu: Duration| cpu.as_secs_f64() * 1e6 / options.rows as f64;
             measurements.push(Measurement {
-                consumer: match who {
-                    "recv" => RECV,
-                    "split" => SPLIT,
-                    "recv_unix" => RECV_UNIX,
-                    _ => LAKETS,
-                }
-                .into(),
+                consumer: who.name().into(),
+                transport: who.transport().into(),
                 protocol: name.into(),
                 repetition: rep,
                 rows: options.rows,
                 seconds,
                 rows_per_second: options.rows as f64 / seconds,
                 changes_seen,
+                consumer_cpu_us_per_row: per_row(consumer_cpu),
+                walsender_cpu_us_per_row: (who != Consumer::Split).then(|| per_row(walsender_cpu)),
             });
         }
         for slot in &slots {
@@ -179,33 +264,39 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
             .await
             .pg_context(|| "truncating the backlog".into())?;
     }
-    let best = |consumer: &str, protocol: &str| {
+    let fastest = |consumer: &str, transport: &str, protocol: &str| {
         measurements
             .iter()
-            .filter(|m| m.consumer == consumer && m.protocol == protocol)
-            .map(|m| m.rows_per_second)
-            .fold(0.0, f64::max)
+            .filter(|m| {
+                m.consumer == consumer && m.transport == transport && m.protocol == protocol
+            })
+            .max_by(|a, b| a.rows_per_second.total_cmp(&b.rows_per_second))
     };
-    let ratio_text = best(LAKETS, "text") / best(RECV, "text");
-    let ratio_binary = best(LAKETS, "binary") / best(RECV, "binary");
-    let binary_over_text = best(LAKETS, "binary") / best(LAKETS, "text");
-    let split_over_single = best(SPLIT, "text") / best(RECV, "text");
-    let recv_unix_over_tcp = best(RECV_UNIX, "text") / best(RECV, "text");
+    let best = |consumer: &str, transport: &str, protocol: &str| {
+        fastest(consumer, transport, protocol).map_or(0.0, |m| m.rows_per_second)
+    };
+    let lakets_cpu_over_walsender = fastest(LAKETS, "unix", "binary")
+        .and_then(|m| Some(m.consumer_cpu_us_per_row / m.walsender_cpu_us_per_row?))
+        .unwrap_or(0.0);
+    let report = CatchupReport {
+        rows: options.rows,
+        repetitions: options.repetitions,
+        ratio_unix_text: best(LAKETS, "unix", "text") / best(RECV, "unix", "text"),
+        ratio_unix_binary: best(LAKETS, "unix", "binary") / best(RECV, "unix", "binary"),
+        ratio_text: best(LAKETS, "tcp", "text") / best(RECV, "tcp", "text"),
+        ratio_binary: best(LAKETS, "tcp", "binary") / best(RECV, "tcp", "binary"),
+        binary_over_text: best(LAKETS, "unix", "binary") / best(LAKETS, "unix", "text"),
+        split_over_single: best(SPLIT, "tcp", "text") / best(RECV, "tcp", "text"),
+        recv_unix_over_tcp: best(RECV, "unix", "text") / best(RECV, "tcp", "text"),
+        lakets_cpu_over_walsender,
+        machine: machine_description(),
+        measurements,
+    };
     drop(client);
     tokio::task::spawn_blocking(move || drop(pg))
         .await
         .map_err(|e| Error::Embedded(e.to_string()))?;
-    Ok(CatchupReport {
-        rows: options.rows,
-        repetitions: options.repetitions,
-        measurements,
-        ratio_text,
-        ratio_binary,
-        binary_over_text,
-        split_over_single,
-        recv_unix_over_tcp,
-        machine: machine_description(),
-    })
+    Ok(report)
 }
 
 /// Writes `rows` ticks in 1,000-row transactions; returns the LSN of a marker message
@@ -288,12 +379,14 @@ async fn run_pg_recvlogical(
 }
 
 /// Drains `slot` with the service's pipeline until every operator stored the backlog;
-/// returns the changes it received.
+/// returns the changes it received. `drained` is told as soon as it has, before the
+/// pipeline stops (its walsender's CPU is read while it still runs).
 pub(crate) async fn run_lakets(
     db: &crate::db::DbConfig,
     slot: &str,
     binary: bool,
     end: Lsn,
+    drained: Option<&watch::Sender<bool>>,
 ) -> Result<u64> {
     let stop = CancellationToken::new();
     let (status, task) = super::spawn_service_pipeline(
@@ -305,6 +398,11 @@ pub(crate) async fn run_lakets(
         stop.clone(),
     );
     let waited = super::wait_acknowledged(&status, &task, end, Duration::from_secs(3600)).await;
+    if let Some(drained) = drained {
+        let _ = drained.send(true);
+        // Lets the sampler beside us take its last reading while the walsender runs.
+        tokio::task::yield_now().await;
+    }
     super::stop_pipeline(&stop, task).await?;
     waited?;
     let seen = status.lock().unwrap().changes;
@@ -334,23 +432,47 @@ pub fn catchup_table(report: &CatchupReport) -> String {
         report.rows, report.repetitions, report.machine
     );
     out.push_str(&format!(
-        "{:<28} {:<8} {:>4} {:>10} {:>12}\n",
-        "consumer", "protocol", "rep", "seconds", "rows/s"
+        "{:<24} {:<5} {:<8} {:>4} {:>8} {:>10} {:>14} {:>15}\n",
+        "consumer",
+        "via",
+        "protocol",
+        "rep",
+        "seconds",
+        "rows/s",
+        "own CPU us/row",
+        "walsender us/row"
     ));
     for m in &report.measurements {
+        let walsender = m
+            .walsender_cpu_us_per_row
+            .map_or_else(|| "-".to_owned(), |w| format!("{w:.2}"));
         out.push_str(&format!(
-            "{:<28} {:<8} {:>4} {:>10.2} {:>12.0}\n",
-            m.consumer, m.protocol, m.repetition, m.seconds, m.rows_per_second
+            "{:<24} {:<5} {:<8} {:>4} {:>8.2} {:>10.0} {:>14.2} {:>15}\n",
+            m.consumer,
+            m.transport,
+            m.protocol,
+            m.repetition,
+            m.seconds,
+            m.rows_per_second,
+            m.consumer_cpu_us_per_row,
+            walsender
         ));
     }
     out.push_str(&format!(
-        "\nlakets (all operators) / pg_recvlogical (best of each): text {:.2}x, binary {:.2}x \
-         (target >= 0.9x)\nlakets binary / text: {:.2}x\n\
-         two slots on row-filtered halves at once / one slot (pg_recvlogical, text): {:.2}x\n",
-        report.ratio_text, report.ratio_binary, report.binary_over_text, report.split_over_single
-    ));
-    out.push_str(&format!(
-        "pg_recvlogical over the Unix socket / over TCP (text): {:.2}x\n",
+        "\nlakets (all operators) / pg_recvlogical, best of each, over the Unix socket: text \
+         {:.2}x, binary {:.2}x (target >= 0.9x); over TCP: text {:.2}x, binary {:.2}x\n\
+         lakets CPU per row / its walsender's (fastest binary run, Unix socket): {:.2}x \
+         (target <= 0.5x)\n\
+         lakets binary / text (Unix socket): {:.2}x\n\
+         two slots on row-filtered halves at once / one slot (pg_recvlogical, text): {:.2}x\n\
+         pg_recvlogical over the Unix socket / over TCP (text): {:.2}x\n",
+        report.ratio_unix_text,
+        report.ratio_unix_binary,
+        report.ratio_text,
+        report.ratio_binary,
+        report.lakets_cpu_over_walsender,
+        report.binary_over_text,
+        report.split_over_single,
         report.recv_unix_over_tcp
     ));
     out

@@ -96,7 +96,7 @@ pub async fn fanin(options: &FaninOptions) -> Result<FaninReport> {
             let drains = taking_part
                 .iter()
                 .zip(&ends)
-                .map(|((_, db, _), end)| super::catchup::run_lakets(db, &slot, true, *end));
+                .map(|((_, db, _), end)| super::catchup::run_lakets(db, &slot, true, *end, None));
             let seen = futures_util::future::try_join_all(drains).await?;
             let seconds = started.elapsed().as_secs_f64();
             if let Some(short) = seen.iter().find(|&&n| n < options.rows) {

@@ -4,6 +4,7 @@
 
 mod affinity;
 pub mod catchup;
+mod cpu;
 pub mod demo;
 pub mod fanin;
 pub mod freshness;

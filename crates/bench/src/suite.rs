@@ -212,16 +212,24 @@ fn targets(
         });
     }
     for (protocol, ratio) in [
-        ("text", catchup.ratio_text),
-        ("binary", catchup.ratio_binary),
+        ("text", catchup.ratio_unix_text),
+        ("binary", catchup.ratio_unix_binary),
     ] {
         out.push(TargetCheck {
-            figure: format!("catch-up, all operators / pg_recvlogical, {protocol}"),
+            figure: format!(
+                "catch-up over the Unix socket, all operators / pg_recvlogical, {protocol}"
+            ),
             target: ">= 0.90x".into(),
             measured: format!("{ratio:.2}x"),
             met: ratio >= 0.9,
         });
     }
+    out.push(TargetCheck {
+        figure: "catch-up CPU per row, lakets / its walsender (binary, Unix socket)".into(),
+        target: "<= 0.50x".into(),
+        measured: format!("{:.2}x", catchup.lakets_cpu_over_walsender),
+        met: catchup.lakets_cpu_over_walsender > 0.0 && catchup.lakets_cpu_over_walsender <= 0.5,
+    });
     for fresh in freshness {
         let size = fresh.rows_per_transaction;
         out.push(TargetCheck {

@@ -98,7 +98,7 @@ struct PendingDelete {
 }
 
 /// Positions of rows by key.
-type KeyIndex = HashMap<CellRow, Vec<usize>>;
+type KeyIndex = hashbrown::HashMap<CellRow, Vec<usize>>;
 
 #[derive(Default)]
 struct Window {
@@ -593,7 +593,7 @@ impl TableMirror {
             }
         }
         // The rows that left committed files, by key (per key column set).
-        let mut preimages: HashMap<Arc<Vec<usize>>, HashMap<CellRow, Vec<usize>>> = HashMap::new();
+        let mut preimages: HashMap<Arc<Vec<usize>>, KeyIndex> = HashMap::new();
         let left: Vec<usize> = self
             .window
             .live_deletes()
@@ -1038,7 +1038,7 @@ impl TableMirror {
             return Ok(hits);
         }
         // Deletes by key, per key column set, oldest first.
-        let mut by_key: HashMap<Arc<Vec<usize>>, HashMap<CellRow, Vec<usize>>> = HashMap::new();
+        let mut by_key: HashMap<Arc<Vec<usize>>, KeyIndex> = HashMap::new();
         let mut key_names: Vec<String> = Vec::new();
         for &d in live {
             let del = &self.window.deletes[d];

@@ -212,6 +212,18 @@ impl EmbeddedPostgres {
         )
     }
 
+    /// A URL that reaches the cluster through its Unix socket, with the password (a secret,
+    /// as [`Self::url`]'s).
+    pub fn socket_url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{}@{}:{}/{}",
+            self.cluster.password,
+            percent_encode_path(&self.socket_dir().display().to_string()),
+            self.cluster.port,
+            percent_encode_path(database)
+        )
+    }
+
     /// The URL to show: no password (it is in [`Self::password_file`]).
     pub fn display_url(&self, database: &str) -> String {
         format!(

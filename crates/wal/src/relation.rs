@@ -4,7 +4,7 @@
 //! every schema change. When it differs from what we had, operators get a schema-change
 //! event before the rows that use the new shape.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use super::pgoutput::RelationMessage;

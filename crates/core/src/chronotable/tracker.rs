@@ -7,7 +7,9 @@
 //! An update that moves a row between chunks touches both; a TRUNCATE touches every chunk.
 //! Stamps are batched and written with the durable LSN in one SQL transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use hashbrown::{HashMap, HashSet};
 
 use tokio_postgres::Client;
 use tracing::warn;
@@ -42,6 +44,16 @@ pub struct ChunkTracker {
     in_txn: HashSet<(String, String)>,
     /// Chunk -> end LSN of the last committed transaction that wrote it, not yet stored.
     pending: HashMap<(String, String), Lsn>,
+    /// Where the transaction's previous row went: a row of the same relation in the same
+    /// chunk (most of a tick stream's rows) is placed without any lookup.
+    placed: Option<Placed>,
+}
+
+/// A chunk already in `in_txn`, for rows of `relation` (held, so the pointer stays its).
+struct Placed {
+    relation: Arc<Relation>,
+    time_index: usize,
+    range: ChunkRange,
 }
 
 impl ChunkTracker {
@@ -53,6 +65,7 @@ impl ChunkTracker {
             tables: HashMap::new(),
             in_txn: HashSet::new(),
             pending: HashMap::new(),
+            placed: None,
         };
         for ct in registry::list_chronotables(&tracker.client).await? {
             tracker.load_table(ct).await?;
@@ -76,6 +89,7 @@ impl ChunkTracker {
             .collect();
         pairs.sort_by_key(|(r, _)| r.start);
         let (ranges, names): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        self.placed = None;
         self.tables.insert(
             info.table.clone(),
             TrackedTable {
@@ -102,7 +116,14 @@ impl ChunkTracker {
         }
     }
 
-    async fn touch_row(&mut self, relation: &Relation, row: &Row) -> Result<()> {
+    async fn touch_row(&mut self, relation: &Arc<Relation>, row: &Row) -> Result<()> {
+        if let Some(placed) = &self.placed
+            && Arc::ptr_eq(&placed.relation, relation)
+            && let Some(t) = row.get(placed.time_index).and_then(|v| v.as_time_micros())
+            && placed.range.contains(t)
+        {
+            return Ok(());
+        }
         if !self.tables.contains_key(&relation.table) && !self.reload(&relation.table).await? {
             return Ok(()); // not a ChronoTable
         }
@@ -124,18 +145,26 @@ impl ChunkTracker {
                 row.get(index)
             )));
         };
-        let found = match tracked.chunks.locate(t) {
-            Some(i) => Some(tracked.names[i].clone()),
+        let locate = |tr: &TrackedTable| {
+            tr.chunks
+                .locate(t)
+                .map(|i| (tr.names[i].clone(), tr.chunks.ranges()[i]))
+        };
+        let found = match locate(tracked) {
+            Some(found) => Some(found),
             None => {
                 self.reload(&relation.table).await?;
-                self.tables
-                    .get(&relation.table)
-                    .and_then(|tr| tr.chunks.locate(t).map(|i| tr.names[i].clone()))
+                self.tables.get(&relation.table).and_then(locate)
             }
         };
         match found {
-            Some(chunk) => {
+            Some((chunk, range)) => {
                 self.in_txn.insert((relation.table.schema.clone(), chunk));
+                self.placed = Some(Placed {
+                    relation: relation.clone(),
+                    time_index: index,
+                    range,
+                });
             }
             None => {
                 // Only a chunk removed from the registry by hand can cause this.
@@ -171,6 +200,7 @@ impl Operator for ChunkTracker {
     async fn apply(&mut self, slice: &TxnSlice) -> Result<()> {
         if slice.first {
             self.in_txn.clear();
+            self.placed = None;
         }
         for change in &slice.changes {
             match change {
@@ -191,6 +221,7 @@ impl Operator for ChunkTracker {
             }
         }
         if let Some(end) = slice.end_lsn {
+            self.placed = None;
             for chunk in self.in_txn.drain() {
                 self.pending.insert(chunk, end);
             }

@@ -23,7 +23,7 @@
 //! Maintenance (compaction, checkpoints, vacuum) runs here too, between two windows, so
 //! the table's writer never races its own compaction.
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,7 +119,8 @@ pub struct DeltaSink {
     followed: HashMap<TableName, Followed>,
     /// Open mirrors of the active syncs.
     mirrors: HashMap<TableName, TableMirror>,
-    layouts: HashMap<u32, Layout>,
+    /// Shared with each change that uses it (one per row): a reference, not a copy.
+    layouts: HashMap<u32, Arc<Layout>>,
     /// Tables the durability gate waits on, with the lock position it needs passed.
     gate_waits: HashMap<TableName, Lsn>,
     maintenance: Option<MaintenanceSchedule>,
@@ -506,16 +507,20 @@ impl DeltaSink {
         };
         self.layouts.insert(
             relation.id,
-            Layout {
+            Arc::new(Layout {
                 table: relation.table.clone(),
                 sources,
                 key_columns: Arc::new(key_columns),
-            },
+            }),
         );
         Ok(())
     }
 
-    async fn layout(&mut self, relation: &Relation, commit_lsn: Lsn) -> Result<Option<Layout>> {
+    async fn layout(
+        &mut self,
+        relation: &Relation,
+        commit_lsn: Lsn,
+    ) -> Result<Option<Arc<Layout>>> {
         if !self.mirrors.contains_key(&relation.table) {
             return Ok(None);
         }

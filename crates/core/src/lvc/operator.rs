@@ -8,7 +8,7 @@
 //! LSN in the same SQL transaction. A table's changes committed before its cache was filled
 //! (`start_lsn`) are skipped.
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio_postgres::Client;
@@ -30,13 +30,25 @@ pub const NAME: &str = "lvc";
 /// Flush early when this many keys have unsaved changes.
 const MAX_DIRTY_KEYS: usize = 50_000;
 
-/// A cached row: the time and the value columns, as PostgreSQL input text.
+/// A cached row: the time and the value columns, typed as they came (NULL as
+/// `Value::Null`). They become PostgreSQL input text only where text is needed (the view,
+/// the cache table), once per key and slice or flush, not once per row.
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
     time: i64,
-    time_text: String,
-    values: Vec<Option<String>>,
+    time_value: Value,
+    values: Vec<Value>,
     lsn: Lsn,
+}
+
+impl Entry {
+    fn time_text(&self) -> String {
+        self.time_value.to_sql_text().unwrap_or_default()
+    }
+
+    fn value_texts(&self) -> Vec<Option<String>> {
+        self.values.iter().map(Value::to_sql_text).collect()
+    }
 }
 
 /// A key: per key column, the key text of its typed value ([`Value::to_key_text`]), the
@@ -222,9 +234,9 @@ impl LastValueCache {
                 .map(|i| Ok(typed(i)?.and_then(|v| v.to_key_text()).unwrap_or_default()))
                 .collect::<Result<_>>()?;
             let entry = Entry {
-                time_text: typed(k)?.and_then(|v| v.to_sql_text()).unwrap_or_default(),
+                time_value: typed(k)?.unwrap_or(Value::Null),
                 values: (0..v)
-                    .map(|i| Ok(typed(k + 1 + i)?.and_then(|v| v.to_sql_text())))
+                    .map(|i| Ok(typed(k + 1 + i)?.unwrap_or(Value::Null)))
                     .collect::<Result<_>>()?,
                 time: row.get::<_, Option<i64>>(k + 1 + v).unwrap_or(i64::MAX),
                 lsn: row.get::<_, String>(k + 2 + v).parse()?,
@@ -277,14 +289,14 @@ impl LastValueCache {
             return Ok(None);
         };
         let k = config.key_columns.len();
-        let typed = |column: usize, i: usize| -> Result<Option<String>> {
+        let typed = |column: usize, i: usize| -> Result<Value> {
             Ok(r.get::<_, Option<&str>>(i)
                 .map(|t| decode_text(cache.column_kinds[column], t.as_bytes()))
                 .transpose()?
-                .and_then(|v| v.to_sql_text()))
+                .unwrap_or(Value::Null))
         };
         Ok(Some(Entry {
-            time_text: typed(k, 0)?.unwrap_or_default(),
+            time_value: typed(k, 0)?,
             time: r.get::<_, Option<i64>>(1).unwrap_or(i64::MAX),
             values: (0..config.value_columns.len())
                 .map(|i| typed(k + 1 + i, 2 + i))
@@ -358,7 +370,7 @@ impl LastValueCache {
             .get(table)?
             .entries
             .get(key)
-            .map(|e| (e.time_text.clone(), e.values.clone()))
+            .map(|e| (e.time_text(), e.value_texts()))
     }
 }
 
@@ -565,7 +577,7 @@ impl CacheSet {
         if current.is_some_and(|e| e.time > time) {
             return Ok(()); // a late row never overwrites a newer one
         }
-        let values: Vec<Option<String>> = layout
+        let values: Vec<Value> = layout
             .values
             .iter()
             .enumerate()
@@ -573,17 +585,17 @@ impl CacheSet {
                 // Not sent because unchanged: the cached value of this same row stands.
                 Some(Value::UnchangedToast) => current
                     .filter(|e| e.time == time)
-                    .and_then(|e| e.values.get(slot).cloned().flatten()),
-                Some(v) => v.to_sql_text(),
-                None => None,
+                    .and_then(|e| e.values.get(slot).cloned())
+                    .unwrap_or(Value::Null),
+                Some(v) => v.clone(),
+                None => Value::Null,
             })
             .collect();
-        let time_text = new[layout.time].to_sql_text().unwrap_or_default();
         cache.entries.insert(
             key.clone(),
             Entry {
                 time,
-                time_text,
+                time_value: new[layout.time].clone(),
                 values,
                 lsn,
             },
@@ -634,13 +646,13 @@ fn last_value(config: &LvcConfig, key: &Key, entry: Option<&Entry>, lsn: Lsn) ->
     LastValue {
         table: config.table.clone(),
         key: key.clone(),
-        time: entry.map(|e| e.time_text.clone()).unwrap_or_default(),
+        time: entry.map(Entry::time_text).unwrap_or_default(),
         values: match entry {
             Some(e) => config
                 .value_columns
                 .iter()
                 .cloned()
-                .zip(e.values.iter().cloned())
+                .zip(e.value_texts())
                 .collect(),
             None => Vec::new(),
         },
@@ -715,8 +727,8 @@ async fn write_dirty(tx: &tokio_postgres::Transaction<'_>, cache: &Cache) -> Res
                 let row = key
                     .iter()
                     .map(|k| Some(k.clone()))
-                    .chain(std::iter::once(Some(e.time_text.clone())))
-                    .chain(e.values.iter().cloned())
+                    .chain(std::iter::once(Some(e.time_text())))
+                    .chain(e.value_texts())
                     .chain(std::iter::once(Some(e.lsn.to_string())));
                 for (array, value) in arrays.iter_mut().zip(row) {
                     array.push(value);

@@ -10,7 +10,9 @@
 //! a rollup dropped since is skipped when written, and one created later than a replayed
 //! change only gets a needless invalidation, which its next refresh absorbs.)
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use tokio_postgres::Client;
