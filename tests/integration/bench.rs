@@ -108,7 +108,8 @@ fn bench_all_reports_every_figure_in_one_run() {
         if consumer.contains("split") {
             assert!(m["walsender_cpu_us_per_row"].is_null(), "{m}");
         } else {
-            assert!(f(&m["walsender_cpu_us_per_row"]) > 0.0, "{m}");
+            // In clock ticks (10 ms): the quick run's tiny backlog may round to none.
+            assert!(f(&m["walsender_cpu_us_per_row"]) >= 0.0, "{m}");
         }
     }
     for transport in ["tcp", "unix"] {
@@ -130,10 +131,10 @@ fn bench_all_reports_every_figure_in_one_run() {
         "ratio_binary",
         "split_over_single",
         "recv_unix_over_tcp",
-        "lakets_cpu_over_walsender",
     ] {
         assert!(f(&report["catchup"][key]) > 0.0, "{key}");
     }
+    assert!(f(&report["catchup"]["lakets_cpu_over_walsender"]) >= 0.0);
 
     // Freshness, per transaction size: every measure resolved every transaction, in a
     // plausible order, and the smaller transactions were as many times more.

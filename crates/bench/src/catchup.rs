@@ -276,8 +276,18 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
         fastest(consumer, transport, protocol).map_or(0.0, |m| m.rows_per_second)
     };
     let lakets_cpu_over_walsender = fastest(LAKETS, "unix", "binary")
-        .and_then(|m| Some(m.consumer_cpu_us_per_row / m.walsender_cpu_us_per_row?))
-        .unwrap_or(0.0);
+        .and_then(|m| {
+            m.walsender_cpu_us_per_row
+                .map(|w| (m.consumer_cpu_us_per_row, w))
+        })
+        // A walsender's CPU is counted in clock ticks: a tiny backlog may show none.
+        .map_or(0.0, |(own, walsender)| {
+            if walsender > 0.0 {
+                own / walsender
+            } else {
+                0.0
+            }
+        });
     let report = CatchupReport {
         rows: options.rows,
         repetitions: options.repetitions,
