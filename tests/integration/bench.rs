@@ -203,10 +203,11 @@ fn bench_all_reports_every_figure_in_one_run() {
         );
     }
 
-    // Thirteen targets (the split write path, two per freshness size, two of memory, one
-    // per copy size), each with a verdict.
+    // Fourteen targets (the split write path, two write-path ratios, catch-up over the
+    // Unix socket per protocol and its CPU ratio, two per freshness size, two of memory,
+    // sustained ingest, one per copy size), each with a verdict.
     let targets = report["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 13, "{targets:?}");
+    assert_eq!(targets.len(), 14, "{targets:?}");
     assert!(targets.iter().all(|t| t["met"].is_boolean()));
     assert!(
         report["postgres"]

@@ -202,3 +202,62 @@ async fn transactions_are_widened_to_their_full_id_and_future_ones_waited_for() 
     assert!(err.is_transient(), "{err:?}");
     assert!(err.to_string().contains("not become visible"), "{err}");
 }
+
+/// The tracker places a transaction's rows that fall in the chunk of the row before without
+/// a lookup: rows alternating between chunks must still stamp each chunk, and the next
+/// transaction's first row in the chunk the previous one ended in must stamp it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_alternating_between_chunks_stamp_each_and_the_next_transaction_stamps_again() {
+    let mut db = fresh_db("tracker_alternating").await;
+    setup(&mut db).await;
+    let chunk = async |hours_ago: i32| -> String {
+        db.scalar(&format!(
+            "SELECT 'events_' || to_char(date_trunc('hour', now() AT TIME ZONE 'UTC') - \
+             interval '{hours_ago} hour', 'YYYYMMDD_HH24MISS')"
+        ))
+        .await
+    };
+    let (now_chunk, old_chunk) = (chunk(0).await, chunk(1).await);
+    let db_config = lakets::db::parse_config(&db.url).unwrap();
+    let tracker = ChunkTracker::new(db.connect().await, db.name.clone())
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let pipeline = lakets::operators::pipeline(db_config, config(&db.name)).operator(tracker);
+    let run = tokio::spawn(pipeline.run(shutdown.clone()));
+    wait_for(
+        "the slot is streaming",
+        Duration::from_secs(20),
+        async || slot_active(&db).await == Some(true),
+    )
+    .await;
+
+    let (b1, a1) = bracket(
+        &db,
+        "INSERT INTO events VALUES (now(), 1, 'a'), (now() - interval '1 hour', 2, 'b'),
+                                   (now(), 3, 'c'), (now() - interval '1 hour', 4, 'd')",
+    )
+    .await;
+    // Ends in the old chunk, as the transaction before did.
+    let (b2, a2) = bracket(
+        &db,
+        "INSERT INTO events VALUES (now() - interval '1 hour', 5, 'e')",
+    )
+    .await;
+    wait_for("txn 2 stored", Duration::from_secs(20), async || {
+        durable(&db, "chunk_tracker").await > b2
+    })
+    .await;
+    let now_lsn = last_write_lsn(&db, &now_chunk).await.expect("stamped");
+    assert!(
+        now_lsn > b1 && now_lsn <= a1,
+        "{now_lsn} not in ({b1}, {a1}]"
+    );
+    let old_lsn = last_write_lsn(&db, &old_chunk).await.expect("stamped");
+    assert!(
+        old_lsn > b2 && old_lsn <= a2,
+        "{old_lsn} not in ({b2}, {a2}]"
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}

@@ -103,11 +103,17 @@ impl Consumer {
         }
     }
 
+    fn over_unix(self) -> bool {
+        matches!(self, Consumer::RecvUnix | Consumer::LaketsUnix)
+    }
+
     fn transport(self) -> &'static str {
-        match self {
-            Consumer::RecvUnix | Consumer::LaketsUnix => "unix",
-            _ => "tcp",
-        }
+        if self.over_unix() { "unix" } else { "tcp" }
+    }
+
+    /// The service's pipeline, in this process (else pg_recvlogical, a child).
+    fn is_lakets(self) -> bool {
+        matches!(self, Consumer::Lakets | Consumer::LaketsUnix)
     }
 
     fn runs_with(self, binary: bool) -> bool {
@@ -177,44 +183,34 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
             let (done, done_rx) = watch::channel(false);
             let cpu_before = (super::cpu::process(), super::cpu::children());
             let started = Instant::now();
+            let host = match who.over_unix() {
+                false => pg.host().to_owned(),
+                true => pg.socket_dir().display().to_string(),
+            };
             let drain = async {
                 let outcome = match who {
                     Consumer::Recv | Consumer::RecvUnix => {
-                        let host = match who {
-                            Consumer::Recv => pg.host().to_owned(),
-                            _ => pg.socket_dir().display().to_string(),
-                        };
                         run_pg_recvlogical(&pg, &host, &slot, "lakets", binary, marker)
                             .await
                             .map(|()| None)
                     }
                     Consumer::Split => {
-                        let publications = SPLIT_PUBLICATIONS.map(|(p, _)| p);
-                        let split_slots = who.slots(name, rep);
-                        let (ra, rb) = tokio::join!(
-                            run_pg_recvlogical(
-                                &pg,
-                                pg.host(),
-                                &split_slots[0],
-                                publications[0],
-                                binary,
-                                marker
-                            ),
-                            run_pg_recvlogical(
-                                &pg,
-                                pg.host(),
-                                &split_slots[1],
-                                publications[1],
-                                binary,
-                                marker
-                            )
-                        );
-                        ra.and(rb).map(|()| None)
+                        let runs = who.slots(name, rep).into_iter().zip(SPLIT_PUBLICATIONS);
+                        futures_util::future::try_join_all(runs.map(|(slot, (publication, _))| {
+                            let (pg, host) = (&pg, &host);
+                            async move {
+                                run_pg_recvlogical(pg, host, &slot, publication, binary, marker)
+                                    .await
+                            }
+                        }))
+                        .await
+                        .map(|_| None)
                     }
                     Consumer::Lakets | Consumer::LaketsUnix => {
-                        let config = match who {
-                            Consumer::Lakets => &db_config,
-                            _ => &unix_config,
+                        let config = if who.over_unix() {
+                            &unix_config
+                        } else {
+                            &db_config
                         };
                         run_lakets(config, &slot, binary, marker, Some(&done))
                             .await
@@ -224,8 +220,14 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
                 let _ = done.send(true);
                 outcome
             };
-            let (outcome, walsender_cpu) =
-                tokio::join!(drain, super::cpu::walsender(&client, &slot, done_rx));
+            // Two walsenders serve the split pair: its CPU is not attributed to one.
+            let walsender = async {
+                match who {
+                    Consumer::Split => None,
+                    _ => Some(super::cpu::walsender(&client, &slot, done_rx).await),
+                }
+            };
+            let (outcome, walsender_cpu) = tokio::join!(drain, walsender);
             let changes_seen = outcome?;
             let seconds = started.elapsed().as_secs_f64();
             if let Some(seen) = changes_seen
@@ -236,9 +238,9 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
                     options.rows
                 )));
             }
-            let consumer_cpu = match who {
-                Consumer::Lakets | Consumer::LaketsUnix => super::cpu::process() - cpu_before.0,
-                _ => super::cpu::children() - cpu_before.1,
+            let consumer_cpu = match who.is_lakets() {
+                true => super::cpu::process() - cpu_before.0,
+                false => super::cpu::children() - cpu_before.1,
             };
             let per_row = |cpu: Duration| cpu.as_secs_f64() * 1e6 / options.rows as f64;
             measurements.push(Measurement {
@@ -251,7 +253,7 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
                 rows_per_second: options.rows as f64 / seconds,
                 changes_seen,
                 consumer_cpu_us_per_row: per_row(consumer_cpu),
-                walsender_cpu_us_per_row: (who != Consumer::Split).then(|| per_row(walsender_cpu)),
+                walsender_cpu_us_per_row: walsender_cpu.map(per_row),
             });
         }
         for slot in &slots {
