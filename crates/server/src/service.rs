@@ -64,10 +64,7 @@ pub async fn start(
             Duration::from_secs(10),
         ),
         slot: slot.clone(),
-        status: Arc::new(Mutex::new(PipelineStatus {
-            slot: slot.clone(),
-            ..Default::default()
-        })),
+        status: Arc::new(Mutex::new(PipelineStatus::new(slot.clone()))),
         lvc: LvcView::new(),
         gate: schedule.gate,
         shutdown: cancel.clone(),

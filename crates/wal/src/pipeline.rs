@@ -101,6 +101,40 @@ pub struct PipelineStatus {
     pub last_error: Option<String>,
     /// Set when streaming stopped for good (a definite error): the reason.
     pub stopped: Option<String>,
+    /// Commit time (µs since the epoch) of the oldest transaction not durable everywhere,
+    /// and per operator of the oldest it has not made durable (`None`: nothing pending).
+    /// Kept across restarts, so that while no run streams (the store down, the server
+    /// gone) the lag goes on growing from what the last run knew instead of freezing.
+    #[serde(skip)]
+    behind_since: Option<i64>,
+    #[serde(skip)]
+    operator_behind_since: Vec<(String, Option<i64>)>,
+}
+
+impl PipelineStatus {
+    pub fn new(slot: impl Into<String>) -> Self {
+        PipelineStatus {
+            slot: slot.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Recomputes the lag figures (and their gauges) at `now` from the oldest pending
+    /// commits.
+    fn publish_lag(&mut self, now: i64) {
+        let seconds = |since: Option<i64>| since.map_or(0.0, |t| ((now - t).max(0) as f64) / 1e6);
+        self.lag_seconds = seconds(self.behind_since);
+        self.operator_lag_seconds = self
+            .operator_behind_since
+            .iter()
+            .map(|(name, since)| (name.clone(), seconds(*since)))
+            .collect();
+        metrics::gauge!("lakets_replication_lag_seconds").set(self.lag_seconds);
+        for (name, seconds) in &self.operator_lag_seconds {
+            metrics::gauge!("lakets_operator_lag_seconds", "operator" => name.clone())
+                .set(*seconds);
+        }
+    }
 }
 
 struct OperatorHandle {
@@ -159,10 +193,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(db: crate::db::DbConfig, config: PipelineConfig) -> Self {
-        let status = PipelineStatus {
-            slot: config.source.slot.clone(),
-            ..Default::default()
-        };
+        let status = PipelineStatus::new(config.source.slot.clone());
         Pipeline {
             config,
             db,
@@ -291,7 +322,8 @@ impl Pipeline {
                             }
                             Assembled::Position(lsn) => Event::Position(lsn),
                         };
-                        if !fan_out(&mut operators, Arc::new(event), &mut source, &shutdown).await?
+                        let progress = Progress { acked: &mut acked, status: &status, lag: &mut lag };
+                        if !fan_out(&mut operators, Arc::new(event), &mut source, progress, &shutdown).await?
                         {
                             return Ok(()); // shutdown while waiting for a slow operator
                         }
@@ -387,16 +419,25 @@ fn count_changes(slice: &TxnSlice, received: Lsn, status: &Arc<Mutex<PipelineSta
 /// Hands an event to every operator, waiting for room; keeps the connection alive while
 /// waiting.
 /// Returns false when shutdown was requested while waiting.
+/// What acknowledging needs of the loop's state.
+struct Progress<'a> {
+    acked: &'a mut Lsn,
+    status: &'a Arc<Mutex<PipelineStatus>>,
+    lag: &'a mut LagTracker,
+}
+
 async fn fan_out(
     operators: &mut [OperatorHandle],
     event: Arc<Event>,
     source: &mut WalSource,
+    progress: Progress<'_>,
     shutdown: &CancellationToken,
 ) -> Result<bool> {
-    for op in operators.iter_mut() {
+    for index in 0..operators.len() {
         let mut blocked_since: Option<Instant> = None;
         loop {
             // Cancel-safe: `reserve` either yields a slot or, when dropped, takes nothing.
+            let op = &mut operators[index];
             let outcome = tokio::select! {
                 permit = op.tx.reserve() => Some(permit.map(|p| p.send(event.clone())).is_ok()),
                 _ = tokio::time::sleep(STATUS_WHILE_BLOCKED) => None,
@@ -406,8 +447,9 @@ async fn fan_out(
                 Some(true) => break,
                 Some(false) => return Err(operator_gone(op).await),
                 None => {
-                    // Backpressure: an operator is slow. Status updates keep the walsender
-                    // from timing us out while we do not read.
+                    // Backpressure: an operator is slow. Acknowledging keeps the walsender
+                    // from timing us out while we do not read, and the lag figures moving
+                    // (what the others made durable meanwhile, how far the slow one is behind).
                     metrics::counter!("lakets_wal_backpressure_waits_total", "operator" => op.name.clone())
                         .increment(1);
                     if op.is_finished() {
@@ -418,7 +460,14 @@ async fn fan_out(
                         warn!(operator = %op.name, blocked_for = ?since.elapsed(), "operator is not keeping up; the stream waits for it");
                         blocked_since = Some(Instant::now());
                     }
-                    source.acknowledge(Lsn::ZERO).await?;
+                    *progress.acked = acknowledge(
+                        operators,
+                        source,
+                        *progress.acked,
+                        progress.status,
+                        progress.lag,
+                    )
+                    .await?;
                 }
             }
         }
@@ -458,31 +507,27 @@ async fn acknowledge(
     source.acknowledge(new_ack).await?;
     let received = source.received_lsn();
     let lag_bytes = received.0.saturating_sub(new_ack.0);
-    let now = chrono::Utc::now().timestamp_micros();
-    let operator_lag_seconds: Vec<(String, f64)> = durables
+    let operator_behind_since: Vec<(String, Option<i64>)> = durables
         .iter()
-        .map(|(name, lsn)| (name.clone(), lag.seconds_behind_at(*lsn, now)))
+        .map(|(name, lsn)| (name.clone(), lag.oldest_past(*lsn)))
         .collect();
-    let lag_seconds = lag.seconds_behind(new_ack);
+    lag.forget_through(new_ack);
     metrics::gauge!("lakets_wal_acknowledged_lsn").set(new_ack.0 as f64);
     metrics::gauge!("lakets_replication_lag_bytes").set(lag_bytes as f64);
-    metrics::gauge!("lakets_replication_lag_seconds").set(lag_seconds);
     for (name, lsn) in &durables {
         metrics::gauge!("lakets_operator_durable_lsn", "operator" => name.clone())
             .set(lsn.0 as f64);
         metrics::gauge!("lakets_operator_lag_bytes", "operator" => name.clone())
             .set(received.0.saturating_sub(lsn.0) as f64);
     }
-    for (name, seconds) in &operator_lag_seconds {
-        metrics::gauge!("lakets_operator_lag_seconds", "operator" => name.clone()).set(*seconds);
-    }
     let mut st = status.lock().unwrap();
     st.received_lsn = received;
     st.acknowledged_lsn = new_ack;
     st.operators = durables;
     st.lag_bytes = lag_bytes;
-    st.lag_seconds = lag_seconds;
-    st.operator_lag_seconds = operator_lag_seconds;
+    st.behind_since = lag.oldest_past(new_ack);
+    st.operator_behind_since = operator_behind_since;
+    st.publish_lag(chrono::Utc::now().timestamp_micros());
     Ok(new_ack)
 }
 
@@ -504,26 +549,17 @@ impl LagTracker {
         }
     }
 
-    /// Seconds between `now` and the commit of the oldest transaction past `durable`
-    /// (the queue is in commit order, so a search finds it).
-    fn seconds_behind_at(&self, durable: Lsn, now: i64) -> f64 {
+    /// Commit time of the oldest transaction past `durable` (the queue is in commit
+    /// order, so a search finds it).
+    fn oldest_past(&self, durable: Lsn) -> Option<i64> {
         let first = self.pending.partition_point(|(end, _)| *end <= durable);
-        self.pending
-            .get(first)
-            .map_or(0.0, |(_, t)| ((now - t).max(0) as f64) / 1e6)
+        self.pending.get(first).map(|(_, t)| *t)
     }
 
-    /// Seconds between now and the commit of the oldest transaction not yet durable.
-    fn seconds_behind(&mut self, durable: Lsn) -> f64 {
+    /// Drops what every operator has made durable.
+    fn forget_through(&mut self, durable: Lsn) {
         while self.pending.front().is_some_and(|(end, _)| *end <= durable) {
             self.pending.pop_front();
-        }
-        match self.pending.front() {
-            Some((_, t)) => {
-                let now = chrono::Utc::now().timestamp_micros();
-                ((now - t).max(0) as f64) / 1e6
-            }
-            None => 0.0,
         }
     }
 }
@@ -673,11 +709,18 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Pipeline>>,
 {
+    // The status of the last pipeline built: between runs, and while a new one cannot
+    // be built, it is the one that reports.
+    let status: Arc<Mutex<Option<Arc<Mutex<PipelineStatus>>>>> = Arc::default();
+    let _lag_clock = AbortOnDropHandle::new(tokio::spawn(lag_while_down(status.clone())));
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         let outcome = match make().await {
-            Ok(pipeline) => pipeline.run(shutdown.clone()).await,
+            Ok(pipeline) => {
+                *status.lock().unwrap() = Some(pipeline.status());
+                pipeline.run(shutdown.clone()).await
+            }
             Err(e) => Err(e),
         };
         match outcome {
@@ -689,12 +732,31 @@ where
                 }
                 warn!(error = %e, retry_in = ?backoff, "WAL pipeline failed; restarting");
                 metrics::counter!("lakets_wal_restarts_total").increment(1);
+                if let Some(last) = &*status.lock().unwrap() {
+                    last.lock().unwrap().last_error = Some(e.to_string());
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => return Ok(()),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
+        }
+    }
+}
+
+/// While no run streams, nothing acknowledges: the lag figures go on growing from the
+/// oldest commits the last run had not made durable, so an outage shows as one.
+async fn lag_while_down(status: Arc<Mutex<Option<Arc<Mutex<PipelineStatus>>>>>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let Some(last) = status.lock().unwrap().clone() else {
+            continue;
+        };
+        let mut st = last.lock().unwrap();
+        if !st.streaming {
+            st.publish_lag(chrono::Utc::now().timestamp_micros());
         }
     }
 }
@@ -716,18 +778,33 @@ mod tests {
         for (end, at) in [(100, 10 * second), (200, 20 * second), (300, 30 * second)] {
             lag.committed(Lsn(end), at);
         }
-        let now = 40 * second;
-        assert_eq!(lag.seconds_behind_at(Lsn(50), now), 30.0);
+        assert_eq!(lag.oldest_past(Lsn(50)), Some(10 * second));
         assert_eq!(
-            lag.seconds_behind_at(Lsn(100), now),
-            20.0,
+            lag.oldest_past(Lsn(100)),
+            Some(20 * second),
             "the first is durable"
         );
-        assert_eq!(lag.seconds_behind_at(Lsn(250), now), 10.0);
+        assert_eq!(lag.oldest_past(Lsn(250)), Some(30 * second));
+        assert_eq!(lag.oldest_past(Lsn(300)), None, "holds everything");
+        lag.forget_through(Lsn(200));
+        assert_eq!(lag.oldest_past(Lsn(0)), Some(30 * second));
+    }
+
+    #[test]
+    fn the_lag_grows_from_the_oldest_pending_commit_while_nothing_acknowledges() {
+        let second = 1_000_000;
+        let mut status = PipelineStatus {
+            behind_since: Some(10 * second),
+            operator_behind_since: vec![("delta".into(), Some(10 * second)), ("lvc".into(), None)],
+            ..Default::default()
+        };
+        status.publish_lag(40 * second);
+        assert_eq!(status.lag_seconds, 30.0);
+        status.publish_lag(70 * second);
+        assert_eq!(status.lag_seconds, 60.0, "a minute later, a minute more");
         assert_eq!(
-            lag.seconds_behind_at(Lsn(300), now),
-            0.0,
-            "holds everything"
+            status.operator_lag_seconds,
+            vec![("delta".to_string(), 60.0), ("lvc".to_string(), 0.0)]
         );
     }
 

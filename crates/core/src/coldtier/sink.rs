@@ -23,7 +23,7 @@
 //! Maintenance (compaction, checkpoints, vacuum) runs here too, between two windows, so
 //! the table's writer never races its own compaction.
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
