@@ -100,6 +100,11 @@ pub enum Command {
         table: String,
         #[arg(long)]
         json: bool,
+        /// Seconds to wait for the streaming service to store everything committed before
+        /// verify began (every active lakets slot confirming that WAL position); 0 compares
+        /// at once.
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        wait: u64,
     },
     /// Close a gap in the WAL stream (slot invalidated or dropped): recreate the slot,
     /// re-copy the hot rows into Delta (keeping dropped chunks' history), refill the

@@ -58,7 +58,9 @@ pub async fn dispatch(command: &Command, ctx: &Context, shutdown: Shutdown) -> a
             )
             .await
         }
-        Command::Verify { table, json } => verify::run(ctx, table, Format::json(*json)).await,
+        Command::Verify { table, json, wait } => {
+            verify::run(ctx, table, *wait, Format::json(*json)).await
+        }
         Command::Resync { force, json } => resync::run(ctx, *force, Format::json(*json)).await,
         Command::Policy(cmd) => policy::run(ctx, cmd).await,
         Command::Tier {

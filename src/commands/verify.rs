@@ -7,9 +7,15 @@ use lakets::verify::VerifyReport;
 use crate::context::Context;
 use crate::output::{Format, Render};
 
-pub async fn run(ctx: &Context, table: &str, format: Format) -> anyhow::Result<()> {
+pub async fn run(ctx: &Context, table: &str, wait: u64, format: Format) -> anyhow::Result<()> {
     let client = ctx.connect().await?;
-    let report = lakets::verify::verify(&client, table).await?;
+    let streams = if wait > 0 {
+        lakets::verify::wait_for_streams(&client, std::time::Duration::from_secs(wait)).await?
+    } else {
+        Vec::new()
+    };
+    let mut report = lakets::verify::verify(&client, table).await?;
+    report.streams = streams;
     format.print(&report)?;
     if !report.ok {
         let first: Vec<_> = report.differences.iter().take(5).cloned().collect();
@@ -28,6 +34,25 @@ fn mark(ok: bool) -> &'static str {
 impl Render for VerifyReport {
     fn text(&self) -> String {
         let mut out = String::new();
+        for s in &self.streams {
+            let confirmed = s.confirmed_lsn.as_deref().unwrap_or("(none)");
+            out += &match (s.active, s.reached) {
+                (_, true) => format!(
+                    "ok   stream {}: stored through {confirmed} (verify began at {})\n",
+                    s.slot, s.target_lsn
+                ),
+                (true, false) => format!(
+                    "wait stream {}: stored through {confirmed} only, verify began at {}: \
+                     differences may be rows not stored yet\n",
+                    s.slot, s.target_lsn
+                ),
+                (false, false) => format!(
+                    "note stream {}: no service streams from it; compared as stored \
+                     (through {confirmed})\n",
+                    s.slot
+                ),
+            };
+        }
         for c in &self.chunks {
             out += &format!(
                 "{} {}: PostgreSQL {} rows, Delta {} rows\n",

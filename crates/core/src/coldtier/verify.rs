@@ -8,12 +8,15 @@
 //! - Rollups built on the table: their materialized buckets (below the watermark) against
 //!   the same aggregation recomputed from scratch from the table.
 //!
-//! A user can run it at any time; rows written while it reads may show as differences
-//! (run it again, or when writes pause).
+//! A user can run it at any time. [`wait_for_streams`] first lets every streaming slot
+//! store what was committed before verify began, so a row written just before is not a
+//! difference; rows written while it reads may still show as differences (run it again, or
+//! when writes pause).
 
 use std::hash::{Hash, Hasher};
 
 use tokio_postgres::Client;
+use tokio_postgres::types::PgLsn;
 
 use crate::catalog::registry::{self, ChunkStatus};
 use crate::delta::batch::CellRow;
@@ -49,6 +52,83 @@ pub struct VerifyReport {
     pub rollups: Vec<crate::rollup::check::RollupCheck>,
     /// What disagrees, first things first.
     pub differences: Vec<String>,
+    /// How far each of lakets' slots had stored when the comparison began (when verify
+    /// waited for them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamCatchUp>,
+}
+
+/// One of lakets' slots against the WAL position where verify began.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamCatchUp {
+    pub slot: String,
+    /// A service streams from it (an inactive slot is compared as stored).
+    pub active: bool,
+    /// The position every operator of the slot had made durable.
+    pub confirmed_lsn: Option<String>,
+    /// The WAL insert position when verify began.
+    pub target_lsn: String,
+    pub reached: bool,
+}
+
+/// Waits (at most `timeout`) until every active slot of lakets in this database has
+/// confirmed the WAL position where this call began: the position each of its operators
+/// (Delta, cache, rollup log, chunk tracker) made durable, so that what was committed
+/// before verify started is in what verify compares. A message in the WAL moves idle
+/// slots past the position; a slot with no service streaming is not waited for.
+pub async fn wait_for_streams(
+    client: &Client,
+    timeout: std::time::Duration,
+) -> Result<Vec<StreamCatchUp>> {
+    crate::catalog::check_installed(client).await?;
+    let target: PgLsn = client
+        .query_one("SELECT pg_current_wal_insert_lsn()", &[])
+        .await
+        .pg_context(|| "reading the WAL position".into())?
+        .get(0);
+    // Starts after `target`: a slot that confirms it has confirmed `target`. Without the
+    // right to emit (granted to superusers by default) heartbeats or writes move it.
+    if let Err(e) = client
+        .execute(
+            "SELECT pg_logical_emit_message(false, $1, '')",
+            &[&crate::wal::transaction::HEARTBEAT_PREFIX],
+        )
+        .await
+    {
+        tracing::debug!(error = %e, "verify could not emit a WAL message; idle slots move with heartbeats");
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let streams: Vec<StreamCatchUp> = client
+            .query(
+                "SELECT s.slot_name::text, s.active, s.confirmed_flush_lsn
+                   FROM pg_replication_slots s
+                  WHERE s.database = current_database() AND s.slot_type = 'logical'
+                    AND EXISTS (SELECT 1 FROM lakets._sink_progress p
+                                 WHERE p.slot_name = s.slot_name)
+                  ORDER BY 1",
+                &[],
+            )
+            .await
+            .pg_context(|| "reading lakets' slots".into())?
+            .iter()
+            .map(|r| {
+                let confirmed: Option<PgLsn> = r.get(2);
+                StreamCatchUp {
+                    slot: r.get(0),
+                    active: r.get(1),
+                    confirmed_lsn: confirmed.map(|l| l.to_string()),
+                    target_lsn: target.to_string(),
+                    reached: confirmed.is_some_and(|c| c >= target),
+                }
+            })
+            .collect();
+        if streams.iter().all(|s| s.reached || !s.active) || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(streams);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// An order-independent digest of a multiset of rows: (count, wrapping sum of row hashes).
