@@ -109,6 +109,39 @@ pub async fn list_for_slot(client: &impl GenericClient, slot: &str) -> Result<Ve
         .collect())
 }
 
+/// A logical slot of this database that lakets' operators store progress through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedSlot {
+    pub slot: String,
+    /// A walsender streams from it.
+    pub active: bool,
+    /// What the consumer confirmed: every operator's durable position (or a heartbeat past).
+    pub confirmed_flush_lsn: Option<Lsn>,
+}
+
+/// Every slot of this database with stored operator progress, by name.
+pub async fn tracked_slots(client: &impl GenericClient) -> Result<Vec<TrackedSlot>> {
+    Ok(client
+        .query(
+            "SELECT s.slot_name::text, s.active, s.confirmed_flush_lsn
+               FROM pg_replication_slots s
+              WHERE s.database = current_database() AND s.slot_type = 'logical'
+                AND EXISTS (SELECT 1 FROM lakets._sink_progress p
+                             WHERE p.slot_name = s.slot_name)
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .pg_context(|| "reading lakets' slots".into())?
+        .iter()
+        .map(|r| TrackedSlot {
+            slot: r.get(0),
+            active: r.get(1),
+            confirmed_flush_lsn: r.get::<_, Option<PgLsn>>(2).map(Lsn::from),
+        })
+        .collect())
+}
+
 /// Forgets the progress of every operator through `slot` (a throwaway slot, dropped).
 pub async fn forget_slot(client: &impl GenericClient, slot: &str) -> Result<()> {
     client

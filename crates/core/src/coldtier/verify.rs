@@ -22,6 +22,7 @@ use crate::catalog::registry::{self, ChunkStatus};
 use crate::delta::batch::CellRow;
 use crate::error::{PgResultExt, Result};
 use crate::ident::{TableName, quote_ident};
+use crate::wal::lsn::Lsn;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChunkCheck {
@@ -81,11 +82,13 @@ pub async fn wait_for_streams(
     timeout: std::time::Duration,
 ) -> Result<Vec<StreamCatchUp>> {
     crate::catalog::check_installed(client).await?;
-    let target: PgLsn = client
-        .query_one("SELECT pg_current_wal_insert_lsn()", &[])
-        .await
-        .pg_context(|| "reading the WAL position".into())?
-        .get(0);
+    let target = Lsn::from(
+        client
+            .query_one("SELECT pg_current_wal_insert_lsn()", &[])
+            .await
+            .pg_context(|| "reading the WAL position".into())?
+            .get::<_, PgLsn>(0),
+    );
     // Starts after `target`: a slot that confirms it has confirmed `target`. Without the
     // right to emit (granted to superusers by default) heartbeats or writes move it.
     if let Err(e) = client
@@ -99,28 +102,15 @@ pub async fn wait_for_streams(
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let streams: Vec<StreamCatchUp> = client
-            .query(
-                "SELECT s.slot_name::text, s.active, s.confirmed_flush_lsn
-                   FROM pg_replication_slots s
-                  WHERE s.database = current_database() AND s.slot_type = 'logical'
-                    AND EXISTS (SELECT 1 FROM lakets._sink_progress p
-                                 WHERE p.slot_name = s.slot_name)
-                  ORDER BY 1",
-                &[],
-            )
-            .await
-            .pg_context(|| "reading lakets' slots".into())?
-            .iter()
-            .map(|r| {
-                let confirmed: Option<PgLsn> = r.get(2);
-                StreamCatchUp {
-                    slot: r.get(0),
-                    active: r.get(1),
-                    confirmed_lsn: confirmed.map(|l| l.to_string()),
-                    target_lsn: target.to_string(),
-                    reached: confirmed.is_some_and(|c| c >= target),
-                }
+        let streams: Vec<StreamCatchUp> = crate::catalog::progress::tracked_slots(client)
+            .await?
+            .into_iter()
+            .map(|s| StreamCatchUp {
+                reached: s.confirmed_flush_lsn.is_some_and(|c| c >= target),
+                slot: s.slot,
+                active: s.active,
+                confirmed_lsn: s.confirmed_flush_lsn.map(|l| l.to_string()),
+                target_lsn: target.to_string(),
             })
             .collect();
         if streams.iter().all(|s| s.reached || !s.active) || tokio::time::Instant::now() >= deadline
