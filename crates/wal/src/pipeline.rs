@@ -416,9 +416,6 @@ fn count_changes(slice: &TxnSlice, received: Lsn, status: &Arc<Mutex<PipelineSta
     }
 }
 
-/// Hands an event to every operator, waiting for room; keeps the connection alive while
-/// waiting.
-/// Returns false when shutdown was requested while waiting.
 /// What acknowledging needs of the loop's state.
 struct Progress<'a> {
     acked: &'a mut Lsn,
@@ -426,6 +423,9 @@ struct Progress<'a> {
     lag: &'a mut LagTracker,
 }
 
+/// Hands an event to every operator, waiting for room; keeps the connection alive (and
+/// the figures current) while waiting.
+/// Returns false when shutdown was requested while waiting.
 async fn fan_out(
     operators: &mut [OperatorHandle],
     event: Arc<Event>,

@@ -39,6 +39,10 @@ struct Entry {
     time_value: Value,
     values: Vec<Value>,
     lsn: Lsn,
+    /// The cache's epoch when the key was last put in `touched` (0: never), so that a key
+    /// changed by many rows of one slice is handed to the view once, with no allocation
+    /// per row.
+    touched_in: u64,
 }
 
 impl Entry {
@@ -66,6 +70,8 @@ struct Cache {
     dirty: HashSet<Key>,
     /// Keys changed by the slice being applied, for the view.
     touched: Vec<Key>,
+    /// Counts the hand-overs of `touched` (from 1).
+    epoch: u64,
 }
 
 pub struct LastValueCache {
@@ -79,8 +85,14 @@ pub struct LastValueCache {
     slice_visible: bool,
 }
 
+/// Where a relation's rows go: its cache, and the indexes of the key, time and value
+/// columns in its rows.
 #[derive(Clone)]
 struct Layout {
+    /// Index in [`CacheSet::caches`].
+    cache: usize,
+    /// The cache's `start_lsn`: changes committed before are in its fill already.
+    start_lsn: Lsn,
     keys: Vec<usize>,
     time: usize,
     values: Vec<usize>,
@@ -104,7 +116,7 @@ impl LastValueCache {
 
     /// Publishes every cached row, and each change as it is applied, to `view`.
     pub fn with_view(mut self, view: Arc<LvcView>) -> Self {
-        for cache in self.caches.caches.values() {
+        for cache in self.caches.values() {
             view.register(
                 &cache.config.table,
                 cache.column_kinds[..cache.config.key_columns.len()].to_vec(),
@@ -178,7 +190,6 @@ impl LastValueCache {
                 {
                     let loaded = self
                         .caches
-                        .caches
                         .get(&table)
                         .is_some_and(|c| c.config.start_lsn == config.start_lsn);
                     if !loaded {
@@ -240,6 +251,7 @@ impl LastValueCache {
                     .collect::<Result<_>>()?,
                 time: row.get::<_, Option<i64>>(k + 1 + v).unwrap_or(i64::MAX),
                 lsn: row.get::<_, String>(k + 2 + v).parse()?,
+                touched_in: 0,
             };
             entries.insert(key, entry);
         }
@@ -261,7 +273,7 @@ impl LastValueCache {
     }
 
     async fn latest_from_table(&self, table: &TableName, key: &Key) -> Result<Option<Entry>> {
-        let cache = &self.caches.caches[table];
+        let cache = self.caches.get(table).expect("a displaced key has a cache");
         let config = &cache.config;
         let key_types = &cache.column_types[..config.key_columns.len()];
         let (predicate, params) = lvc::key_predicate(&config.key_columns, key_types, key);
@@ -302,6 +314,7 @@ impl LastValueCache {
                 .map(|i| typed(k + 1 + i, 2 + i))
                 .collect::<Result<_>>()?,
             lsn: Lsn::ZERO,
+            touched_in: 0,
         }))
     }
 
@@ -342,7 +355,12 @@ impl LastValueCache {
                 lsn,
             )?
         {
-            let config = self.caches.caches[&relation.table].config.clone();
+            let config = self
+                .caches
+                .get(&relation.table)
+                .expect("a displaced key has a cache")
+                .config
+                .clone();
             self.wait_until_visible().await?;
             let fallback = self.latest_from_table(&config.table, &key).await?;
             self.caches
@@ -366,7 +384,6 @@ impl LastValueCache {
     /// The cached row of a key, from memory (for the service's API).
     pub fn get(&self, table: &TableName, key: &[String]) -> Option<(String, Vec<Option<String>>)> {
         self.caches
-            .caches
             .get(table)?
             .entries
             .get(key)
@@ -378,9 +395,12 @@ impl LastValueCache {
 /// around it reads the table when a cached row is displaced, and stores the dirty keys.
 #[derive(Default)]
 pub struct CacheSet {
-    caches: HashMap<TableName, Cache>,
-    /// Per relation id: indexes of the key, time and value columns in its rows.
-    layouts: HashMap<u32, Arc<Layout>>,
+    caches: Vec<Cache>,
+    /// Index in `caches` per source table.
+    by_table: HashMap<TableName, usize>,
+    /// Per relation id: where its rows go (`None`: it has no cache). Rebuilt as relations
+    /// come, cleared when caches come or go, so a row costs one lookup by relation id.
+    layouts: HashMap<u32, Option<Arc<Layout>>>,
 }
 
 impl CacheSet {
@@ -397,57 +417,76 @@ impl CacheSet {
         entries: HashMap<Key, Entry>,
     ) {
         self.layouts.clear();
-        self.caches.insert(
-            config.table.clone(),
-            Cache {
-                config,
-                column_types,
-                column_kinds,
-                entries,
-                dirty: HashSet::new(),
-                touched: Vec::new(),
-            },
-        );
+        let table = config.table.clone();
+        let cache = Cache {
+            config,
+            column_types,
+            column_kinds,
+            entries,
+            dirty: HashSet::new(),
+            touched: Vec::new(),
+            epoch: 1,
+        };
+        match self.by_table.get(&table) {
+            Some(&i) => self.caches[i] = cache,
+            None => {
+                self.by_table.insert(table, self.caches.len());
+                self.caches.push(cache);
+            }
+        }
     }
 
     /// Keys with unsaved changes.
     pub fn dirty_keys(&self) -> usize {
-        self.caches.values().map(|c| c.dirty.len()).sum()
+        self.caches.iter().map(|c| c.dirty.len()).sum()
     }
 
     fn values(&self) -> impl Iterator<Item = &Cache> {
-        self.caches.values()
+        self.caches.iter()
     }
 
     fn values_mut(&mut self) -> impl Iterator<Item = &mut Cache> {
-        self.caches.values_mut()
+        self.caches.iter_mut()
+    }
+
+    fn get(&self, table: &TableName) -> Option<&Cache> {
+        self.by_table.get(table).map(|&i| &self.caches[i])
+    }
+
+    fn get_mut(&mut self, table: &TableName) -> Option<&mut Cache> {
+        self.by_table.get(table).map(|&i| &mut self.caches[i])
     }
 
     fn contains_key(&self, table: &TableName) -> bool {
-        self.caches.contains_key(table)
+        self.by_table.contains_key(table)
     }
 
     fn remove(&mut self, table: &TableName) {
-        if self.caches.remove(table).is_some() {
-            self.layouts.clear();
+        let Some(i) = self.by_table.remove(table) else {
+            return;
+        };
+        self.caches.swap_remove(i);
+        if let Some(moved) = self.caches.get(i) {
+            self.by_table.insert(moved.config.table.clone(), i);
         }
+        self.layouts.clear();
     }
 
     /// Whether `lsn` committed before the cache of `table` was filled (its effects are in
     /// the fill already).
     fn before_start(&self, table: &TableName, lsn: Lsn) -> bool {
-        self.caches
-            .get(table)
-            .is_some_and(|c| lsn < c.config.start_lsn)
+        self.get(table).is_some_and(|c| lsn < c.config.start_lsn)
     }
 
     fn layout(&mut self, relation: &Relation) -> Result<Option<Arc<Layout>>> {
         if let Some(layout) = self.layouts.get(&relation.id) {
-            return Ok(Some(layout.clone()));
+            return Ok(layout.clone());
         }
-        let Some(cache) = self.caches.get(&relation.table) else {
+        let Some(&index) = self.by_table.get(&relation.table) else {
+            self.layouts.insert(relation.id, None);
             return Ok(None);
         };
+        let cache = &self.caches[index];
         let find = |name: &str| {
             relation.column_index(name).ok_or_else(|| {
                 Error::Unsupported(format!(
@@ -458,6 +497,8 @@ impl CacheSet {
             })
         };
         let layout = Layout {
+            cache: index,
+            start_lsn: cache.config.start_lsn,
             keys: cache
                 .config
                 .key_columns
@@ -473,7 +514,7 @@ impl CacheSet {
                 .collect::<Result<_>>()?,
         };
         let layout = Arc::new(layout);
-        self.layouts.insert(relation.id, layout.clone());
+        self.layouts.insert(relation.id, Some(layout.clone()));
         Ok(Some(layout))
     }
 
@@ -484,7 +525,7 @@ impl CacheSet {
             if self.before_start(&r.table, lsn) {
                 continue;
             }
-            if let Some(cache) = self.caches.get_mut(&r.table) {
+            if let Some(cache) = self.get_mut(&r.table) {
                 let keys: Vec<Key> = cache.entries.keys().cloned().collect();
                 cache.dirty.extend(keys.iter().cloned());
                 cache.touched.extend(keys);
@@ -503,12 +544,12 @@ impl CacheSet {
         new: Option<&[Value]>,
         lsn: Lsn,
     ) -> Result<Option<Key>> {
-        if self.before_start(&relation.table, lsn) {
-            return Ok(None);
-        }
         let Some(layout) = self.layout(relation)? else {
             return Ok(None);
         };
+        if lsn < layout.start_lsn {
+            return Ok(None);
+        }
         if let Some(old_row) = old_row {
             let needed: Vec<usize> = layout
                 .keys
@@ -531,7 +572,7 @@ impl CacheSet {
             }
             None => true,
         };
-        let was_cached = self.caches[&relation.table]
+        let was_cached = self.caches[layout.cache]
             .entries
             .get(&old_key)
             .is_some_and(|e| e.time == old_time);
@@ -541,7 +582,7 @@ impl CacheSet {
     /// Puts the row read from the table for a displaced key in the cache (None: the key
     /// has no row left).
     fn set_fallback(&mut self, table: &TableName, key: Key, fallback: Option<Entry>, lsn: Lsn) {
-        let Some(cache) = self.caches.get_mut(table) else {
+        let Some(cache) = self.get_mut(table) else {
             return;
         };
         match fallback {
@@ -560,48 +601,73 @@ impl CacheSet {
     /// Applies the new row of an insert or update committed at `lsn`: it becomes its
     /// key's cached row unless the cached one is newer.
     pub fn apply_new_row(&mut self, relation: &Relation, new: &[Value], lsn: Lsn) -> Result<()> {
-        if self.before_start(&relation.table, lsn) {
-            return Ok(());
-        }
         let Some(layout) = self.layout(relation)? else {
             return Ok(());
         };
+        if lsn < layout.start_lsn {
+            return Ok(());
+        }
         let (Some(key), Some(time)) = (layout.key_of(new), layout.time_of(new)) else {
             return Ok(()); // NOT NULL keys are checked when the cache is enabled
         };
-        let cache = self
-            .caches
-            .get_mut(&relation.table)
-            .expect("layout implies a cache");
-        let current = cache.entries.get(&key);
-        if current.is_some_and(|e| e.time > time) {
-            return Ok(()); // a late row never overwrites a newer one
+        let Cache {
+            entries,
+            dirty,
+            touched,
+            epoch,
+            ..
+        } = &mut self.caches[layout.cache];
+        // A key's rows mostly follow one another: update its entry where it is, and
+        // allocate a key only for a new one or the first touch in a slice.
+        match entries.entry(key) {
+            hashbrown::hash_map::Entry::Occupied(mut occupied) => {
+                let current = occupied.get_mut();
+                if current.time > time {
+                    return Ok(()); // a late row never overwrites a newer one
+                }
+                let same_row = current.time == time;
+                current.values.resize(layout.values.len(), Value::Null);
+                for (slot, i) in layout.values.iter().enumerate() {
+                    match new.get(*i) {
+                        // Not sent because unchanged: the cached value of this same row
+                        // stands.
+                        Some(Value::UnchangedToast) if same_row => {}
+                        Some(Value::UnchangedToast) | None => current.values[slot] = Value::Null,
+                        Some(v) => current.values[slot].clone_from(v),
+                    }
+                }
+                current.time = time;
+                current.time_value.clone_from(&new[layout.time]);
+                current.lsn = lsn;
+                let first_touch = current.touched_in != *epoch;
+                current.touched_in = *epoch;
+                if first_touch {
+                    touched.push(occupied.key().clone());
+                }
+                if !dirty.contains(occupied.key()) {
+                    dirty.insert(occupied.key().clone());
+                }
+            }
+            hashbrown::hash_map::Entry::Vacant(vacant) => {
+                let values = layout
+                    .values
+                    .iter()
+                    .map(|i| match new.get(*i) {
+                        Some(Value::UnchangedToast) | None => Value::Null,
+                        Some(v) => v.clone(),
+                    })
+                    .collect();
+                touched.push(vacant.key().clone());
+                dirty.insert(vacant.key().clone());
+                vacant.insert(Entry {
+                    time,
+                    time_value: new[layout.time].clone(),
+                    values,
+                    lsn,
+                    touched_in: *epoch,
+                });
+            }
         }
-        let values: Vec<Value> = layout
-            .values
-            .iter()
-            .enumerate()
-            .map(|(slot, i)| match new.get(*i) {
-                // Not sent because unchanged: the cached value of this same row stands.
-                Some(Value::UnchangedToast) => current
-                    .filter(|e| e.time == time)
-                    .and_then(|e| e.values.get(slot).cloned())
-                    .unwrap_or(Value::Null),
-                Some(v) => v.clone(),
-                None => Value::Null,
-            })
-            .collect();
-        cache.entries.insert(
-            key.clone(),
-            Entry {
-                time,
-                time_value: new[layout.time].clone(),
-                values,
-                lsn,
-            },
-        );
-        cache.touched.push(key.clone());
-        cache.dirty.insert(key);
         Ok(())
     }
 
@@ -609,12 +675,13 @@ impl CacheSet {
     /// whether any changed.
     pub fn publish_touched(&mut self, view: Option<&LvcView>, lsn: Lsn) -> bool {
         let mut any = false;
-        for cache in self.caches.values_mut() {
+        for cache in self.caches.iter_mut() {
             if cache.touched.is_empty() {
                 continue;
             }
             any = true;
             let mut touched = std::mem::take(&mut cache.touched);
+            cache.epoch += 1;
             let Some(view) = view else { continue };
             touched.sort_unstable();
             touched.dedup();
@@ -862,5 +929,173 @@ impl crate::operators::Component for LvcComponent {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::relation::RelationColumn;
+
+    fn relation(id: u32, table: &str) -> Relation {
+        let column = |name: &str, oid: u32| RelationColumn {
+            name: name.into(),
+            type_oid: oid,
+            type_modifier: -1,
+            column_type: ColumnType::from_oid(oid),
+            is_key: false,
+        };
+        Relation {
+            id,
+            table: TableName::new("public", table),
+            replica_identity: b'd',
+            columns: vec![
+                column("time", 1184),
+                column("symbol", 25),
+                column("price", 701),
+                column("note", 25),
+            ],
+        }
+    }
+
+    fn set() -> CacheSet {
+        let mut caches = CacheSet::default();
+        caches.add_empty(LvcConfig {
+            table: TableName::new("public", "ticks"),
+            time_column: "time".into(),
+            key_columns: vec!["symbol".into()],
+            value_columns: vec!["price".into(), "note".into()],
+            cache_table: TableName::new("lakets", "lvc_ticks"),
+            start_lsn: Lsn(100),
+        });
+        caches
+    }
+
+    fn row(time: i64, symbol: &str, price: f64, note: Option<&str>) -> Vec<Value> {
+        vec![
+            Value::Timestamptz(time),
+            Value::Text(symbol.into()),
+            Value::Float8(price),
+            note.map_or(Value::UnchangedToast, |n| Value::Text(n.into())),
+        ]
+    }
+
+    fn cached(caches: &CacheSet, symbol: &str) -> Option<(i64, Vec<Value>)> {
+        let cache = caches.get(&TableName::new("public", "ticks"))?;
+        let entry = cache.entries.get(&vec![symbol.to_string()])?;
+        Some((entry.time, entry.values.clone()))
+    }
+
+    #[test]
+    fn rows_update_their_key_in_place_keeping_unchanged_values_of_the_same_row_only() {
+        let mut caches = set();
+        let ticks = relation(1, "ticks");
+        caches
+            .apply_new_row(&ticks, &row(10, "A", 1.0, Some("first")), Lsn(200))
+            .unwrap();
+        // An update of the same row that did not send the unchanged (TOASTed) note.
+        caches
+            .apply_new_row(&ticks, &row(10, "A", 2.0, None), Lsn(300))
+            .unwrap();
+        assert_eq!(
+            cached(&caches, "A"),
+            Some((10, vec![Value::Float8(2.0), Value::Text("first".into())]))
+        );
+        // A newer row without the value: not this row's, so unknown.
+        caches
+            .apply_new_row(&ticks, &row(20, "A", 3.0, None), Lsn(400))
+            .unwrap();
+        assert_eq!(
+            cached(&caches, "A"),
+            Some((20, vec![Value::Float8(3.0), Value::Null]))
+        );
+        // A late row never overwrites; a change from before the fill is in the fill.
+        caches
+            .apply_new_row(&ticks, &row(15, "A", 9.0, Some("late")), Lsn(500))
+            .unwrap();
+        caches
+            .apply_new_row(&ticks, &row(99, "B", 9.0, Some("old")), Lsn(50))
+            .unwrap();
+        assert_eq!(cached(&caches, "A").unwrap().0, 20);
+        assert_eq!(cached(&caches, "B"), None);
+        // Another table's rows are not cached.
+        caches
+            .apply_new_row(
+                &relation(2, "other"),
+                &row(30, "C", 1.0, Some("x")),
+                Lsn(600),
+            )
+            .unwrap();
+        assert_eq!(caches.dirty_keys(), 1);
+    }
+
+    #[test]
+    fn each_slice_hands_the_view_every_key_it_changed_once_with_its_last_row() {
+        let mut caches = set();
+        let ticks = relation(1, "ticks");
+        let view = LvcView::new();
+        let table = TableName::new("public", "ticks");
+        for (i, symbol) in ["A", "B", "A", "A", "B"].iter().enumerate() {
+            caches
+                .apply_new_row(
+                    &ticks,
+                    &row(i as i64, symbol, i as f64, Some("n")),
+                    Lsn(200),
+                )
+                .unwrap();
+        }
+        assert_eq!(
+            caches.get(&table).unwrap().touched.len(),
+            2,
+            "five rows of two keys: two keys to hand over"
+        );
+        assert!(caches.publish_touched(Some(&view), Lsn(200)));
+        assert_eq!(view.len(&table), 2);
+        let a = view.get(&table, &["A".to_string()]).unwrap();
+        assert_eq!(a.values[0], ("price".to_string(), Some("3".to_string())));
+        assert_eq!(caches.get(&table).unwrap().touched.len(), 0);
+        // Nothing changed since: nothing to hand over.
+        assert!(!caches.publish_touched(Some(&view), Lsn(200)));
+        // The next slice touches A again: handed over again, with its new row.
+        caches
+            .apply_new_row(&ticks, &row(10, "A", 10.0, Some("n")), Lsn(300))
+            .unwrap();
+        assert_eq!(caches.get(&table).unwrap().touched.len(), 1);
+        assert!(caches.publish_touched(Some(&view), Lsn(300)));
+        let a = view.get(&table, &["A".to_string()]).unwrap();
+        assert_eq!(a.values[0], ("price".to_string(), Some("10".to_string())));
+    }
+
+    #[test]
+    fn removing_a_cache_keeps_the_others_reachable_by_table_and_relation() {
+        let mut caches = set();
+        caches.add_empty(LvcConfig {
+            table: TableName::new("public", "quotes"),
+            time_column: "time".into(),
+            key_columns: vec!["symbol".into()],
+            value_columns: vec!["price".into()],
+            cache_table: TableName::new("lakets", "lvc_quotes"),
+            start_lsn: Lsn::ZERO,
+        });
+        let quotes = relation(2, "quotes");
+        caches
+            .apply_new_row(&quotes, &row(1, "Q", 1.0, Some("n")), Lsn(10))
+            .unwrap();
+        caches.remove(&TableName::new("public", "ticks"));
+        // `quotes` moved into the removed cache's place: its layout must follow.
+        caches
+            .apply_new_row(&quotes, &row(2, "Q", 2.0, Some("n")), Lsn(20))
+            .unwrap();
+        let cache = caches.get(&TableName::new("public", "quotes")).unwrap();
+        assert_eq!(cache.entries[&vec!["Q".to_string()]].time, 2);
+        assert!(!caches.contains_key(&TableName::new("public", "ticks")));
+        caches
+            .apply_new_row(
+                &relation(1, "ticks"),
+                &row(3, "A", 1.0, Some("n")),
+                Lsn(500),
+            )
+            .unwrap();
+        assert_eq!(caches.dirty_keys(), 1, "ticks has no cache any more");
     }
 }
