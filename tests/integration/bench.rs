@@ -36,7 +36,8 @@ fn bench_all_reports_every_figure_in_one_run() {
         .expect("the --output file is JSON");
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
 
-    // Write path: 2 and 4 writers, three scenarios each, every rate measured.
+    // Write path: 2 and 4 writers, four scenarios each (pg_recvlogical draining the slot
+    // the fourth), every rate measured.
     let ratios = report["write_path"]["ratios"].as_array().unwrap();
     assert_eq!(
         ratios
@@ -50,14 +51,22 @@ fn bench_all_reports_every_figure_in_one_run() {
             "bare_rows_per_second",
             "lakets_rows_per_second",
             "triggers_rows_per_second",
+            "recvlogical_rows_per_second",
+            "lakets_ratio",
+            "triggers_ratio",
+            "recvlogical_ratio",
         ] {
             assert!(f(&r[key]) > 0.0, "{key} in {r}");
         }
-        assert!(f(&r["lakets_ratio"]) > 0.0 && f(&r["triggers_ratio"]) > 0.0);
+        let over = f(&r["lakets_rows_per_second"]) / f(&r["recvlogical_rows_per_second"]);
+        assert!(
+            (f(&r["lakets_over_recvlogical"]) - over).abs() < 1e-9,
+            "the ratio is of the two rates: {r}"
+        );
     }
     // Commit latency at a fixed rate, per scenario.
     let latencies = report["write_path"]["latencies"].as_array().unwrap();
-    assert_eq!(latencies.len(), 3);
+    assert_eq!(latencies.len(), 4);
     for l in latencies {
         assert!(l["latency"]["samples"].as_u64().unwrap() > 0, "{l}");
         assert!(f(&l["latency"]["p99_ms"]) >= f(&l["latency"]["p50_ms"]));
@@ -203,11 +212,12 @@ fn bench_all_reports_every_figure_in_one_run() {
         );
     }
 
-    // Fourteen targets (the split write path, two write-path ratios, catch-up over the
+    // Sixteen targets (the split write path, two write-path ratios to bare and two to
+    // pg_recvlogical draining the same slot, catch-up over the
     // Unix socket per protocol and its CPU ratio, two per freshness size, two of memory,
     // sustained ingest, one per copy size), each with a verdict.
     let targets = report["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 14, "{targets:?}");
+    assert_eq!(targets.len(), 16, "{targets:?}");
     assert!(targets.iter().all(|t| t["met"].is_boolean()));
     assert!(
         report["postgres"]

@@ -13,7 +13,6 @@
 //! It also answers whether several slots lift the walsender's ceiling: two
 //! `pg_recvlogical` drain two publications that split the table by a row filter, at once.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -344,38 +343,8 @@ async fn run_pg_recvlogical(
     binary: bool,
     end: Lsn,
 ) -> Result<()> {
-    let conninfo = format!(
-        "host={host} port={} dbname=lakets_bench user={}",
-        pg.port(),
-        lakets_testkit::embedded::SUPERUSER
-    );
-    let mut cmd = tokio::process::Command::new(pg.bindir().join("pg_recvlogical"));
-    // The password from the cluster's pgpass file: never on the command line.
-    cmd.env("PGPASSFILE", pg.pgpass_file());
-    cmd.args([
-        "-d",
-        &conninfo,
-        "--slot",
-        slot,
-        "--start",
-        "--no-loop",
-        "-f",
-        "/dev/null",
-    ])
-    .arg(format!("--endpos={end}"))
-    .args([
-        "-o",
-        "proto_version=1",
-        "-o",
-        &format!("publication_names={publication}"),
-        "-o",
-        "messages=true",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    if binary {
-        cmd.args(["-o", "binary=true"]);
-    }
+    let mut cmd = super::recvlogical::command(pg, host, slot, publication, binary);
+    cmd.arg(format!("--endpos={end}"));
     let out = cmd
         .output()
         .await

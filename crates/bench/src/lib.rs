@@ -12,6 +12,7 @@ pub mod gate;
 pub mod ingest;
 pub mod memory;
 pub mod mutations;
+mod recvlogical;
 pub mod rollup;
 pub mod snapshot;
 pub mod soak;

@@ -210,6 +210,18 @@ fn targets(
             ),
             met: r.lakets_ratio >= 0.95,
         });
+        out.push(TargetCheck {
+            figure: format!(
+                "write path, {} writers, service streaming / pg_recvlogical draining the same slot",
+                r.writers
+            ),
+            target: ">= 0.95x".into(),
+            measured: format!(
+                "{:.2}x (pg_recvlogical / bare: {:.2}x)",
+                r.lakets_over_recvlogical, r.recvlogical_ratio
+            ),
+            met: r.lakets_over_recvlogical >= 0.95,
+        });
     }
     for (protocol, ratio) in [
         ("text", catchup.ratio_unix_text),

@@ -1,8 +1,10 @@
 //! What the writers pay: insert rows/s with 2 and 4 writer connections (1,000-row
 //! transactions) into the bare ChronoTable, into the same table while the service's
 //! pipeline streams it with every operator, and into the table carrying the spec's trigger
-//! design (crates/bench/sql/spec_triggers.sql). Scenarios are interleaved, in an order rotated per
-//! repetition, and each is reported as a ratio to bare.
+//! design (crates/bench/sql/spec_triggers.sql), and into the table while `pg_recvlogical`
+//! drains the same slot to /dev/null: what logical decoding itself costs the writers, which
+//! no consumer can avoid, so the service's figure is set against it too. Scenarios are
+//! interleaved, in an order rotated per repetition, and each is reported as a ratio to bare.
 //!
 //! On 2 cores the walsender and lakets take a core and a half from saturated writers, so
 //! the runs are repeated with the cores split: the writers' backends pinned to one core,
@@ -16,13 +18,17 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use lakets_testkit::embedded::EmbeddedPostgres;
+
 use super::affinity::CpuSet;
 use crate::error::{Error, PgResultExt, Result};
 
 /// The spec's triggers, installed by the benchmark.
 const SPEC_TRIGGERS_SQL: &str = include_str!("../sql/spec_triggers.sql");
 
-const SCENARIOS: [&str; 3] = ["bare", "lakets", "triggers"];
+const SCENARIOS: [&str; 4] = ["bare", "lakets", "triggers", RECV];
+/// `pg_recvlogical` draining the slot the service streams from in its runs.
+const RECV: &str = "pg_recvlogical";
 const SLOT: &str = "bench_write_path";
 
 #[derive(Debug, Clone)]
@@ -62,10 +68,16 @@ pub struct WriteRatio {
     pub bare_rows_per_second: f64,
     pub lakets_rows_per_second: f64,
     pub triggers_rows_per_second: f64,
+    /// With pg_recvlogical draining the same slot (the same transport and protocol).
+    pub recvlogical_rows_per_second: f64,
     /// With the service streaming / bare (target >= 0.95).
     pub lakets_ratio: f64,
     /// With the spec's triggers / bare.
     pub triggers_ratio: f64,
+    /// pg_recvlogical draining / bare: the cost of decoding alone.
+    pub recvlogical_ratio: f64,
+    /// With the service streaming / with pg_recvlogical draining (target >= 0.95).
+    pub lakets_over_recvlogical: f64,
 }
 
 /// 2 writers on one core, bare and with the service's decoding on another core.
@@ -120,7 +132,7 @@ pub async fn write_path(options: &WritePathOptions) -> Result<WritePathReport> {
             let mut order = SCENARIOS;
             order.rotate_left(rep % SCENARIOS.len());
             for scenario in order {
-                let (rows, seconds) = in_scenario(&client, &db, scenario, None, async {
+                let (rows, seconds) = in_scenario(&pg, &client, &db, scenario, None, async {
                     insert_for(&db, writers, options.seconds, None).await
                 })
                 .await?;
@@ -138,7 +150,7 @@ pub async fn write_path(options: &WritePathOptions) -> Result<WritePathReport> {
     let mut latencies = Vec::new();
     for scenario in SCENARIOS {
         let rate = options.latency_rate;
-        let (rows, ms) = in_scenario(&client, &db, scenario, None, async {
+        let (rows, ms) = in_scenario(&pg, &client, &db, scenario, None, async {
             super::writers::paced_insert(db.clone(), 2, rate, options.seconds).await
         })
         .await?;
@@ -150,7 +162,7 @@ pub async fn write_path(options: &WritePathOptions) -> Result<WritePathReport> {
             latency: super::freshness::stats(ms),
         });
     }
-    let (split, split_skipped) = match split_cores(&client, &db, options).await? {
+    let (split, split_skipped) = match split_cores(&pg, &client, &db, options).await? {
         Ok(split) => (Some(split), None),
         Err(why) => (None, Some(why)),
     };
@@ -179,13 +191,17 @@ pub async fn write_path(options: &WritePathOptions) -> Result<WritePathReport> {
             let bare = mean("bare", writers);
             let lakets = mean("lakets", writers);
             let triggers = mean("triggers", writers);
+            let recvlogical = mean(RECV, writers);
             WriteRatio {
                 writers,
                 bare_rows_per_second: bare,
                 lakets_rows_per_second: lakets,
                 triggers_rows_per_second: triggers,
+                recvlogical_rows_per_second: recvlogical,
                 lakets_ratio: lakets / bare,
                 triggers_ratio: triggers / bare,
+                recvlogical_ratio: recvlogical / bare,
+                lakets_over_recvlogical: lakets / recvlogical,
             }
         })
         .collect();
@@ -204,6 +220,7 @@ pub async fn write_path(options: &WritePathOptions) -> Result<WritePathReport> {
 /// Bare and with the service, 2 writers pinned to the first CPU; this process (the
 /// pipeline) and the walsender pinned to the second. Err(why) when it cannot be run here.
 async fn split_cores(
+    pg: &EmbeddedPostgres,
     client: &tokio_postgres::Client,
     db: &crate::db::DbConfig,
     options: &WritePathOptions,
@@ -225,7 +242,7 @@ async fn split_cores(
         let mut order = [("bare", 0), ("lakets", 1)];
         order.rotate_left(rep % 2);
         for (scenario, i) in order {
-            let run = in_scenario(client, db, scenario, Some(&cpus), async {
+            let run = in_scenario(pg, client, db, scenario, Some(&cpus), async {
                 insert_for(db, 2, options.seconds, Some(&cpus.writers)).await
             })
             .await;
@@ -261,12 +278,14 @@ async fn set_triggers(client: &tokio_postgres::Client, attach: bool) -> Result<(
     Ok(())
 }
 
-/// Runs `write` in a scenario: on the bare table, with the spec's triggers attached, or
-/// with the service's pipeline streaming the table. For the latter the slot is first moved
-/// to the end of the WAL (the other scenarios' rows are not this run's work) and the
-/// pipeline has caught up before the writers start. With `split`, this process and the
-/// walsender move to the decoder's CPU before the writers start.
+/// Runs `write` in a scenario: on the bare table, with the spec's triggers attached, with
+/// the service's pipeline streaming the table, or with pg_recvlogical draining its slot.
+/// For the last two the slot is first moved to the end of the WAL (the other scenarios'
+/// rows are not this run's work), and the service's pipeline has caught up before the
+/// writers start. With `split`, this process and the walsender move to the decoder's CPU
+/// before the writers start.
 async fn in_scenario<T>(
+    pg: &EmbeddedPostgres,
     client: &tokio_postgres::Client,
     db: &crate::db::DbConfig,
     scenario: &str,
@@ -286,14 +305,25 @@ async fn in_scenario<T>(
             set_triggers(client, false).await?;
             result
         }
+        RECV => {
+            advance_slot(client).await?;
+            // The service's pipeline streams text over TCP here: so does the baseline.
+            let mut recv = super::recvlogical::command(pg, pg.host(), SLOT, "lakets", false)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| Error::io("starting pg_recvlogical", e))?;
+            let result = match slot_streamed(client, &mut recv).await {
+                Ok(()) => write.await,
+                Err(e) => Err(e),
+            };
+            let _ = recv.start_kill();
+            let _ = recv.wait().await;
+            // The service's next run takes the slot over: its walsender must be gone.
+            wait_slot_released(client).await?;
+            result
+        }
         _ => {
-            client
-                .execute(
-                    "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
-                    &[&SLOT],
-                )
-                .await
-                .pg_context(|| format!("advancing slot {SLOT}"))?;
+            advance_slot(client).await?;
             let stop = CancellationToken::new();
             let (status, task) = super::spawn_service_pipeline(
                 db,
@@ -327,20 +357,80 @@ async fn in_scenario<T>(
     }
 }
 
-/// Moves this process, the slot's walsender and every other session open now (the
-/// pipeline's operators write through theirs) to the decoder's CPU; the writers connect
-/// afterwards.
-async fn pin_decoding(client: &tokio_postgres::Client, split: Option<&Cpus>) -> Result<()> {
-    let Some(cpus) = split else { return Ok(()) };
-    let walsender: Option<i32> = client
+/// Moves the slot to the end of the WAL.
+async fn advance_slot(client: &tokio_postgres::Client) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+            &[&SLOT],
+        )
+        .await
+        .pg_context(|| format!("advancing slot {SLOT}"))?;
+    Ok(())
+}
+
+async fn slot_walsender(client: &tokio_postgres::Client) -> Result<Option<i32>> {
+    Ok(client
         .query_one(
             "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
             &[&SLOT],
         )
         .await
         .pg_context(|| format!("finding the walsender of slot {SLOT}"))?
-        .get(0);
-    if walsender.is_none() {
+        .get(0))
+}
+
+/// Waits until `recv` streams from the slot (a walsender holds it), or says why not.
+async fn slot_streamed(
+    client: &tokio_postgres::Client,
+    recv: &mut tokio::process::Child,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if slot_walsender(client).await?.is_some() {
+            return Ok(());
+        }
+        if let Some(status) = recv
+            .try_wait()
+            .map_err(|e| Error::io("waiting for pg_recvlogical", e))?
+        {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = recv.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            return Err(Error::Embedded(format!(
+                "pg_recvlogical exited ({status}) before streaming: {stderr}"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Embedded(format!(
+                "pg_recvlogical did not take slot {SLOT} within 30 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_slot_released(client: &tokio_postgres::Client) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slot_walsender(client).await?.is_some() {
+        if Instant::now() > deadline {
+            return Err(Error::Embedded(format!(
+                "slot {SLOT} still held 30 s after pg_recvlogical was stopped"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Moves this process, the slot's walsender and every other session open now (the
+/// pipeline's operators write through theirs) to the decoder's CPU; the writers connect
+/// afterwards.
+async fn pin_decoding(client: &tokio_postgres::Client, split: Option<&Cpus>) -> Result<()> {
+    let Some(cpus) = split else { return Ok(()) };
+    if slot_walsender(client).await?.is_none() {
         return Err(Error::Operator(format!("slot {SLOT} has no walsender")));
     }
     let sessions = client
@@ -424,18 +514,29 @@ pub fn write_path_table(report: &WritePathReport) -> String {
         report.seconds_per_run
     ));
     out.push_str(&format!(
-        "{:<8} {:>12} {:>16} {:>8} {:>16} {:>8}\n",
-        "writers", "bare", "service on", "ratio", "spec triggers", "ratio"
+        "{:<8} {:>12} {:>16} {:>8} {:>16} {:>8} {:>16} {:>8} {:>14}\n",
+        "writers",
+        "bare",
+        "service on",
+        "ratio",
+        "spec triggers",
+        "ratio",
+        "pg_recvlogical",
+        "ratio",
+        "service/recv"
     ));
     for r in &report.ratios {
         out.push_str(&format!(
-            "{:<8} {:>12.0} {:>16.0} {:>7.2}x {:>16.0} {:>7.2}x\n",
+            "{:<8} {:>12.0} {:>16.0} {:>7.2}x {:>16.0} {:>7.2}x {:>16.0} {:>7.2}x {:>13.2}x\n",
             r.writers,
             r.bare_rows_per_second,
             r.lakets_rows_per_second,
             r.lakets_ratio,
             r.triggers_rows_per_second,
-            r.triggers_ratio
+            r.triggers_ratio,
+            r.recvlogical_rows_per_second,
+            r.recvlogical_ratio,
+            r.lakets_over_recvlogical
         ));
     }
     match (&report.split, &report.split_skipped) {
@@ -452,12 +553,12 @@ pub fn write_path_table(report: &WritePathReport) -> String {
         (None, None) => {}
     }
     out.push_str(&format!(
-        "\ncommit latency of a 1,000-row transaction at a fixed rate (2 writers):\n{:<10} {:>10} {:>10} {:>10} {:>10}\n",
+        "\ncommit latency of a 1,000-row transaction at a fixed rate (2 writers):\n{:<14} {:>10} {:>10} {:>10} {:>10}\n",
         "scenario", "rows/s", "p50 ms", "p99 ms", "max ms"
     ));
     for l in &report.latencies {
         out.push_str(&format!(
-            "{:<10} {:>10.0} {:>10.2} {:>10.2} {:>10.2}\n",
+            "{:<14} {:>10.0} {:>10.2} {:>10.2} {:>10.2}\n",
             l.scenario,
             l.achieved_rows_per_second,
             l.latency.p50_ms,
