@@ -60,6 +60,11 @@ pub struct CatchupReport {
     /// The same over TCP on loopback, where the walsender's per-segment work caps both.
     pub ratio_text: f64,
     pub ratio_binary: f64,
+    /// Best lakets rate over either transport / best pg_recvlogical rate over either: each
+    /// consumer on the transport that suits it (pg_recvlogical is fastest over the Unix
+    /// socket, lakets over TCP, which merges the walsender's small messages on arrival).
+    pub ratio_best_text: f64,
+    pub ratio_best_binary: f64,
     /// Best binary lakets rate over best text lakets rate (Unix socket).
     pub binary_over_text: f64,
     /// Two slots on row-filtered halves, drained at once, over one slot (pg_recvlogical,
@@ -276,6 +281,9 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
     let best = |consumer: &str, transport: &str, protocol: &str| {
         fastest(consumer, transport, protocol).map_or(0.0, |m| m.rows_per_second)
     };
+    let best_of_both = |consumer: &str, protocol: &str| {
+        best(consumer, "unix", protocol).max(best(consumer, "tcp", protocol))
+    };
     let lakets_cpu_over_walsender = fastest(LAKETS, "unix", "binary")
         .and_then(|m| {
             m.walsender_cpu_us_per_row
@@ -296,6 +304,8 @@ pub async fn catchup(options: &CatchupOptions) -> Result<CatchupReport> {
         ratio_unix_binary: best(LAKETS, "unix", "binary") / best(RECV, "unix", "binary"),
         ratio_text: best(LAKETS, "tcp", "text") / best(RECV, "tcp", "text"),
         ratio_binary: best(LAKETS, "tcp", "binary") / best(RECV, "tcp", "binary"),
+        ratio_best_text: best_of_both(LAKETS, "text") / best_of_both(RECV, "text"),
+        ratio_best_binary: best_of_both(LAKETS, "binary") / best_of_both(RECV, "binary"),
         binary_over_text: best(LAKETS, "unix", "binary") / best(LAKETS, "unix", "text"),
         split_over_single: best(SPLIT, "tcp", "text") / best(RECV, "tcp", "text"),
         recv_unix_over_tcp: best(RECV, "unix", "text") / best(RECV, "tcp", "text"),
@@ -442,6 +452,7 @@ pub fn catchup_table(report: &CatchupReport) -> String {
     out.push_str(&format!(
         "\nlakets (all operators) / pg_recvlogical, best of each, over the Unix socket: text \
          {:.2}x, binary {:.2}x (target >= 0.9x); over TCP: text {:.2}x, binary {:.2}x\n\
+         each on its fastest transport: text {:.2}x, binary {:.2}x\n\
          lakets CPU per row / its walsender's (fastest binary run, Unix socket): {:.2}x \
          (target <= 0.5x)\n\
          lakets binary / text (Unix socket): {:.2}x\n\
@@ -451,6 +462,8 @@ pub fn catchup_table(report: &CatchupReport) -> String {
         report.ratio_unix_binary,
         report.ratio_text,
         report.ratio_binary,
+        report.ratio_best_text,
+        report.ratio_best_binary,
         report.lakets_cpu_over_walsender,
         report.binary_over_text,
         report.split_over_single,

@@ -223,17 +223,21 @@ fn targets(
             met: r.lakets_over_recvlogical >= 0.95,
         });
     }
-    for (protocol, ratio) in [
-        ("text", catchup.ratio_unix_text),
-        ("binary", catchup.ratio_unix_binary),
+    for (protocol, best, unix) in [
+        ("text", catchup.ratio_best_text, catchup.ratio_unix_text),
+        (
+            "binary",
+            catchup.ratio_best_binary,
+            catchup.ratio_unix_binary,
+        ),
     ] {
         out.push(TargetCheck {
             figure: format!(
-                "catch-up over the Unix socket, all operators / pg_recvlogical, {protocol}"
+                "catch-up, all operators / pg_recvlogical, each on its fastest transport, {protocol}"
             ),
             target: ">= 0.90x".into(),
-            measured: format!("{ratio:.2}x"),
-            met: ratio >= 0.9,
+            measured: format!("{best:.2}x (both over the Unix socket: {unix:.2}x)"),
+            met: best >= 0.9,
         });
     }
     out.push(TargetCheck {
