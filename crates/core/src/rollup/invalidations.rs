@@ -57,8 +57,11 @@ pub struct InvalidatedRange {
 }
 
 /// Where a target's columns sit in a relation's rows.
+/// One rollup of a relation's table, and where its time and group columns are in the
+/// relation's rows.
 #[derive(Debug, Clone)]
 struct Layout {
+    target: Target,
     time: usize,
     groups: Vec<usize>,
 }
@@ -87,6 +90,8 @@ pub struct Invalidations {
 #[derive(Default)]
 pub struct Coalescer {
     targets: HashMap<TableName, Vec<Target>>,
+    /// Per relation id, its table's rollups (empty: none), so that a row costs one lookup
+    /// by relation id; cleared with the targets.
     layouts: HashMap<u32, Arc<[Layout]>>,
     pending: HashMap<String, Pending>,
     pending_buckets: usize,
@@ -142,12 +147,14 @@ impl Coalescer {
         self.pending_buckets
     }
 
-    fn layouts(&mut self, relation: &Relation) -> Result<Option<Arc<[Layout]>>> {
+    fn layouts(&mut self, relation: &Relation) -> Result<Arc<[Layout]>> {
         if let Some(l) = self.layouts.get(&relation.id) {
-            return Ok(Some(l.clone()));
+            return Ok(l.clone());
         }
         let Some(targets) = self.targets.get(&relation.table) else {
-            return Ok(None);
+            let none: Arc<[Layout]> = Arc::new([]);
+            self.layouts.insert(relation.id, none.clone());
+            return Ok(none);
         };
         let find = |name: &str, rollup: &str| {
             relation.column_index(name).ok_or_else(|| {
@@ -162,6 +169,7 @@ impl Coalescer {
             .iter()
             .map(|t| {
                 Ok(Layout {
+                    target: t.clone(),
                     time: find(&t.time_column, &t.rollup)?,
                     groups: t
                         .group_by
@@ -172,17 +180,15 @@ impl Coalescer {
             })
             .collect::<Result<Arc<[_]>>>()?;
         self.layouts.insert(relation.id, layouts.clone());
-        Ok(Some(layouts))
+        Ok(layouts)
     }
 
     /// Marks the buckets `row` lies in, for every rollup of its table. `old` fills values
     /// an update did not send (unchanged TOAST).
     fn touch(&mut self, relation: &Relation, row: &[Value], old: Option<&[Value]>) -> Result<()> {
-        let Some(layouts) = self.layouts(relation)? else {
-            return Ok(());
-        };
-        let targets = &self.targets[&relation.table];
-        for (target, layout) in targets.iter().zip(layouts.iter()) {
+        let layouts = self.layouts(relation)?;
+        for layout in layouts.iter() {
+            let target = &layout.target;
             let value = |i: usize| match row.get(i) {
                 Some(Value::UnchangedToast) => old.and_then(|o| o.get(i)),
                 v => v,
@@ -191,11 +197,7 @@ impl Coalescer {
                 continue; // a NULL time lands in no bucket
             };
             let bucket = rollup::floor(time, target.width);
-            if !self.pending.contains_key(&target.rollup) {
-                self.pending
-                    .insert(target.rollup.clone(), Pending::default());
-            }
-            let pending = self.pending.get_mut(&target.rollup).expect("inserted");
+            let pending = self.pending.entry_ref(target.rollup.as_str()).or_default();
             let key = if target.group_by.is_empty() || pending.collapsed {
                 None
             } else {
@@ -234,9 +236,10 @@ impl Coalescer {
         if old.is_some_and(|o| !o.key_only) {
             return Ok(());
         }
-        let Some(layouts) = self.layouts(relation)? else {
+        let layouts = self.layouts(relation)?;
+        if layouts.is_empty() {
             return Ok(());
-        };
+        }
         let needed: Vec<usize> = layouts
             .iter()
             .flat_map(|l| std::iter::once(l.time).chain(l.groups.iter().copied()))
@@ -496,4 +499,91 @@ async fn invalidate_hot_range(client: &Client, rollup: &str, table: &TableName) 
         .map(|&(lo, hi)| (bound_text(lo), bound_text(hi)))
         .unzip();
     crate::catalog::rollup_registry::invalidate_hot_ranges(client, rollup, &los, &his).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::relation::RelationColumn;
+    use crate::wal::value::ColumnType;
+
+    const MINUTE: i64 = 60_000_000;
+
+    fn ticks() -> Arc<Relation> {
+        let column = |name: &str, oid: u32| RelationColumn {
+            name: name.into(),
+            type_oid: oid,
+            type_modifier: -1,
+            column_type: ColumnType::from_oid(oid),
+            is_key: false,
+        };
+        Arc::new(Relation {
+            id: 7,
+            table: TableName::new("public", "ticks"),
+            replica_identity: b'd',
+            columns: vec![column("time", 1184), column("symbol", 25)],
+        })
+    }
+
+    fn insert(time: i64, symbol: &str) -> Change {
+        Change::Insert {
+            relation: ticks(),
+            new: vec![Value::Timestamptz(time), Value::Text(symbol.into())],
+        }
+    }
+
+    fn target(rollup: &str) -> (TableName, Target) {
+        (
+            TableName::new("public", "ticks"),
+            Target {
+                rollup: rollup.into(),
+                width: MINUTE,
+                time_column: "time".into(),
+                group_by: vec!["symbol".into()],
+            },
+        )
+    }
+
+    #[test]
+    fn a_rollup_added_later_sees_the_rows_of_a_relation_that_had_none() {
+        let mut coalescer = Coalescer::default();
+        coalescer.apply(&insert(0, "A")).unwrap();
+        assert_eq!(
+            coalescer.pending_buckets(),
+            0,
+            "no rollup reads the table yet"
+        );
+        coalescer.set_targets([target("ticks_1m")]);
+        coalescer.apply(&insert(MINUTE + 5, "A")).unwrap();
+        coalescer.apply(&insert(MINUTE + 6, "A")).unwrap();
+        coalescer.apply(&insert(2 * MINUTE, "B")).unwrap();
+        assert_eq!(coalescer.pending_buckets(), 2);
+        let mut ranges = coalescer.ranges();
+        ranges.sort_by(|a, b| a.group_key.cmp(&b.group_key));
+        assert_eq!(
+            ranges,
+            vec![
+                InvalidatedRange {
+                    rollup: "ticks_1m".into(),
+                    lo: MINUTE,
+                    hi: 2 * MINUTE,
+                    group_key: Some(r#"{"symbol":"A"}"#.into()),
+                },
+                InvalidatedRange {
+                    rollup: "ticks_1m".into(),
+                    lo: 2 * MINUTE,
+                    hi: 3 * MINUTE,
+                    group_key: Some(r#"{"symbol":"B"}"#.into()),
+                },
+            ]
+        );
+        // Two rollups of the table: each row marks both.
+        coalescer.clear();
+        coalescer.set_targets([target("ticks_1m"), target("ticks_1m_too")]);
+        coalescer.apply(&insert(0, "A")).unwrap();
+        assert_eq!(coalescer.pending_buckets(), 2);
+        coalescer.set_targets([]);
+        coalescer.apply(&insert(10 * MINUTE, "A")).unwrap();
+        assert_eq!(coalescer.pending_buckets(), 2, "no rollup left to mark");
+    }
 }
