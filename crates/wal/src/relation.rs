@@ -31,6 +31,19 @@ pub struct RelationColumn {
     pub is_key: bool,
 }
 
+impl RelationColumn {
+    /// A column of `type_oid` with no type modifier.
+    pub fn new(name: impl Into<String>, type_oid: u32, is_key: bool) -> Self {
+        RelationColumn {
+            name: name.into(),
+            type_oid,
+            type_modifier: -1,
+            column_type: ColumnType::from_oid(type_oid),
+            is_key,
+        }
+    }
+}
+
 impl Relation {
     pub fn from_message(m: &RelationMessage<'_>) -> Self {
         Relation {

@@ -89,8 +89,8 @@ pub async fn wait_for_streams(
             .pg_context(|| "reading the WAL position".into())?
             .get::<_, PgLsn>(0),
     );
-    // Starts after `target`: a slot that confirms it has confirmed `target`. Without the
-    // right to emit (granted to superusers by default) heartbeats or writes move it.
+    // Starts after `target`: a slot that confirms it has confirmed `target`. Where the role
+    // may not emit (a hardened install revokes it), heartbeats or writes move the slot.
     if let Err(e) = client
         .execute(
             "SELECT pg_logical_emit_message(false, $1, '')",

@@ -938,13 +938,7 @@ mod tests {
     use crate::wal::relation::RelationColumn;
 
     fn relation(id: u32, table: &str) -> Relation {
-        let column = |name: &str, oid: u32| RelationColumn {
-            name: name.into(),
-            type_oid: oid,
-            type_modifier: -1,
-            column_type: ColumnType::from_oid(oid),
-            is_key: false,
-        };
+        let column = |name: &str, oid: u32| RelationColumn::new(name, oid, false);
         Relation {
             id,
             table: TableName::new("public", table),

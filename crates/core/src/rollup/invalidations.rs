@@ -505,18 +505,11 @@ async fn invalidate_hot_range(client: &Client, rollup: &str, table: &TableName) 
 mod tests {
     use super::*;
     use crate::wal::relation::RelationColumn;
-    use crate::wal::value::ColumnType;
 
     const MINUTE: i64 = 60_000_000;
 
     fn ticks() -> Arc<Relation> {
-        let column = |name: &str, oid: u32| RelationColumn {
-            name: name.into(),
-            type_oid: oid,
-            type_modifier: -1,
-            column_type: ColumnType::from_oid(oid),
-            is_key: false,
-        };
+        let column = |name: &str, oid: u32| RelationColumn::new(name, oid, false);
         Arc::new(Relation {
             id: 7,
             table: TableName::new("public", "ticks"),
