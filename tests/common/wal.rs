@@ -159,7 +159,17 @@ pub async fn wait_slot_released(db: &TestDb, slot: &str) {
     .await;
 }
 
-pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+pub async fn wait_for(what: &str, timeout: Duration, check: impl AsyncFnMut() -> bool) {
+    wait_for_every(what, timeout, Duration::from_millis(50), check).await
+}
+
+/// [`wait_for`], checking every `every`: for a state that lasts only a moment.
+pub async fn wait_for_every(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
     let deadline = Instant::now() + timeout;
     while !check().await {
         if Instant::now() > deadline {
@@ -182,7 +192,7 @@ pub async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut(
                 sessions.join("\n")
             );
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -1659,7 +1659,7 @@ async fn an_alter_table_during_the_copy_waits_for_it_instead_of_deadlocking_it()
          INSERT INTO ticks
            SELECT date_trunc('day', now()) + i * interval '100 ms', 'S' || (i % 7), i % 1000,
                   i, 'n' || i
-             FROM generate_series(1, 200000) i;",
+             FROM generate_series(1, 500000) i;",
     )
     .await;
     let mut opts = lakets::chronotable::CreateOptions::new("time");
@@ -1688,9 +1688,12 @@ async fn an_alter_table_during_the_copy_waits_for_it_instead_of_deadlocking_it()
     );
     let alter = db.connect().await;
     let alter_while_copying = async {
-        common::wal::wait_for(
+        // The copy of today's chunk lasts a moment on a fast machine: look often (a check
+        // every 50 ms once missed all of it, in one CI run of five).
+        common::wal::wait_for_every(
             "the reader copying a chunk",
             Duration::from_secs(30),
+            Duration::from_millis(2),
             async || {
                 db.scalar::<i64>(
                     "SELECT count(*) FROM pg_stat_activity
