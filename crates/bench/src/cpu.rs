@@ -66,7 +66,7 @@ pub(crate) async fn walsender(
                 Some(entry) => entry.1 = cpu,
                 None => seen.push((pid, cpu)),
             },
-            None if !finished => current = active_pid(client, slot).await,
+            None if !finished => current = super::slot_walsender(client, slot).await.ok().flatten(),
             None => {}
         }
         if finished {
@@ -78,17 +78,6 @@ pub(crate) async fn walsender(
         }
     }
     seen.iter().map(|(_, cpu)| *cpu).sum()
-}
-
-async fn active_pid(client: &tokio_postgres::Client, slot: &str) -> Option<i32> {
-    client
-        .query_one(
-            "SELECT (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1)",
-            &[&slot],
-        )
-        .await
-        .ok()
-        .and_then(|row| row.get(0))
 }
 
 #[cfg(test)]

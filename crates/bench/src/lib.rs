@@ -292,6 +292,21 @@ pub(crate) fn spawn_service_pipeline(
     (status, task)
 }
 
+/// The walsender streaming from `slot` (None: no consumer holds it).
+pub(crate) async fn slot_walsender(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<i32>> {
+    Ok(client
+        .query_one(
+            "SELECT (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await
+        .pg_context(|| format!("finding the walsender of slot {slot}"))?
+        .get(0))
+}
+
 /// The oldest position every operator has made durable (zero before the first report).
 pub(crate) fn min_durable(status: &crate::wal::PipelineStatus) -> crate::wal::lsn::Lsn {
     status

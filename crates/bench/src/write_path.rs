@@ -369,17 +369,6 @@ async fn advance_slot(client: &tokio_postgres::Client) -> Result<()> {
     Ok(())
 }
 
-async fn slot_walsender(client: &tokio_postgres::Client) -> Result<Option<i32>> {
-    Ok(client
-        .query_one(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-            &[&SLOT],
-        )
-        .await
-        .pg_context(|| format!("finding the walsender of slot {SLOT}"))?
-        .get(0))
-}
-
 /// Waits until `recv` streams from the slot (a walsender holds it), or says why not.
 async fn slot_streamed(
     client: &tokio_postgres::Client,
@@ -387,7 +376,7 @@ async fn slot_streamed(
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if slot_walsender(client).await?.is_some() {
+        if super::slot_walsender(client, SLOT).await?.is_some() {
             return Ok(());
         }
         if let Some(status) = recv
@@ -414,7 +403,7 @@ async fn slot_streamed(
 
 async fn wait_slot_released(client: &tokio_postgres::Client) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while slot_walsender(client).await?.is_some() {
+    while super::slot_walsender(client, SLOT).await?.is_some() {
         if Instant::now() > deadline {
             return Err(Error::Embedded(format!(
                 "slot {SLOT} still held 30 s after pg_recvlogical was stopped"
@@ -430,7 +419,7 @@ async fn wait_slot_released(client: &tokio_postgres::Client) -> Result<()> {
 /// afterwards.
 async fn pin_decoding(client: &tokio_postgres::Client, split: Option<&Cpus>) -> Result<()> {
     let Some(cpus) = split else { return Ok(()) };
-    if slot_walsender(client).await?.is_none() {
+    if super::slot_walsender(client, SLOT).await?.is_none() {
         return Err(Error::Operator(format!("slot {SLOT} has no walsender")));
     }
     let sessions = client

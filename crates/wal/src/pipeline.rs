@@ -564,6 +564,19 @@ impl LagTracker {
     }
 }
 
+/// Writes a non-transactional lakets message to the WAL: every slot decodes it and a
+/// pipeline with nothing in flight confirms past it, so idle slots move.
+pub async fn emit_heartbeat(client: &tokio_postgres::Client) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_logical_emit_message(false, $1, '')",
+            &[&HEARTBEAT_PREFIX],
+        )
+        .await
+        .pg_context(|| "emitting a heartbeat".into())?;
+    Ok(())
+}
+
 async fn heartbeat_loop(db: crate::db::DbConfig, every: Duration) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -579,13 +592,7 @@ async fn heartbeat_loop(db: crate::db::DbConfig, every: Duration) {
             }
         }
         if let Some(c) = &client
-            && let Err(e) = c
-                .execute(
-                    "SELECT pg_logical_emit_message(false, $1, '')",
-                    &[&HEARTBEAT_PREFIX],
-                )
-                .await
-                .pg_context(|| "emitting a heartbeat".into())
+            && let Err(e) = emit_heartbeat(c).await
         {
             warn!(error = %e, "heartbeat failed");
             client = None;

@@ -91,13 +91,7 @@ pub async fn wait_for_streams(
     );
     // Starts after `target`: a slot that confirms it has confirmed `target`. Where the role
     // may not emit (a hardened install revokes it), heartbeats or writes move the slot.
-    if let Err(e) = client
-        .execute(
-            "SELECT pg_logical_emit_message(false, $1, '')",
-            &[&crate::wal::transaction::HEARTBEAT_PREFIX],
-        )
-        .await
-    {
+    if let Err(e) = crate::wal::pipeline::emit_heartbeat(client).await {
         tracing::debug!(error = %e, "verify could not emit a WAL message; idle slots move with heartbeats");
     }
     let deadline = tokio::time::Instant::now() + timeout;
